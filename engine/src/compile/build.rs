@@ -1,0 +1,581 @@
+//! The semantic checks: from a parsed spec to typed steps, reporting every
+//! problem it finds (the spec is already structurally valid).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::diagnostic::{did_you_mean, Diagnostic, DocPath};
+use crate::dsl::spec::{
+    ActionSpec, CompensateSpec, FailureKind, MaxAttempts, RetrySpec, StepSpec, WorkflowSpec,
+};
+use crate::dsl::template::{templates_in, Reference, Template, ROOTS};
+
+use super::model::{Action, Backoff, HttpCall, RetryPolicy, Role, Step, TaskCall, Wait};
+
+pub(crate) struct Checker<'a> {
+    spec: &'a WorkflowSpec,
+    pub diags: Vec<Diagnostic>,
+}
+
+/// Which step names a template at some place may refer to.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// Steps before index `n`.
+    Before(usize),
+    /// Steps up to and including index `n` (a compensation may read its own step's output).
+    UpTo(usize),
+    /// Every step (the workflow's output).
+    All,
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(spec: &'a WorkflowSpec) -> Self {
+        Self {
+            spec,
+            diags: Vec::new(),
+        }
+    }
+
+    fn error(
+        &mut self,
+        code: &'static str,
+        path: DocPath,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::error(code, path, message));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn warn(
+        &mut self,
+        code: &'static str,
+        path: DocPath,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::warning(code, path, message));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    pub fn duration(&mut self, text: &str, path: DocPath) -> Option<Duration> {
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.error(
+                    "bad-duration",
+                    path,
+                    format!("duration `{text}` must be longer than zero"),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    "bad-duration",
+                    path,
+                    format!("`{text}` is not a duration: {e}"),
+                )
+                .help = Some(
+                    "write a number and a unit, e.g. `500ms`, `30s`, `5m`, `2h`, `1h 30m`".into(),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn workflow_level(&mut self) {
+        let spec = self.spec;
+        let name_ok = spec.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !name_ok {
+            self.error("bad-name", DocPath::root().key("name"), format!("workflow name `{}` must be lowercase letters, digits and `-`, starting with a letter", spec.name));
+        }
+        if spec.steps.is_empty() {
+            self.error(
+                "no-steps",
+                DocPath::root().key("steps"),
+                "a workflow needs at least one step",
+            );
+        }
+        if let Some(schema) = &spec.input {
+            if let Err(e) = jsonschema::validator_for(schema) {
+                self.error(
+                    "bad-input-schema",
+                    DocPath::root().key("input"),
+                    format!("not a valid JSON Schema: {e}"),
+                );
+            }
+        }
+        if let Some(output) = &spec.output {
+            self.templates(output, DocPath::root().key("output"), Scope::All);
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, step) in spec.steps.iter().enumerate() {
+            let path = DocPath::root().key("steps").index(i).key("name");
+            let ident = step
+                .name
+                .starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && step
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ident {
+                self.error(
+                    "bad-name",
+                    path.clone(),
+                    format!(
+                        "step name `{}` must be an identifier (letters, digits, `_`)",
+                        step.name
+                    ),
+                )
+                .help = Some(format!(
+                    "templates read it as `.steps.NAME`; try `{}`",
+                    step.name.replace(['-', ' ', '.'], "_")
+                ));
+            }
+            if let Some(first) = seen.insert(&step.name, i) {
+                self.error(
+                    "duplicate-step",
+                    path,
+                    format!("step name `{}` is used twice", step.name),
+                )
+                .help = Some(format!("first used by steps[{first}]"));
+                seen.insert(&step.name, first);
+            }
+        }
+        let pivots: Vec<usize> = spec
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.pivot)
+            .map(|(i, _)| i)
+            .collect();
+        for &extra in pivots.iter().skip(1) {
+            self.error(
+                "many-pivots",
+                DocPath::root().key("steps").index(extra).key("pivot"),
+                "a workflow has at most one pivot step",
+            )
+            .help = Some(format!("steps[{}] is already the pivot", pivots[0]));
+        }
+    }
+
+    pub fn default_timeout(&mut self) -> Option<Duration> {
+        let text = self.spec.defaults.as_ref()?.timeout.as_ref()?;
+        self.duration(text, DocPath::root().key("defaults").key("timeout"))
+    }
+
+    pub fn default_retry(&mut self) -> RetryPolicy {
+        match self.spec.defaults.as_ref().and_then(|d| d.retry.as_ref()) {
+            Some(r) => self.retry(r, DocPath::root().key("defaults").key("retry")),
+            None => RetryPolicy::once(),
+        }
+    }
+
+    pub fn retry(&mut self, r: &RetrySpec, path: DocPath) -> RetryPolicy {
+        let max_attempts = match r.max_attempts {
+            MaxAttempts::Count(n) => Some(n),
+            MaxAttempts::Unlimited(_) => None,
+        };
+        let backoff = r.backoff.as_ref().and_then(|b| {
+            let bp = path.key("backoff");
+            let initial = self.duration(&b.initial, bp.key("initial"))?;
+            let max = match &b.max {
+                Some(m) => Some(self.duration(m, bp.key("max"))?),
+                None => None,
+            };
+            if max.is_some_and(|m| m < initial) {
+                self.error(
+                    "bad-backoff",
+                    bp.key("max"),
+                    "the longest delay is shorter than the first",
+                );
+            }
+            Some(Backoff {
+                initial,
+                max,
+                multiplier: b.multiplier.unwrap_or(2.0),
+            })
+        });
+        let policy = RetryPolicy {
+            max_attempts,
+            backoff,
+            jitter: r.jitter.unwrap_or(0.0),
+            retry_on: r
+                .retry_on
+                .clone()
+                .unwrap_or_else(|| RetryPolicy::DEFAULT_RETRY_ON.to_vec()),
+        };
+        if policy.retries() && r.backoff.is_none() {
+            self.warn(
+                "retry-without-backoff",
+                path,
+                "retries without `backoff` are immediate",
+            )
+            .help = Some(
+                "add e.g. `backoff: { initial: 200ms, max: 10s }` so a struggling service gets air"
+                    .into(),
+            );
+        }
+        policy
+    }
+
+    /// Typed steps; `None` where a step had errors.
+    pub fn steps(
+        &mut self,
+        default_timeout: Option<Duration>,
+        default_retry: &RetryPolicy,
+    ) -> Vec<Option<Step>> {
+        let pivot = self.spec.steps.iter().position(|s| s.pivot);
+        let spec = self.spec;
+        spec.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let role = match pivot {
+                    Some(p) if i == p => Role::Pivot,
+                    Some(p) if i > p => Role::AfterPivot,
+                    _ => Role::Compensable,
+                };
+                self.step(i, s, role, default_timeout, default_retry)
+            })
+            .collect()
+    }
+
+    fn step(
+        &mut self,
+        i: usize,
+        s: &StepSpec,
+        role: Role,
+        default_timeout: Option<Duration>,
+        default_retry: &RetryPolicy,
+    ) -> Option<Step> {
+        let path = DocPath::root().key("steps").index(i);
+        let before = self.diags.iter().filter(|d| d.is_error()).count();
+        let timeout = match &s.timeout {
+            Some(t) => self.duration(t, path.key("timeout")),
+            None => default_timeout,
+        };
+        let retry = match &s.retry {
+            Some(r) => self.retry(r, path.key("retry")),
+            None => default_retry.clone(),
+        };
+        let action = self.action(s, &path, i);
+        let is_wait = matches!(action, Some(Action::Wait(_)));
+        let compensation = match (&s.compensate, role) {
+            (Some(_), Role::AfterPivot) => {
+                let d = self.error(
+                    "compensate-after-pivot",
+                    path.key("compensate"),
+                    "a step after the pivot is never compensated",
+                );
+                d.anchor = crate::diagnostic::Anchor::Key;
+                d.help = Some(
+                    "remove `compensate`: once the pivot succeeds the saga only goes forward"
+                        .into(),
+                );
+                None
+            }
+            (Some(CompensateSpec::Action(a)), _) => {
+                self.compensation(a, &path.key("compensate"), i)
+            }
+            (Some(CompensateSpec::None(_)), _) => None,
+            (None, Role::Compensable) if !is_wait && action.is_some() => {
+                self.error("missing-compensation", path.clone(), format!("step `{}` changes something but says nothing about undoing it", s.name))
+                    .help = Some("add `compensate:` with an action, or `compensate: none` if there is nothing to undo (or mark a later step as the pivot)".into());
+                None
+            }
+            (None, _) => None,
+        };
+        if role == Role::AfterPivot && retry.max_attempts.is_some() && !is_wait {
+            self.error(
+                "bounded-after-pivot",
+                path.key("retry"),
+                format!(
+                    "step `{}` comes after the pivot, so it must be retried until it succeeds",
+                    s.name
+                ),
+            )
+            .help = Some(
+                "set `retry: { max_attempts: unlimited, backoff: { initial: 1s, max: 1m } }`"
+                    .into(),
+            );
+        }
+        if matches!(action, Some(Action::Task(_))) && timeout.is_none() {
+            let heartbeat = s.task.as_ref().is_some_and(|t| t.heartbeat.is_some());
+            if !heartbeat {
+                self.warn(
+                    "task-without-timeout",
+                    path.clone(),
+                    format!(
+                        "task step `{}` has no timeout: a lost worker stalls the saga",
+                        s.name
+                    ),
+                )
+                .help = Some(
+                    "set `timeout:` on the step (or in `defaults`), or `task.heartbeat`".into(),
+                );
+            }
+        }
+        if let (Some(Action::Wait(Wait::Signal(sig))), None) = (&action, timeout) {
+            self.warn(
+                "wait-without-timeout",
+                path.clone(),
+                format!("step `{}` waits for `{sig}` with no timeout", s.name),
+            )
+            .help = Some(
+                "set `timeout:` on the step so a signal that never comes compensates the saga"
+                    .into(),
+            );
+        }
+        let errors_now = self.diags.iter().filter(|d| d.is_error()).count();
+        (errors_now == before).then(|| Step {
+            name: s.name.clone(),
+            action: action.expect("no errors means the action was built"),
+            compensation,
+            timeout,
+            retry,
+            role,
+        })
+    }
+
+    fn action(&mut self, s: &StepSpec, path: &DocPath, i: usize) -> Option<Action> {
+        let keys = s.action_keys();
+        match keys.as_slice() {
+            [] => {
+                self.error(
+                    "missing-action",
+                    path.clone(),
+                    format!("step `{}` has no action", s.name),
+                )
+                .help = Some("add one of `http`, `task` or `wait`".into());
+                None
+            }
+            [_] => {
+                if let Some(h) = &s.http {
+                    return self
+                        .http(h, path.key("http"), Scope::Before(i))
+                        .map(Action::Http);
+                }
+                if let Some(t) = &s.task {
+                    return self
+                        .task(t, path.key("task"), Scope::Before(i))
+                        .map(Action::Task);
+                }
+                let w = s.wait.as_ref()?;
+                let wp = path.key("wait");
+                match (&w.signal, &w.duration) {
+                    (Some(sig), None) if !sig.trim().is_empty() => {
+                        Some(Action::Wait(Wait::Signal(sig.clone())))
+                    }
+                    (None, Some(d)) => self
+                        .duration(d, wp.key("duration"))
+                        .map(|d| Action::Wait(Wait::Duration(d))),
+                    (Some(_), Some(_)) => {
+                        self.error(
+                            "ambiguous-wait",
+                            wp,
+                            "a wait has either `signal` or `duration`, not both",
+                        )
+                        .help = Some("to bound a signal wait, set the step's `timeout`".into());
+                        None
+                    }
+                    _ => {
+                        self.error(
+                            "empty-wait",
+                            wp,
+                            "a wait needs `signal` (a name) or `duration`",
+                        );
+                        None
+                    }
+                }
+            }
+            many => {
+                self.error(
+                    "many-actions",
+                    path.key(many[1]),
+                    format!(
+                        "step `{}` has {} actions ({}); a step does one thing",
+                        s.name,
+                        many.len(),
+                        many.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn compensation(&mut self, a: &ActionSpec, path: &DocPath, i: usize) -> Option<Action> {
+        match (&a.http, &a.task) {
+            (Some(h), None) => self
+                .http(h, path.key("http"), Scope::UpTo(i))
+                .map(Action::Http),
+            (None, Some(t)) => self
+                .task(t, path.key("task"), Scope::UpTo(i))
+                .map(Action::Task),
+            (Some(_), Some(_)) => {
+                self.error(
+                    "many-actions",
+                    path.key("task"),
+                    "a compensation is one action: `http` or `task`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.error("missing-action", path.clone(), "a compensation needs an action: `http` or `task` (or write `compensate: none`)");
+                None
+            }
+        }
+    }
+
+    fn http(
+        &mut self,
+        h: &crate::dsl::spec::HttpSpec,
+        path: DocPath,
+        scope: Scope,
+    ) -> Option<HttpCall> {
+        let url = self.template(&h.url, path.key("url"), scope);
+        let headers: Vec<_> = h
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    self.template(v, path.key("headers").key(k), scope),
+                )
+            })
+            .collect();
+        if let Some(body) = &h.body {
+            self.templates(body, path.key("body"), scope);
+        }
+        for (j, code) in h.retryable_status.iter().flatten().enumerate() {
+            if !(100..=599).contains(code) {
+                self.error(
+                    "bad-status",
+                    path.key("retryable_status").index(j),
+                    format!("{code} is not an HTTP status"),
+                );
+            }
+        }
+        Some(HttpCall {
+            method: h.method,
+            url: url?,
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| Some((k, v?)))
+                .collect::<Option<_>>()?,
+            body: h.body.clone(),
+            retryable_status: h.retryable_status.clone().unwrap_or_else(|| vec![408, 429]),
+        })
+    }
+
+    fn task(
+        &mut self,
+        t: &crate::dsl::spec::TaskSpec,
+        path: DocPath,
+        scope: Scope,
+    ) -> Option<TaskCall> {
+        if t.queue.trim().is_empty() {
+            self.error("empty-queue", path.key("queue"), "the queue name is empty");
+        }
+        if let Some(input) = &t.input {
+            self.templates(input, path.key("input"), scope);
+        }
+        let heartbeat = match &t.heartbeat {
+            Some(h) => Some(self.duration(h, path.key("heartbeat"))?),
+            None => None,
+        };
+        Some(TaskCall {
+            queue: t.queue.clone(),
+            input: t.input.clone(),
+            heartbeat,
+        })
+    }
+
+    /// Checks every template inside a JSON value.
+    fn templates(&mut self, value: &serde_json::Value, path: DocPath, scope: Scope) {
+        for (sub, text) in templates_in(value) {
+            let p = sub
+                .iter()
+                .fold(path.clone(), |p, seg| match seg.parse::<usize>() {
+                    Ok(n) if value_is_array_at(value, &sub, seg) => p.index(n),
+                    _ => p.key(seg.as_str()),
+                });
+            self.template(text, p, scope);
+        }
+    }
+
+    fn template(&mut self, text: &str, path: DocPath, scope: Scope) -> Option<Template> {
+        let t = match Template::parse(text) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error("bad-template", path, e.to_string());
+                return None;
+            }
+        };
+        let names: Vec<&str> = self.spec.steps.iter().map(|s| s.name.as_str()).collect();
+        for r in t.references() {
+            match r {
+                Reference::Step(name) => {
+                    let Some(at) = names.iter().position(|n| *n == name) else {
+                        let d = self.error(
+                            "unknown-step",
+                            path.clone(),
+                            format!("template refers to step `{name}`, which does not exist"),
+                        );
+                        if let Some(s) = did_you_mean(&name, names.iter().copied()) {
+                            d.help = Some(format!("did you mean `{s}`?"));
+                        }
+                        continue;
+                    };
+                    let visible = match scope {
+                        Scope::Before(i) => at < i,
+                        Scope::UpTo(i) => at <= i,
+                        Scope::All => true,
+                    };
+                    if !visible {
+                        self.error("later-step", path.clone(), format!("template refers to step `{name}`, which has not run yet at this point"))
+                            .help = Some("a step can read the output of the steps before it".into());
+                    }
+                }
+                Reference::Env(name) if !self.spec.env.contains_key(&name) => {
+                    self.warn(
+                        "undeclared-env",
+                        path.clone(),
+                        format!("template reads `.env.{name}`, which `env` does not declare"),
+                    )
+                    .help = Some(format!("declare a default: `env: {{ {name}: ... }}`"));
+                }
+                Reference::Env(_) => {}
+                Reference::UnknownRoot(root) => {
+                    let d = self.error("unknown-root", path.clone(), format!("templates see `.input`, `.steps`, `.env` and `.instance`, not `.{root}`"));
+                    if let Some(s) = did_you_mean(&root, ROOTS) {
+                        d.help = Some(format!("did you mean `.{s}`?"));
+                    }
+                }
+            }
+        }
+        Some(t)
+    }
+}
+
+fn value_is_array_at(value: &serde_json::Value, path: &[String], seg: &String) -> bool {
+    let idx = path.iter().position(|s| std::ptr::eq(s, seg)).unwrap_or(0);
+    let parent = path[..idx].iter().try_fold(value, |v, k| match v {
+        serde_json::Value::Array(a) => a.get(k.parse::<usize>().ok()?),
+        serde_json::Value::Object(o) => o.get(k),
+        _ => None,
+    });
+    matches!(parent, Some(serde_json::Value::Array(_)))
+}
+
+/// Whether a failure of this kind can reach the step at all.
+pub(crate) fn can_time_out(step: &Step) -> bool {
+    step.timeout.is_some() || matches!(&step.action, Action::Task(t) if t.heartbeat.is_some())
+}
+
+pub(crate) fn retries_on(step: &Step, kind: FailureKind) -> bool {
+    step.retry.retries() && step.retry.retry_on.contains(&kind)
+}

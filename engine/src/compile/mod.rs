@@ -1,0 +1,88 @@
+//! The compiler: a parsed [`WorkflowSpec`](crate::dsl::WorkflowSpec) becomes a
+//! [`Machine`], or every semantic problem is reported, located.
+
+mod build;
+pub mod export;
+mod graph;
+pub mod model;
+
+pub use model::{Action, Machine, RetryPolicy, Role, State, Step, Transition, Wait};
+
+use crate::diagnostic::{Diagnostic, DocPath};
+use crate::dsl::{self, Parsed};
+
+/// The result of checking one workflow file: the machine when there are no
+/// errors, and every diagnostic (errors and warnings), located and in order.
+#[derive(Debug)]
+pub struct Checked {
+    pub machine: Option<Machine>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Checked {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+}
+
+/// Parses and compiles a workflow file's text.
+pub fn check(text: &str) -> Checked {
+    match dsl::parse(text) {
+        Ok(parsed) => compile(&parsed),
+        Err(diagnostics) => Checked {
+            machine: None,
+            diagnostics,
+        },
+    }
+}
+
+/// Compiles a parsed workflow.
+pub fn compile(parsed: &Parsed) -> Checked {
+    let spec = &parsed.spec;
+    let mut c = build::Checker::new(spec);
+    c.workflow_level();
+    let deadline = spec
+        .deadline
+        .as_ref()
+        .and_then(|d| c.duration(d, DocPath::root().key("deadline")));
+    let default_timeout = c.default_timeout();
+    let default_retry = c.default_retry();
+    let steps = c.steps(default_timeout, &default_retry);
+    let mut diagnostics = c.diags;
+    let mut machine = None;
+    if !diagnostics.iter().any(Diagnostic::is_error) {
+        let steps: Vec<Step> = steps.into_iter().flatten().collect();
+        let graph = graph::build(&steps, deadline.is_some());
+        for state in graph::dead_ends(&graph) {
+            let path = match state {
+                State::Running(i) | State::Waiting(i) | State::Compensating(i) => {
+                    DocPath::root().key("steps").index(i)
+                }
+                _ => DocPath::root(),
+            };
+            diagnostics.push(Diagnostic::error("no-way-out", path, format!("from state {state} no end (completed, compensated, failed, cancelled) can be reached")));
+        }
+        if !diagnostics.iter().any(Diagnostic::is_error) {
+            machine = Some(Machine {
+                name: spec.name.clone(),
+                version: spec.version,
+                description: spec.description.clone(),
+                input_schema: spec.input.clone(),
+                env: spec.env.clone(),
+                deadline,
+                pivot: steps.iter().position(|s| s.role == Role::Pivot),
+                steps,
+                output: spec.output.clone(),
+                graph,
+            });
+        }
+    }
+    dsl::locate(&mut diagnostics, &parsed.tree);
+    Checked {
+        machine,
+        diagnostics,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! The compiled workflow: typed steps and the state machine the runtime walks.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Serialize;
+
+use crate::dsl::spec::{FailureKind, HttpMethod};
+use crate::dsl::template::Template;
+
+/// A workflow ready to run: its steps and the graph of what may happen next.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub name: String,
+    pub version: u32,
+    pub description: Option<String>,
+    pub input_schema: Option<serde_json::Value>,
+    pub env: BTreeMap<String, String>,
+    pub deadline: Option<Duration>,
+    pub steps: Vec<Step>,
+    pub output: Option<serde_json::Value>,
+    pub pivot: Option<usize>,
+    pub graph: DiGraph<State, Transition>,
+}
+
+/// Where a step stands relative to the pivot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Before the pivot (or in a workflow without one): undone on failure.
+    Compensable,
+    /// The point of no return: if it fails, earlier steps are undone; once it succeeds, the saga will complete.
+    Pivot,
+    /// After the pivot: retried until it succeeds, never undone.
+    AfterPivot,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    pub action: Action,
+    pub compensation: Option<Action>,
+    pub timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Http(HttpCall),
+    Task(TaskCall),
+    Wait(Wait),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    pub method: HttpMethod,
+    pub url: Template,
+    pub headers: Vec<(String, Template)>,
+    /// The body, with templates inside its strings (rendered by `dsl::template::render_value`).
+    pub body: Option<serde_json::Value>,
+    /// Statuses counted as transient rather than business failures.
+    pub retryable_status: Vec<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskCall {
+    pub queue: String,
+    pub input: Option<serde_json::Value>,
+    pub heartbeat: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    Signal(String),
+    Duration(Duration),
+}
+
+/// When a failed attempt is tried again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all; `None` is unlimited.
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<Backoff>,
+    pub jitter: f64,
+    pub retry_on: Vec<FailureKind>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Option<Duration>,
+    pub multiplier: f64,
+}
+
+impl RetryPolicy {
+    pub const DEFAULT_RETRY_ON: [FailureKind; 2] = [FailureKind::Timeout, FailureKind::Transient];
+
+    /// One attempt, no retry.
+    pub fn once() -> Self {
+        Self {
+            max_attempts: Some(1),
+            backoff: None,
+            jitter: 0.0,
+            retry_on: Self::DEFAULT_RETRY_ON.to_vec(),
+        }
+    }
+
+    /// Whether a step may retry at all.
+    pub fn retries(&self) -> bool {
+        self.max_attempts != Some(1)
+    }
+
+    /// Whether attempt number `attempt` (1-based) that failed with `kind` is tried again.
+    pub fn should_retry(&self, attempt: u32, kind: FailureKind) -> bool {
+        self.retry_on.contains(&kind) && self.max_attempts.is_none_or(|max| attempt < max)
+    }
+
+    /// The delay before attempt `attempt + 1`, before jitter: `initial * multiplier^(attempt-1)`, capped.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let Some(b) = &self.backoff else {
+            return Duration::ZERO;
+        };
+        let exp = attempt.saturating_sub(1).min(64) as i32;
+        let secs = b.initial.as_secs_f64() * b.multiplier.powi(exp);
+        let cap = b.max.map_or(f64::MAX, |m| m.as_secs_f64());
+        Duration::try_from_secs_f64(secs.min(cap)).unwrap_or(Duration::MAX)
+    }
+}
+
+/// A state of a saga instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(tag = "state", content = "step", rename_all = "snake_case")]
+pub enum State {
+    /// Step `i` is being performed (an HTTP call or a task).
+    Running(usize),
+    /// Step `i` waits for a signal or for time to pass.
+    Waiting(usize),
+    /// The compensation of step `i` is being performed.
+    Compensating(usize),
+    Completed,
+    Compensated,
+    /// Needs an operator: a compensation failed, or a step after the pivot was refused.
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            State::Completed | State::Compensated | State::Failed | State::Cancelled
+        )
+    }
+}
+
+/// Why a saga moves from one state to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transition {
+    Succeeded,
+    SignalReceived,
+    TimerElapsed,
+    /// Another attempt of the same step (or compensation).
+    Retry,
+    /// The step answered "no" (4xx, or a worker's non-retryable failure).
+    BusinessFailure,
+    /// The last allowed attempt timed out.
+    Timeout,
+    /// The last allowed attempt failed transiently.
+    RetriesExhausted,
+    Cancel,
+    Deadline,
+    Compensated,
+    CompensationFailed,
+    /// Every compensation ran after a failure or deadline.
+    AllCompensated,
+    /// Every compensation ran after a cancel.
+    CancelCompensated,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            State::Running(i) => write!(f, "running({i})"),
+            State::Waiting(i) => write!(f, "waiting({i})"),
+            State::Compensating(i) => write!(f, "compensating({i})"),
+            State::Completed => f.write_str("completed"),
+            State::Compensated => f.write_str("compensated"),
+            State::Failed => f.write_str("failed"),
+            State::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
+}
+
+impl Machine {
+    /// The node of `state` in the graph.
+    pub fn node(&self, state: State) -> Option<NodeIndex> {
+        self.graph.node_indices().find(|&n| self.graph[n] == state)
+    }
+
+    /// The state a transition leads to from `from`, if the machine allows it.
+    pub fn next(&self, from: State, on: Transition) -> Option<State> {
+        let node = self.node(from)?;
+        self.graph
+            .edges(node)
+            .find(|e| *e.weight() == on)
+            .map(|e| self.graph[petgraph::visit::EdgeRef::target(&e)])
+    }
+
+    /// The state a new instance starts in.
+    pub fn start(&self) -> State {
+        step_state(&self.steps, 0)
+    }
+
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+}
+
+/// The state that performs step `i`, or `Completed` past the last one.
+pub(crate) fn step_state(steps: &[Step], i: usize) -> State {
+    match steps.get(i).map(|s| &s.action) {
+        None => State::Completed,
+        Some(Action::Wait(_)) => State::Waiting(i),
+        Some(_) => State::Running(i),
+    }
+}

@@ -1,0 +1,255 @@
+use super::*;
+
+const ORDER: &str = include_str!("../../../workflows/order.yaml");
+const TRIP: &str = include_str!("../../../workflows/trip-booking.yaml");
+const APPROVAL: &str = include_str!("../../../workflows/refund-approval.yaml");
+
+fn machine(text: &str) -> Machine {
+    let c = check(text);
+    let errs: Vec<String> = c.diagnostics.iter().map(ToString::to_string).collect();
+    c.machine.unwrap_or_else(|| panic!("{errs:#?}"))
+}
+
+/// Diagnostics as `line:col code path` for compact assertions.
+fn diags(text: &str) -> Vec<String> {
+    check(text)
+        .diagnostics
+        .iter()
+        .map(|d| {
+            let s = d.span.expect("every diagnostic is located");
+            format!("{}:{} {} {}", s.line, s.column, d.code, d.path)
+        })
+        .collect()
+}
+
+#[test]
+fn the_examples_compile_without_warnings() {
+    for text in [ORDER, TRIP, APPROVAL] {
+        let c = check(text);
+        assert!(
+            c.machine.is_some() && c.diagnostics.is_empty(),
+            "{:#?}",
+            c.diagnostics
+        );
+    }
+}
+
+#[test]
+fn order_runs_forward_and_compensates_backward() {
+    let m = machine(ORDER);
+    use State::*;
+    use Transition::*;
+    assert_eq!(m.start(), Running(0));
+    assert_eq!(m.pivot, Some(2));
+    assert_eq!(m.next(Running(0), Succeeded), Some(Running(1)));
+    assert_eq!(m.next(Running(2), Succeeded), Some(Completed));
+    // pay declined: its effect did not happen, so only the reservation is undone
+    assert_eq!(m.next(Running(1), BusinessFailure), Some(Compensating(0)));
+    // pay timed out: the outcome is unknown, so pay is undone too
+    assert_eq!(m.next(Running(1), Timeout), Some(Compensating(1)));
+    assert_eq!(
+        m.next(Compensating(1), Transition::Compensated),
+        Some(Compensating(0))
+    );
+    assert_eq!(
+        m.next(Compensating(0), AllCompensated),
+        Some(State::Compensated)
+    );
+    assert_eq!(m.next(Compensating(0), CancelCompensated), Some(Cancelled));
+    assert_eq!(m.next(Compensating(0), CompensationFailed), Some(Failed));
+    // shipping is the pivot: failing it undoes pay and reserve, cancels no longer apply
+    assert_eq!(m.next(Running(2), BusinessFailure), Some(Compensating(1)));
+    assert_eq!(m.next(Running(2), Cancel), None);
+    assert_eq!(m.next(Running(0), Cancel), Some(Compensating(0)));
+    assert_eq!(m.next(Running(0), Deadline), Some(Compensating(0)));
+    assert_eq!(m.next(Running(0), Retry), Some(Running(0)));
+    assert_eq!(m.next(Completed, Retry), None);
+}
+
+#[test]
+fn a_failure_before_anything_to_undo_ends_compensated() {
+    let m = machine(
+        "name: w\nsteps:\n  - name: a\n    http: {url: 'http://x'}\n    compensate: none\n",
+    );
+    assert_eq!(
+        m.next(State::Running(0), Transition::BusinessFailure),
+        Some(State::Compensated)
+    );
+    assert_eq!(
+        m.next(State::Running(0), Transition::Cancel),
+        Some(State::Cancelled)
+    );
+    assert_eq!(
+        m.next(State::Running(0), Transition::Retry),
+        None,
+        "one attempt by default"
+    );
+}
+
+#[test]
+fn after_the_pivot_steps_only_go_forward() {
+    let m = machine(APPROVAL);
+    use State::*;
+    use Transition::*;
+    assert_eq!(m.steps[3].role, Role::AfterPivot);
+    assert_eq!(m.next(Running(3), Retry), Some(Running(3)));
+    assert_eq!(m.next(Running(3), Timeout), None, "retried forever");
+    assert_eq!(
+        m.next(Running(3), BusinessFailure),
+        Some(Failed),
+        "a refusal after the pivot needs an operator"
+    );
+    assert_eq!(m.next(Running(3), Cancel), None);
+    assert_eq!(m.next(Waiting(1), SignalReceived), Some(Running(2)));
+    assert_eq!(m.next(Waiting(1), Timeout), Some(Compensating(0)));
+}
+
+#[test]
+fn every_state_reaches_an_end() {
+    for text in [ORDER, TRIP, APPROVAL] {
+        let m = machine(text);
+        assert!(graph::dead_ends(&m.graph).is_empty());
+    }
+    let mut g = petgraph::graph::DiGraph::new();
+    let a = g.add_node(State::Running(0));
+    let b = g.add_node(State::Running(1));
+    let end = g.add_node(State::Completed);
+    g.add_edge(a, b, Transition::Succeeded);
+    g.add_edge(b, b, Transition::Retry);
+    g.add_edge(a, end, Transition::BusinessFailure);
+    assert_eq!(graph::dead_ends(&g), vec![State::Running(1)]);
+}
+
+#[test]
+fn reports_every_semantic_problem_located() {
+    let text = "\
+name: Bad_Name
+deadline: soon
+steps:
+  - name: reserve
+    http: {url: 'http://x/${ .steps.ship.output.id }'}
+  - name: reserve
+    http: {url: 'http://x/${ .stepz }'}
+    compensate: none
+    timeout: 10 parsecs
+  - name: ship
+    pivot: true
+    http: {url: 'http://x/${ .steps.reserv.output.id }'}
+  - name: notify
+    http: {url: 'http://x/${ .input. | }'}
+    compensate:
+      http: {url: 'http://x'}
+";
+    assert_eq!(
+        diags(text),
+        vec![
+            "1:7 bad-name name",
+            "2:11 bad-duration deadline",
+            "4:5 missing-compensation steps[0]",
+            "5:17 later-step steps[0].http.url",
+            "6:11 duplicate-step steps[1].name",
+            "7:17 unknown-root steps[1].http.url",
+            "9:14 bad-duration steps[1].timeout",
+            "12:17 unknown-step steps[2].http.url",
+            "13:5 bounded-after-pivot steps[3].retry",
+            "14:17 bad-template steps[3].http.url",
+            "15:5 compensate-after-pivot steps[3].compensate",
+        ]
+    );
+    let c = check(text);
+    let unknown = c
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "unknown-step")
+        .unwrap();
+    assert_eq!(unknown.help.as_deref(), Some("did you mean `reserve`?"));
+}
+
+#[test]
+fn warns_about_smells() {
+    let text = "\
+name: w
+steps:
+  - name: a
+    task: {queue: q}
+    retry: {max_attempts: 3}
+    compensate: none
+  - name: b
+    wait: {signal: go}
+";
+    assert_eq!(
+        diags(text),
+        vec![
+            "3:5 task-without-timeout steps[0]",
+            "5:12 retry-without-backoff steps[0].retry",
+            "7:5 wait-without-timeout steps[1]"
+        ]
+    );
+    assert!(check(text).machine.is_some(), "warnings do not reject");
+}
+
+#[test]
+fn checks_actions_and_waits() {
+    let text = "\
+name: w
+input: {type: objekt}
+steps:
+  - name: a
+    compensate: none
+  - name: b
+    http: {url: x}
+    task: {queue: q}
+    compensate: none
+  - name: c
+    wait: {signal: s, duration: 1s}
+  - name: d
+    wait: {}
+";
+    assert_eq!(
+        diags(text),
+        vec![
+            "2:8 bad-input-schema input",
+            "4:5 missing-action steps[0]",
+            "8:11 many-actions steps[1].task",
+            "11:11 ambiguous-wait steps[2].wait",
+            "13:11 empty-wait steps[3].wait",
+        ]
+    );
+}
+
+#[test]
+fn retry_delays_grow_and_cap() {
+    let m = machine(ORDER);
+    let r = &m.steps[0].retry;
+    let ms = |n| r.delay(n).as_millis();
+    assert_eq!((ms(1), ms(2), ms(3), ms(10)), (100, 200, 400, 2000));
+    assert!(r.should_retry(2, crate::dsl::spec::FailureKind::Transient));
+    assert!(!r.should_retry(3, crate::dsl::spec::FailureKind::Transient));
+    assert!(!r.should_retry(1, crate::dsl::spec::FailureKind::Business));
+}
+
+#[test]
+fn exports_show_the_compensation_path() {
+    let m = machine(ORDER);
+    let mermaid = export::mermaid(&m);
+    assert!(mermaid.starts_with("stateDiagram-v2\n"));
+    assert!(
+        mermaid.contains("run_1 --> undo_0: business_failure (compensation)"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("undo_1 --> undo_0: compensated (compensation)"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("undo_0 --> compensated: all_compensated (compensation)"),
+        "{mermaid}"
+    );
+    let dot = export::dot(&m);
+    assert!(
+        dot.contains("run_1 -> undo_0 [label=\"business_failure\", style=dashed"),
+        "{dot}"
+    );
+    let json = export::json(&m);
+    assert_eq!(json["start"], "run_0");
+}

@@ -1,0 +1,159 @@
+//! The workflow language: YAML text in, a typed [`WorkflowSpec`] out, or every
+//! problem located by line, column and path.
+//!
+//! Three passes, each reporting all it finds: [`yaml`] builds a located tree
+//! under size, depth and alias limits; [`structure`] checks the tree against
+//! the language's JSON Schema (generated from [`spec`]) and turns each
+//! violation into a diagnostic with a "did you mean"; then serde builds the
+//! typed spec. Meaning (references, templates, durations, pivots) is the
+//! compiler's job.
+
+pub mod spec;
+mod structure;
+pub mod template;
+pub mod yaml;
+
+pub use spec::WorkflowSpec;
+
+use crate::diagnostic::{Anchor, Diagnostic, DocPath};
+
+/// A workflow file that parsed: its typed spec and the tree it came from
+/// (kept so later stages can locate what they find).
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub spec: WorkflowSpec,
+    pub tree: yaml::Node,
+}
+
+/// Parses a workflow file. On failure, every syntax and structure problem
+/// found, located.
+pub fn parse(text: &str) -> Result<Parsed, Vec<Diagnostic>> {
+    parse_with_limits(text, yaml::Limits::default())
+}
+
+pub fn parse_with_limits(text: &str, limits: yaml::Limits) -> Result<Parsed, Vec<Diagnostic>> {
+    let tree = yaml::parse(text, limits).map_err(|e| {
+        let d = Diagnostic::error(e.code, DocPath::root(), e.message).at(e.span);
+        vec![match e.help {
+            Some(h) => d.with_help(h),
+            None => d,
+        }]
+    })?;
+    let json = tree.to_json();
+    let mut diags = structure::check(&json);
+    if diags.is_empty() {
+        match serde_json::from_value::<WorkflowSpec>(json) {
+            Ok(spec) => return Ok(Parsed { spec, tree }),
+            Err(e) => diags.push(Diagnostic::error(
+                "invalid-workflow",
+                DocPath::root(),
+                e.to_string(),
+            )),
+        }
+    }
+    locate(&mut diags, &tree);
+    Err(diags)
+}
+
+/// Fills in the span of every diagnostic from its path: the key or the
+/// value it names, or the nearest enclosing node that exists.
+pub fn locate(diags: &mut [Diagnostic], tree: &yaml::Node) {
+    for d in diags.iter_mut().filter(|d| d.span.is_none()) {
+        let mut path = d.path.clone();
+        loop {
+            let span = match d.anchor {
+                Anchor::Key if path == d.path => tree.key_span(&path),
+                _ => None,
+            }
+            .or_else(|| tree.get(&path).map(|n| n.span));
+            if let Some(span) = span {
+                d.span = Some(span);
+                break;
+            }
+            if path.0.pop().is_none() {
+                break;
+            }
+        }
+    }
+    diags.sort_by_key(|d| (d.span.map(|s| s.start), d.severity));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn parses_a_minimal_workflow() {
+        let p = parse(
+            "name: w\nsteps:\n  - name: a\n    http: {url: 'http://x'}\n    compensate: none\n",
+        )
+        .unwrap();
+        assert_eq!(p.spec.name, "w");
+        assert_eq!(p.spec.version, 1);
+        assert_eq!(
+            p.spec.steps[0].compensate,
+            Some(spec::CompensateSpec::None(spec::NoCompensation::None))
+        );
+    }
+
+    #[test]
+    fn reports_all_structure_problems_at_once_with_locations() {
+        let text = "name: w\nstepz: []\nsteps:\n  - name: a\n    retires: 3\n    timeout: 5\n";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("2:1: error[unknown-field] stepz"),
+            "{errs:#?}"
+        );
+        assert!(errs[0].contains("did you mean `steps`"), "{errs:#?}");
+        assert!(
+            errs[1].starts_with("5:5: error[unknown-field] steps[0].retires"),
+            "{errs:#?}"
+        );
+        assert!(errs[1].contains("`retry`"), "{errs:#?}");
+        assert!(
+            errs[2].starts_with("6:14: error[wrong-type] steps[0].timeout"),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn explains_a_bad_compensation() {
+        let errs = errors("name: w\nsteps:\n  - name: a\n    compensate: nothing\n");
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].contains("expected `none` or an object"),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn goes_inside_the_branch_that_fits() {
+        let errs = errors("name: w\nsteps:\n  - name: a\n    compensate:\n      htp: {url: x}\n");
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("5:7: error[unknown-field] steps[0].compensate.htp"),
+            "{errs:#?}"
+        );
+        assert!(errs[0].contains("did you mean `http`"), "{errs:#?}");
+    }
+
+    #[test]
+    fn names_missing_fields_where_they_belong() {
+        let errs = errors("name: w\nsteps:\n  - http: {url: x}\n");
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0]
+                .starts_with("3:5: error[missing-field] steps[0]: missing required field `name`"),
+            "{errs:#?}"
+        );
+    }
+}

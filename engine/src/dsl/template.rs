@@ -1,0 +1,410 @@
+//! Templates: text with `${ jq }` expressions, evaluated with jaq against the
+//! saga's context `{input, steps, env, instance}`.
+//!
+//! A string that is exactly one `${ … }` yields the expression's JSON value
+//! (a number stays a number); anywhere else the value is spliced into the
+//! text (strings as they are, other values as JSON).
+
+use std::fmt;
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{data, Compiler, Ctx, Vars};
+use jaq_json::Val;
+
+/// The top-level names a template's context holds.
+pub const ROOTS: [&str; 4] = ["input", "steps", "env", "instance"];
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Expr(String),
+}
+
+/// A parsed template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+/// Why a template cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("`${{` at byte {0} is never closed by `}}`")]
+    Unclosed(usize),
+    #[error("expression `{expr}` does not parse: {reason}")]
+    Syntax { expr: String, reason: String },
+    #[error("expression `{expr}` failed: {reason}")]
+    Eval { expr: String, reason: String },
+}
+
+/// A reference from a template to an earlier step's data (`.steps.NAME`) or an env value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    Step(String),
+    Env(String),
+    /// The expression starts with `.NAME` where NAME is not a context root.
+    UnknownRoot(String),
+}
+
+impl Template {
+    /// Splits `text` into literal text and checked jq expressions.
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        let mut offset = 0;
+        while let Some(open) = rest.find("${") {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let body_start = open + 2;
+            let len =
+                closing_brace(&rest[body_start..]).ok_or(TemplateError::Unclosed(offset + open))?;
+            let expr = rest[body_start..body_start + len].trim().to_string();
+            check_syntax(&expr)?;
+            parts.push(Part::Expr(expr));
+            let consumed = body_start + len + 1;
+            offset += consumed;
+            rest = &rest[consumed..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        Ok(Self { parts })
+    }
+
+    /// True when the text holds no expression.
+    pub fn is_literal(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
+    }
+
+    /// The expressions, in order.
+    pub fn expressions(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Expr(e) => Some(e.as_str()),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// What the expressions read from the context: steps and env values by name.
+    pub fn references(&self) -> Vec<Reference> {
+        self.expressions().flat_map(references_in).collect()
+    }
+
+    /// Evaluates the template against `ctx`.
+    pub fn render(&self, ctx: &serde_json::Value) -> Result<serde_json::Value, TemplateError> {
+        if let [Part::Expr(e)] = self.parts.as_slice() {
+            return eval(e, ctx);
+        }
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Expr(e) => match eval(e, ctx)? {
+                    serde_json::Value::String(s) => out.push_str(&s),
+                    other => out.push_str(&other.to_string()),
+                },
+            }
+        }
+        Ok(serde_json::Value::String(out))
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => f.write_str(t)?,
+                Part::Expr(e) => write!(f, "${{ {e} }}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every template inside a JSON value (strings at any depth), with its JSON pointer-like path.
+pub fn templates_in(value: &serde_json::Value) -> Vec<(Vec<String>, &str)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(Vec::new(), value)];
+    while let Some((path, v)) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) if s.contains("${") => out.push((path, s.as_str())),
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate().rev() {
+                    let mut p = path.clone();
+                    p.push(i.to_string());
+                    stack.push((p, item));
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (k, item) in map.iter().rev() {
+                    let mut p = path.clone();
+                    p.push(k.clone());
+                    stack.push((p, item));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Renders every template inside a JSON value.
+pub fn render_value(
+    value: &serde_json::Value,
+    ctx: &serde_json::Value,
+) -> Result<serde_json::Value, TemplateError> {
+    Ok(match value {
+        serde_json::Value::String(s) if s.contains("${") => Template::parse(s)?.render(ctx)?,
+        serde_json::Value::Array(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|v| render_value(v, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_value(v, ctx)?)))
+                .collect::<Result<_, TemplateError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// The length of the expression before its closing `}`, skipping nested braces and strings.
+fn closing_brace(s: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match (in_string, c) {
+            (true, _) if escaped => escaped = false,
+            (true, '\\') => escaped = true,
+            (true, '"') => in_string = false,
+            (true, _) => {}
+            (false, '"') => in_string = true,
+            (false, '{') => depth += 1,
+            (false, '}') if depth == 0 => return Some(i),
+            (false, '}') => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+type Filter = jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>;
+
+fn compile(expr: &str) -> Result<Filter, TemplateError> {
+    let syntax = |reason: String| TemplateError::Syntax {
+        expr: expr.to_string(),
+        reason,
+    };
+    if expr.is_empty() {
+        return Err(syntax("the expression is empty".into()));
+    }
+    let defs = jaq_core::defs()
+        .chain(jaq_std::defs())
+        .chain(jaq_json::defs());
+    let funs = jaq_core::funs()
+        .chain(jaq_std::funs())
+        .chain(jaq_json::funs());
+    let arena = Arena::default();
+    let modules = Loader::new(defs)
+        .load(
+            &arena,
+            File {
+                code: expr,
+                path: (),
+            },
+        )
+        .map_err(|errs| syntax(load_errors(expr, &errs)))?;
+    Compiler::default()
+        .with_funs(funs)
+        .compile(modules)
+        .map_err(|errs| {
+            let names: Vec<String> = errs
+                .iter()
+                .flat_map(|(_, es)| {
+                    es.iter()
+                        .map(|(name, kind)| format!("undefined {kind:?} `{name}`").to_lowercase())
+                })
+                .collect();
+            syntax(names.join(", "))
+        })
+}
+
+fn load_errors(expr: &str, errs: &jaq_core::load::Errors<&str, ()>) -> String {
+    use jaq_core::load::Error;
+    let at = |s: &str| {
+        let pos = (s.as_ptr() as usize).saturating_sub(expr.as_ptr() as usize);
+        if s.is_empty() || pos >= expr.len() {
+            "at the end".to_string()
+        } else {
+            format!("at `{}`", s.chars().take(12).collect::<String>())
+        }
+    };
+    let msgs: Vec<String> = errs
+        .iter()
+        .flat_map(|(_, e)| match e {
+            Error::Io(es) => es.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
+            Error::Lex(es) => es
+                .iter()
+                .map(|(want, s)| format!("expected {} {}", want.as_str(), at(s)))
+                .collect(),
+            Error::Parse(es) => es
+                .iter()
+                .map(|(want, s)| format!("expected {} {}", want.as_str(), at(s)))
+                .collect(),
+        })
+        .collect();
+    msgs.join("; ")
+}
+
+fn check_syntax(expr: &str) -> Result<(), TemplateError> {
+    compile(expr).map(|_| ())
+}
+
+fn eval(expr: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, TemplateError> {
+    let fail = |reason: String| TemplateError::Eval {
+        expr: expr.to_string(),
+        reason,
+    };
+    let filter = compile(expr)?;
+    let input = jaq_json::read::parse_single(ctx.to_string().as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
+    let mut out = filter.id.run((ctx, input)).map(jaq_core::unwrap_valr);
+    let value = match out.next() {
+        None => return Ok(serde_json::Value::Null),
+        Some(Err(e)) => return Err(fail(e.to_string())),
+        Some(Ok(v)) => v,
+    };
+    serde_json::from_str(&value.to_string())
+        .map_err(|e| fail(format!("the result is not JSON: {e}")))
+}
+
+/// `.steps.NAME`, `.steps["NAME"]` and `.env.NAME` in an expression, and an unknown first root.
+fn references_in(expr: &str) -> Vec<Reference> {
+    let mut refs = Vec::new();
+    for (root, make) in [
+        ("steps", Reference::Step as fn(String) -> Reference),
+        ("env", Reference::Env),
+    ] {
+        let needle = format!(".{root}");
+        let mut from = 0;
+        while let Some(i) = expr[from..].find(&needle) {
+            let start = from + i;
+            from = start + needle.len();
+            let preceded_by_ident = expr[..start]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_');
+            if preceded_by_ident {
+                continue;
+            }
+            let rest = &expr[from..];
+            let name = if let Some(r) = rest.strip_prefix('.') {
+                ident(r)
+            } else if let Some(r) = rest.strip_prefix("[\"") {
+                r.split('"').next().map(str::to_string)
+            } else {
+                continue;
+            };
+            if let Some(name) = name.filter(|n| !n.is_empty()) {
+                refs.push(make(name));
+            }
+        }
+    }
+    if let Some(first) = expr.trim_start().strip_prefix('.').and_then(ident) {
+        if !first.is_empty() && !ROOTS.contains(&first.as_str()) {
+            refs.push(Reference::UnknownRoot(first));
+        }
+    }
+    refs
+}
+
+fn ident(s: &str) -> Option<String> {
+    let name: String = s
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> serde_json::Value {
+        json!({"input": {"order_id": "o-1", "amount": 120.5, "items": [{"sku": "a", "qty": 2}]},
+               "steps": {"reserve": {"output": {"reservation_id": "r-9"}}},
+               "env": {"base": "http://127.0.0.1:8080"}})
+    }
+
+    #[test]
+    fn a_lone_expression_keeps_its_type() {
+        let t = Template::parse("${ .input.amount }").unwrap();
+        assert_eq!(t.render(&ctx()).unwrap(), json!(120.5));
+    }
+
+    #[test]
+    fn text_splices_values() {
+        let t = Template::parse(
+            "${ .env.base }/demo/orders/${ .input.order_id }?qty=${ .input.items[0].qty }",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&ctx()).unwrap(),
+            json!("http://127.0.0.1:8080/demo/orders/o-1?qty=2")
+        );
+    }
+
+    #[test]
+    fn expressions_may_hold_braces_and_strings() {
+        let t = Template::parse("${ {id: .input.order_id, s: \"}\"} }").unwrap();
+        assert_eq!(t.render(&ctx()).unwrap(), json!({"id": "o-1", "s": "}"}));
+    }
+
+    #[test]
+    fn renders_templates_inside_values() {
+        let body = json!({"order": "${ .input.order_id }", "lines": ["${ .steps.reserve.output.reservation_id }", 3]});
+        assert_eq!(
+            render_value(&body, &ctx()).unwrap(),
+            json!({"order": "o-1", "lines": ["r-9", 3]})
+        );
+    }
+
+    #[test]
+    fn refuses_bad_syntax_and_unclosed_expressions() {
+        assert!(matches!(
+            Template::parse("${ .input. | }"),
+            Err(TemplateError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Template::parse("${ nosuchfn(1) }"),
+            Err(TemplateError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Template::parse("x ${ .input"),
+            Err(TemplateError::Unclosed(2))
+        ));
+        assert!(matches!(
+            Template::parse("${}"),
+            Err(TemplateError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn finds_references() {
+        let t = Template::parse("${ .steps.reserve.output.id } ${ .steps[\"pay\"].output } ${ .env.base } ${ .inputs.x }").unwrap();
+        assert_eq!(
+            t.references(),
+            vec![
+                Reference::Step("reserve".into()),
+                Reference::Step("pay".into()),
+                Reference::Env("base".into()),
+                Reference::UnknownRoot("inputs".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! The sagaflow engine: everything that is not HTTP.
+//!
+//! # Layout
+//!
+//! - [`dsl`]: YAML text -> [`dsl::WorkflowSpec`], with every syntax and
+//!   structure problem located by line, column and path.
+//! - [`compile`]: `WorkflowSpec` -> [`compile::Machine`], a petgraph state
+//!   machine of the saga, after the semantic checks (references, templates,
+//!   durations, pivot rules, reachability); DOT and Mermaid export.
+//! - [`diagnostic`]: the located problems both stages report.
+
+pub mod compile;
+pub mod diagnostic;
+pub mod dsl;
