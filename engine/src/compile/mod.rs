@@ -25,6 +25,56 @@ impl Checked {
     }
 }
 
+/// Checks a workflow file's raw bytes: refuses oversized files before
+/// reading them as text, and text that is not UTF-8 (binary garbage).
+pub fn check_bytes(bytes: &[u8]) -> Checked {
+    let limit = dsl::yaml::Limits::default().max_bytes;
+    let refuse = |d: Diagnostic| Checked {
+        machine: None,
+        diagnostics: vec![d],
+    };
+    if bytes.len() > limit {
+        let d = Diagnostic::error(
+            "file-too-large",
+            DocPath::root(),
+            format!(
+                "the file is {} bytes; workflow files are limited to {limit} bytes",
+                bytes.len()
+            ),
+        );
+        return refuse(d.at(crate::diagnostic::Span {
+            start: 0,
+            end: 0,
+            line: 1,
+            column: 1,
+        }));
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => check(text),
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+            let span = crate::diagnostic::Span {
+                start: e.valid_up_to(),
+                end: e.valid_up_to(),
+                line,
+                column,
+            };
+            refuse(
+                Diagnostic::error(
+                    "not-text",
+                    DocPath::root(),
+                    "the file is not UTF-8 text (is it binary?)",
+                )
+                .at(span),
+            )
+        }
+    }
+}
+
 /// Parses and compiles a workflow file's text.
 pub fn check(text: &str) -> Checked {
     match dsl::parse(text) {
@@ -36,8 +86,25 @@ pub fn check(text: &str) -> Checked {
     }
 }
 
-/// Compiles a parsed workflow.
+/// Compiles a parsed workflow. If parsing set fields aside, the semantic
+/// problems are still found, less those the missing fields would cause,
+/// and no machine is built.
 pub fn compile(parsed: &Parsed) -> Checked {
+    let mut checked = compile_spec(parsed);
+    if !parsed.problems.is_empty() {
+        checked.machine = None;
+        checked
+            .diagnostics
+            .retain(|d| !parsed.removed.iter().any(|r| dsl::related(r, &d.path)));
+        checked.diagnostics.extend(parsed.problems.iter().cloned());
+        checked
+            .diagnostics
+            .sort_by_key(|d| (d.span.map(|s| s.start), d.severity));
+    }
+    checked
+}
+
+fn compile_spec(parsed: &Parsed) -> Checked {
     let spec = &parsed.spec;
     let mut c = build::Checker::new(spec);
     c.workflow_level();

@@ -253,3 +253,17 @@ fn exports_show_the_compensation_path() {
     let json = export::json(&m);
     assert_eq!(json["start"], "run_0");
 }
+
+#[test]
+fn refuses_binary_and_oversized_files() {
+    let c = check_bytes(b"name: w\nsteps: \xff\xfe\x00");
+    let d = &c.diagnostics[0];
+    assert_eq!(
+        (d.code, d.span.unwrap().line, d.span.unwrap().column),
+        ("not-text", 2, 8)
+    );
+    let big = vec![b'#'; 10 * 1024 * 1024];
+    assert_eq!(check_bytes(&big).diagnostics[0].code, "file-too-large");
+    let bom = check_bytes(b"\xEF\xBB\xBFname: w\nsteps: []\n");
+    assert_eq!(bom.diagnostics[0].code, "no-steps");
+}

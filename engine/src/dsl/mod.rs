@@ -19,11 +19,22 @@ use crate::diagnostic::{Anchor, Diagnostic, DocPath};
 
 /// A workflow file that parsed: its typed spec and the tree it came from
 /// (kept so later stages can locate what they find).
+///
+/// When the structure had problems that could be set aside (an unknown or
+/// mistyped optional field), `problems` lists them and `spec` is the file
+/// without those fields: good enough to find the file's other problems,
+/// never to run.
 #[derive(Debug, Clone)]
 pub struct Parsed {
     pub spec: WorkflowSpec,
     pub tree: yaml::Node,
+    pub problems: Vec<Diagnostic>,
+    /// The paths set aside to get `spec`.
+    pub removed: Vec<DocPath>,
 }
+
+/// How many rounds of setting fields aside are tried before giving up.
+const REPAIR_ROUNDS: usize = 4;
 
 /// Parses a workflow file. On failure, every syntax and structure problem
 /// found, located.
@@ -39,20 +50,82 @@ pub fn parse_with_limits(text: &str, limits: yaml::Limits) -> Result<Parsed, Vec
             None => d,
         }]
     })?;
-    let json = tree.to_json();
-    let mut diags = structure::check(&json);
-    if diags.is_empty() {
-        match serde_json::from_value::<WorkflowSpec>(json) {
-            Ok(spec) => return Ok(Parsed { spec, tree }),
-            Err(e) => diags.push(Diagnostic::error(
+    let mut json = tree.to_json();
+    let mut problems = structure::check(&json);
+    let mut removed = Vec::new();
+    let mut round = problems.clone();
+    for _ in 0..REPAIR_ROUNDS {
+        if round.is_empty() {
+            break;
+        }
+        if !round.iter().all(|d| remove(&mut json, &d.path)) {
+            locate(&mut problems, &tree);
+            return Err(problems);
+        }
+        removed.extend(round.iter().map(|d| d.path.clone()));
+        round = structure::check(&json);
+        problems.extend(
+            round
+                .iter()
+                .filter(|d| !removed.iter().any(|r| related(r, &d.path)))
+                .cloned(),
+        );
+    }
+    if !round.is_empty() {
+        locate(&mut problems, &tree);
+        return Err(problems);
+    }
+    match serde_json::from_value::<WorkflowSpec>(json) {
+        Ok(spec) => {
+            locate(&mut problems, &tree);
+            Ok(Parsed {
+                spec,
+                tree,
+                problems,
+                removed,
+            })
+        }
+        Err(e) => {
+            problems.push(Diagnostic::error(
                 "invalid-workflow",
                 DocPath::root(),
                 e.to_string(),
-            )),
+            ));
+            locate(&mut problems, &tree);
+            Err(problems)
         }
     }
-    locate(&mut diags, &tree);
-    Err(diags)
+}
+
+/// Sets aside the field at `path`; false when it is not a field (the
+/// document itself, or a list item whose removal would shift the others).
+fn remove(json: &mut serde_json::Value, path: &DocPath) -> bool {
+    use crate::diagnostic::PathSeg;
+    let Some((PathSeg::Key(last), parent)) = path.0.split_last() else {
+        return false;
+    };
+    let mut node = json;
+    for seg in parent {
+        node = match (node, seg) {
+            (serde_json::Value::Object(o), PathSeg::Key(k)) => match o.get_mut(k) {
+                Some(n) => n,
+                None => return false,
+            },
+            (serde_json::Value::Array(a), PathSeg::Index(i)) => match a.get_mut(*i) {
+                Some(n) => n,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    node.as_object_mut().and_then(|o| o.remove(last)).is_some()
+}
+
+/// Whether a problem at `b` may be a knock-on effect of setting `a` aside:
+/// one path lies inside the other (the document itself excepted).
+pub fn related(a: &DocPath, b: &DocPath) -> bool {
+    let n = a.0.len().min(b.0.len());
+    n > 0 && a.0[..n] == b.0[..n]
 }
 
 /// Fills in the span of every diagnostic from its path: the key or the
@@ -65,7 +138,7 @@ pub fn locate(diags: &mut [Diagnostic], tree: &yaml::Node) {
                 Anchor::Key if path == d.path => tree.key_span(&path),
                 _ => None,
             }
-            .or_else(|| tree.get(&path).map(|n| n.span));
+            .or_else(|| tree.get(&path).map(yaml::Node::head_span));
             if let Some(span) = span {
                 d.span = Some(span);
                 break;
@@ -83,11 +156,11 @@ mod tests {
     use super::*;
 
     fn errors(text: &str) -> Vec<String> {
-        parse(text)
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        let problems = match parse(text) {
+            Ok(p) => p.problems,
+            Err(e) => e,
+        };
+        problems.iter().map(ToString::to_string).collect()
     }
 
     #[test]

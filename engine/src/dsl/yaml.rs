@@ -73,6 +73,34 @@ impl Node {
         Some(node)
     }
 
+    /// Where to point at this node: a mapping or list is pointed at by its
+    /// first line (its first key, or its first item), not its whole extent.
+    pub fn head_span(&self) -> Span {
+        match &self.value {
+            Value::Map(entries)
+                if entries
+                    .last()
+                    .is_some_and(|(_, v)| v.span.line == self.span.line) =>
+            {
+                self.span
+            }
+            Value::Map(entries) => entries.first().map_or(self.span, |(k, v)| {
+                if v.span.line == k.span.line && !matches!(v.value, Value::Map(_) | Value::Seq(_)) {
+                    Span {
+                        end: v.span.end,
+                        ..k.span
+                    }
+                } else {
+                    k.span
+                }
+            }),
+            Value::Seq(items) if self.span.line != items.last().map_or(0, |n| n.span.line) => {
+                items.first().map_or(self.span, Node::head_span)
+            }
+            _ => self.span,
+        }
+    }
+
     /// The span of the key that leads to the node at `path`, or of the node itself.
     pub fn key_span(&self, path: &DocPath) -> Option<Span> {
         let (last, parent) = path.0.split_last()?;
