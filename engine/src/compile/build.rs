@@ -401,7 +401,8 @@ impl<'a> Checker<'a> {
                         many.len(),
                         many.join(", ")
                     ),
-                );
+                )
+                .anchor = crate::diagnostic::Anchor::Key;
                 None
             }
         }
@@ -420,7 +421,8 @@ impl<'a> Checker<'a> {
                     "many-actions",
                     path.key("task"),
                     "a compensation is one action: `http` or `task`, not both",
-                );
+                )
+                .anchor = crate::diagnostic::Anchor::Key;
                 None
             }
             (None, None) => {

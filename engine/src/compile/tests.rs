@@ -210,7 +210,7 @@ steps:
         vec![
             "2:8 bad-input-schema input",
             "4:5 missing-action steps[0]",
-            "8:11 many-actions steps[1].task",
+            "8:5 many-actions steps[1].task",
             "11:11 ambiguous-wait steps[2].wait",
             "13:11 empty-wait steps[3].wait",
         ]
@@ -266,4 +266,43 @@ fn refuses_binary_and_oversized_files() {
     assert_eq!(check_bytes(&big).diagnostics[0].code, "file-too-large");
     let bom = check_bytes(b"\xEF\xBB\xBFname: w\nsteps: []\n");
     assert_eq!(bom.diagnostics[0].code, "no-steps");
+}
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let c = check_bytes(&bytes);
+            prop_assert!(c.machine.is_some() || c.diagnostics.iter().any(|d| d.is_error()));
+        }
+
+        #[test]
+        fn on_yaml_like_text(text in "[a-z:\\-\\[\\]{}&*!|>'\" \n\t#,0-9$.]{0,300}") {
+            let c = check(&text);
+            prop_assert!(c.machine.is_some() || c.diagnostics.iter().any(|d| d.is_error()));
+            for d in &c.diagnostics {
+                prop_assert!(d.span.is_some(), "unlocated: {}", d);
+            }
+        }
+
+        /// Cut a piece out of a real workflow and splice in some noise: whatever
+        /// comes out is either a machine or located errors.
+        #[test]
+        fn on_mutations_of_the_order_workflow(at in 0usize..ORDER.len(), cut in 0usize..40, noise in "[a-z:\\-{}\\[\\] \n$.]{0,8}") {
+            let at = (0..=at).rev().find(|&i| ORDER.is_char_boundary(i)).unwrap_or(0);
+            let end = (at + cut..=ORDER.len()).find(|&i| ORDER.is_char_boundary(i)).unwrap_or(ORDER.len());
+            let text = format!("{}{}{}", &ORDER[..at], noise, &ORDER[end..]);
+            let c = check(&text);
+            prop_assert!(c.machine.is_some() || c.diagnostics.iter().any(|d| d.is_error()));
+            for d in &c.diagnostics {
+                let span = d.span.expect("located");
+                prop_assert!(span.start <= span.end && span.end <= text.len());
+            }
+        }
+    }
 }

@@ -479,11 +479,10 @@ fn resolve_plain(text: &str) -> Value {
 
 fn tab_help(text: &str, at: Marker) -> Option<String> {
     let line = text.lines().nth(at.line().checked_sub(1)?)?;
-    line.trim_end()
-        .starts_with(|c: char| c == '\t' || c == ' ')
-        .then_some(())
-        .filter(|()| line.contains('\t'))
-        .map(|()| "YAML indentation must use spaces, not tabs".to_string())
+    let indent = &line[..line.len() - line.trim_start().len()];
+    indent
+        .contains('\t')
+        .then(|| "YAML indentation must use spaces, not tabs".to_string())
 }
 
 #[cfg(test)]

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, and every test of the workspace.
+# Installs what a fresh machine lacks. Run it from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Snapshots are checked, never rewritten, by the test command.
+export INSTA_UPDATE=no
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+cargo nextest run --workspace --locked --no-fail-fast
