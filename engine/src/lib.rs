@@ -8,7 +8,9 @@
 //!   machine of the saga, after the semantic checks (references, templates,
 //!   durations, pivot rules, reachability); DOT and Mermaid export.
 //! - [`diagnostic`]: the located problems both stages report.
+//! - [`saga`]: the pure core: events, state, `decide` and `evolve`.
 
 pub mod compile;
 pub mod diagnostic;
 pub mod dsl;
+pub mod saga;

@@ -132,6 +132,7 @@ fn compile_spec(parsed: &Parsed) -> Checked {
         if !diagnostics.iter().any(Diagnostic::is_error) {
             machine = Some(Machine {
                 name: spec.name.clone(),
+                hash: definition_hash(spec),
                 version: spec.version,
                 description: spec.description.clone(),
                 input_schema: spec.input.clone(),
@@ -149,6 +150,16 @@ fn compile_spec(parsed: &Parsed) -> Checked {
         machine,
         diagnostics,
     }
+}
+
+/// sha256 of the spec's canonical JSON, hex.
+fn definition_hash(spec: &dsl::WorkflowSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::to_vec(spec).unwrap_or_default();
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

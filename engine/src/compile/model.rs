@@ -15,6 +15,8 @@ use crate::dsl::template::Template;
 pub struct Machine {
     pub name: String,
     pub version: u32,
+    /// sha256 of the definition (its canonical JSON): which exact text an instance runs.
+    pub hash: String,
     pub description: Option<String>,
     pub input_schema: Option<serde_json::Value>,
     pub env: BTreeMap<String, String>,

@@ -6,21 +6,41 @@
 //! text (strings as they are, other values as JSON).
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
-use jaq_core::load::{Arena, File, Loader};
+use jaq_core::load::{parse::Def, Arena, File, Loader};
 use jaq_core::{data, Compiler, Ctx, Vars};
 use jaq_json::Val;
 
 /// The top-level names a template's context holds.
 pub const ROOTS: [&str; 4] = ["input", "steps", "env", "instance"];
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 enum Part {
     Text(String),
-    Expr(String),
+    /// The expression's text and its compiled filter (compiled once, run many times).
+    Expr(String, Arc<Filter>),
 }
 
-/// A parsed template.
+impl PartialEq for Part {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Part::Text(a), Part::Text(b)) | (Part::Expr(a, _), Part::Expr(b, _)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Text(t) => f.debug_tuple("Text").field(t).finish(),
+            Part::Expr(e, _) => f.debug_tuple("Expr").field(e).finish(),
+        }
+    }
+}
+
+/// A parsed template, its expressions compiled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     parts: Vec<Part>,
@@ -60,8 +80,8 @@ impl Template {
             let len =
                 closing_brace(&rest[body_start..]).ok_or(TemplateError::Unclosed(offset + open))?;
             let expr = rest[body_start..body_start + len].trim().to_string();
-            check_syntax(&expr)?;
-            parts.push(Part::Expr(expr));
+            let filter = Arc::new(compile(&expr)?);
+            parts.push(Part::Expr(expr, filter));
             let consumed = body_start + len + 1;
             offset += consumed;
             rest = &rest[consumed..];
@@ -80,7 +100,7 @@ impl Template {
     /// The expressions, in order.
     pub fn expressions(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
-            Part::Expr(e) => Some(e.as_str()),
+            Part::Expr(e, _) => Some(e.as_str()),
             Part::Text(_) => None,
         })
     }
@@ -92,14 +112,14 @@ impl Template {
 
     /// Evaluates the template against `ctx`.
     pub fn render(&self, ctx: &serde_json::Value) -> Result<serde_json::Value, TemplateError> {
-        if let [Part::Expr(e)] = self.parts.as_slice() {
-            return eval(e, ctx);
+        if let [Part::Expr(e, filter)] = self.parts.as_slice() {
+            return eval(e, filter, ctx);
         }
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Expr(e) => match eval(e, ctx)? {
+                Part::Expr(e, filter) => match eval(e, filter, ctx)? {
                     serde_json::Value::String(s) => out.push_str(&s),
                     other => out.push_str(&other.to_string()),
                 },
@@ -114,7 +134,7 @@ impl fmt::Display for Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => f.write_str(t)?,
-                Part::Expr(e) => write!(f, "${{ {e} }}")?,
+                Part::Expr(e, _) => write!(f, "${{ {e} }}")?,
             }
         }
         Ok(())
@@ -201,9 +221,7 @@ fn compile(expr: &str) -> Result<Filter, TemplateError> {
     if expr.is_empty() {
         return Err(syntax("the expression is empty".into()));
     }
-    let defs = jaq_core::defs()
-        .chain(jaq_std::defs())
-        .chain(jaq_json::defs());
+    let defs = std_defs().iter().cloned();
     let funs = jaq_core::funs()
         .chain(jaq_std::funs())
         .chain(jaq_json::funs());
@@ -230,6 +248,17 @@ fn compile(expr: &str) -> Result<Filter, TemplateError> {
                 .collect();
             syntax(names.join(", "))
         })
+}
+
+/// jq's standard definitions, parsed once.
+fn std_defs() -> &'static [Def<&'static str>] {
+    static DEFS: OnceLock<Vec<Def<&'static str>>> = OnceLock::new();
+    DEFS.get_or_init(|| {
+        jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs())
+            .collect()
+    })
 }
 
 fn load_errors(expr: &str, errs: &jaq_core::load::Errors<&str, ()>) -> String {
@@ -259,16 +288,15 @@ fn load_errors(expr: &str, errs: &jaq_core::load::Errors<&str, ()>) -> String {
     msgs.join("; ")
 }
 
-fn check_syntax(expr: &str) -> Result<(), TemplateError> {
-    compile(expr).map(|_| ())
-}
-
-fn eval(expr: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, TemplateError> {
+fn eval(
+    expr: &str,
+    filter: &Filter,
+    ctx: &serde_json::Value,
+) -> Result<serde_json::Value, TemplateError> {
     let fail = |reason: String| TemplateError::Eval {
         expr: expr.to_string(),
         reason,
     };
-    let filter = compile(expr)?;
     let input = jaq_json::read::parse_single(ctx.to_string().as_bytes())
         .map_err(|e| fail(e.to_string()))?;
     let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
@@ -406,5 +434,14 @@ mod tests {
                 Reference::UnknownRoot("inputs".into()),
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod send_check {
+    fn is_send_sync<T: Send + Sync>() {}
+    #[test]
+    fn filters_can_be_shared() {
+        is_send_sync::<super::Filter>();
     }
 }

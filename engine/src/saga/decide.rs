@@ -1,0 +1,634 @@
+//! `decide`: given the machine, the state and an input, what happens next.
+//!
+//! Pure: no I/O, no clock (`now` is an argument), no randomness (jitter is
+//! derived from the instance, step and attempt). Effects are returned as
+//! [`Action`]s for the runtime to perform once the events are durable.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::event::{ActionKind, CompensationReason, Event, Phase, TimerPurpose};
+use super::state::{evolve, InFlight, SagaState};
+use super::time::Timestamp;
+use crate::compile::{Action as StepAction, Machine, Role, State, Transition, Wait};
+use crate::dsl::spec::FailureKind;
+use crate::dsl::template::render_value;
+
+/// Something that happened outside the core.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Start the saga (the stream is empty).
+    Start {
+        input: Value,
+        idempotency_key: Option<String>,
+    },
+    /// An attempt answered.
+    Succeeded {
+        step: usize,
+        attempt: u32,
+        phase: Phase,
+        output: Value,
+    },
+    /// An attempt failed.
+    Failed {
+        step: usize,
+        attempt: u32,
+        phase: Phase,
+        kind: FailureKind,
+        error: String,
+    },
+    TimerFired {
+        timer: String,
+    },
+    Signal {
+        name: String,
+        payload: Value,
+    },
+    Cancel {
+        reason: Option<String>,
+    },
+}
+
+/// An effect for the runtime to carry out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Perform an attempt: call the HTTP endpoint or offer the task.
+    Perform {
+        step: usize,
+        attempt: u32,
+        phase: Phase,
+    },
+    /// Deliver `TimerFired { timer }` at `due`.
+    ArmTimer { timer: String, due: Timestamp },
+    /// The saga reached an end.
+    Finished,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    pub events: Vec<Event>,
+    pub actions: Vec<Action>,
+}
+
+/// Why an input was refused; nothing is written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the saga has already started")]
+    AlreadyStarted,
+    #[error("the saga has not started")]
+    NotStarted,
+    #[error("the saga has ended ({0})")]
+    Finished(&'static str),
+    #[error("the saga is past its pivot step and will complete; it can no longer be cancelled")]
+    PastPivot,
+    #[error("the saga is already compensating after a {0}")]
+    Compensating(&'static str),
+}
+
+/// Decides what `input` does to a saga in `state`.
+pub fn decide(
+    machine: &Machine,
+    instance: &str,
+    state: &SagaState,
+    input: Input,
+    now: Timestamp,
+) -> Result<Decision, Rejection> {
+    let mut d = Decider {
+        m: machine,
+        instance,
+        s: state.clone(),
+        now,
+        out: Decision::default(),
+    };
+    match input {
+        Input::Start {
+            input,
+            idempotency_key,
+        } => {
+            if state.started {
+                return Err(Rejection::AlreadyStarted);
+            }
+            d.start(input, idempotency_key);
+        }
+        other => {
+            if !state.started {
+                return Err(Rejection::NotStarted);
+            }
+            d.handle(other)?;
+        }
+    }
+    Ok(d.out)
+}
+
+/// The actions that must be (re)issued for a saga loaded from the store:
+/// the attempt in flight (with its original attempt number, so the same
+/// idempotency key) and every pending timer.
+pub fn resume(state: &SagaState) -> Vec<Action> {
+    let mut actions = Vec::new();
+    if let Some(f) = state.in_flight {
+        actions.push(Action::Perform {
+            step: f.step,
+            attempt: f.attempt,
+            phase: f.phase,
+        });
+    }
+    for (id, t) in &state.timers {
+        actions.push(Action::ArmTimer {
+            timer: id.clone(),
+            due: t.due,
+        });
+    }
+    actions
+}
+
+struct Decider<'a> {
+    m: &'a Machine,
+    instance: &'a str,
+    s: SagaState,
+    now: Timestamp,
+    out: Decision,
+}
+
+impl Decider<'_> {
+    fn emit(&mut self, e: Event) {
+        self.s = evolve(std::mem::take(&mut self.s), &e);
+        self.out.events.push(e);
+    }
+
+    fn act(&mut self, a: Action) {
+        self.out.actions.push(a);
+    }
+
+    fn at(&self) -> State {
+        self.s.at.unwrap_or(State::Running(0))
+    }
+
+    fn start(&mut self, input: Value, idempotency_key: Option<String>) {
+        let deadline = self.m.deadline.map(|d| self.now.plus(d));
+        self.emit(Event::SagaStarted {
+            workflow: self.m.name.clone(),
+            version: self.m.version,
+            definition_hash: self.m.hash.clone(),
+            input,
+            idempotency_key,
+            deadline,
+            started_at: self.now,
+        });
+        if let Some(due) = deadline {
+            self.arm(TimerPurpose::Deadline, due);
+        }
+        self.enter(self.m.start());
+    }
+
+    fn handle(&mut self, input: Input) -> Result<(), Rejection> {
+        match input {
+            Input::Start { .. } => return Err(Rejection::AlreadyStarted),
+            Input::Succeeded {
+                step,
+                attempt,
+                phase,
+                output,
+            } => {
+                if self.s.in_flight
+                    == Some(InFlight {
+                        step,
+                        attempt,
+                        phase,
+                    })
+                {
+                    self.succeeded(step, attempt, phase, output, None);
+                }
+            }
+            Input::Failed {
+                step,
+                attempt,
+                phase,
+                kind,
+                error,
+            } => {
+                if self.s.in_flight
+                    == Some(InFlight {
+                        step,
+                        attempt,
+                        phase,
+                    })
+                {
+                    self.failed(step, attempt, phase, kind, error);
+                }
+            }
+            Input::TimerFired { timer } => self.timer_fired(timer),
+            Input::Signal { name, payload } => self.signal(name, payload)?,
+            Input::Cancel { reason } => self.cancel(reason)?,
+        }
+        Ok(())
+    }
+
+    /// Enters a state: starts its step, arms its timers, or ends the saga.
+    fn enter(&mut self, target: State) {
+        match target {
+            State::Running(i) => self.start_attempt(i, 1, Phase::Forward),
+            State::Compensating(i) => self.start_attempt(i, 1, Phase::Compensation),
+            State::Waiting(i) => {
+                let step = &self.m.steps[i];
+                self.emit(Event::StepStarted {
+                    step: i,
+                    name: step.name.clone(),
+                    attempt: 1,
+                    phase: Phase::Forward,
+                    action: ActionKind::Wait,
+                    at: self.now,
+                });
+                match &step.action {
+                    StepAction::Wait(Wait::Duration(d)) => {
+                        self.arm(TimerPurpose::WaitElapsed { step: i }, self.now.plus(*d))
+                    }
+                    StepAction::Wait(Wait::Signal(name)) => {
+                        if let Some((_, payload)) =
+                            self.s.signals.iter().find(|(n, _)| n == name).cloned()
+                        {
+                            self.succeeded(i, 1, Phase::Forward, payload, Some(name.clone()));
+                            return;
+                        }
+                        if let Some(t) = step.timeout {
+                            self.arm(TimerPurpose::WaitTimeout { step: i }, self.now.plus(t));
+                        }
+                    }
+                    StepAction::Http(_) | StepAction::Task(_) => {}
+                }
+            }
+            State::Completed => {
+                let output = self.output();
+                self.emit(Event::SagaCompleted {
+                    output,
+                    at: self.now,
+                });
+                self.act(Action::Finished);
+            }
+            State::Compensated => {
+                self.emit(Event::SagaCompensated { at: self.now });
+                self.act(Action::Finished);
+            }
+            State::Cancelled => {
+                self.emit(Event::SagaCancelled { at: self.now });
+                self.act(Action::Finished);
+            }
+            State::Failed => {
+                let reason = self.s.error.clone().unwrap_or_else(|| "failed".into());
+                self.emit(Event::SagaFailed {
+                    reason,
+                    at: self.now,
+                });
+                self.act(Action::Finished);
+            }
+        }
+    }
+
+    fn start_attempt(&mut self, i: usize, attempt: u32, phase: Phase) {
+        let step = &self.m.steps[i];
+        let action = match phase {
+            Phase::Forward => &step.action,
+            Phase::Compensation => step.compensation.as_ref().unwrap_or(&step.action),
+        };
+        let kind = match action {
+            StepAction::Http(_) => ActionKind::Http,
+            StepAction::Task(_) => ActionKind::Task,
+            StepAction::Wait(_) => ActionKind::Wait,
+        };
+        self.emit(Event::StepStarted {
+            step: i,
+            name: step.name.clone(),
+            attempt,
+            phase,
+            action: kind,
+            at: self.now,
+        });
+        if let Some(t) = step.timeout {
+            self.arm(
+                TimerPurpose::StepTimeout {
+                    step: i,
+                    attempt,
+                    phase,
+                },
+                self.now.plus(t),
+            );
+        }
+        self.act(Action::Perform {
+            step: i,
+            attempt,
+            phase,
+        });
+    }
+
+    fn arm(&mut self, purpose: TimerPurpose, due: Timestamp) {
+        let timer = purpose.id();
+        self.emit(Event::TimerArmed {
+            timer: timer.clone(),
+            purpose,
+            due,
+        });
+        self.act(Action::ArmTimer { timer, due });
+    }
+
+    fn succeeded(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        phase: Phase,
+        output: Value,
+        signal: Option<String>,
+    ) {
+        let name = self.m.steps[i].name.clone();
+        match phase {
+            Phase::Forward => {
+                let transition = match (&self.m.steps[i].action, &signal) {
+                    (StepAction::Wait(Wait::Duration(_)), _) => Transition::TimerElapsed,
+                    (_, Some(_)) => Transition::SignalReceived,
+                    _ => Transition::Succeeded,
+                };
+                self.emit(Event::StepSucceeded {
+                    step: i,
+                    name,
+                    attempt,
+                    output,
+                    signal,
+                    at: self.now,
+                });
+                self.go(transition);
+            }
+            Phase::Compensation => {
+                self.emit(Event::StepCompensated {
+                    step: i,
+                    name,
+                    attempt,
+                    output,
+                    at: self.now,
+                });
+                let done = match self.s.reason {
+                    Some(CompensationReason::Cancel) => Transition::CancelCompensated,
+                    _ => Transition::AllCompensated,
+                };
+                let on = if self.m.next(self.at(), Transition::Compensated).is_some() {
+                    Transition::Compensated
+                } else {
+                    done
+                };
+                self.go(on);
+            }
+        }
+    }
+
+    fn failed(&mut self, i: usize, attempt: u32, phase: Phase, kind: FailureKind, error: String) {
+        let step = &self.m.steps[i];
+        let name = step.name.clone();
+        let retry = match phase {
+            Phase::Forward => {
+                step.retry.should_retry(attempt, kind)
+                    && self.m.next(self.at(), Transition::Retry).is_some()
+            }
+            // A compensation's "no" cannot be retried away; anything else is tried again within the policy.
+            Phase::Compensation => {
+                kind != FailureKind::Business
+                    && step.retry.max_attempts.is_none_or(|max| attempt < max)
+            }
+        };
+        let error = format!("{name}: {error}");
+        match phase {
+            Phase::Forward => self.emit(Event::StepFailed {
+                step: i,
+                name: name.clone(),
+                attempt,
+                kind,
+                error,
+                retryable: retry,
+                at: self.now,
+            }),
+            Phase::Compensation => self.emit(Event::CompensationFailed {
+                step: i,
+                name: name.clone(),
+                attempt,
+                kind,
+                error,
+                retryable: retry,
+                at: self.now,
+            }),
+        }
+        if retry {
+            self.schedule_retry(i, attempt + 1, phase);
+            return;
+        }
+        let transition = match (phase, kind) {
+            (Phase::Compensation, _) => Transition::CompensationFailed,
+            (_, FailureKind::Business) => Transition::BusinessFailure,
+            (_, FailureKind::Transient) => Transition::RetriesExhausted,
+            (_, FailureKind::Timeout) => Transition::Timeout,
+        };
+        match self.m.next(self.at(), transition) {
+            Some(State::Failed) | None => self.enter(State::Failed),
+            Some(next) if phase == Phase::Forward => {
+                self.compensate(CompensationReason::Failure, i, next)
+            }
+            Some(next) => self.enter(next),
+        }
+    }
+
+    fn schedule_retry(&mut self, i: usize, attempt: u32, phase: Phase) {
+        let step = &self.m.steps[i];
+        let base = step.retry.delay(attempt - 1);
+        let delay = jittered(base, step.retry.jitter, self.instance, i, attempt);
+        if delay.is_zero() {
+            self.start_attempt(i, attempt, phase);
+            return;
+        }
+        let due = self.now.plus(delay);
+        self.emit(Event::RetryScheduled {
+            step: i,
+            name: step.name.clone(),
+            attempt,
+            phase,
+            due,
+        });
+        self.act(Action::ArmTimer {
+            timer: TimerPurpose::Backoff {
+                step: i,
+                attempt,
+                phase,
+            }
+            .id(),
+            due,
+        });
+    }
+
+    /// Follows a transition from the current state and enters where it leads.
+    fn go(&mut self, on: Transition) {
+        match self.m.next(self.at(), on) {
+            Some(next) => self.enter(next),
+            None => {
+                self.s.error = Some(format!("no `{on}` transition from {}", self.at()));
+                self.enter(State::Failed);
+            }
+        }
+    }
+
+    fn compensate(&mut self, reason: CompensationReason, step: usize, next: State) {
+        self.emit(Event::CompensationStarted {
+            reason,
+            step,
+            at: self.now,
+        });
+        self.enter(next);
+    }
+
+    fn timer_fired(&mut self, timer: String) {
+        let Some(pending) = self.s.timers.get(&timer).cloned() else {
+            return; // fired before, or made moot: nothing to do
+        };
+        self.emit(Event::TimerFired {
+            timer,
+            at: self.now,
+        });
+        match pending.purpose {
+            TimerPurpose::Backoff {
+                step,
+                attempt,
+                phase,
+            } => self.start_attempt(step, attempt, phase),
+            TimerPurpose::StepTimeout {
+                step,
+                attempt,
+                phase,
+            } => {
+                let after = self.m.steps[step].timeout.map_or(String::new(), |t| {
+                    format!(" after {}", humantime::format_duration(t))
+                });
+                self.failed(
+                    step,
+                    attempt,
+                    phase,
+                    FailureKind::Timeout,
+                    format!("timed out{after}"),
+                );
+            }
+            TimerPurpose::WaitTimeout { step } => {
+                if self.s.at == Some(State::Waiting(step)) {
+                    let name = self.m.steps[step].name.clone();
+                    let error = format!("{name}: no signal came in time");
+                    self.emit(Event::StepFailed {
+                        step,
+                        name,
+                        attempt: 1,
+                        kind: FailureKind::Timeout,
+                        error,
+                        retryable: false,
+                        at: self.now,
+                    });
+                    match self.m.next(State::Waiting(step), Transition::Timeout) {
+                        Some(State::Failed) | None => self.enter(State::Failed),
+                        Some(next) => self.compensate(CompensationReason::Failure, step, next),
+                    }
+                }
+            }
+            TimerPurpose::WaitElapsed { step } => {
+                if self.s.at == Some(State::Waiting(step)) {
+                    self.succeeded(step, 1, Phase::Forward, Value::Null, None);
+                }
+            }
+            TimerPurpose::Deadline => {
+                let at = self.at();
+                if let Some(next) = self.m.next(at, Transition::Deadline) {
+                    let step = self.s.current_step().unwrap_or(0);
+                    self.compensate(CompensationReason::Deadline, step, next);
+                }
+            }
+        }
+    }
+
+    fn signal(&mut self, name: String, payload: Value) -> Result<(), Rejection> {
+        if self.s.is_terminal() {
+            return Err(Rejection::Finished(self.s.status()));
+        }
+        self.emit(Event::SignalReceived {
+            name: name.clone(),
+            payload: payload.clone(),
+            at: self.now,
+        });
+        if let Some(State::Waiting(i)) = self.s.at {
+            if matches!(&self.m.steps[i].action, StepAction::Wait(Wait::Signal(n)) if *n == name) {
+                self.succeeded(i, 1, Phase::Forward, payload, Some(name));
+            }
+        }
+        Ok(())
+    }
+
+    fn cancel(&mut self, reason: Option<String>) -> Result<(), Rejection> {
+        if self.s.is_terminal() {
+            return Err(Rejection::Finished(self.s.status()));
+        }
+        match self.s.reason {
+            Some(CompensationReason::Cancel) => return Ok(()), // already cancelling: nothing more to do
+            Some(CompensationReason::Failure) => return Err(Rejection::Compensating("failure")),
+            Some(CompensationReason::Deadline) => return Err(Rejection::Compensating("deadline")),
+            None => {}
+        }
+        let at = self.at();
+        let step = self.s.current_step().unwrap_or(0);
+        if self
+            .m
+            .steps
+            .get(step)
+            .is_some_and(|s| s.role != Role::Compensable)
+        {
+            return Err(Rejection::PastPivot);
+        }
+        let Some(next) = self.m.next(at, Transition::Cancel) else {
+            return Err(Rejection::PastPivot);
+        };
+        self.emit(Event::CancelRequested {
+            reason,
+            at: self.now,
+        });
+        self.compensate(CompensationReason::Cancel, step, next);
+        Ok(())
+    }
+
+    /// The saga's output: the workflow's `output` template, or every step's output.
+    fn output(&self) -> Value {
+        let ctx = context(self.m, self.instance, &self.s);
+        match &self.m.output {
+            Some(t) => render_value(t, &ctx).unwrap_or_else(|e| json!({ "error": e.to_string() })),
+            None => ctx["steps"].clone(),
+        }
+    }
+}
+
+/// The data templates see: `{input, steps: {NAME: {output}}, env, instance: {id}}`.
+pub fn context(m: &Machine, instance: &str, s: &SagaState) -> Value {
+    let steps: serde_json::Map<String, Value> = s
+        .outputs
+        .iter()
+        .map(|(k, v)| (k.clone(), json!({ "output": v })))
+        .collect();
+    json!({
+        "input": s.input,
+        "steps": steps,
+        "env": m.env,
+        "instance": { "id": instance, "workflow": m.name, "version": m.version },
+    })
+}
+
+/// A delay with up to `jitter` of it randomised, reproducibly from the instance, step and attempt.
+fn jittered(base: Duration, jitter: f64, instance: &str, step: usize, attempt: u32) -> Duration {
+    if base.is_zero() || jitter <= 0.0 {
+        return base;
+    }
+    let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in instance
+        .bytes()
+        .chain(step.to_le_bytes())
+        .chain(attempt.to_le_bytes())
+    {
+        seed = (seed ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let r = fastrand::Rng::with_seed(seed).f64();
+    base.mul_f64(1.0 - jitter.clamp(0.0, 1.0) * r)
+}

@@ -1,0 +1,19 @@
+//! The pure core of a saga: events, state, `decide` and `evolve`.
+//!
+//! Nothing here performs I/O or reads a clock: the runtime feeds inputs in,
+//! appends the events `decide` returns, then carries out its actions.
+
+pub mod decide;
+pub mod event;
+pub mod state;
+pub mod time;
+
+pub use decide::{context, decide, resume, Action, Decision, Input, Rejection};
+pub use event::{
+    ActionKind, CompensationReason, Event, EventError, Phase, TimerPurpose, SCHEMA_VERSION,
+};
+pub use state::{evolve, fold, InFlight, SagaState};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+
+#[cfg(test)]
+mod tests;
