@@ -9,8 +9,11 @@
 //!   durations, pivot rules, reachability); DOT and Mermaid export.
 //! - [`diagnostic`]: the located problems both stages report.
 //! - [`saga`]: the pure core: events, state, `decide` and `evolve`.
+//! - [`store`]: the event store port; in-memory and SQLite adapters and
+//!   the conformance suite they pass.
 
 pub mod compile;
 pub mod diagnostic;
 pub mod dsl;
 pub mod saga;
+pub mod store;

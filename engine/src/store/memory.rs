@@ -1,0 +1,137 @@
+//! An in-memory store, for tests. Loses everything when dropped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::{Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
+use crate::saga::{Clock, SystemClock};
+
+#[derive(Default)]
+struct Inner {
+    all: Vec<RecordedEvent>,
+    streams: HashMap<String, Vec<usize>>,
+}
+
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    head: watch::Sender<Option<u64>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            head: watch::channel(None).0,
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave Inner half-updated (appends are built first), so poison is safe to ignore.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: Expected,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::Invalid(
+                "an append needs at least one event".into(),
+            ));
+        }
+        let mut inner = self.lock();
+        let last = inner.streams.get(stream).map(|v| v.len() as u64 - 1);
+        if !expected.admits(last) {
+            return Err(StoreError::Conflict {
+                stream: stream.to_string(),
+                expected,
+                actual: last,
+            });
+        }
+        let now = SystemClock.now();
+        let mut revision = last.map_or(0, |l| l + 1);
+        let mut appended = Appended {
+            revision,
+            position: 0,
+        };
+        for e in events {
+            let position = inner.all.len() as u64;
+            let index = inner.all.len();
+            inner.all.push(RecordedEvent {
+                stream: stream.to_string(),
+                revision,
+                position,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                data: e.data,
+                recorded_at: now,
+            });
+            inner
+                .streams
+                .entry(stream.to_string())
+                .or_default()
+                .push(index);
+            appended = Appended { revision, position };
+            revision += 1;
+        }
+        drop(inner);
+        self.head.send_replace(Some(appended.position));
+        Ok(appended)
+    }
+
+    async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .streams
+            .get(stream)
+            .map(|idx| {
+                idx.iter()
+                    .skip(from as usize)
+                    .map(|&i| inner.all[i].clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn read_all(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let inner = self.lock();
+        let start = after.map_or(0, |p| p as usize + 1);
+        Ok(inner.all.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    fn head(&self) -> watch::Receiver<Option<u64>> {
+        self.head.subscribe()
+    }
+
+    fn durability(&self) -> String {
+        "in memory: nothing reaches disk".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn conforms() {
+        super::super::conformance::run(|| async { super::MemoryStore::new() }).await;
+    }
+}

@@ -1,0 +1,155 @@
+//! The event store port and its adapters.
+//!
+//! A store holds streams of events (`saga-{id}`, `workflow-{name}`). Every
+//! append states what it expects the stream's last revision to be
+//! (optimistic concurrency); every event also gets a global position so
+//! followers (projections) can read everything in order from a checkpoint.
+//!
+//! Adapters: [`memory`] (tests), [`sqlite`] (the embedded default). The
+//! [`conformance`] suite runs against each.
+
+pub mod conformance;
+pub mod memory;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::saga::{Event, EventError, Timestamp};
+
+/// What the writer expects the stream to look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Whatever it is.
+    Any,
+    /// The stream has no events yet.
+    NoStream,
+    /// The stream has at least one event.
+    StreamExists,
+    /// The stream's last event has this revision (revisions start at 0).
+    Revision(u64),
+}
+
+impl Expected {
+    /// What to expect of a stream of which `count` events are known.
+    pub fn after(count: u64) -> Self {
+        match count {
+            0 => Expected::NoStream,
+            n => Expected::Revision(n - 1),
+        }
+    }
+
+    fn admits(self, last: Option<u64>) -> bool {
+        match (self, last) {
+            (Expected::Any, _) | (Expected::NoStream, None) | (Expected::StreamExists, Some(_)) => {
+                true
+            }
+            (Expected::Revision(r), Some(l)) => r == l,
+            _ => false,
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub schema_version: u16,
+    pub data: Value,
+}
+
+impl From<&Event> for NewEvent {
+    fn from(e: &Event) -> Self {
+        Self {
+            event_type: e.type_name().to_string(),
+            schema_version: crate::saga::SCHEMA_VERSION,
+            data: e.data(),
+        }
+    }
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub stream: String,
+    pub revision: u64,
+    /// Global order across all streams, increasing (not necessarily dense).
+    pub position: u64,
+    pub event_type: String,
+    pub schema_version: u16,
+    pub data: Value,
+    pub recorded_at: Timestamp,
+}
+
+impl RecordedEvent {
+    /// The saga event, upcast to the current schema.
+    pub fn to_event(&self) -> Result<Event, EventError> {
+        Event::from_stored(&self.event_type, self.schema_version, self.data.clone())
+    }
+}
+
+/// The result of a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The revision of the last event appended.
+    pub revision: u64,
+    /// The position of the last event appended.
+    pub position: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("stream `{stream}` is at revision {actual:?}, the writer expected {expected:?}")]
+    Conflict {
+        stream: String,
+        expected: Expected,
+        actual: Option<u64>,
+    },
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the event store refused the request: {0}")]
+    Invalid(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Another writer moved the stream: reload and decide again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+
+    /// Worth retrying as is.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// The port every adapter implements.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if the stream is as `expected`; all or nothing.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: Expected,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError>;
+
+    /// The events of `stream` from revision `from` on, in order (empty if there is no such stream).
+    async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events of all streams with a position after `after` (from the start if `None`), in order.
+    async fn read_all(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The position of the newest event, updated as events are appended (for followers to wait on).
+    fn head(&self) -> watch::Receiver<Option<u64>>;
+
+    /// How events reach disk, for people (shown by `sagaflow bench`).
+    fn durability(&self) -> String;
+}

@@ -1,0 +1,364 @@
+//! The embedded default: an SQLite file (sqlx), WAL mode, `synchronous=FULL`.
+//!
+//! Group commit: one writer task owns the write connection and takes every
+//! append waiting in its queue into one transaction, so many instances'
+//! appends share one fsync. Each append still succeeds or fails on its own
+//! (its expected revision is checked inside the transaction). Reads go
+//! through a separate pool and never wait for the writer.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
+use crate::saga::{Clock, SystemClock, Timestamp};
+
+/// The most appends one transaction takes.
+const MAX_BATCH: usize = 512;
+
+struct AppendRequest {
+    stream: String,
+    expected: Expected,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+pub struct SqliteStore {
+    queue: mpsc::Sender<AppendRequest>,
+    reads: SqlitePool,
+    head: watch::Receiver<Option<u64>>,
+    stats: Arc<Stats>,
+}
+
+/// Counters of the writer: how well group commit is doing.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub commits: AtomicU64,
+    pub appends: AtomicU64,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in the SQLite file at `path` and runs its migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(unavailable)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let mut writer = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(unavailable)?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&mut writer)
+            .await
+            .map_err(|e| StoreError::Invalid(format!("migrating {}: {e}", path.display())))?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(unavailable)?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&reads)
+            .await
+            .map_err(unavailable)?;
+        let (head_tx, head) = watch::channel(last.map(|p| p as u64));
+        let (queue, rx) = mpsc::channel(4096);
+        let stats = Arc::new(Stats::default());
+        tokio::spawn(write_loop(writer, rx, head_tx, stats.clone()));
+        Ok(Self {
+            queue,
+            reads,
+            head,
+            stats,
+        })
+    }
+
+    /// Commits and appends so far (appends per commit is the group-commit batch size).
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.commits.load(Ordering::Relaxed),
+            self.stats.appends.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn write_loop(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    head: watch::Sender<Option<u64>>,
+    stats: Arc<Stats>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let results = write_batch(&mut conn, &batch).await;
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .appends
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let newest = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|a| a.position)
+            .max();
+        if let Some(p) = newest {
+            head.send_if_modified(|h| {
+                let newer = h.is_none_or(|old| p > old);
+                if newer {
+                    *h = Some(p);
+                }
+                newer
+            });
+        }
+        for (req, result) in batch.into_iter().zip(results) {
+            let _ = req.reply.send(result);
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// Writes a batch in one transaction; each append gets its own result.
+async fn write_batch(
+    conn: &mut SqliteConnection,
+    batch: &[AppendRequest],
+) -> Vec<Result<Appended, StoreError>> {
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        return batch.iter().map(|_| Err(unavailable(&e))).collect();
+    }
+    let now = SystemClock.now();
+    let mut results = Vec::with_capacity(batch.len());
+    for req in batch {
+        results.push(append_one(conn, req, now).await);
+    }
+    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return batch
+            .iter()
+            .map(|_| Err(unavailable(format!("commit failed: {e}"))))
+            .collect();
+    }
+    results
+}
+
+async fn append_one(
+    conn: &mut SqliteConnection,
+    req: &AppendRequest,
+    now: Timestamp,
+) -> Result<Appended, StoreError> {
+    if req.events.is_empty() {
+        return Err(StoreError::Invalid(
+            "an append needs at least one event".into(),
+        ));
+    }
+    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(revision) FROM events WHERE stream = ?")
+        .bind(&req.stream)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let last = last.map(|l| l as u64);
+    if !req.expected.admits(last) {
+        return Err(StoreError::Conflict {
+            stream: req.stream.clone(),
+            expected: req.expected,
+            actual: last,
+        });
+    }
+    let first_revision = last.map_or(0, |l| l + 1);
+    let mut sql = String::from("INSERT INTO events (stream, revision, event_type, schema_version, data, recorded_at) VALUES ");
+    for i in 0..req.events.len() {
+        sql.push_str(if i == 0 {
+            "(?, ?, ?, ?, ?, ?)"
+        } else {
+            ", (?, ?, ?, ?, ?, ?)"
+        });
+    }
+    let mut q = sqlx::query(&sql);
+    for (i, e) in req.events.iter().enumerate() {
+        q = q
+            .bind(&req.stream)
+            .bind((first_revision + i as u64) as i64)
+            .bind(&e.event_type)
+            .bind(i64::from(e.schema_version))
+            .bind(e.data.to_string())
+            .bind(now.millis() as i64);
+    }
+    let done = q.execute(&mut *conn).await.map_err(|e| match &e {
+        // another process got there first: the same as a failed expectation
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict {
+            stream: req.stream.clone(),
+            expected: req.expected,
+            actual: None,
+        },
+        _ => unavailable(e),
+    })?;
+    Ok(Appended {
+        revision: first_revision + req.events.len() as u64 - 1,
+        position: done.last_insert_rowid() as u64,
+    })
+}
+
+fn row_to_event(row: &sqlx::sqlite::SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+    let data: String = row.try_get("data").map_err(corrupt)?;
+    Ok(RecordedEvent {
+        stream: row.try_get("stream").map_err(corrupt)?,
+        revision: row.try_get::<i64, _>("revision").map_err(corrupt)? as u64,
+        position: row.try_get::<i64, _>("position").map_err(corrupt)? as u64,
+        event_type: row.try_get("event_type").map_err(corrupt)?,
+        schema_version: u16::try_from(row.try_get::<i64, _>("schema_version").map_err(corrupt)?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        data: serde_json::from_str(&data)
+            .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
+        recorded_at: Timestamp(row.try_get::<i64, _>("recorded_at").map_err(corrupt)? as u64),
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: Expected,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let req = AppendRequest {
+            stream: stream.to_string(),
+            expected,
+            events,
+            reply,
+        };
+        self.queue
+            .send(req)
+            .await
+            .map_err(|_| unavailable("the writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the writer has stopped"))?
+    }
+
+    async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT stream, revision, position, event_type, schema_version, data, recorded_at \
+             FROM events WHERE stream = ? AND revision >= ? ORDER BY revision",
+        )
+        .bind(stream)
+        .bind(from as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT stream, revision, position, event_type, schema_version, data, recorded_at \
+             FROM events WHERE position > ? ORDER BY position LIMIT ?",
+        )
+        .bind(after.map_or(-1, |p| p as i64))
+        .bind(limit as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    fn head(&self) -> watch::Receiver<Option<u64>> {
+        self.head.clone()
+    }
+
+    fn durability(&self) -> String {
+        "SQLite file, WAL, synchronous=FULL (fsync per commit), group commit of concurrent appends"
+            .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sagaflow-sqlite-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("events.db")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conforms() {
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        super::super::conformance::run(|| {
+            let path = temp(&format!(
+                "c{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            ));
+            async move { SqliteStore::open(&path).await.expect("open") }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_restart() {
+        let path = temp("restart");
+        super::super::conformance::survives_restart(|| {
+            let path = path.clone();
+            async move { SqliteStore::open(&path).await.expect("open") }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_commits() {
+        let store = std::sync::Arc::new(SqliteStore::open(&temp("batch")).await.unwrap());
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    let ev = NewEvent {
+                        event_type: "T".into(),
+                        schema_version: 1,
+                        data: serde_json::json!(i),
+                    };
+                    s.append(&format!("saga-{i}"), Expected::NoStream, vec![ev])
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(store.read_all(None, 1000).await.unwrap().len(), 200);
+        let (commits, appends) = store.stats();
+        assert_eq!(appends, 200);
+        assert!(
+            commits < appends,
+            "200 concurrent appends took {commits} commits: group commit is not grouping"
+        );
+    }
+}
