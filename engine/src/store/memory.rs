@@ -65,14 +65,13 @@ impl EventStore for MemoryStore {
             });
         }
         let now = SystemClock.now();
-        let mut revision = last.map_or(0, |l| l + 1);
         let mut appended = Appended {
-            revision,
+            revision: 0,
             position: 0,
         };
-        for e in events {
-            let position = inner.all.len() as u64;
+        for (revision, e) in (last.map_or(0, |l| l + 1)..).zip(events) {
             let index = inner.all.len();
+            let position = index as u64;
             inner.all.push(RecordedEvent {
                 stream: stream.to_string(),
                 revision,
@@ -88,7 +87,6 @@ impl EventStore for MemoryStore {
                 .or_default()
                 .push(index);
             appended = Appended { revision, position };
-            revision += 1;
         }
         drop(inner);
         self.head.send_replace(Some(appended.position));
