@@ -11,9 +11,14 @@
 //! - [`saga`]: the pure core: events, state, `decide` and `evolve`.
 //! - [`store`]: the event store port; in-memory and SQLite adapters and
 //!   the conformance suite they pass.
+//! - [`runtime`]: runs instances: decide, append, evolve, then perform
+//!   effects (HTTP calls, worker tasks, timers); resumes on start.
+//! - [`projection`]: read models that follow the log (`saga_instances`).
 
 pub mod compile;
 pub mod diagnostic;
 pub mod dsl;
+pub mod projection;
+pub mod runtime;
 pub mod saga;
 pub mod store;

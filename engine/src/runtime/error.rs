@@ -1,0 +1,60 @@
+//! What the runtime refuses or fails at, told apart so the API can map each to a status.
+
+use uuid::Uuid;
+
+use crate::diagnostic::Diagnostic;
+use crate::saga::{EventError, Rejection};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no workflow named `{0}`")]
+    UnknownWorkflow(String),
+    #[error("workflow `{0}` has no version {1}")]
+    UnknownVersion(String, u32),
+    #[error("no instance {0}")]
+    UnknownInstance(Uuid),
+    #[error("no task {0} is waiting for an answer")]
+    UnknownTask(String),
+    #[error("the workflow is invalid ({} errors)", .0.iter().filter(|d| d.is_error()).count())]
+    InvalidWorkflow(Vec<Diagnostic>),
+    #[error("version {version} of `{name}` is already published with a different definition; publish it as a new version")]
+    VersionConflict { name: String, version: u32 },
+    #[error("the input does not match the workflow's input schema")]
+    InvalidInput(Vec<InputError>),
+    #[error("the Idempotency-Key was already used to start an instance with a different input")]
+    IdempotencyMismatch(Uuid),
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored history is unreadable: {0}")]
+    Corrupt(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// One way an input fails its schema.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InputError {
+    /// JSON pointer into the input, e.g. `/items/0/qty`.
+    pub pointer: String,
+    pub message: String,
+}
+
+impl From<EventError> for RuntimeError {
+    fn from(e: EventError) -> Self {
+        RuntimeError::Corrupt(e.to_string())
+    }
+}
+
+impl RuntimeError {
+    /// Whether the same request may succeed if retried as is.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RuntimeError::Store(e) => e.is_transient() || e.is_conflict(),
+            RuntimeError::ShuttingDown => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,742 @@
+//! The runtime: runs saga instances of compiled workflows.
+//!
+//! For each input (a start, an effect's outcome, a timer, a signal, a
+//! cancel) it takes the instance's lock, asks [`decide`](crate::saga::decide)
+//! what happens, appends the events with the expected revision (a conflict
+//! means reload and decide again), folds them into the in-memory state, and
+//! only then performs the actions: HTTP calls, tasks for workers, timers.
+//! Live instances stay in memory until they end; no stream is re-read per
+//! step. On start, every unfinished instance is resumed: its in-flight
+//! effect is re-issued with the same idempotency key and its timers re-armed.
+
+mod error;
+pub mod http;
+mod registry;
+pub mod tasks;
+mod timers;
+
+pub use error::{InputError, RuntimeError};
+pub use registry::{PublishOutcome, Published};
+pub use tasks::Task;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::compile::{Action as StepAction, Machine};
+use crate::dsl::spec::FailureKind;
+use crate::dsl::template::render_value;
+use crate::projection::{InstanceRow, Projections};
+use crate::saga::{
+    self, context, decide, evolve, fold, Action, Clock, Input, Phase, SagaState, Timestamp,
+};
+use crate::store::{EventStore, Expected, NewEvent, RecordedEvent};
+
+use registry::Registry;
+use tasks::TaskQueues;
+use timers::Timers;
+
+/// Namespace of instance ids derived from an Idempotency-Key.
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_f10e_0000_4000_8000_0000_0000_0001);
+/// Reload-and-decide-again rounds before a conflict is given up on.
+const CONFLICT_ROUNDS: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Values that override the workflows' `env` defaults.
+    pub env: BTreeMap<String, String>,
+    /// The request timeout of `http` steps that set no `timeout`.
+    pub default_http_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            env: BTreeMap::new(),
+            default_http_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A handle on the runtime; cheap to clone.
+#[derive(Clone)]
+pub struct Runtime(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn EventStore>,
+    projections: Option<Arc<Projections>>,
+    clock: Arc<dyn Clock>,
+    registry: Registry,
+    live: Mutex<HashMap<Uuid, Arc<Live>>>,
+    http: reqwest::Client,
+    tasks: TaskQueues,
+    timers: Timers,
+    config: RuntimeConfig,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// An instance that has not ended, held in memory.
+struct Live {
+    id: Uuid,
+    key: String,
+    stream: String,
+    published: Arc<Published>,
+    state: tokio::sync::Mutex<SagaState>,
+    ended: watch::Sender<bool>,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub id: Uuid,
+    pub workflow: String,
+    pub version: u32,
+    pub status: &'static str,
+    pub current_step: Option<String>,
+    pub attempt: u32,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// Events in the instance's stream.
+    pub events: u64,
+}
+
+/// The result of a start request.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub id: Uuid,
+    /// False when an Idempotency-Key matched an instance started before.
+    pub created: bool,
+}
+
+impl Runtime {
+    /// Builds the runtime and loads every published workflow from the store.
+    pub async fn new(
+        store: Arc<dyn EventStore>,
+        projections: Option<Arc<Projections>>,
+        clock: Arc<dyn Clock>,
+        config: RuntimeConfig,
+    ) -> Result<Self, RuntimeError> {
+        let registry = Registry::new(config.env.clone());
+        let loaded = registry.load(store.as_ref()).await?;
+        tracing::info!(versions = loaded, "workflows loaded from the store");
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| RuntimeError::Corrupt(format!("HTTP client: {e}")))?;
+        Ok(Self(Arc::new(Inner {
+            store,
+            projections,
+            clock,
+            registry,
+            live: Mutex::default(),
+            http,
+            tasks: TaskQueues::default(),
+            timers: Timers::default(),
+            config,
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })))
+    }
+
+    /// Starts the timer loop and the projection follower, and resumes every unfinished instance.
+    pub async fn run_background(&self) -> Result<usize, RuntimeError> {
+        let rt = self.clone();
+        self.0.tracker.spawn(async move { rt.timer_loop().await });
+        let resumed = self.resume().await?;
+        if let Some(p) = self.0.projections.clone() {
+            let store = self.0.store.clone();
+            let stop = self.0.stop.clone();
+            self.0
+                .tracker
+                .spawn(async move { p.follow(store.as_ref(), stop).await });
+        }
+        Ok(resumed)
+    }
+
+    /// Stops the background work and waits (up to `grace`) for effects in flight to record their outcome.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.0.stop.cancel();
+        self.0.tracker.close();
+        if tokio::time::timeout(grace, self.0.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "effects still in flight at shutdown; they are re-issued on the next start"
+            );
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.0.store
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.0.clock.now()
+    }
+
+    // ---- workflows -------------------------------------------------------
+
+    pub async fn publish(
+        &self,
+        source: &str,
+    ) -> Result<(Arc<Published>, PublishOutcome), RuntimeError> {
+        self.0
+            .registry
+            .publish(self.0.store.as_ref(), self.0.clock.as_ref(), source)
+            .await
+    }
+
+    pub fn workflow(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<Published>, RuntimeError> {
+        self.0.registry.get(name, version)
+    }
+
+    pub fn workflows(&self) -> Vec<(String, Vec<Arc<Published>>)> {
+        self.0.registry.list()
+    }
+
+    // ---- instances -------------------------------------------------------
+
+    /// Starts an instance. With an Idempotency-Key, the instance id derives from
+    /// the workflow and the key, so a retried start finds the instance it made.
+    pub async fn start(
+        &self,
+        workflow: &str,
+        version: Option<u32>,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<Started, RuntimeError> {
+        let published = self.0.registry.get(workflow, version)?;
+        published
+            .check_input(&input)
+            .map_err(RuntimeError::InvalidInput)?;
+        let id = match &idempotency_key {
+            Some(k) => Uuid::new_v5(
+                &IDEMPOTENCY_NAMESPACE,
+                format!("{workflow}\n{k}").as_bytes(),
+            ),
+            None => Uuid::now_v7(),
+        };
+        let key = id.to_string();
+        let start = Input::Start {
+            input: input.clone(),
+            idempotency_key: idempotency_key.clone(),
+        };
+        let d = decide(
+            &published.machine,
+            &key,
+            &SagaState::default(),
+            start,
+            self.now(),
+        )?;
+        let stream = format!("saga-{id}");
+        let new: Vec<NewEvent> = d.events.iter().map(NewEvent::from).collect();
+        match self.0.store.append(&stream, Expected::NoStream, new).await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() && idempotency_key.is_some() => {
+                let existing = self.get(id).await?;
+                return if existing.input == input && existing.workflow == workflow {
+                    Ok(Started { id, created: false })
+                } else {
+                    Err(RuntimeError::IdempotencyMismatch(id))
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::debug!(instance_id = %id, workflow, "saga started");
+        let state = fold(&d.events);
+        let live = Arc::new(Live {
+            id,
+            key,
+            stream,
+            published,
+            state: tokio::sync::Mutex::new(state),
+            ended: watch::channel(false).0,
+        });
+        self.lock_live().insert(id, live.clone());
+        let st = live.state.lock().await;
+        self.perform(&live, &st, d.actions);
+        Ok(Started { id, created: true })
+    }
+
+    /// The instance as it stands.
+    pub async fn get(&self, id: Uuid) -> Result<InstanceView, RuntimeError> {
+        let live = self.lock_live().get(&id).cloned();
+        if let Some(live) = live {
+            let st = live.state.lock().await;
+            return Ok(view(id, &live.published.machine, &st));
+        }
+        let events = self.read_events(id).await?;
+        if events.is_empty() {
+            return Err(RuntimeError::UnknownInstance(id));
+        }
+        let st = fold(&events);
+        let machine = self
+            .0
+            .registry
+            .get(&st.workflow, Some(st.version))?
+            .machine
+            .clone();
+        Ok(view(id, &machine, &st))
+    }
+
+    /// The instance once it has ended, or as it stands when `timeout` passes.
+    pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<InstanceView, RuntimeError> {
+        let live = self.lock_live().get(&id).cloned();
+        if let Some(live) = live {
+            let mut ended = live.ended.subscribe();
+            let _ = tokio::time::timeout(timeout, ended.wait_for(|e| *e)).await;
+        }
+        self.get(id).await
+    }
+
+    /// The instance's stream, in order.
+    pub async fn history(&self, id: Uuid, from: u64) -> Result<Vec<RecordedEvent>, RuntimeError> {
+        let events = self
+            .0
+            .store
+            .read_stream(&format!("saga-{id}"), from)
+            .await?;
+        if events.is_empty() && from == 0 {
+            return Err(RuntimeError::UnknownInstance(id));
+        }
+        Ok(events)
+    }
+
+    pub async fn signal(
+        &self,
+        id: Uuid,
+        name: String,
+        payload: Value,
+    ) -> Result<InstanceView, RuntimeError> {
+        self.apply(id, Input::Signal { name, payload }).await?;
+        self.get(id).await
+    }
+
+    pub async fn cancel(
+        &self,
+        id: Uuid,
+        reason: Option<String>,
+    ) -> Result<InstanceView, RuntimeError> {
+        self.apply(id, Input::Cancel { reason }).await?;
+        self.get(id).await
+    }
+
+    /// Instances from the read model, newest first.
+    pub async fn list(
+        &self,
+        workflow: Option<&str>,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<InstanceRow>, RuntimeError> {
+        match &self.0.projections {
+            Some(p) => Ok(p.list(workflow, status, limit).await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    // ---- tasks -----------------------------------------------------------
+
+    pub async fn poll_task(&self, queue: &str, wait: Duration) -> Option<Task> {
+        let stop = self.0.stop.clone();
+        tokio::select! {
+            t = self.0.tasks.poll(queue, wait, self.now()) => t,
+            () = stop.cancelled() => None,
+        }
+    }
+
+    /// A worker's answer; true if it moved the saga (false if the task was no longer current).
+    pub async fn complete_task(&self, task_id: &str, output: Value) -> Result<bool, RuntimeError> {
+        let task = self
+            .0
+            .tasks
+            .take(task_id)
+            .ok_or_else(|| RuntimeError::UnknownTask(task_id.to_string()))?;
+        self.apply(
+            task.instance,
+            Input::Succeeded {
+                step: task.step_index,
+                attempt: task.attempt,
+                phase: task.phase,
+                output,
+            },
+        )
+        .await
+    }
+
+    pub async fn fail_task(
+        &self,
+        task_id: &str,
+        error: String,
+        retryable: bool,
+    ) -> Result<bool, RuntimeError> {
+        let task = self
+            .0
+            .tasks
+            .take(task_id)
+            .ok_or_else(|| RuntimeError::UnknownTask(task_id.to_string()))?;
+        let kind = if retryable {
+            FailureKind::Transient
+        } else {
+            FailureKind::Business
+        };
+        self.apply(
+            task.instance,
+            Input::Failed {
+                step: task.step_index,
+                attempt: task.attempt,
+                phase: task.phase,
+                kind,
+                error,
+            },
+        )
+        .await
+    }
+
+    pub fn heartbeat(&self, task_id: &str) -> Result<(), RuntimeError> {
+        if self.0.tasks.heartbeat(task_id, self.now()) {
+            Ok(())
+        } else {
+            Err(RuntimeError::UnknownTask(task_id.to_string()))
+        }
+    }
+
+    pub fn queue_depths(&self) -> Vec<(String, usize)> {
+        self.0.tasks.depth()
+    }
+
+    /// Timers armed and not yet fired, across all instances.
+    pub fn pending_timers(&self) -> usize {
+        self.0.timers.pending()
+    }
+
+    /// Instances held in memory (those that have not ended).
+    pub fn live_instances(&self) -> usize {
+        self.lock_live().len()
+    }
+
+    // ---- the loop --------------------------------------------------------
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Live>>> {
+        self.0
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn read_events(&self, id: Uuid) -> Result<Vec<saga::Event>, RuntimeError> {
+        let recorded = self.0.store.read_stream(&format!("saga-{id}"), 0).await?;
+        recorded
+            .iter()
+            .map(|r| r.to_event().map_err(RuntimeError::from))
+            .collect()
+    }
+
+    /// The live instance, loaded from the store if it is not in memory.
+    async fn live(&self, id: Uuid) -> Result<Arc<Live>, RuntimeError> {
+        let known = self.lock_live().get(&id).cloned();
+        if let Some(l) = known {
+            return Ok(l);
+        }
+        let events = self.read_events(id).await?;
+        if events.is_empty() {
+            return Err(RuntimeError::UnknownInstance(id));
+        }
+        let st = fold(&events);
+        let published = self.0.registry.get(&st.workflow, Some(st.version))?;
+        if published.machine.hash != st.definition_hash {
+            return Err(RuntimeError::Corrupt(format!(
+                "instance {id} ran {} v{} with hash {}, the catalogue has {}",
+                st.workflow, st.version, st.definition_hash, published.machine.hash
+            )));
+        }
+        let terminal = st.is_terminal();
+        let live = Arc::new(Live {
+            id,
+            key: id.to_string(),
+            stream: format!("saga-{id}"),
+            published,
+            state: tokio::sync::Mutex::new(st),
+            ended: watch::channel(terminal).0,
+        });
+        if terminal {
+            return Ok(live);
+        }
+        Ok(self.lock_live().entry(id).or_insert(live).clone())
+    }
+
+    /// Decides and records what `input` does to instance `id`, then performs
+    /// the actions; true if anything changed.
+    async fn apply(&self, id: Uuid, input: Input) -> Result<bool, RuntimeError> {
+        let live = self.live(id).await?;
+        for _ in 0..CONFLICT_ROUNDS {
+            let mut st = live.state.lock().await;
+            let d = decide(
+                &live.published.machine,
+                &live.key,
+                &st,
+                input.clone(),
+                self.now(),
+            )?;
+            if d.events.is_empty() {
+                return Ok(false);
+            }
+            let new: Vec<NewEvent> = d.events.iter().map(NewEvent::from).collect();
+            match self
+                .0
+                .store
+                .append(&live.stream, Expected::after(st.events), new)
+                .await
+            {
+                Ok(_) => {
+                    for e in &d.events {
+                        *st = evolve(std::mem::take(&mut *st), e);
+                    }
+                    self.perform(&live, &st, d.actions);
+                    return Ok(true);
+                }
+                Err(e) if e.is_conflict() => {
+                    tracing::debug!(instance_id = %id, "another writer moved the stream; reloading");
+                    *st = fold(&self.read_events(id).await?);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RuntimeError::Store(crate::store::StoreError::Unavailable(
+            format!("instance {id}: the stream kept moving under us"),
+        )))
+    }
+
+    /// Feeds an outcome back, retrying while the store is unavailable.
+    async fn feed(&self, id: Uuid, input: Input) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.apply(id, input.clone()).await {
+                Ok(_) => return,
+                Err(e) if e.is_transient() && !self.0.stop.is_cancelled() => {
+                    tracing::warn!(instance_id = %id, error = %e, "could not record an outcome; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(instance_id = %id, error = %e, "dropped an outcome; it is re-issued when the instance resumes");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Carries out actions whose events are durable. Called with the instance's lock held.
+    fn perform(&self, live: &Arc<Live>, st: &SagaState, actions: Vec<Action>) {
+        let machine = &live.published.machine;
+        for action in actions {
+            match action {
+                Action::Perform {
+                    step,
+                    attempt,
+                    phase,
+                } => self.perform_attempt(live, machine, st, step, attempt, phase),
+                Action::ArmTimer { timer, due } => self.0.timers.arm(live.id, timer, due),
+                Action::Finished => {
+                    self.lock_live().remove(&live.id);
+                    self.0.tasks.withdraw(live.id, None);
+                    live.ended.send_replace(true);
+                    tracing::debug!(instance_id = %live.id, status = st.status(), "saga ended");
+                }
+            }
+        }
+    }
+
+    fn perform_attempt(
+        &self,
+        live: &Arc<Live>,
+        machine: &Machine,
+        st: &SagaState,
+        step: usize,
+        attempt: u32,
+        phase: Phase,
+    ) {
+        let s = &machine.steps[step];
+        let action = match phase {
+            Phase::Forward => &s.action,
+            Phase::Compensation => match &s.compensation {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let key = match phase {
+            Phase::Forward => format!("{}:{}:{attempt}", live.id, s.name),
+            Phase::Compensation => format!("{}:{}:compensate:{attempt}", live.id, s.name),
+        };
+        let id = live.id;
+        let ctx = context(machine, &live.key, st);
+        tracing::debug!(instance_id = %id, step = %s.name, attempt, ?phase, "performing");
+        match action {
+            StepAction::Http(call) => {
+                let timeout = s.timeout.unwrap_or(self.0.config.default_http_timeout);
+                let rt = self.clone();
+                match http::render(call, &ctx, timeout, key) {
+                    Ok(req) => {
+                        let client = self.0.http.clone();
+                        self.0.tracker.spawn(async move {
+                            let outcome = http::execute(&client, req).await;
+                            rt.feed(id, outcome_input(step, attempt, phase, outcome))
+                                .await;
+                        });
+                    }
+                    Err(outcome) => {
+                        self.0.tracker.spawn(async move {
+                            rt.feed(id, outcome_input(step, attempt, phase, outcome))
+                                .await
+                        });
+                    }
+                }
+            }
+            StepAction::Task(call) => {
+                let input = match &call.input {
+                    Some(t) => render_value(t, &ctx),
+                    None => Ok(ctx["input"].clone()),
+                };
+                let input = match input {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let rt = self.clone();
+                        let outcome =
+                            http::Outcome::Failed(FailureKind::Business, format!("template: {e}"));
+                        self.0.tracker.spawn(async move {
+                            rt.feed(id, outcome_input(step, attempt, phase, outcome))
+                                .await
+                        });
+                        return;
+                    }
+                };
+                self.0.tasks.withdraw(id, Some(&key));
+                self.0.tasks.offer(
+                    Task {
+                        id: key,
+                        queue: call.queue.clone(),
+                        instance: id,
+                        workflow: machine.name.clone(),
+                        step: s.name.clone(),
+                        step_index: step,
+                        attempt,
+                        phase,
+                        input,
+                        heartbeat_seconds: call.heartbeat.map(|h| h.as_secs()),
+                    },
+                    self.now(),
+                );
+            }
+            StepAction::Wait(_) => {}
+        }
+    }
+
+    async fn timer_loop(&self) {
+        loop {
+            let now = self.now();
+            for (id, timer) in self.0.timers.due(now) {
+                let rt = self.clone();
+                self.0
+                    .tracker
+                    .spawn(async move { rt.feed(id, Input::TimerFired { timer }).await });
+            }
+            let sleep = self
+                .0
+                .timers
+                .next_due()
+                .map_or(Duration::from_secs(3600), |due| {
+                    now.until(due).max(Duration::from_millis(1))
+                });
+            tokio::select! {
+                () = self.0.stop.cancelled() => return,
+                () = tokio::time::sleep(sleep) => {}
+                () = self.0.timers.changed.notified() => {}
+            }
+        }
+    }
+
+    /// Resumes every unfinished instance: re-issues its effect in flight and re-arms its timers.
+    async fn resume(&self) -> Result<usize, RuntimeError> {
+        let Some(p) = &self.0.projections else {
+            return Ok(0);
+        };
+        p.catch_up(self.0.store.as_ref()).await?;
+        let ids = p.unfinished().await?;
+        let mut resumed = 0;
+        for id in ids {
+            let live = match self.live(id).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(instance_id = %id, error = %e, "cannot resume");
+                    continue;
+                }
+            };
+            let st = live.state.lock().await;
+            if st.is_terminal() {
+                continue;
+            }
+            self.perform(&live, &st, saga::resume(&st));
+            resumed += 1;
+        }
+        tracing::info!(resumed, "unfinished sagas resumed");
+        Ok(resumed)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+fn outcome_input(step: usize, attempt: u32, phase: Phase, outcome: http::Outcome) -> Input {
+    match outcome {
+        http::Outcome::Succeeded(output) => Input::Succeeded {
+            step,
+            attempt,
+            phase,
+            output,
+        },
+        http::Outcome::Failed(kind, error) => Input::Failed {
+            step,
+            attempt,
+            phase,
+            kind,
+            error,
+        },
+    }
+}
+
+fn view(id: Uuid, machine: &Machine, st: &SagaState) -> InstanceView {
+    InstanceView {
+        id,
+        workflow: st.workflow.clone(),
+        version: st.version,
+        status: st.status(),
+        current_step: st
+            .current_step()
+            .and_then(|i| machine.steps.get(i))
+            .map(|s| s.name.clone()),
+        attempt: st.attempt,
+        input: st.input.clone(),
+        output: st.output.clone(),
+        error: st.error.clone(),
+        started_at: st.started_at,
+        updated_at: st.updated_at,
+        finished_at: st.finished_at,
+        events: st.events,
+    }
+}

@@ -1,0 +1,223 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::saga::SystemClock;
+use crate::store::memory::MemoryStore;
+use crate::store::sqlite::SqliteStore;
+
+const TRIP: &str = "\
+name: trip
+input: { type: object, required: [trip_id], properties: { trip_id: { type: string } } }
+steps:
+  - name: flight
+    task: { queue: flights, input: { trip: '${ .input.trip_id }' } }
+    timeout: 30s
+    compensate:
+      task: { queue: flights, input: { cancel: '${ .steps.flight.output.ref }' } }
+  - name: approve
+    wait: { signal: go }
+    timeout: 1h
+  - name: hotel
+    task: { queue: hotels }
+    timeout: 30s
+    compensate: none
+";
+
+async fn runtime(store: Arc<dyn EventStore>, projections: Option<Arc<Projections>>) -> Runtime {
+    let rt = Runtime::new(
+        store,
+        projections,
+        Arc::new(SystemClock),
+        RuntimeConfig::default(),
+    )
+    .await
+    .unwrap();
+    rt.run_background().await.unwrap();
+    rt
+}
+
+async fn take(rt: &Runtime, queue: &str) -> Task {
+    rt.poll_task(queue, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("a task on {queue}"))
+}
+
+#[tokio::test]
+async fn a_saga_runs_through_workers_and_signals() {
+    let rt = runtime(Arc::new(MemoryStore::new()), None).await;
+    rt.publish(TRIP).await.unwrap();
+    let started = rt
+        .start("trip", None, json!({"trip_id": "t-1"}), None)
+        .await
+        .unwrap();
+    let task = take(&rt, "flights").await;
+    assert_eq!(task.input, json!({"trip": "t-1"}));
+    assert_eq!(task.id, format!("{}:flight:1", started.id));
+    assert!(rt
+        .complete_task(&task.id, json!({"ref": "F-7"}))
+        .await
+        .unwrap());
+    assert_eq!(rt.get(started.id).await.unwrap().status, "waiting");
+    rt.signal(started.id, "go".into(), json!({"by": "kim"}))
+        .await
+        .unwrap();
+    let hotel = take(&rt, "hotels").await;
+    rt.complete_task(&hotel.id, json!({})).await.unwrap();
+    let v = rt.wait(started.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(v.status, "completed");
+    let types: Vec<String> = rt
+        .history(started.id, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(types.first().map(String::as_str), Some("SagaStarted"));
+    assert_eq!(types.last().map(String::as_str), Some("SagaCompleted"));
+    assert!(types.iter().any(|t| t == "SignalReceived"));
+    assert!(
+        rt.complete_task(&hotel.id, json!({})).await.is_err(),
+        "an answered task is gone"
+    );
+    assert_eq!(rt.live_instances(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_task_compensates_with_the_earlier_output() {
+    let rt = runtime(Arc::new(MemoryStore::new()), None).await;
+    rt.publish(TRIP).await.unwrap();
+    let id = rt
+        .start("trip", None, json!({"trip_id": "t-2"}), None)
+        .await
+        .unwrap()
+        .id;
+    let f = take(&rt, "flights").await;
+    rt.complete_task(&f.id, json!({"ref": "F-9"}))
+        .await
+        .unwrap();
+    rt.cancel(id, Some("changed plans".into())).await.unwrap();
+    let undo = take(&rt, "flights").await;
+    assert_eq!(undo.input, json!({"cancel": "F-9"}));
+    assert_eq!(undo.phase, Phase::Compensation);
+    rt.complete_task(&undo.id, json!({})).await.unwrap();
+    let v = rt.wait(id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(v.status, "cancelled");
+    assert_eq!(v.error.as_deref(), Some("cancelled: changed plans"));
+    assert!(matches!(
+        rt.cancel(id, None).await,
+        Err(RuntimeError::Rejected(_))
+    ));
+}
+
+#[tokio::test]
+async fn starts_are_idempotent_by_key_and_inputs_are_checked() {
+    let rt = runtime(Arc::new(MemoryStore::new()), None).await;
+    rt.publish(TRIP).await.unwrap();
+    let a = rt
+        .start("trip", None, json!({"trip_id": "t-3"}), Some("k-1".into()))
+        .await
+        .unwrap();
+    let b = rt
+        .start("trip", None, json!({"trip_id": "t-3"}), Some("k-1".into()))
+        .await
+        .unwrap();
+    assert_eq!(a.id, b.id);
+    assert!(a.created && !b.created);
+    assert!(matches!(
+        rt.start(
+            "trip",
+            None,
+            json!({"trip_id": "other"}),
+            Some("k-1".into())
+        )
+        .await,
+        Err(RuntimeError::IdempotencyMismatch(_))
+    ));
+    match rt.start("trip", None, json!({"trip_id": 5}), None).await {
+        Err(RuntimeError::InvalidInput(errs)) => assert_eq!(errs[0].pointer, "/trip_id"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        rt.start("nope", None, json!({}), None).await,
+        Err(RuntimeError::UnknownWorkflow(_))
+    ));
+    assert!(matches!(
+        rt.get(Uuid::nil()).await,
+        Err(RuntimeError::UnknownInstance(_))
+    ));
+}
+
+#[tokio::test]
+async fn publishing_is_recorded_and_versions_are_immutable() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let rt = runtime(store.clone(), None).await;
+    assert_eq!(rt.publish(TRIP).await.unwrap().1, PublishOutcome::Published);
+    assert_eq!(rt.publish(TRIP).await.unwrap().1, PublishOutcome::Unchanged);
+    let changed = TRIP.replace("timeout: 1h", "timeout: 2h");
+    assert!(matches!(
+        rt.publish(&changed).await,
+        Err(RuntimeError::VersionConflict { .. })
+    ));
+    let v2 = changed.replace("name: trip\n", "name: trip\nversion: 2\n");
+    rt.publish(&v2).await.unwrap();
+    assert!(matches!(
+        rt.publish("name: x\nsteps: []\n").await,
+        Err(RuntimeError::InvalidWorkflow(_))
+    ));
+    // a new runtime on the same store finds both versions
+    let again = runtime(store, None).await;
+    assert_eq!(again.workflow("trip", None).unwrap().machine.version, 2);
+    assert_eq!(again.workflow("trip", Some(1)).unwrap().machine.version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_and_reoffers_the_same_task() {
+    let dir = std::env::temp_dir().join(format!("sagaflow-rt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sagaflow.db");
+    let open = || async {
+        let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&path).await.unwrap());
+        let proj = Arc::new(Projections::open(&path).await.unwrap());
+        runtime(store, Some(proj)).await
+    };
+    let first = open().await;
+    first.publish(TRIP).await.unwrap();
+    let id = first
+        .start("trip", None, json!({"trip_id": "t-4"}), None)
+        .await
+        .unwrap()
+        .id;
+    let before = take(&first, "flights").await;
+    // the process dies with the task taken but not answered
+    first.shutdown(Duration::from_secs(1)).await;
+    drop(first);
+    let second = open().await;
+    let again = take(&second, "flights").await;
+    assert_eq!(
+        again.id, before.id,
+        "the same attempt, so the same idempotency key"
+    );
+    second
+        .complete_task(&again.id, json!({"ref": "F-1"}))
+        .await
+        .unwrap();
+    assert_eq!(second.get(id).await.unwrap().status, "waiting");
+    let rows = second.list(Some("trip"), None, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
+#[tokio::test]
+async fn a_duration_wait_fires_its_timer() {
+    let rt = runtime(Arc::new(MemoryStore::new()), None).await;
+    rt.publish("name: pause\nsteps:\n  - name: nap\n    wait: { duration: 50ms }\n")
+        .await
+        .unwrap();
+    let id = rt.start("pause", None, json!({}), None).await.unwrap().id;
+    let v = rt.wait(id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(v.status, "completed");
+    assert_eq!(rt.pending_timers(), 0);
+}
