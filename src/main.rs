@@ -36,6 +36,10 @@ enum Command {
     },
     /// Print the JSON Schema of the workflow language (for editors).
     Schema,
+    /// Run the engine and its HTTP API (Swagger UI at /docs) on the embedded SQLite store.
+    Serve(commands::serve::ServeArgs),
+    /// Run the demo inventory, payment and shipping services on their own.
+    DemoServices(commands::demo::DemoArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
         Command::Validate { files, format } => commands::validate::run(&files, format),
         Command::Graph { file, format } => commands::graph::run(&file, format),
         Command::Schema => commands::schema::run(),
+        Command::Serve(args) => serve(commands::serve::run(args)),
+        Command::DemoServices(args) => serve(commands::demo::run(args)),
     };
     match result {
         Ok(code) => code,
@@ -65,4 +71,25 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Runs a long-lived command on a tokio runtime, with logs on stderr
+/// (`SAGAFLOW_LOG` filters them, `SAGAFLOW_LOG_FORMAT=json` for JSON lines).
+fn serve(job: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SAGAFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var("SAGAFLOW_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(job)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,111 @@
-//! The sagaflow HTTP service.
+//! The sagaflow HTTP service: an OpenAPI API (poem-openapi) over the engine's
+//! runtime, Swagger UI, and the demo services.
 //!
 //! # Layout
 //!
-//! Empty for now: the OpenAPI service (poem + poem-openapi) arrives with the
-//! runtime. The crate exists so the workspace has its final shape.
+//! - [`workflows`]: publish, list, get, graph.
+//! - [`instances`]: start (Idempotency-Key), get (with `wait`), history,
+//!   signal, cancel, list.
+//! - [`tasks`]: the worker protocol: poll, complete, fail, heartbeat.
+//! - [`operations`]: liveness and status.
+//! - [`problem`]: every error as RFC 9457 problem+json, mapped in one place.
+//! - [`demo`]: inventory, payment and shipping services for the examples.
+
+pub mod demo;
+pub mod instances;
+mod limit;
+pub mod operations;
+pub mod problem;
+pub mod tasks;
+pub mod workflows;
+
+use std::future::Future;
+use std::time::Duration;
+
+use poem::listener::{Acceptor, TcpAcceptor};
+use poem::{Endpoint, EndpointExt, Route, Server};
+use poem_openapi::{OpenApiService, Tags};
+use sagaflow_engine::runtime::Runtime;
+
+#[derive(Tags)]
+pub enum Tag {
+    /// Workflow definitions.
+    Workflows,
+    /// Saga instances: start, follow, signal, cancel.
+    Instances,
+    /// The protocol for workers in any language.
+    Tasks,
+    /// Health.
+    Operations,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The largest request body accepted (bigger ones get 413).
+    pub body_limit: usize,
+    /// Serve the demo services under `/demo`.
+    pub demo: Option<demo::DemoConfig>,
+    /// The URL the service is reached at (shown in the spec and Swagger UI).
+    pub public_url: String,
+}
+
+/// The OpenAPI service (also used to write the spec to a file).
+pub fn openapi(
+    rt: Runtime,
+    public_url: &str,
+) -> OpenApiService<
+    (
+        workflows::WorkflowsApi,
+        instances::InstancesApi,
+        tasks::TasksApi,
+        operations::OperationsApi,
+    ),
+    (),
+> {
+    OpenApiService::new(
+        (
+            workflows::WorkflowsApi { rt: rt.clone() },
+            instances::InstancesApi { rt: rt.clone() },
+            tasks::TasksApi { rt: rt.clone() },
+            operations::OperationsApi { rt },
+        ),
+        "sagaflow",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Publish YAML saga workflows, start and follow their instances, and take tasks as a worker. Errors are RFC 9457 problem+json.")
+    .server(public_url)
+}
+
+/// The whole HTTP application.
+pub fn app(rt: Runtime, config: &ApiConfig) -> impl Endpoint {
+    let api = openapi(rt, &config.public_url);
+    let spec_json = api.spec_endpoint();
+    let spec_yaml = api.spec_endpoint_yaml();
+    let ui = api.swagger_ui();
+    let mut route = Route::new()
+        .nest("/", api)
+        .nest("/docs", ui)
+        .at("/openapi.json", spec_json)
+        .at("/openapi.yaml", spec_yaml);
+    if let Some(d) = &config.demo {
+        route = route.nest("/demo", demo::routes(d.clone()));
+    }
+    route
+        .with(limit::BodyLimit(config.body_limit))
+        .catch_all_error(problem::from_poem_error)
+}
+
+/// Serves `app` on an already bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    app: impl Endpoint + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    tracing::debug!(addr = ?acceptor.local_addr(), "serving");
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(10)))
+        .await
+}

@@ -1,0 +1,238 @@
+//! Demo services so the example workflows run out of the box: inventory,
+//! payments (declining amounts over a limit), shipping, and a generic
+//! record service for the travel and ledger examples.
+//!
+//! Each effect honours the `Idempotency-Key` header: a repeated key gets the
+//! first answer again and changes nothing. `GET /demo/stats` shows what was
+//! done and how often each key was seen, so tests can check effects happen once.
+//! They can run inside `sagaflow serve` or as their own process (`sagaflow demo-services`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use poem::http::{HeaderMap, StatusCode};
+use poem::web::{Data, Json, Path};
+use poem::{get, handler, post, EndpointExt, IntoResponse, Response, Route};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Payments above this amount are declined (HTTP 402).
+    pub payment_limit: f64,
+    /// Every call takes this long (to make sagas overlap in tests and demos).
+    pub latency: Duration,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            payment_limit: 1000.0,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// The first answer to each idempotency key.
+    answers: HashMap<String, (u16, Value)>,
+    /// How many times each key was seen.
+    seen: BTreeMap<String, u32>,
+    /// Effects applied, by kind (`reserve`, `pay`, ...).
+    effects: BTreeMap<String, u64>,
+    /// Effects applied per order and kind.
+    orders: BTreeMap<String, BTreeMap<String, u32>>,
+    next_id: u64,
+}
+
+struct Demo {
+    config: DemoConfig,
+    ledger: Mutex<Ledger>,
+}
+
+type Shared = Arc<Demo>;
+
+#[derive(Deserialize)]
+struct Order {
+    order_id: String,
+    #[serde(default)]
+    amount: Option<f64>,
+}
+
+/// Applies an effect once per idempotency key; `make` computes the answer the first time.
+fn once(
+    demo: &Demo,
+    headers: &HeaderMap,
+    kind: &str,
+    order: Option<&str>,
+    make: impl FnOnce(u64) -> (u16, Value),
+) -> Response {
+    let key = headers
+        .get("Idempotency-Key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut l = demo
+        .ledger
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(k) = &key {
+        *l.seen.entry(k.clone()).or_default() += 1;
+        if let Some((status, body)) = l.answers.get(k).cloned() {
+            return reply(status, body);
+        }
+    }
+    l.next_id += 1;
+    let (status, body) = make(l.next_id);
+    if (200..300).contains(&status) {
+        *l.effects.entry(kind.to_string()).or_default() += 1;
+        if let Some(o) = order {
+            *l.orders
+                .entry(o.to_string())
+                .or_default()
+                .entry(kind.to_string())
+                .or_default() += 1;
+        }
+    }
+    if let Some(k) = key {
+        l.answers.insert(k, (status, body.clone()));
+    }
+    reply(status, body)
+}
+
+fn reply(status: u16, body: Value) -> Response {
+    Json(body)
+        .with_status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+        .into_response()
+}
+
+async fn pause(demo: &Demo) {
+    if !demo.config.latency.is_zero() {
+        tokio::time::sleep(demo.config.latency).await;
+    }
+}
+
+#[handler]
+async fn reserve(Data(demo): Data<&Shared>, headers: &HeaderMap, Json(o): Json<Order>) -> Response {
+    pause(demo).await;
+    once(demo, headers, "reserve", Some(&o.order_id), |n| {
+        (
+            201,
+            json!({"reservation_id": format!("res-{n}"), "order_id": o.order_id}),
+        )
+    })
+}
+
+#[handler]
+async fn release(Data(demo): Data<&Shared>, headers: &HeaderMap, Json(o): Json<Order>) -> Response {
+    pause(demo).await;
+    once(demo, headers, "release", Some(&o.order_id), |_| {
+        (200, json!({"released": true, "order_id": o.order_id}))
+    })
+}
+
+#[handler]
+async fn pay(Data(demo): Data<&Shared>, headers: &HeaderMap, Json(o): Json<Order>) -> Response {
+    pause(demo).await;
+    let limit = demo.config.payment_limit;
+    let amount = o.amount.unwrap_or(0.0);
+    if amount > limit {
+        return once(demo, headers, "decline", Some(&o.order_id), |_| {
+            (
+                402,
+                json!({"error": "declined", "detail": format!("amount {amount} is over the limit {limit}")}),
+            )
+        });
+    }
+    once(demo, headers, "pay", Some(&o.order_id), |n| {
+        (
+            201,
+            json!({"payment_id": format!("pay-{n}"), "amount": amount}),
+        )
+    })
+}
+
+#[handler]
+async fn refund(Data(demo): Data<&Shared>, headers: &HeaderMap, Json(o): Json<Order>) -> Response {
+    pause(demo).await;
+    once(demo, headers, "refund", Some(&o.order_id), |n| {
+        (
+            200,
+            json!({"refund_id": format!("ref-{n}"), "order_id": o.order_id}),
+        )
+    })
+}
+
+#[handler]
+async fn ship(Data(demo): Data<&Shared>, headers: &HeaderMap, Json(o): Json<Order>) -> Response {
+    pause(demo).await;
+    once(demo, headers, "ship", Some(&o.order_id), |n| {
+        (
+            201,
+            json!({"shipment_id": format!("ship-{n}"), "order_id": o.order_id}),
+        )
+    })
+}
+
+/// `POST /demo/{area}/{collection}`: creates a record, e.g. a ledger hold: `{"id": ..., "hold_id": ...}`.
+#[handler]
+async fn create_record(
+    Data(demo): Data<&Shared>,
+    headers: &HeaderMap,
+    Path((area, collection)): Path<(String, String)>,
+) -> Response {
+    pause(demo).await;
+    let singular = collection
+        .strip_suffix('s')
+        .unwrap_or(&collection)
+        .to_string();
+    once(demo, headers, &format!("{area}/{collection}"), None, |n| {
+        let id = format!("{singular}-{n}");
+        (201, json!({"id": id, format!("{singular}_id"): id}))
+    })
+}
+
+/// `DELETE /demo/{area}/{collection}/{id}`.
+#[handler]
+async fn delete_record(
+    Data(demo): Data<&Shared>,
+    headers: &HeaderMap,
+    Path((area, collection, id)): Path<(String, String, String)>,
+) -> Response {
+    pause(demo).await;
+    once(
+        demo,
+        headers,
+        &format!("{area}/{collection}:delete"),
+        None,
+        |_| (200, json!({"deleted": id})),
+    )
+}
+
+#[handler]
+async fn stats(Data(demo): Data<&Shared>) -> Json<Value> {
+    let l = demo
+        .ledger
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Json(json!({"effects": l.effects, "orders": l.orders, "keys": l.seen}))
+}
+
+/// The demo services, to nest under `/demo`.
+pub fn routes(config: DemoConfig) -> impl poem::Endpoint {
+    let demo: Shared = Arc::new(Demo {
+        config,
+        ledger: Mutex::default(),
+    });
+    Route::new()
+        .at("/inventory/reservations", post(reserve))
+        .at("/inventory/releases", post(release))
+        .at("/payments", post(pay))
+        .at("/refunds", post(refund))
+        .at("/shipments", post(ship))
+        .at("/stats", get(stats))
+        .at("/:area/:collection", post(create_record))
+        .at("/:area/:collection/:id", poem::delete(delete_record))
+        .data(demo)
+}

@@ -1,0 +1,249 @@
+//! RFC 9457 problem+json: the one place where errors become HTTP statuses.
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+use sagaflow_engine::runtime::RuntimeError;
+use sagaflow_engine::saga::Rejection;
+
+/// An error, as RFC 9457 describes: a stable `type`, a title, the status,
+/// what happened, and whether the same request may be retried.
+#[derive(Debug, Clone, Object)]
+pub struct Problem {
+    /// A stable identifier of the kind of problem, e.g. `/problems/unknown-workflow`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Whether sending the same request again may succeed.
+    pub retryable: bool,
+    /// The individual problems, for validation errors.
+    #[oai(skip_serializing_if_is_none)]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// One located problem in a request.
+#[derive(Debug, Clone, Object)]
+pub struct FieldError {
+    /// Where: a path in a workflow (`steps[2].compensate`) or a JSON pointer in an input (`/items/0/qty`).
+    pub path: String,
+    pub message: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub code: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub severity: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub line: Option<u32>,
+    #[oai(skip_serializing_if_is_none)]
+    pub column: Option<u32>,
+    #[oai(skip_serializing_if_is_none)]
+    pub help: Option<String>,
+}
+
+/// Every error an operation can answer with.
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The request is malformed.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// No such workflow, instance or task.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// The body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    TooLarge(Json<Problem>),
+    /// The request is well-formed but its content is invalid.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Unprocessable(Json<Problem>),
+    /// A fault of the server.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    Internal(Json<Problem>),
+    /// A dependency (the event store) is unavailable; retry later.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+
+pub fn problem(
+    status: u16,
+    kind: &str,
+    title: &str,
+    detail: impl Into<String>,
+    retryable: bool,
+) -> Problem {
+    Problem {
+        kind: format!("/problems/{kind}"),
+        title: title.to_string(),
+        status,
+        detail: detail.into(),
+        retryable,
+        errors: None,
+    }
+}
+
+impl ApiError {
+    pub fn from_problem(p: Problem) -> Self {
+        let p = Json(p);
+        match p.0.status {
+            400 => ApiError::BadRequest(p),
+            404 => ApiError::NotFound(p),
+            409 => ApiError::Conflict(p),
+            413 => ApiError::TooLarge(p),
+            422 => ApiError::Unprocessable(p),
+            503 => ApiError::Unavailable(p),
+            _ => ApiError::Internal(p),
+        }
+    }
+
+    pub fn bad_request(kind: &str, detail: impl Into<String>) -> Self {
+        Self::from_problem(problem(400, kind, "Bad request", detail, false))
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        let detail = e.to_string();
+        let p = match &e {
+            RuntimeError::UnknownWorkflow(_) => {
+                problem(404, "unknown-workflow", "Unknown workflow", detail, false)
+            }
+            RuntimeError::UnknownVersion(..) => problem(
+                404,
+                "unknown-workflow-version",
+                "Unknown workflow version",
+                detail,
+                false,
+            ),
+            RuntimeError::UnknownInstance(_) => {
+                problem(404, "unknown-instance", "Unknown instance", detail, false)
+            }
+            RuntimeError::UnknownTask(_) => {
+                problem(404, "unknown-task", "Unknown task", detail, false)
+            }
+            RuntimeError::InvalidWorkflow(diags) => {
+                let mut p = problem(422, "invalid-workflow", "Invalid workflow", detail, false);
+                p.errors = Some(
+                    diags
+                        .iter()
+                        .map(|d| FieldError {
+                            path: d.path.to_string(),
+                            message: d.message.clone(),
+                            code: Some(d.code.to_string()),
+                            severity: Some(if d.is_error() { "error" } else { "warning" }.into()),
+                            line: d.span.map(|s| s.line as u32),
+                            column: d.span.map(|s| s.column as u32),
+                            help: d.help.clone(),
+                        })
+                        .collect(),
+                );
+                p
+            }
+            RuntimeError::VersionConflict { .. } => problem(
+                409,
+                "version-conflict",
+                "Version already published",
+                detail,
+                false,
+            ),
+            RuntimeError::InvalidInput(errors) => {
+                let mut p = problem(422, "invalid-input", "Invalid input", detail, false);
+                p.errors = Some(
+                    errors
+                        .iter()
+                        .map(|e| FieldError {
+                            path: e.pointer.clone(),
+                            message: e.message.clone(),
+                            code: None,
+                            severity: None,
+                            line: None,
+                            column: None,
+                            help: None,
+                        })
+                        .collect(),
+                );
+                p
+            }
+            RuntimeError::IdempotencyMismatch(_) => problem(
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                detail,
+                false,
+            ),
+            RuntimeError::Rejected(r) => {
+                let kind = match r {
+                    Rejection::Finished(_) => "instance-finished",
+                    Rejection::PastPivot => "past-pivot",
+                    Rejection::Compensating(_) => "instance-compensating",
+                    Rejection::AlreadyStarted | Rejection::NotStarted => "instance-state",
+                };
+                problem(
+                    409,
+                    kind,
+                    "Not possible in the instance's state",
+                    detail,
+                    false,
+                )
+            }
+            RuntimeError::Store(s) if s.is_conflict() => {
+                problem(409, "concurrent-update", "Concurrent update", detail, true)
+            }
+            RuntimeError::Store(s) if s.is_transient() => problem(
+                503,
+                "store-unavailable",
+                "Event store unavailable",
+                detail,
+                true,
+            ),
+            RuntimeError::ShuttingDown => {
+                problem(503, "shutting-down", "Shutting down", detail, true)
+            }
+            RuntimeError::Store(_) | RuntimeError::Corrupt(_) => {
+                problem(500, "internal", "Internal error", detail, false)
+            }
+        };
+        if p.status >= 500 {
+            tracing::error!(error = %e, status = p.status, "request failed");
+        } else {
+            tracing::debug!(error = %e, status = p.status, "request refused");
+        }
+        ApiError::from_problem(p)
+    }
+}
+
+/// Turns errors raised outside operations (unknown routes, unparsable
+/// bodies, size limits) into problem+json too.
+pub async fn from_poem_error(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        // an operation's own problem+json answer
+        return err.into_response();
+    }
+    let status = err.status();
+    let (kind, title) = match status {
+        StatusCode::NOT_FOUND => ("not-found", "Not found"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too-large", "Request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "Unsupported media type"),
+        s if s.is_client_error() => ("bad-request", "Bad request"),
+        _ => ("internal", "Internal error"),
+    };
+    if status.is_server_error() {
+        tracing::error!(error = %err, "request failed");
+    }
+    let p = problem(
+        status.as_u16(),
+        kind,
+        title,
+        err.to_string(),
+        status.is_server_error(),
+    );
+    let body = serde_json::json!({"type": p.kind, "title": p.title, "status": p.status, "detail": p.detail, "retryable": p.retryable});
+    poem::web::Json(body)
+        .with_status(status)
+        .with_content_type("application/problem+json")
+        .into_response()
+}

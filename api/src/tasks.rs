@@ -1,0 +1,138 @@
+//! The worker protocol: long-poll a queue, heartbeat, complete or fail.
+
+use std::time::Duration;
+
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use sagaflow_engine::runtime::Runtime;
+
+use crate::problem::ApiError;
+use crate::Tag;
+
+const MAX_POLL: Duration = Duration::from_secs(60);
+
+/// A task for a worker. Its `id` is also the effect's idempotency key.
+#[derive(Object)]
+pub struct WorkerTask {
+    pub id: String,
+    pub queue: String,
+    pub instance_id: String,
+    pub workflow: String,
+    pub step: String,
+    pub attempt: u32,
+    /// `forward`, or `compensation` when the task undoes its step.
+    pub phase: String,
+    pub input: serde_json::Value,
+    /// Heartbeat at least this often, if set.
+    pub heartbeat_seconds: Option<u64>,
+}
+
+#[derive(Object)]
+pub struct CompleteTask {
+    /// The step's output, readable by later steps as `.steps.NAME.output`.
+    pub output: Option<serde_json::Value>,
+}
+
+#[derive(Object)]
+pub struct FailTask {
+    pub error: String,
+    /// True if the step may succeed when tried again (within its retry policy).
+    #[oai(default)]
+    pub retryable: bool,
+}
+
+#[derive(Object)]
+pub struct TaskAnswer {
+    /// False when the saga had already moved on (e.g. the task timed out): the answer was recorded nowhere.
+    pub accepted: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum PollResponse {
+    /// A task, leased to the caller.
+    #[oai(status = 200)]
+    Task(Json<WorkerTask>),
+    /// No task came within the wait.
+    #[oai(status = 204)]
+    Empty,
+}
+
+#[derive(ApiResponse)]
+pub enum HeartbeatResponse {
+    #[oai(status = 204)]
+    Alive,
+}
+
+pub struct TasksApi {
+    pub rt: Runtime,
+}
+
+#[OpenApi(prefix_path = "/tasks", tag = "Tag::Tasks")]
+impl TasksApi {
+    /// Take the next task of a queue, waiting up to `wait` (default `30s`, at most `60s`) for one.
+    #[oai(path = "/:queue/poll", method = "post")]
+    async fn poll(
+        &self,
+        queue: Path<String>,
+        wait: Query<Option<String>>,
+    ) -> Result<PollResponse, ApiError> {
+        let wait = match wait.0.as_deref() {
+            Some(w) => humantime::parse_duration(w)
+                .map_err(|e| ApiError::bad_request("bad-wait", format!("wait `{w}`: {e}")))?,
+            None => Duration::from_secs(30),
+        };
+        Ok(match self.rt.poll_task(&queue, wait.min(MAX_POLL)).await {
+            Some(t) => PollResponse::Task(Json(WorkerTask {
+                id: t.id,
+                queue: t.queue,
+                instance_id: t.instance.to_string(),
+                workflow: t.workflow,
+                step: t.step,
+                attempt: t.attempt,
+                phase: match t.phase {
+                    sagaflow_engine::saga::Phase::Forward => "forward".into(),
+                    sagaflow_engine::saga::Phase::Compensation => "compensation".into(),
+                },
+                input: t.input,
+                heartbeat_seconds: t.heartbeat_seconds,
+            })),
+            None => PollResponse::Empty,
+        })
+    }
+
+    /// Complete a task with its output.
+    #[oai(path = "/:id/complete", method = "post")]
+    async fn complete(
+        &self,
+        id: Path<String>,
+        body: Json<CompleteTask>,
+    ) -> Result<Json<TaskAnswer>, ApiError> {
+        let accepted = self
+            .rt
+            .complete_task(&id, body.0.output.unwrap_or(serde_json::Value::Null))
+            .await?;
+        Ok(Json(TaskAnswer { accepted }))
+    }
+
+    /// Fail a task.
+    #[oai(path = "/:id/fail", method = "post")]
+    async fn fail(
+        &self,
+        id: Path<String>,
+        body: Json<FailTask>,
+    ) -> Result<Json<TaskAnswer>, ApiError> {
+        let accepted = self
+            .rt
+            .fail_task(&id, body.0.error, body.0.retryable)
+            .await?;
+        Ok(Json(TaskAnswer { accepted }))
+    }
+
+    /// Tell the engine the worker is still on the task.
+    #[oai(path = "/:id/heartbeat", method = "post")]
+    async fn heartbeat(&self, id: Path<String>) -> Result<HeartbeatResponse, ApiError> {
+        self.rt.heartbeat(&id)?;
+        Ok(HeartbeatResponse::Alive)
+    }
+}

@@ -1,0 +1,176 @@
+//! Publishing and reading workflow definitions.
+
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi};
+use sagaflow_engine::compile::export;
+use sagaflow_engine::runtime::{PublishOutcome, Published, Runtime};
+
+use crate::problem::ApiError;
+use crate::Tag;
+
+/// A workflow definition in YAML (the language: docs/workflow-language.md).
+#[derive(ApiRequest)]
+pub enum WorkflowSource {
+    #[oai(content_type = "application/yaml")]
+    Yaml(PlainText<String>),
+    #[oai(content_type = "text/yaml")]
+    TextYaml(PlainText<String>),
+    #[oai(content_type = "text/plain")]
+    Text(PlainText<String>),
+}
+
+/// One published version.
+#[derive(Object)]
+pub struct WorkflowVersion {
+    pub name: String,
+    pub version: u32,
+    /// sha256 of the definition.
+    pub hash: String,
+    pub description: Option<String>,
+    pub steps: Vec<String>,
+    pub published_at: String,
+}
+
+#[derive(Object)]
+pub struct WorkflowSummary {
+    pub name: String,
+    pub latest: u32,
+    pub versions: Vec<u32>,
+    pub description: Option<String>,
+}
+
+#[derive(Object)]
+pub struct WorkflowDetail {
+    pub name: String,
+    pub versions: Vec<WorkflowVersionSource>,
+}
+
+#[derive(Object)]
+pub struct WorkflowVersionSource {
+    #[oai(flatten)]
+    pub version: WorkflowVersion,
+    /// The YAML as published.
+    pub source: String,
+}
+
+#[derive(ApiResponse)]
+pub enum PublishResponse {
+    /// Published.
+    #[oai(status = 201)]
+    Created(Json<WorkflowVersion>),
+    /// This exact definition was already published under this version.
+    #[oai(status = 200)]
+    Unchanged(Json<WorkflowVersion>),
+}
+
+#[derive(ApiResponse)]
+pub enum GraphResponse {
+    #[oai(status = 200, content_type = "text/vnd.graphviz")]
+    Dot(PlainText<String>),
+    #[oai(status = 200, content_type = "text/vnd.mermaid")]
+    Mermaid(PlainText<String>),
+    #[oai(status = 200)]
+    Json(Json<serde_json::Value>),
+}
+
+pub(crate) fn version_of(p: &Published) -> WorkflowVersion {
+    WorkflowVersion {
+        name: p.machine.name.clone(),
+        version: p.machine.version,
+        hash: p.machine.hash.clone(),
+        description: p.machine.description.clone(),
+        steps: p.machine.steps.iter().map(|s| s.name.clone()).collect(),
+        published_at: p.published_at.to_string(),
+    }
+}
+
+pub struct WorkflowsApi {
+    pub rt: Runtime,
+}
+
+#[OpenApi(prefix_path = "/workflows", tag = "Tag::Workflows")]
+impl WorkflowsApi {
+    /// Publish a workflow.
+    ///
+    /// The body is the YAML definition. It is validated as `sagaflow validate`
+    /// does; every problem comes back located (line, column, path). A
+    /// version, once published, cannot change: publish changes as a new `version`.
+    #[oai(path = "/", method = "post")]
+    async fn publish(&self, body: WorkflowSource) -> Result<PublishResponse, ApiError> {
+        let (WorkflowSource::Yaml(PlainText(source))
+        | WorkflowSource::TextYaml(PlainText(source))
+        | WorkflowSource::Text(PlainText(source))) = body;
+        let (published, outcome) = self.rt.publish(&source).await?;
+        let v = Json(version_of(&published));
+        Ok(match outcome {
+            PublishOutcome::Published => PublishResponse::Created(v),
+            PublishOutcome::Unchanged => PublishResponse::Unchanged(v),
+        })
+    }
+
+    /// List workflows.
+    #[oai(path = "/", method = "get")]
+    async fn list(&self) -> Json<Vec<WorkflowSummary>> {
+        Json(
+            self.rt
+                .workflows()
+                .into_iter()
+                .filter_map(|(name, versions)| {
+                    let latest = versions.last()?;
+                    Some(WorkflowSummary {
+                        name,
+                        latest: latest.machine.version,
+                        description: latest.machine.description.clone(),
+                        versions: versions.iter().map(|p| p.machine.version).collect(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Get a workflow with all its versions and their sources.
+    #[oai(path = "/:name", method = "get")]
+    async fn get(&self, name: Path<String>) -> Result<Json<WorkflowDetail>, ApiError> {
+        self.rt.workflow(&name, None)?;
+        let versions = self
+            .rt
+            .workflows()
+            .into_iter()
+            .find(|(n, _)| *n == name.0)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| WorkflowVersionSource {
+                version: version_of(p),
+                source: p.source.clone(),
+            })
+            .collect();
+        Ok(Json(WorkflowDetail {
+            name: name.0,
+            versions,
+        }))
+    }
+
+    /// The compiled state machine of a version (the newest by default), as DOT, Mermaid or JSON.
+    #[oai(path = "/:name/graph", method = "get")]
+    async fn graph(
+        &self,
+        name: Path<String>,
+        version: Query<Option<u32>>,
+        format: Query<Option<String>>,
+    ) -> Result<GraphResponse, ApiError> {
+        let p = self.rt.workflow(&name, version.0)?;
+        Ok(match format.0.as_deref().unwrap_or("json") {
+            "dot" => GraphResponse::Dot(PlainText(export::dot(&p.machine))),
+            "mermaid" => GraphResponse::Mermaid(PlainText(export::mermaid(&p.machine))),
+            "json" => GraphResponse::Json(Json(export::json(&p.machine))),
+            other => {
+                return Err(ApiError::bad_request(
+                    "bad-format",
+                    format!("format `{other}` is not one of dot, mermaid, json"),
+                ))
+            }
+        })
+    }
+}

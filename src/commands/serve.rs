@@ -1,0 +1,174 @@
+//! `sagaflow serve`: the engine and its HTTP API on the embedded SQLite store.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sagaflow_api::demo::DemoConfig;
+use sagaflow_api::ApiConfig;
+use sagaflow_engine::projection::Projections;
+use sagaflow_engine::runtime::{Runtime, RuntimeConfig, RuntimeError};
+use sagaflow_engine::saga::SystemClock;
+use sagaflow_engine::store::sqlite::SqliteStore;
+use sagaflow_engine::store::EventStore;
+
+/// Everything `serve` needs, resolved from flags and `SAGAFLOW_*` variables.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "SAGAFLOW_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the SQLite file (events and read models) lives.
+    #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = "sagaflow-data")]
+    pub data_dir: PathBuf,
+    /// Workflow files (*.yaml) published at start; a missing folder is skipped.
+    #[arg(long, env = "SAGAFLOW_WORKFLOWS", default_value = "workflows")]
+    pub workflows: PathBuf,
+    /// Override a workflow `env` value, e.g. `demo_url=http://10.0.0.5/demo` (repeatable).
+    #[arg(long = "workflow-env", env = "SAGAFLOW_WORKFLOW_ENV", value_delimiter = ',', value_parser = parse_pair)]
+    pub workflow_env: Vec<(String, String)>,
+    /// Do not serve the demo services under /demo.
+    #[arg(long, env = "SAGAFLOW_NO_DEMO")]
+    pub no_demo: bool,
+    /// The demo payment service declines amounts above this.
+    #[arg(long, env = "SAGAFLOW_DEMO_PAYMENT_LIMIT", default_value_t = 1000.0)]
+    pub demo_payment_limit: f64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SAGAFLOW_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+}
+
+pub fn parse_pair(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    let _lock = lock_data_dir(&args.data_dir)?;
+    let listener = TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+
+    let db = args.data_dir.join("sagaflow.db");
+    let store: Arc<dyn EventStore> = Arc::new(
+        SqliteStore::open(&db)
+            .await
+            .with_context(|| format!("cannot open {}", db.display()))?,
+    );
+    let projections = Arc::new(Projections::open(&db).await?);
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    if !args.no_demo {
+        env.insert("demo_url".into(), format!("{url}/demo"));
+    }
+    env.extend(args.workflow_env.iter().cloned());
+    let config = RuntimeConfig {
+        env,
+        ..RuntimeConfig::default()
+    };
+    let rt = Runtime::new(store, Some(projections), Arc::new(SystemClock), config).await?;
+    publish_folder(&rt, &args.workflows).await?;
+    let resumed = rt.run_background().await?;
+
+    let api = ApiConfig {
+        body_limit: args.body_limit,
+        demo: (!args.no_demo).then(|| DemoConfig {
+            payment_limit: args.demo_payment_limit,
+            ..DemoConfig::default()
+        }),
+        public_url: url.clone(),
+    };
+    let app = sagaflow_api::app(rt.clone(), &api);
+    println!("sagaflow listening on {url}");
+    println!("  Swagger UI: {url}/docs    OpenAPI: {url}/openapi.json");
+    println!("  data: {}    resumed sagas: {resumed}", db.display());
+    sagaflow_api::serve(listener, app, shutdown_signal()).await?;
+    tracing::info!("shutting down");
+    rt.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Publishes every workflow file of a folder; invalid ones are reported and skipped.
+async fn publish_folder(rt: &Runtime, dir: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::info!(folder = %dir.display(), "no workflow folder; none published at start");
+        return Ok(());
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let source = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        match rt.publish(&source).await {
+            Ok((p, outcome)) => {
+                tracing::info!(workflow = %p.machine.name, version = p.machine.version, ?outcome, file = %file.display(), "workflow ready")
+            }
+            Err(RuntimeError::InvalidWorkflow(diags)) => {
+                eprintln!(
+                    "{}: invalid, not published ({} problems; run `sagaflow validate {}`)",
+                    file.display(),
+                    diags.len(),
+                    file.display()
+                );
+            }
+            Err(e) => eprintln!("{}: not published: {e}", file.display()),
+        }
+    }
+    Ok(())
+}
+
+/// One server per data directory: a second would interleave writes to the same file.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("sagaflow.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("another sagaflow server is using {}", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
