@@ -1,0 +1,106 @@
+//! Starting the real `sagaflow` binary for end-to-end tests: port 0, a fresh
+//! data directory, the URL read from its first lines, killed when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct Proc {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `sagaflow ARGS` and waits (at most 30 s) for its "listening on URL" line.
+    pub fn start(args: &[&str], log: &Path) -> Proc {
+        let stderr = std::fs::File::create(log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+            .args(args)
+            .env("SAGAFLOW_LOG", "warn,sagaflow=info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start sagaflow");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                    let _ = tx.send(url.trim_end_matches("/demo").to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => Proc {
+                child,
+                url,
+                log: log.to_path_buf(),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "sagaflow {args:?} did not report its URL within 30 s; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A fresh directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sagaflow-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A server on port 0 with a fresh data directory and the example workflows.
+pub fn serve(name: &str, extra: &[&str]) -> (Proc, PathBuf) {
+    let dir = temp_dir(name);
+    let data = dir.join("data");
+    let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--workflows",
+        workflows,
+    ];
+    args.extend_from_slice(extra);
+    (Proc::start(&args, &dir.join("server.log")), dir)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+pub fn order(n: u32, amount: f64) -> serde_json::Value {
+    serde_json::json!({"order_id": format!("o-{n}"), "customer_id": "c-1", "items": [{"sku": "widget", "qty": 2}], "amount": amount})
+}

@@ -1,0 +1,436 @@
+//! The HTTP API of `sagaflow serve`, as a client uses it.
+
+mod common;
+
+use common::{client, order, serve};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn post(c: &reqwest::Client, url: String, body: Value) -> (StatusCode, Value) {
+    let r = c.post(url).json(&body).send().await.expect("request");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(c: &reqwest::Client, url: String) -> (StatusCode, Value) {
+    let r = c.get(url).send().await.expect("request");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn types(history: &Value) -> Vec<String> {
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_order_completes_and_an_over_limit_order_is_compensated() {
+    let (s, _dir) = serve("orders", &[]);
+    let c = client();
+    let (status, started) = post(
+        &c,
+        format!("{}/workflows/order/instances", s.url),
+        order(1, 120.5),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let (_, done) = get(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"]["order_id"], "o-1");
+    assert!(done["output"]["shipment_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("ship-"));
+
+    let (_, declined) = post(
+        &c,
+        format!("{}/workflows/order/instances", s.url),
+        order(2, 5000.0),
+    )
+    .await;
+    let id2 = declined["id"].as_str().unwrap().to_string();
+    let (_, done2) = get(&c, format!("{}/instances/{id2}?wait=30s", s.url)).await;
+    assert_eq!(done2["status"], "compensated", "{done2}");
+    assert!(
+        done2["error"].as_str().unwrap().contains("HTTP 402"),
+        "{done2}"
+    );
+    let (_, history) = get(&c, format!("{}/instances/{id2}/events", s.url)).await;
+    let t = types(&history);
+    assert_eq!(t.first().map(String::as_str), Some("SagaStarted"));
+    assert!(t.contains(&"CompensationStarted".to_string()));
+    assert_eq!(t.last().map(String::as_str), Some("SagaCompensated"));
+    let release = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "StepCompensated")
+        .expect("the release is in the history");
+    assert_eq!(release["data"]["name"], "reserve");
+    assert!(history
+        .as_array()
+        .unwrap()
+        .windows(2)
+        .all(|w| w[0]["revision"].as_u64() < w[1]["revision"].as_u64()));
+
+    let (_, stats) = get(&c, format!("{}/demo/stats", s.url)).await;
+    assert_eq!(
+        stats["orders"]["o-1"],
+        json!({"reserve": 1, "pay": 1, "ship": 1})
+    );
+    assert_eq!(stats["orders"]["o-2"], json!({"reserve": 1, "release": 1}));
+    let (_, listed) = get(&c, format!("{}/instances?workflow=order", s.url)).await;
+    assert!(listed.as_array().unwrap().len() <= 2);
+}
+
+#[tokio::test]
+async fn a_retried_start_with_the_same_key_returns_the_same_instance() {
+    let (s, _dir) = serve("idempotency", &[]);
+    let c = client();
+    let url = format!("{}/workflows/order/instances", s.url);
+    let first = c
+        .post(&url)
+        .header("Idempotency-Key", "order-7")
+        .json(&order(7, 10.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let location = first.headers()["location"].to_str().unwrap().to_string();
+    let a: Value = first.json().await.unwrap();
+    let again = c
+        .post(&url)
+        .header("Idempotency-Key", "order-7")
+        .json(&order(7, 10.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let b: Value = again.json().await.unwrap();
+    assert_eq!(a["id"], b["id"]);
+    assert_eq!(
+        location,
+        format!("/instances/{}", a["id"].as_str().unwrap())
+    );
+    let other = c
+        .post(&url)
+        .header("Idempotency-Key", "order-7")
+        .json(&order(8, 10.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let p: Value = other.json().await.unwrap();
+    assert_eq!(p["type"], "/problems/idempotency-key-reused");
+}
+
+#[tokio::test]
+async fn bad_requests_get_problems_and_write_nothing() {
+    let (s, _dir) = serve("bad-input", &[]);
+    let c = client();
+    let count = || async {
+        c.get(format!("{}/instances", s.url))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = count().await;
+
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            c.post(format!("{}/workflows/nope/instances", s.url))
+                .json(&json!({})),
+            StatusCode::NOT_FOUND,
+            "/problems/unknown-workflow",
+        ),
+        (
+            c.post(format!("{}/workflows/order/instances", s.url))
+                .json(&json!({"order_id": 5})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-input",
+        ),
+        (
+            c.post(format!("{}/workflows/order/instances", s.url))
+                .header("content-type", "application/json")
+                .body("{\"order_id\":"),
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-request",
+        ),
+        (
+            c.post(format!("{}/workflows/order/instances", s.url))
+                .header("content-type", "text/plain")
+                .body("hi"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "/problems/unsupported-media-type",
+        ),
+        // on a client of its own: the server answers without reading the body, then closes the connection
+        (
+            client()
+                .post(format!("{}/workflows/order/instances", s.url))
+                .header("content-type", "application/json")
+                .body(vec![b' '; 2 * 1024 * 1024]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "/problems/too-large",
+        ),
+        (
+            c.get(format!("{}/instances/not-a-uuid", s.url)),
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-id",
+        ),
+        (
+            c.get(format!("{}/instances/{}", s.url, uuid_nil())),
+            StatusCode::NOT_FOUND,
+            "/problems/unknown-instance",
+        ),
+        (
+            c.get(format!("{}/instances/{}?wait=forever", s.url, uuid_nil())),
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-wait",
+        ),
+        (
+            c.post(format!("{}/tasks/nope/complete", s.url))
+                .json(&json!({})),
+            StatusCode::NOT_FOUND,
+            "/problems/unknown-task",
+        ),
+        (
+            c.post(format!("{}/workflows", s.url))
+                .header("content-type", "application/yaml")
+                .body("name: x\nsteps: []\n"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/invalid-workflow",
+        ),
+        (
+            c.post(format!("{}/workflows", s.url))
+                .header("content-type", "application/yaml")
+                .body(vec![0xffu8, 0xfe, 0x00]),
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-request",
+        ),
+        (
+            c.get(format!("{}/no/such/route", s.url)),
+            StatusCode::NOT_FOUND,
+            "/problems/not-found",
+        ),
+    ];
+    for (req, want, kind) in cases {
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            (status, body["type"].as_str().unwrap_or_default()),
+            (want, kind),
+            "{body}"
+        );
+        assert_eq!(ct, "application/problem+json", "{kind}");
+        assert_eq!(body["status"], want.as_u16());
+        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    assert_eq!(count().await, before, "no instance was written");
+
+    let (_, bad_wf) = {
+        let r = c
+            .post(format!("{}/workflows", s.url))
+            .header("content-type", "application/yaml")
+            .body("name: w\nsteps:\n  - name: a\n    retires: 3\n")
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    let e = &bad_wf["errors"][0];
+    assert_eq!(
+        (e["code"].as_str(), e["line"].as_u64(), e["column"].as_u64()),
+        (Some("unknown-field"), Some(4), Some(5)),
+        "{bad_wf}"
+    );
+
+    // a signal to an instance that has ended
+    let (_, done) = post(
+        &c,
+        format!("{}/workflows/order/instances", s.url),
+        order(1, 1.0),
+    )
+    .await;
+    let id = done["id"].as_str().unwrap();
+    get(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    let (status, p) = post(
+        &c,
+        format!("{}/instances/{id}/signals/approval", s.url),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (StatusCode::CONFLICT, Some("/problems/instance-finished"))
+    );
+    let (status, _) = post(&c, format!("{}/instances/{id}/cancel", s.url), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+fn uuid_nil() -> &'static str {
+    "00000000-0000-0000-0000-000000000000"
+}
+
+#[tokio::test]
+async fn a_worker_and_a_signal_drive_the_approval_workflow() {
+    let (s, _dir) = serve("approval", &[]);
+    let c = client();
+    let (status, started) = post(
+        &c,
+        format!("{}/workflows/refund-approval/instances", s.url),
+        json!({"refund_id": "r-1", "customer_id": "c-9", "amount": 40}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let mut view = Value::Null;
+    for _ in 0..100 {
+        view = get(&c, format!("{}/instances/{id}", s.url)).await.1;
+        if view["status"] == "waiting" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (view["status"].as_str(), view["current_step"].as_str()),
+        (Some("waiting"), Some("approval")),
+        "{view}"
+    );
+    let (status, _) = post(
+        &c,
+        format!("{}/instances/{id}/signals/approval", s.url),
+        json!({"approved_by": "kim"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let task = c
+        .post(format!("{}/tasks/notifications/poll?wait=20s", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(task.status(), StatusCode::OK);
+    let task: Value = task.json().await.unwrap();
+    assert_eq!(task["instance_id"], id.as_str());
+    assert_eq!(task["input"]["text"], "Your refund of 40 is on its way.");
+    let tid = task["id"].as_str().unwrap();
+    let hb = c
+        .post(format!("{}/tasks/{tid}/heartbeat", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hb.status(), StatusCode::NO_CONTENT);
+    let (status, answer) = post(
+        &c,
+        format!("{}/tasks/{tid}/complete", s.url),
+        json!({"output": {"sent": true}}),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["accepted"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+    let (_, done) = get(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let empty = c
+        .post(format!("{}/tasks/notifications/poll?wait=100ms", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn cancelling_a_trip_undoes_the_flight_through_its_worker() {
+    let (s, _dir) = serve("cancel", &[]);
+    let c = client();
+    let input = json!({"trip_id": "t-1", "traveller": "ada", "from": "LHR", "to": "OSL", "depart": "2027-01-02", "return": "2027-01-09"});
+    let (_, started) = post(
+        &c,
+        format!("{}/workflows/trip-booking/instances", s.url),
+        input,
+    )
+    .await;
+    let id = started["id"].as_str().unwrap().to_string();
+    let (status, view) = post(
+        &c,
+        format!("{}/instances/{id}/cancel", s.url),
+        json!({"reason": "changed plans"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["status"], "compensating");
+    let task: Value = c
+        .post(format!("{}/tasks/flights/poll?wait=20s", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        task["phase"], "compensation",
+        "the forward task was withdrawn: {task}"
+    );
+    post(
+        &c,
+        format!("{}/tasks/{}/complete", s.url, task["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await;
+    let (_, done) = get(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    assert_eq!(
+        (done["status"].as_str(), done["error"].as_str()),
+        (Some("cancelled"), Some("cancelled: changed plans"))
+    );
+}
+
+#[tokio::test]
+async fn the_spec_and_swagger_ui_are_served() {
+    let (s, _dir) = serve("spec", &[]);
+    let c = client();
+    let (status, spec) = get(&c, format!("{}/openapi.json", s.url)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/workflows",
+        "/workflows/{name}/instances",
+        "/instances/{id}",
+        "/instances/{id}/events",
+        "/instances/{id}/signals/{name}",
+        "/instances/{id}/cancel",
+        "/tasks/{queue}/poll",
+        "/health",
+    ] {
+        assert!(spec["paths"].get(path).is_some(), "{path} is in the spec");
+    }
+    let docs = c.get(format!("{}/docs", s.url)).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs
+        .text()
+        .await
+        .unwrap()
+        .to_lowercase()
+        .contains("swagger"));
+    let (status, health) = get(&c, format!("{}/health", s.url)).await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+}
