@@ -40,6 +40,8 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Run the demo inventory, payment and shipping services on their own.
     DemoServices(commands::demo::DemoArgs),
+    /// Measure the order-saga workload: throughput, latency, memory (one JSON line).
+    Bench(commands::bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Schema => commands::schema::run(),
         Command::Serve(args) => serve(commands::serve::run(args)),
         Command::DemoServices(args) => serve(commands::demo::run(args)),
+        Command::Bench(args) => serve(commands::bench::run(args)),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::runtime::{InstanceView, Runtime};
+use sagaflow_engine::saga::Timestamp;
 use uuid::Uuid;
 
 use crate::problem::ApiError;
@@ -35,6 +36,30 @@ pub struct Instance {
     pub finished_at: Option<String>,
     /// Events in the instance's history.
     pub events: u64,
+    /// Timers armed and not yet fired.
+    pub timers: Vec<PendingTimer>,
+}
+
+/// A timer that will fire unless the saga moves on first.
+#[derive(Object)]
+pub struct PendingTimer {
+    /// The timer's id, e.g. `deadline`, `timeout:1:f:2`, `wait-timeout:1`.
+    pub timer: String,
+    /// What it is for: `step_timeout`, `backoff`, `wait_timeout`, `wait_elapsed`, `deadline`.
+    pub kind: String,
+    pub due: String,
+}
+
+/// Where to move a timer: exactly one of the three.
+#[derive(Object)]
+pub struct MoveTimer {
+    /// A new due time (RFC 3339).
+    pub due: Option<String>,
+    /// Push the due time back by this much (e.g. `1h`).
+    pub extend_by: Option<String>,
+    /// Fire it now.
+    #[oai(default)]
+    pub fire_now: bool,
 }
 
 impl From<InstanceView> for Instance {
@@ -53,6 +78,18 @@ impl From<InstanceView> for Instance {
             updated_at: v.updated_at.to_string(),
             finished_at: v.finished_at.map(|t| t.to_string()),
             events: v.events,
+            timers: v
+                .timers
+                .into_iter()
+                .map(|(timer, purpose, due)| PendingTimer {
+                    timer,
+                    kind: serde_json::to_value(purpose)
+                        .ok()
+                        .and_then(|p| p["kind"].as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    due: due.to_string(),
+                })
+                .collect(),
         }
     }
 }
@@ -258,6 +295,50 @@ impl InstancesApi {
     ) -> Result<AcceptedResponse, ApiError> {
         let id = parse_id(&id)?;
         let view = self.rt.signal(id, name.0, payload.0).await?;
+        Ok(AcceptedResponse::Accepted(Json(view.into())))
+    }
+
+    /// Move a pending timer: extend a deadline, give an approval more time, or fire a wait now.
+    #[oai(path = "/instances/:id/timers/:timer", method = "post")]
+    async fn move_timer(
+        &self,
+        id: Path<String>,
+        timer: Path<String>,
+        body: Json<MoveTimer>,
+    ) -> Result<AcceptedResponse, ApiError> {
+        let id = parse_id(&id)?;
+        let current = self.rt.get(id).await?;
+        let Some((_, _, old_due)) = current.timers.iter().find(|(t, _, _)| *t == timer.0) else {
+            return Err(ApiError::from(
+                sagaflow_engine::runtime::RuntimeError::Rejected(
+                    sagaflow_engine::saga::Rejection::NoSuchTimer(timer.0),
+                ),
+            ));
+        };
+        let due = match (&body.due, &body.extend_by, body.fire_now) {
+            (Some(d), None, false) => {
+                let t = humantime::parse_rfc3339_weak(d)
+                    .map_err(|e| ApiError::bad_request("bad-due", format!("due `{d}`: {e}")))?;
+                let ms = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_err(|e| ApiError::bad_request("bad-due", e.to_string()))?
+                    .as_millis();
+                Timestamp(u64::try_from(ms).unwrap_or(u64::MAX))
+            }
+            (None, Some(by), false) => {
+                old_due.plus(humantime::parse_duration(by).map_err(|e| {
+                    ApiError::bad_request("bad-extend-by", format!("extend_by `{by}`: {e}"))
+                })?)
+            }
+            (None, None, true) => self.rt.now(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad-move",
+                    "give exactly one of `due`, `extend_by` or `fire_now: true`",
+                ))
+            }
+        };
+        let view = self.rt.move_timer(id, timer.0, due).await?;
         Ok(AcceptedResponse::Accepted(Json(view.into())))
     }
 

@@ -1,8 +1,15 @@
-//! Request body limit: a declared length over the limit gets 413 at once; a
-//! body without a declared length is read up to the limit (and refused past it).
+//! Request body limit: a declared length over the limit gets 413; a body
+//! without a declared length is read up to the limit (and refused past it).
+//!
+//! A moderately oversized body is read and dropped before the 413 goes out:
+//! most clients only read the answer once they have sent the body, and would
+//! otherwise see a broken connection instead of the 413.
 
 use poem::http::StatusCode;
 use poem::{Body, Endpoint, Middleware, Request, Result};
+
+/// Oversized bodies up to this many times the limit are drained before the 413.
+const DRAIN_FACTOR: u64 = 16;
 
 pub struct BodyLimit(pub usize);
 
@@ -39,7 +46,12 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         match declared {
-            Some(n) if n > self.limit as u64 => return Err(too_large(self.limit)),
+            Some(n) if n > self.limit as u64 => {
+                if n <= DRAIN_FACTOR * self.limit as u64 {
+                    let _ = req.take_body().into_bytes_limit(n as usize).await;
+                }
+                return Err(too_large(self.limit));
+            }
             Some(_) => {}
             None => {
                 let chunked = req

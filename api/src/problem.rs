@@ -174,12 +174,17 @@ impl From<RuntimeError> for ApiError {
                 detail,
                 false,
             ),
+            RuntimeError::Rejected(Rejection::NoSuchTimer(_)) => {
+                problem(404, "unknown-timer", "Unknown timer", detail, false)
+            }
             RuntimeError::Rejected(r) => {
                 let kind = match r {
                     Rejection::Finished(_) => "instance-finished",
                     Rejection::PastPivot => "past-pivot",
                     Rejection::Compensating(_) => "instance-compensating",
-                    Rejection::AlreadyStarted | Rejection::NotStarted => "instance-state",
+                    Rejection::AlreadyStarted
+                    | Rejection::NotStarted
+                    | Rejection::NoSuchTimer(_) => "instance-state",
                 };
                 problem(
                     409,

@@ -68,6 +68,12 @@ fn samples() -> Vec<Event> {
             timer: "deadline".into(),
             at,
         },
+        Event::TimerMoved {
+            timer: "deadline".into(),
+            from: Timestamp(1_800_000_600_000),
+            due: Timestamp(1_800_003_600_000),
+            at,
+        },
         Event::SignalReceived {
             name: "approval".into(),
             payload: json!({"approved_by": "kim"}),

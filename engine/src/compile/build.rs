@@ -161,6 +161,58 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Parses the cron triggers; their inputs must satisfy the input schema.
+    pub fn triggers(&mut self) -> Vec<super::model::CronTrigger> {
+        use std::str::FromStr;
+        let spec = self.spec;
+        let validator = spec
+            .input
+            .as_ref()
+            .and_then(|s| jsonschema::validator_for(s).ok());
+        let mut out = Vec::new();
+        for (i, t) in spec.triggers.iter().enumerate() {
+            let path = DocPath::root().key("triggers").index(i);
+            // Five fields is classic cron; the library wants seconds first.
+            let fields = t.cron.split_whitespace().count();
+            let expr = if fields == 5 {
+                format!("0 {}", t.cron.trim())
+            } else {
+                t.cron.trim().to_string()
+            };
+            let schedule = match cron::Schedule::from_str(&expr) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.error("bad-cron", path.key("cron"), format!("`{}` is not a cron expression: {e}", t.cron))
+                        .help = Some("five fields, in UTC: minute hour day-of-month month day-of-week, e.g. `*/5 * * * *`".into());
+                    None
+                }
+            };
+            let input = t.input.clone().unwrap_or_else(|| serde_json::json!({}));
+            if let Some(v) = &validator {
+                let errors: Vec<String> = v.iter_errors(&input).map(|e| e.to_string()).collect();
+                if !errors.is_empty() {
+                    self.error(
+                        "trigger-input",
+                        path.key("input"),
+                        format!(
+                            "the trigger's input does not satisfy `input`: {}",
+                            errors.join("; ")
+                        ),
+                    );
+                }
+            }
+            if let Some(schedule) = schedule {
+                out.push(super::model::CronTrigger {
+                    expr: t.cron.clone(),
+                    schedule,
+                    input,
+                    missed: t.missed.unwrap_or_default(),
+                });
+            }
+        }
+        out
+    }
+
     pub fn default_timeout(&mut self) -> Option<Duration> {
         let text = self.spec.defaults.as_ref()?.timeout.as_ref()?;
         self.duration(text, DocPath::root().key("defaults").key("timeout"))

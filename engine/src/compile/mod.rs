@@ -114,6 +114,7 @@ fn compile_spec(parsed: &Parsed) -> Checked {
         .and_then(|d| c.duration(d, DocPath::root().key("deadline")));
     let default_timeout = c.default_timeout();
     let default_retry = c.default_retry();
+    let triggers = c.triggers();
     let steps = c.steps(default_timeout, &default_retry);
     let mut diagnostics = c.diags;
     let mut machine = None;
@@ -142,6 +143,7 @@ fn compile_spec(parsed: &Parsed) -> Checked {
                 steps,
                 output: spec.output.clone(),
                 graph,
+                triggers,
             });
         }
     }

@@ -25,6 +25,17 @@ pub struct Machine {
     pub output: Option<serde_json::Value>,
     pub pivot: Option<usize>,
     pub graph: DiGraph<State, Transition>,
+    pub triggers: Vec<CronTrigger>,
+}
+
+/// A compiled `triggers:` entry.
+#[derive(Debug, Clone)]
+pub struct CronTrigger {
+    /// The expression as written.
+    pub expr: String,
+    pub schedule: cron::Schedule,
+    pub input: serde_json::Value,
+    pub missed: crate::dsl::spec::MissedRuns,
 }
 
 /// Where a step stands relative to the pivot.

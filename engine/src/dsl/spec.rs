@@ -41,6 +41,31 @@ pub struct WorkflowSpec {
     /// The saga's output when it completes, a template (defaults to every step's output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
+    /// Start instances on a schedule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerSpec>,
+}
+
+/// A schedule that starts instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// A cron expression in UTC: `minute hour day month weekday` (e.g. `0 3 * * *`), or with a seconds field first.
+    pub cron: String,
+    /// The input of every instance it starts (default `{}`); it must satisfy the workflow's `input` schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// Ticks missed while sagaflow was not running: `skip` them (default), or `run_once` for all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<MissedRuns>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedRuns {
+    #[default]
+    Skip,
+    RunOnce,
 }
 
 fn default_version() -> u32 {

@@ -9,6 +9,7 @@
 //! step. On start, every unfinished instance is resumed: its in-flight
 //! effect is re-issued with the same idempotency key and its timers re-armed.
 
+mod cron;
 mod error;
 pub mod http;
 mod registry;
@@ -81,6 +82,7 @@ struct Inner {
     config: RuntimeConfig,
     stop: CancellationToken,
     tracker: TaskTracker,
+    cron: Mutex<cron::CronTable>,
 }
 
 /// An instance that has not ended, held in memory.
@@ -110,6 +112,8 @@ pub struct InstanceView {
     pub finished_at: Option<Timestamp>,
     /// Events in the instance's stream.
     pub events: u64,
+    /// Timers armed and not yet fired: `(id, what for, due)`.
+    pub timers: Vec<(String, saga::TimerPurpose, Timestamp)>,
 }
 
 /// The result of a start request.
@@ -147,6 +151,7 @@ impl Runtime {
             config,
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            cron: Mutex::default(),
         })))
     }
 
@@ -154,6 +159,10 @@ impl Runtime {
     pub async fn run_background(&self) -> Result<usize, RuntimeError> {
         let rt = self.clone();
         self.0.tracker.spawn(async move { rt.timer_loop().await });
+        let rt = self.clone();
+        self.0.tracker.spawn(async move { rt.lease_loop().await });
+        let rt = self.clone();
+        self.0.tracker.spawn(async move { rt.cron_loop().await });
         let resumed = self.resume().await?;
         if let Some(p) = self.0.projections.clone() {
             let store = self.0.store.clone();
@@ -335,6 +344,17 @@ impl Runtime {
         reason: Option<String>,
     ) -> Result<InstanceView, RuntimeError> {
         self.apply(id, Input::Cancel { reason }).await?;
+        self.get(id).await
+    }
+
+    /// Moves a pending timer (an operator extending a deadline, or firing a wait now).
+    pub async fn move_timer(
+        &self,
+        id: Uuid,
+        timer: String,
+        due: Timestamp,
+    ) -> Result<InstanceView, RuntimeError> {
+        self.apply(id, Input::MoveTimer { timer, due }).await?;
         self.get(id).await
     }
 
@@ -647,6 +667,22 @@ impl Runtime {
         }
     }
 
+    /// Fires every timer due at the clock's "now" and records the outcome
+    /// before returning; the number fired. With a manual clock, tests advance
+    /// time and call this instead of sleeping.
+    pub async fn tick(&self) -> usize {
+        let due = self.0.timers.due(self.now());
+        let mut n = due.len();
+        for (id, timer) in due {
+            self.feed(id, Input::TimerFired { timer }).await;
+        }
+        for (id, input) in self.expired_leases() {
+            self.feed(id, input).await;
+            n += 1;
+        }
+        n
+    }
+
     async fn timer_loop(&self) {
         loop {
             let now = self.now();
@@ -671,8 +707,57 @@ impl Runtime {
         }
     }
 
+    /// Fails the attempts whose worker stopped heartbeating (checked every second).
+    async fn lease_loop(&self) {
+        loop {
+            self.expire_leases();
+            tokio::select! {
+                () = self.0.stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// One sweep of [`Self::lease_loop`]: returns how many leases expired.
+    pub fn expire_leases(&self) -> usize {
+        let expired = self.expired_leases();
+        let n = expired.len();
+        for (id, input) in expired {
+            let rt = self.clone();
+            self.0
+                .tracker
+                .spawn(async move { rt.feed(id, input).await });
+        }
+        n
+    }
+
+    /// The failures to record for the leases whose worker stopped heartbeating.
+    fn expired_leases(&self) -> Vec<(Uuid, Input)> {
+        self.0
+            .tasks
+            .expired(self.now())
+            .into_iter()
+            .map(|task| {
+                let error = format!(
+                    "the worker sent no heartbeat for {}s",
+                    task.heartbeat_seconds.unwrap_or_default()
+                );
+                (
+                    task.instance,
+                    Input::Failed {
+                        step: task.step_index,
+                        attempt: task.attempt,
+                        phase: task.phase,
+                        kind: FailureKind::Timeout,
+                        error,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Resumes every unfinished instance: re-issues its effect in flight and re-arms its timers.
-    async fn resume(&self) -> Result<usize, RuntimeError> {
+    pub(crate) async fn resume(&self) -> Result<usize, RuntimeError> {
         let Some(p) = &self.0.projections else {
             return Ok(0);
         };
@@ -701,6 +786,9 @@ impl Runtime {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod timer_tests;
 
 fn outcome_input(step: usize, attempt: u32, phase: Phase, outcome: http::Outcome) -> Input {
     match outcome {
@@ -738,5 +826,10 @@ fn view(id: Uuid, machine: &Machine, st: &SagaState) -> InstanceView {
         updated_at: st.updated_at,
         finished_at: st.finished_at,
         events: st.events,
+        timers: st
+            .timers
+            .iter()
+            .map(|(id, t)| (id.clone(), t.purpose, t.due))
+            .collect(),
     }
 }

@@ -143,6 +143,25 @@ impl TaskQueues {
         }
     }
 
+    /// Removes and returns the leased tasks whose worker missed its heartbeat.
+    pub fn expired(&self, now: Timestamp) -> Vec<Task> {
+        let mut inner = self.lock();
+        let late: Vec<String> = inner
+            .leases
+            .iter()
+            .filter(|(_, l)| {
+                l.task
+                    .heartbeat_seconds
+                    .is_some_and(|h| l.last_heartbeat.plus(Duration::from_secs(h)) < now)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        late.iter()
+            .filter_map(|id| inner.leases.remove(id))
+            .map(|l| l.task)
+            .collect()
+    }
+
     /// Withdraws the queued (not yet taken) tasks of an instance other than `keep`.
     pub fn withdraw(&self, instance: Uuid, keep: Option<&str>) {
         let mut inner = self.lock();
@@ -219,6 +238,27 @@ mod tests {
             q.heartbeat("b", Timestamp(1)),
             "the handed-over task is leased"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lease_without_heartbeats_expires() {
+        let q = TaskQueues::default();
+        q.offer(
+            Task {
+                heartbeat_seconds: Some(10),
+                ..task("h")
+            },
+            Timestamp(0),
+        );
+        q.poll("q", Duration::ZERO, Timestamp(0)).await.unwrap();
+        assert!(q.expired(Timestamp(9_000)).is_empty());
+        assert!(q.heartbeat("h", Timestamp(9_000)));
+        assert!(
+            q.expired(Timestamp(18_000)).is_empty(),
+            "the heartbeat renewed the lease"
+        );
+        assert_eq!(q.expired(Timestamp(19_001)).len(), 1);
+        assert!(q.take("h").is_none());
     }
 
     #[tokio::test]

@@ -48,6 +48,11 @@ pub enum Input {
     Cancel {
         reason: Option<String>,
     },
+    /// An operator moves a pending timer to `due` (now, to fire it at once).
+    MoveTimer {
+        timer: String,
+        due: Timestamp,
+    },
 }
 
 /// An effect for the runtime to carry out.
@@ -84,6 +89,8 @@ pub enum Rejection {
     PastPivot,
     #[error("the saga is already compensating after a {0}")]
     Compensating(&'static str),
+    #[error("no pending timer `{0}`")]
+    NoSuchTimer(String),
 }
 
 /// Decides what `input` does to a saga in `state`.
@@ -220,6 +227,7 @@ impl Decider<'_> {
             Input::TimerFired { timer } => self.timer_fired(timer),
             Input::Signal { name, payload } => self.signal(name, payload)?,
             Input::Cancel { reason } => self.cancel(reason)?,
+            Input::MoveTimer { timer, due } => self.move_timer(timer, due)?,
         }
         Ok(())
     }
@@ -479,10 +487,37 @@ impl Decider<'_> {
         self.enter(next);
     }
 
+    fn move_timer(&mut self, timer: String, due: Timestamp) -> Result<(), Rejection> {
+        if self.s.is_terminal() {
+            return Err(Rejection::Finished(self.s.status()));
+        }
+        let Some(pending) = self.s.timers.get(&timer).cloned() else {
+            return Err(Rejection::NoSuchTimer(timer));
+        };
+        let due = due.max(self.now);
+        self.emit(Event::TimerMoved {
+            timer: timer.clone(),
+            from: pending.due,
+            due,
+            at: self.now,
+        });
+        self.act(Action::ArmTimer {
+            timer: timer.clone(),
+            due,
+        });
+        if due <= self.now {
+            self.timer_fired(timer);
+        }
+        Ok(())
+    }
+
     fn timer_fired(&mut self, timer: String) {
         let Some(pending) = self.s.timers.get(&timer).cloned() else {
             return; // fired before, or made moot: nothing to do
         };
+        if pending.due > self.now {
+            return; // moved later since it was armed: its new time has not come
+        }
         self.emit(Event::TimerFired {
             timer,
             at: self.now,

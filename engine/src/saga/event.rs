@@ -149,6 +149,13 @@ pub enum Event {
         timer: String,
         at: Timestamp,
     },
+    /// An operator moved a pending timer (extended a deadline, fired a wait now).
+    TimerMoved {
+        timer: String,
+        from: Timestamp,
+        due: Timestamp,
+        at: Timestamp,
+    },
     SignalReceived {
         name: String,
         payload: Value,
@@ -227,6 +234,7 @@ impl Event {
             Event::RetryScheduled { .. } => "RetryScheduled",
             Event::TimerArmed { .. } => "TimerArmed",
             Event::TimerFired { .. } => "TimerFired",
+            Event::TimerMoved { .. } => "TimerMoved",
             Event::SignalReceived { .. } => "SignalReceived",
             Event::CancelRequested { .. } => "CancelRequested",
             Event::CompensationStarted { .. } => "CompensationStarted",

@@ -218,6 +218,12 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             s.timers.remove(timer);
             s.updated_at = *at;
         }
+        Event::TimerMoved { timer, due, at, .. } => {
+            if let Some(t) = s.timers.get_mut(timer) {
+                t.due = *due;
+            }
+            s.updated_at = *at;
+        }
         Event::SignalReceived { name, payload, at } => {
             s.signals.push((name.clone(), payload.clone()));
             s.updated_at = *at;

@@ -433,6 +433,52 @@ fn the_deadline_compensates_like_a_failure() {
 }
 
 #[test]
+fn an_operator_can_extend_a_deadline_and_fire_a_wait_now() {
+    let mut s = Saga::given(ORDER).start(order_input(10.0));
+    let later = T0.plus(std::time::Duration::from_secs(3600));
+    let d = s.ok(Input::MoveTimer {
+        timer: "deadline".into(),
+        due: later,
+    });
+    assert_eq!(types(&d.events), ["TimerMoved"]);
+    assert_eq!(
+        d.actions,
+        vec![Action::ArmTimer {
+            timer: "deadline".into(),
+            due: later
+        }]
+    );
+    // the old due time comes: nothing happens
+    s.now = T0.plus(std::time::Duration::from_secs(600));
+    assert_eq!(
+        s.ok(Input::TimerFired {
+            timer: "deadline".into()
+        }),
+        Decision::default()
+    );
+    assert_eq!(
+        s.when(Input::MoveTimer {
+            timer: "nope".into(),
+            due: later
+        }),
+        Err(Rejection::NoSuchTimer("nope".into()))
+    );
+
+    let mut w =
+        Saga::given(APPROVAL).start(json!({"refund_id": "r", "customer_id": "c", "amount": 5}));
+    w.succeed(0, Phase::Forward, json!({"hold_id": "h"}));
+    let d = w.ok(Input::MoveTimer {
+        timer: "wait-timeout:1".into(),
+        due: T0,
+    });
+    assert_eq!(
+        types(&d.events)[..3],
+        ["TimerMoved", "TimerFired", "StepFailed"]
+    );
+    assert_eq!(w.status(), "compensating");
+}
+
+#[test]
 fn a_signal_completes_the_wait_and_its_payload_is_the_output() {
     let mut s =
         Saga::given(APPROVAL).start(json!({"refund_id": "r", "customer_id": "c", "amount": 5}));

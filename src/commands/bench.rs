@@ -1,0 +1,294 @@
+//! `sagaflow bench`: the order-saga workload of the peer comparison
+//! (reserve, pay, ship; every tenth order declined at payment and
+//! compensated), driven over HTTP. Prints one JSON line, last.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A running server to measure; without it, bench starts its own on a temporary data directory.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Sagas in the throughput phase.
+    #[arg(short = 'n', long, default_value_t = 2000)]
+    pub n: usize,
+    /// Concurrent clients in the throughput phase.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub c: usize,
+    /// Sagas run one at a time for the serial latency.
+    #[arg(long, default_value_t = 50)]
+    pub serial: usize,
+    /// Sagas run first and not measured.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+}
+
+/// One saga's result.
+struct Outcome {
+    latency: Duration,
+    status: String,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut own = None;
+    let url = match &args.url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let (child, url, dir) = start_server()?;
+            own = Some((child, dir));
+            url
+        }
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.c.max(1) * 2)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let health: Value = client
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .context("the server does not answer /health")?
+        .json()
+        .await?;
+    let run_tag = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+
+    eprintln!("warm-up: {} sagas", args.warmup);
+    for i in 0..args.warmup {
+        one_saga(&client, &url, &run_tag, "w", i + 1).await?;
+    }
+    eprintln!("serial: {} sagas one at a time", args.serial);
+    let mut serial = Vec::with_capacity(args.serial);
+    for i in 0..args.serial {
+        serial.push(one_saga(&client, &url, &run_tag, "s", i + 1).await?.latency);
+    }
+
+    eprintln!("throughput: {} sagas, {} at a time", args.n, args.c);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.c.max(1) {
+        let (client, url, tag, next, done, n) = (
+            client.clone(),
+            url.clone(),
+            run_tag.clone(),
+            next.clone(),
+            done.clone(),
+            args.n,
+        );
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return out;
+                }
+                let r = one_saga(&client, &url, &tag, "t", i + 1)
+                    .await
+                    .unwrap_or(Outcome {
+                        latency: Duration::ZERO,
+                        status: "error".into(),
+                    });
+                done.fetch_add(1, Ordering::Relaxed);
+                out.push(r);
+            }
+        }));
+    }
+    let progress = tokio::spawn(progress_bar(done.clone(), args.n));
+    let mut results = Vec::with_capacity(args.n);
+    for w in workers {
+        results.extend(w.await?);
+    }
+    let wall = started.elapsed();
+    progress.abort();
+    eprintln!();
+
+    let rss_mib = own.as_ref().and_then(|(child, _)| rss_mib(child.id()));
+    let mut latencies: Vec<Duration> = results
+        .iter()
+        .filter(|r| r.status != "error")
+        .map(|r| r.latency)
+        .collect();
+    latencies.sort();
+    serial.sort();
+    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    let (completed, compensated) = (count("completed"), count("compensated"));
+    let line = json!({
+        "peer": "sagaflow",
+        "n": args.n,
+        "c": args.c,
+        "sagas_per_s": round(args.n as f64 / wall.as_secs_f64(), 1),
+        "p50_ms": ms(percentile(&latencies, 50.0)),
+        "p99_ms": ms(percentile(&latencies, 99.0)),
+        "serial_p50_ms": ms(percentile(&serial, 50.0)),
+        "completed": completed,
+        "compensated": compensated,
+        "other": args.n - completed - compensated,
+        "rss_mib": rss_mib.map(|r| round(r, 1)),
+        "durability": health["durability"],
+    });
+    if let Some((mut child, dir)) = own {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    println!("{line}");
+    Ok(())
+}
+
+/// Starts one order saga and waits for it to end.
+async fn one_saga(
+    client: &reqwest::Client,
+    url: &str,
+    tag: &str,
+    phase: &str,
+    n: usize,
+) -> anyhow::Result<Outcome> {
+    let amount = if n.is_multiple_of(10) { 5000.0 } else { 25.0 };
+    let order = json!({"order_id": format!("bench-{tag}-{phase}-{n}"), "customer_id": format!("c-{}", n % 97), "items": [{"sku": "widget", "qty": 1 + n % 3}], "amount": amount});
+    let t0 = Instant::now();
+    let started: Value = client
+        .post(format!("{url}/workflows/order/instances"))
+        .header("Idempotency-Key", format!("bench-{tag}-{phase}-{n}"))
+        .json(&order)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = started["id"]
+        .as_str()
+        .context("no id in the start answer")?;
+    let mut status = started["status"].as_str().unwrap_or_default().to_string();
+    let deadline = t0 + Duration::from_secs(120);
+    while !matches!(
+        status.as_str(),
+        "completed" | "compensated" | "failed" | "cancelled"
+    ) {
+        if Instant::now() > deadline {
+            bail!("saga {id} did not end within 120 s");
+        }
+        let v: Value = client
+            .get(format!("{url}/instances/{id}?wait=60s"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        status = v["status"].as_str().unwrap_or_default().to_string();
+    }
+    Ok(Outcome {
+        latency: t0.elapsed(),
+        status,
+    })
+}
+
+async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
+    let started = Instant::now();
+    loop {
+        let d = done.load(Ordering::Relaxed);
+        let filled = (d * 30).checked_div(total).unwrap_or(30).min(30);
+        let rate = d as f64 / started.elapsed().as_secs_f64().max(0.001);
+        eprint!(
+            "\r[{}{}] {d}/{total}  {rate:.0} sagas/s ",
+            "#".repeat(filled),
+            " ".repeat(30 - filled)
+        );
+        let _ = std::io::stderr().flush();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts `sagaflow serve` on port 0 with a temporary data directory; returns it, its URL and the directory.
+fn start_server() -> anyhow::Result<(Child, String, std::path::PathBuf)> {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("sagaflow-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    let workflows = std::env::current_dir()?.join("workflows");
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--workflows")
+        .arg(&workflows)
+        .env("SAGAFLOW_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start sagaflow serve")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                    break u.to_string();
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                bail!("sagaflow serve stopped before it listened");
+            }
+        }
+    };
+    // keep draining stdout so the server never blocks on it
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, url, dir))
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Nearest-rank percentile.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    round(d.as_secs_f64() * 1000.0, 2)
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&v[..1], 99.0), Duration::from_millis(1));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
+}
