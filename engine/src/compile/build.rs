@@ -8,13 +8,15 @@ use crate::diagnostic::{did_you_mean, Diagnostic, DocPath};
 use crate::dsl::spec::{
     ActionSpec, CompensateSpec, FailureKind, MaxAttempts, RetrySpec, StepSpec, WorkflowSpec,
 };
-use crate::dsl::template::{templates_in, Reference, Template, ROOTS};
+use crate::dsl::template::{Reference, Template, ValueTemplate, ROOTS};
 
 use super::model::{Action, Backoff, HttpCall, RetryPolicy, Role, Step, TaskCall, Wait};
 
 pub(crate) struct Checker<'a> {
     spec: &'a WorkflowSpec,
     pub diags: Vec<Diagnostic>,
+    /// The workflow's compiled `output`.
+    pub output: Option<ValueTemplate>,
 }
 
 /// Which step names a template at some place may refer to.
@@ -33,6 +35,7 @@ impl<'a> Checker<'a> {
         Self {
             spec,
             diags: Vec::new(),
+            output: None,
         }
     }
 
@@ -108,7 +111,7 @@ impl<'a> Checker<'a> {
             }
         }
         if let Some(output) = &spec.output {
-            self.templates(output, DocPath::root().key("output"), Scope::All);
+            self.output = self.value_template(output, DocPath::root().key("output"), Scope::All);
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, step) in spec.steps.iter().enumerate() {
@@ -501,9 +504,10 @@ impl<'a> Checker<'a> {
                 )
             })
             .collect();
-        if let Some(body) = &h.body {
-            self.templates(body, path.key("body"), scope);
-        }
+        let body = match &h.body {
+            Some(b) => Some(self.value_template(b, path.key("body"), scope)),
+            None => None,
+        };
         for (j, code) in h.retryable_status.iter().flatten().enumerate() {
             if !(100..=599).contains(code) {
                 self.error(
@@ -520,7 +524,11 @@ impl<'a> Checker<'a> {
                 .into_iter()
                 .map(|(k, v)| Some((k, v?)))
                 .collect::<Option<_>>()?,
-            body: h.body.clone(),
+            body: match body {
+                Some(Some(b)) => Some(b),
+                Some(None) => return None,
+                None => None,
+            },
             retryable_status: h.retryable_status.clone().unwrap_or_else(|| vec![408, 429]),
         })
     }
@@ -534,31 +542,61 @@ impl<'a> Checker<'a> {
         if t.queue.trim().is_empty() {
             self.error("empty-queue", path.key("queue"), "the queue name is empty");
         }
-        if let Some(input) = &t.input {
-            self.templates(input, path.key("input"), scope);
-        }
+        let input = match &t.input {
+            Some(i) => Some(self.value_template(i, path.key("input"), scope)?),
+            None => None,
+        };
         let heartbeat = match &t.heartbeat {
             Some(h) => Some(self.duration(h, path.key("heartbeat"))?),
             None => None,
         };
         Some(TaskCall {
             queue: t.queue.clone(),
-            input: t.input.clone(),
+            input,
             heartbeat,
         })
     }
 
-    /// Checks every template inside a JSON value.
-    fn templates(&mut self, value: &serde_json::Value, path: DocPath, scope: Scope) {
-        for (sub, text) in templates_in(value) {
-            let p = sub
-                .iter()
-                .fold(path.clone(), |p, seg| match seg.parse::<usize>() {
-                    Ok(n) if value_is_array_at(value, &sub, seg) => p.index(n),
-                    _ => p.key(seg.as_str()),
-                });
-            self.template(text, p, scope);
-        }
+    /// Checks and compiles every template inside a JSON value; `None` if any is bad.
+    fn value_template(
+        &mut self,
+        value: &serde_json::Value,
+        path: DocPath,
+        scope: Scope,
+    ) -> Option<ValueTemplate> {
+        let compiled = match value {
+            serde_json::Value::String(s) if s.contains("${") => {
+                ValueTemplate::Template(self.template(s, path, scope)?)
+            }
+            serde_json::Value::Array(items) => {
+                // every item is checked, even after a bad one
+                let parts: Vec<_> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.value_template(v, path.index(i), scope))
+                    .collect();
+                ValueTemplate::Array(parts.into_iter().collect::<Option<_>>()?)
+            }
+            serde_json::Value::Object(map) => {
+                let parts: Vec<_> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            self.value_template(v, path.key(k.as_str()), scope),
+                        )
+                    })
+                    .collect();
+                ValueTemplate::Object(
+                    parts
+                        .into_iter()
+                        .map(|(k, v)| Some((k, v?)))
+                        .collect::<Option<_>>()?,
+                )
+            }
+            other => ValueTemplate::Literal(other.clone()),
+        };
+        Some(compiled.simplify())
     }
 
     fn template(&mut self, text: &str, path: DocPath, scope: Scope) -> Option<Template> {
@@ -613,16 +651,6 @@ impl<'a> Checker<'a> {
         }
         Some(t)
     }
-}
-
-fn value_is_array_at(value: &serde_json::Value, path: &[String], seg: &String) -> bool {
-    let idx = path.iter().position(|s| std::ptr::eq(s, seg)).unwrap_or(0);
-    let parent = path[..idx].iter().try_fold(value, |v, k| match v {
-        serde_json::Value::Array(a) => a.get(k.parse::<usize>().ok()?),
-        serde_json::Value::Object(o) => o.get(k),
-        _ => None,
-    });
-    matches!(parent, Some(serde_json::Value::Array(_)))
 }
 
 /// Whether a failure of this kind can reach the step at all.

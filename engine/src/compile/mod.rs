@@ -116,6 +116,7 @@ fn compile_spec(parsed: &Parsed) -> Checked {
     let default_retry = c.default_retry();
     let triggers = c.triggers();
     let steps = c.steps(default_timeout, &default_retry);
+    let output = c.output.take();
     let mut diagnostics = c.diags;
     let mut machine = None;
     if !diagnostics.iter().any(Diagnostic::is_error) {
@@ -141,7 +142,7 @@ fn compile_spec(parsed: &Parsed) -> Checked {
                 deadline,
                 pivot: steps.iter().position(|s| s.role == Role::Pivot),
                 steps,
-                output: spec.output.clone(),
+                output,
                 graph,
                 triggers,
             });

@@ -8,7 +8,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
 use crate::dsl::spec::{FailureKind, HttpMethod};
-use crate::dsl::template::Template;
+use crate::dsl::template::{Template, ValueTemplate};
 
 /// A workflow ready to run: its steps and the graph of what may happen next.
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct Machine {
     pub env: BTreeMap<String, String>,
     pub deadline: Option<Duration>,
     pub steps: Vec<Step>,
-    pub output: Option<serde_json::Value>,
+    pub output: Option<ValueTemplate>,
     pub pivot: Option<usize>,
     pub graph: DiGraph<State, Transition>,
     pub triggers: Vec<CronTrigger>,
@@ -72,8 +72,8 @@ pub struct HttpCall {
     pub method: HttpMethod,
     pub url: Template,
     pub headers: Vec<(String, Template)>,
-    /// The body, with templates inside its strings (rendered by `dsl::template::render_value`).
-    pub body: Option<serde_json::Value>,
+    /// The body, its templates compiled.
+    pub body: Option<ValueTemplate>,
     /// Statuses counted as transient rather than business failures.
     pub retryable_status: Vec<u16>,
 }
@@ -81,7 +81,7 @@ pub struct HttpCall {
 #[derive(Debug, Clone)]
 pub struct TaskCall {
     pub queue: String,
-    pub input: Option<serde_json::Value>,
+    pub input: Option<ValueTemplate>,
     pub heartbeat: Option<Duration>,
 }
 

@@ -111,7 +111,7 @@ impl Template {
     }
 
     /// Evaluates the template against `ctx`.
-    pub fn render(&self, ctx: &serde_json::Value) -> Result<serde_json::Value, TemplateError> {
+    pub fn render(&self, ctx: &Context) -> Result<serde_json::Value, TemplateError> {
         if let [Part::Expr(e, filter)] = self.parts.as_slice() {
             return eval(e, filter, ctx);
         }
@@ -141,53 +141,101 @@ impl fmt::Display for Template {
     }
 }
 
-/// Every template inside a JSON value (strings at any depth), with its JSON pointer-like path.
-pub fn templates_in(value: &serde_json::Value) -> Vec<(Vec<String>, &str)> {
-    let mut out = Vec::new();
-    let mut stack = vec![(Vec::new(), value)];
-    while let Some((path, v)) = stack.pop() {
-        match v {
-            serde_json::Value::String(s) if s.contains("${") => out.push((path, s.as_str())),
-            serde_json::Value::Array(items) => {
-                for (i, item) in items.iter().enumerate().rev() {
-                    let mut p = path.clone();
-                    p.push(i.to_string());
-                    stack.push((p, item));
-                }
-            }
-            serde_json::Value::Object(map) => {
-                for (k, item) in map.iter().rev() {
-                    let mut p = path.clone();
-                    p.push(k.clone());
-                    stack.push((p, item));
-                }
-            }
-            _ => {}
-        }
+/// The data templates are evaluated against, converted once for all of a render's expressions.
+pub struct Context(Val);
+
+impl Context {
+    pub fn new(value: &serde_json::Value) -> Result<Self, TemplateError> {
+        jaq_json::read::parse_single(value.to_string().as_bytes())
+            .map(Context)
+            .map_err(|e| TemplateError::Eval {
+                expr: String::new(),
+                reason: format!("the context is not JSON: {e}"),
+            })
     }
-    out
 }
 
-/// Renders every template inside a JSON value.
-pub fn render_value(
-    value: &serde_json::Value,
-    ctx: &serde_json::Value,
-) -> Result<serde_json::Value, TemplateError> {
-    Ok(match value {
-        serde_json::Value::String(s) if s.contains("${") => Template::parse(s)?.render(ctx)?,
-        serde_json::Value::Array(items) => serde_json::Value::Array(
-            items
-                .iter()
-                .map(|v| render_value(v, ctx))
-                .collect::<Result<_, _>>()?,
-        ),
-        serde_json::Value::Object(map) => serde_json::Value::Object(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), render_value(v, ctx)?)))
-                .collect::<Result<_, TemplateError>>()?,
-        ),
-        other => other.clone(),
-    })
+/// A JSON value whose strings may hold templates, compiled once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueTemplate {
+    /// A value without templates, used as is.
+    Literal(serde_json::Value),
+    Template(Template),
+    Array(Vec<ValueTemplate>),
+    Object(Vec<(String, ValueTemplate)>),
+}
+
+impl ValueTemplate {
+    /// Compiles every template inside `value`.
+    pub fn compile(value: &serde_json::Value) -> Result<Self, TemplateError> {
+        Ok(match value {
+            serde_json::Value::String(s) if s.contains("${") => {
+                ValueTemplate::Template(Template::parse(s)?)
+            }
+            serde_json::Value::Array(items) => {
+                ValueTemplate::Array(items.iter().map(Self::compile).collect::<Result<_, _>>()?)
+            }
+            serde_json::Value::Object(map) => ValueTemplate::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), Self::compile(v)?)))
+                    .collect::<Result<_, TemplateError>>()?,
+            ),
+            other => ValueTemplate::Literal(other.clone()),
+        }
+        .simplify())
+    }
+
+    /// A subtree without templates becomes one literal.
+    pub fn simplify(self) -> Self {
+        match &self {
+            ValueTemplate::Array(items)
+                if items.iter().all(|i| matches!(i, ValueTemplate::Literal(_))) =>
+            {
+                ValueTemplate::Literal(serde_json::Value::Array(
+                    items.iter().filter_map(Self::literal).cloned().collect(),
+                ))
+            }
+            ValueTemplate::Object(entries)
+                if entries
+                    .iter()
+                    .all(|(_, v)| matches!(v, ValueTemplate::Literal(_))) =>
+            {
+                ValueTemplate::Literal(serde_json::Value::Object(
+                    entries
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.literal()?.clone())))
+                        .collect(),
+                ))
+            }
+            _ => self,
+        }
+    }
+
+    fn literal(&self) -> Option<&serde_json::Value> {
+        match self {
+            ValueTemplate::Literal(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn render(&self, ctx: &Context) -> Result<serde_json::Value, TemplateError> {
+        Ok(match self {
+            ValueTemplate::Literal(v) => v.clone(),
+            ValueTemplate::Template(t) => t.render(ctx)?,
+            ValueTemplate::Array(items) => serde_json::Value::Array(
+                items
+                    .iter()
+                    .map(|i| i.render(ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            ValueTemplate::Object(entries) => serde_json::Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.render(ctx)?)))
+                    .collect::<Result<_, TemplateError>>()?,
+            ),
+        })
+    }
 }
 
 /// The length of the expression before its closing `}`, skipping nested braces and strings.
@@ -288,17 +336,12 @@ fn load_errors(expr: &str, errs: &jaq_core::load::Errors<&str, ()>) -> String {
     msgs.join("; ")
 }
 
-fn eval(
-    expr: &str,
-    filter: &Filter,
-    ctx: &serde_json::Value,
-) -> Result<serde_json::Value, TemplateError> {
+fn eval(expr: &str, filter: &Filter, ctx: &Context) -> Result<serde_json::Value, TemplateError> {
     let fail = |reason: String| TemplateError::Eval {
         expr: expr.to_string(),
         reason,
     };
-    let input = jaq_json::read::parse_single(ctx.to_string().as_bytes())
-        .map_err(|e| fail(e.to_string()))?;
+    let input = ctx.0.clone();
     let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
     let mut out = filter.id.run((ctx, input)).map(jaq_core::unwrap_valr);
     let value = match out.next() {
@@ -363,10 +406,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ctx() -> serde_json::Value {
-        json!({"input": {"order_id": "o-1", "amount": 120.5, "items": [{"sku": "a", "qty": 2}]},
+    fn ctx() -> Context {
+        Context::new(&json!({"input": {"order_id": "o-1", "amount": 120.5, "items": [{"sku": "a", "qty": 2}]},
                "steps": {"reserve": {"output": {"reservation_id": "r-9"}}},
-               "env": {"base": "http://127.0.0.1:8080"}})
+               "env": {"base": "http://127.0.0.1:8080"}}))
+        .unwrap()
     }
 
     #[test]
@@ -395,10 +439,23 @@ mod tests {
 
     #[test]
     fn renders_templates_inside_values() {
-        let body = json!({"order": "${ .input.order_id }", "lines": ["${ .steps.reserve.output.reservation_id }", 3]});
+        let body = json!({"order": "${ .input.order_id }", "lines": ["${ .steps.reserve.output.reservation_id }", 3], "fixed": {"a": [1, 2]}});
+        let t = ValueTemplate::compile(&body).unwrap();
         assert_eq!(
-            render_value(&body, &ctx()).unwrap(),
-            json!({"order": "o-1", "lines": ["r-9", 3]})
+            t.render(&ctx()).unwrap(),
+            json!({"order": "o-1", "lines": ["r-9", 3], "fixed": {"a": [1, 2]}})
+        );
+        let ValueTemplate::Object(entries) = &t else {
+            panic!("{t:?}")
+        };
+        let fixed = entries.iter().find(|(k, _)| k == "fixed").map(|(_, v)| v);
+        assert!(
+            matches!(fixed, Some(ValueTemplate::Literal(_))),
+            "a subtree without templates is one literal"
+        );
+        assert_eq!(
+            ValueTemplate::compile(&json!({"a": [1]})).unwrap(),
+            ValueTemplate::Literal(json!({"a": [1]}))
         );
     }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::compile::model::HttpCall;
 use crate::dsl::spec::{FailureKind, HttpMethod};
-use crate::dsl::template::render_value;
+use crate::dsl::template::Context;
 
 /// A request ready to send.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub enum Outcome {
 /// (retrying would fail the same way).
 pub fn render(
     call: &HttpCall,
-    ctx: &Value,
+    ctx: &Context,
     timeout: Duration,
     idempotency_key: String,
 ) -> Result<HttpRequest, Outcome> {
@@ -53,7 +53,7 @@ pub fn render(
         headers.push((k.clone(), v));
     }
     let body = match &call.body {
-        Some(b) => Some(render_value(b, ctx).map_err(template_error)?),
+        Some(b) => Some(b.render(ctx).map_err(template_error)?),
         None => None,
     };
     Ok(HttpRequest {

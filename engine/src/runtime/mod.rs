@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use crate::compile::{Action as StepAction, Machine};
 use crate::dsl::spec::FailureKind;
-use crate::dsl::template::render_value;
+use crate::dsl::template::Context;
 use crate::projection::{InstanceRow, Projections};
 use crate::saga::{
     self, context, decide, evolve, fold, Action, Clock, Input, Phase, SagaState, Timestamp,
@@ -605,7 +605,23 @@ impl Runtime {
             Phase::Compensation => format!("{}:{}:compensate:{attempt}", live.id, s.name),
         };
         let id = live.id;
-        let ctx = context(machine, &live.key, st);
+        let ctx = match action {
+            StepAction::Wait(_) => return,
+            _ => Context::new(&context(machine, &live.key, st)),
+        };
+        let ctx = match ctx {
+            Ok(c) => c,
+            Err(e) => {
+                let rt = self.clone();
+                let outcome =
+                    http::Outcome::Failed(FailureKind::Business, format!("template: {e}"));
+                self.0.tracker.spawn(async move {
+                    rt.feed(id, outcome_input(step, attempt, phase, outcome))
+                        .await
+                });
+                return;
+            }
+        };
         tracing::debug!(instance_id = %id, step = %s.name, attempt, ?phase, "performing");
         match action {
             StepAction::Http(call) => {
@@ -630,8 +646,8 @@ impl Runtime {
             }
             StepAction::Task(call) => {
                 let input = match &call.input {
-                    Some(t) => render_value(t, &ctx),
-                    None => Ok(ctx["input"].clone()),
+                    Some(t) => t.render(&ctx),
+                    None => Ok(st.input.clone()),
                 };
                 let input = match input {
                     Ok(v) => v,

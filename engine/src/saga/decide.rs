@@ -13,7 +13,7 @@ use super::state::{evolve, InFlight, SagaState};
 use super::time::Timestamp;
 use crate::compile::{Action as StepAction, Machine, Role, State, Transition, Wait};
 use crate::dsl::spec::FailureKind;
-use crate::dsl::template::render_value;
+use crate::dsl::template::Context;
 
 /// Something that happened outside the core.
 #[derive(Debug, Clone, PartialEq)]
@@ -630,7 +630,9 @@ impl Decider<'_> {
     fn output(&self) -> Value {
         let ctx = context(self.m, self.instance, &self.s);
         match &self.m.output {
-            Some(t) => render_value(t, &ctx).unwrap_or_else(|e| json!({ "error": e.to_string() })),
+            Some(t) => Context::new(&ctx)
+                .and_then(|c| t.render(&c))
+                .unwrap_or_else(|e| json!({ "error": e.to_string() })),
             None => ctx["steps"].clone(),
         }
     }
