@@ -22,6 +22,17 @@ use crate::saga::{Event, Phase, Timestamp};
 use crate::store::{EventStore, RecordedEvent, StoreError};
 
 const NAME: &str = "saga_instances";
+/// The events that change a row; the others are not even read.
+const TYPES: [&str; 8] = [
+    "SagaStarted",
+    "StepStarted",
+    "StepFailed",
+    "CompensationFailed",
+    "SagaCompleted",
+    "SagaCompensated",
+    "SagaFailed",
+    "SagaCancelled",
+];
 const BATCH: usize = 1000;
 
 /// A row of `saga_instances`.
@@ -81,12 +92,12 @@ impl Projections {
         let mut total = 0;
         loop {
             let after = self.checkpoint().await?;
-            let batch = store.read_all(after, BATCH).await?;
-            if batch.is_empty() {
+            let (batch, scanned) = store.read_all_of_types(after, BATCH, &TYPES).await?;
+            if scanned <= after {
                 return Ok(total);
             }
             total += batch.len();
-            self.apply(&batch).await?;
+            self.apply(&batch, scanned).await?;
         }
     }
 
@@ -108,7 +119,7 @@ impl Projections {
         }
     }
 
-    async fn apply(&self, batch: &[RecordedEvent]) -> Result<(), StoreError> {
+    async fn apply(&self, batch: &[RecordedEvent], scanned: Option<u64>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         for rec in batch {
             let Some(id) = rec.stream.strip_prefix("saga-") else {
@@ -183,10 +194,10 @@ impl Projections {
             };
             q.execute(&mut *tx).await.map_err(db)?;
         }
-        if let Some(last) = batch.last() {
+        if let Some(last) = scanned {
             sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position")
                 .bind(NAME)
-                .bind(last.position as i64)
+                .bind(last as i64)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;

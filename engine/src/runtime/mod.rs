@@ -308,11 +308,14 @@ impl Runtime {
     /// The instance once it has ended, or as it stands when `timeout` passes.
     pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<InstanceView, RuntimeError> {
         let live = self.lock_live().get(&id).cloned();
-        if let Some(live) = live {
-            let mut ended = live.ended.subscribe();
-            let _ = tokio::time::timeout(timeout, ended.wait_for(|e| *e)).await;
-        }
-        self.get(id).await
+        let Some(live) = live else {
+            return self.get(id).await;
+        };
+        let mut ended = live.ended.subscribe();
+        let _ = tokio::time::timeout(timeout, ended.wait_for(|e| *e)).await;
+        // The handle holds the final state even once the instance has left memory.
+        let st = live.state.lock().await;
+        Ok(view(id, &live.published.machine, &st))
     }
 
     /// The instance's stream, in order.
@@ -564,6 +567,9 @@ impl Runtime {
 
     /// Carries out actions whose events are durable. Called with the instance's lock held.
     fn perform(&self, live: &Arc<Live>, st: &SagaState, actions: Vec<Action>) {
+        self.0
+            .timers
+            .set(live.id, st.timers.iter().map(|(id, t)| (id.clone(), t.due)));
         let machine = &live.published.machine;
         for action in actions {
             match action {
@@ -572,7 +578,8 @@ impl Runtime {
                     attempt,
                     phase,
                 } => self.perform_attempt(live, machine, st, step, attempt, phase),
-                Action::ArmTimer { timer, due } => self.0.timers.arm(live.id, timer, due),
+                // The timer set mirrors the state's pending timers, set below.
+                Action::ArmTimer { .. } => {}
                 Action::Finished => {
                     self.lock_live().remove(&live.id);
                     self.0.tasks.withdraw(live.id, None);

@@ -1,9 +1,10 @@
-//! Pending timers of all instances in one heap: memory proportional to the
-//! timers, one task to wait for the earliest. Timers are durable as events;
-//! this heap is rebuilt from them on start.
+//! The pending timers of all live instances, ordered by due time: memory
+//! proportional to the timers, one task to wait for the earliest. It mirrors
+//! each instance's pending timers exactly (set after every change, emptied
+//! when the instance ends), so timers made moot cost nothing later. Timers
+//! are durable as events; this set is rebuilt from them on start.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -12,48 +13,76 @@ use uuid::Uuid;
 use crate::saga::Timestamp;
 
 #[derive(Default)]
+struct Inner {
+    by_due: BTreeSet<(Timestamp, Uuid, String)>,
+    by_instance: HashMap<Uuid, Vec<(Timestamp, String)>>,
+}
+
+#[derive(Default)]
 pub struct Timers {
-    heap: Mutex<BinaryHeap<Reverse<(Timestamp, Uuid, String)>>>,
+    inner: Mutex<Inner>,
     /// Woken when a timer earlier than all others is armed.
     pub changed: Notify,
 }
 
 impl Timers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BinaryHeap<Reverse<(Timestamp, Uuid, String)>>> {
-        self.heap
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn arm(&self, instance: Uuid, timer: String, due: Timestamp) {
-        let mut heap = self.lock();
-        let earliest = heap.peek().is_none_or(|Reverse((d, _, _))| due < *d);
-        heap.push(Reverse((due, instance, timer)));
-        drop(heap);
-        if earliest {
+    /// Makes `timers` the instance's pending timers (an empty list removes them all).
+    pub fn set(&self, instance: Uuid, timers: impl IntoIterator<Item = (String, Timestamp)>) {
+        let new: Vec<(Timestamp, String)> = timers.into_iter().map(|(t, d)| (d, t)).collect();
+        let mut inner = self.lock();
+        let earliest_before = inner.by_due.first().map(|e| e.0);
+        let old = if new.is_empty() {
+            inner.by_instance.remove(&instance)
+        } else {
+            inner.by_instance.insert(instance, new.clone())
+        };
+        for (due, timer) in old.into_iter().flatten() {
+            inner.by_due.remove(&(due, instance, timer));
+        }
+        for (due, timer) in new {
+            inner.by_due.insert((due, instance, timer));
+        }
+        let earliest_after = inner.by_due.first().map(|e| e.0);
+        drop(inner);
+        if earliest_after.is_some()
+            && (earliest_before.is_none() || earliest_after < earliest_before)
+        {
             self.changed.notify_one();
         }
     }
 
     /// Removes and returns every timer due at `now`.
     pub fn due(&self, now: Timestamp) -> Vec<(Uuid, String)> {
-        let mut heap = self.lock();
+        let mut inner = self.lock();
         let mut out = Vec::new();
-        while heap.peek().is_some_and(|Reverse((d, _, _))| *d <= now) {
-            if let Some(Reverse((_, id, timer))) = heap.pop() {
-                out.push((id, timer));
+        while inner.by_due.first().is_some_and(|(d, _, _)| *d <= now) {
+            let Some((due, id, timer)) = inner.by_due.pop_first() else {
+                break;
+            };
+            if let Some(list) = inner.by_instance.get_mut(&id) {
+                list.retain(|(d, t)| !(*d == due && *t == timer));
+                if list.is_empty() {
+                    inner.by_instance.remove(&id);
+                }
             }
+            out.push((id, timer));
         }
         out
     }
 
     pub fn next_due(&self) -> Option<Timestamp> {
-        self.lock().peek().map(|Reverse((d, _, _))| *d)
+        self.lock().by_due.first().map(|(d, _, _)| *d)
     }
 
     /// How many timers are pending.
     pub fn pending(&self) -> usize {
-        self.lock().len()
+        self.lock().by_due.len()
     }
 }
 
@@ -61,19 +90,34 @@ impl Timers {
 mod tests {
     use super::*;
 
+    fn t(id: &str, due: u64) -> (String, Timestamp) {
+        (id.to_string(), Timestamp(due))
+    }
+
     #[test]
     fn fires_in_due_order_and_only_when_due() {
-        let t = Timers::default();
-        let a = Uuid::from_u128(1);
-        t.arm(a, "late".into(), Timestamp(300));
-        t.arm(a, "early".into(), Timestamp(100));
-        t.arm(a, "mid".into(), Timestamp(200));
-        assert_eq!(t.next_due(), Some(Timestamp(100)));
-        assert!(t.due(Timestamp(99)).is_empty());
+        let timers = Timers::default();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        timers.set(a, [t("late", 300), t("early", 100)]);
+        timers.set(b, [t("mid", 200)]);
+        assert_eq!(timers.next_due(), Some(Timestamp(100)));
+        assert!(timers.due(Timestamp(99)).is_empty());
         assert_eq!(
-            t.due(Timestamp(250)),
-            vec![(a, "early".to_string()), (a, "mid".to_string())]
+            timers.due(Timestamp(250)),
+            vec![(a, "early".to_string()), (b, "mid".to_string())]
         );
-        assert_eq!(t.pending(), 1);
+        assert_eq!(timers.pending(), 1);
+    }
+
+    #[test]
+    fn setting_replaces_and_an_empty_set_removes() {
+        let timers = Timers::default();
+        let a = Uuid::from_u128(1);
+        timers.set(a, [t("timeout", 100), t("deadline", 900)]);
+        timers.set(a, [t("deadline", 900)]);
+        assert_eq!(timers.pending(), 1, "the moot timeout is gone");
+        timers.set(a, []);
+        assert_eq!(timers.pending(), 0);
+        assert!(timers.due(Timestamp(u64::MAX)).is_empty());
     }
 }

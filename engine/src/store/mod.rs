@@ -147,6 +147,25 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Like [`read_all`](Self::read_all), only events of the given types, and
+    /// how far the log was scanned (a follower's next checkpoint, which may be
+    /// past the last event returned).
+    async fn read_all_of_types(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        types: &[&str],
+    ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
+        let all = self.read_all(after, limit).await?;
+        let scanned = all.last().map(|e| e.position).or(after);
+        Ok((
+            all.into_iter()
+                .filter(|e| types.contains(&e.event_type.as_str()))
+                .collect(),
+            scanned,
+        ))
+    }
+
     /// The position of the newest event, updated as events are appended (for followers to wait on).
     fn head(&self) -> watch::Receiver<Option<u64>>;
 

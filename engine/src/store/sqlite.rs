@@ -25,6 +25,13 @@ use crate::saga::{Clock, SystemClock, Timestamp};
 
 /// The most appends one transaction takes.
 const MAX_BATCH: usize = 512;
+/// Stream heads remembered by the writer (it is the only writer of the file), so
+/// most appends need no read; forgotten wholesale past this many streams.
+const HEAD_CACHE: usize = 65_536;
+
+/// The last revision of recently written streams.
+#[derive(Default)]
+struct Heads(std::collections::HashMap<String, Option<u64>>);
 
 struct AppendRequest {
     stream: String,
@@ -104,6 +111,7 @@ async fn write_loop(
     head: watch::Sender<Option<u64>>,
     stats: Arc<Stats>,
 ) {
+    let mut heads = Heads::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -112,7 +120,7 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let results = write_batch(&mut conn, &batch).await;
+        let results = write_batch(&mut conn, &batch, &mut heads).await;
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
             .appends
@@ -142,14 +150,17 @@ async fn write_loop(
 async fn write_batch(
     conn: &mut SqliteConnection,
     batch: &[AppendRequest],
+    heads: &mut Heads,
 ) -> Vec<Result<Appended, StoreError>> {
     if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
         return batch.iter().map(|_| Err(unavailable(&e))).collect();
     }
     let now = SystemClock.now();
+    // Heads as this transaction sees them; they reach the cache only if it commits.
+    let mut local = Heads::default();
     let mut results = Vec::with_capacity(batch.len());
     for req in batch {
-        results.push(append_one(conn, req, now).await);
+        results.push(append_one(conn, req, now, heads, &mut local).await);
     }
     if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
@@ -158,6 +169,10 @@ async fn write_batch(
             .map(|_| Err(unavailable(format!("commit failed: {e}"))))
             .collect();
     }
+    if heads.0.len() + local.0.len() > HEAD_CACHE {
+        heads.0.clear();
+    }
+    heads.0.extend(local.0);
     results
 }
 
@@ -165,18 +180,33 @@ async fn append_one(
     conn: &mut SqliteConnection,
     req: &AppendRequest,
     now: Timestamp,
+    heads: &mut Heads,
+    local: &mut Heads,
 ) -> Result<Appended, StoreError> {
     if req.events.is_empty() {
         return Err(StoreError::Invalid(
             "an append needs at least one event".into(),
         ));
     }
-    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(revision) FROM events WHERE stream = ?")
-        .bind(&req.stream)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    let last = last.map(|l| l as u64);
+    let known = local
+        .0
+        .get(&req.stream)
+        .or_else(|| heads.0.get(&req.stream))
+        .copied();
+    let last = match known {
+        Some(l) => l,
+        None => {
+            let l: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(revision) FROM events WHERE stream = ?")
+                    .bind(&req.stream)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+            let l = l.map(|l| l as u64);
+            local.0.insert(req.stream.clone(), l);
+            l
+        }
+    };
     if !req.expected.admits(last) {
         return Err(StoreError::Conflict {
             stream: req.stream.clone(),
@@ -203,17 +233,24 @@ async fn append_one(
             .bind(e.data.to_string())
             .bind(now.millis() as i64);
     }
-    let done = q.execute(&mut *conn).await.map_err(|e| match &e {
-        // another process got there first: the same as a failed expectation
-        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict {
-            stream: req.stream.clone(),
-            expected: req.expected,
-            actual: None,
-        },
-        _ => unavailable(e),
-    })?;
+    let done = match q.execute(&mut *conn).await {
+        Ok(done) => done,
+        // another writer got there first: the same as a failed expectation, and what we knew is stale
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+            heads.0.remove(&req.stream);
+            local.0.remove(&req.stream);
+            return Err(StoreError::Conflict {
+                stream: req.stream.clone(),
+                expected: req.expected,
+                actual: None,
+            });
+        }
+        Err(e) => return Err(unavailable(e)),
+    };
+    let revision = first_revision + req.events.len() as u64 - 1;
+    local.0.insert(req.stream.clone(), Some(revision));
     Ok(Appended {
-        revision: first_revision + req.events.len() as u64 - 1,
+        revision,
         position: done.last_insert_rowid() as u64,
     })
 }
@@ -286,6 +323,38 @@ impl EventStore for SqliteStore {
         .await
         .map_err(unavailable)?;
         rows.iter().map(row_to_event).collect()
+    }
+
+    async fn read_all_of_types(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        types: &[&str],
+    ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
+        // Everything up to the announced head is committed (it is announced after the commit).
+        let head = *self.head.borrow();
+        let marks = vec!["?"; types.len()].join(", ");
+        let sql = format!(
+            "SELECT stream, revision, position, event_type, schema_version, data, recorded_at \
+             FROM events WHERE position > ? AND event_type IN ({marks}) ORDER BY position LIMIT ?"
+        );
+        let mut q = sqlx::query(&sql).bind(after.map_or(-1, |p| p as i64));
+        for t in types {
+            q = q.bind(*t);
+        }
+        let rows = q
+            .bind(limit as i64)
+            .fetch_all(&self.reads)
+            .await
+            .map_err(unavailable)?;
+        let events: Vec<RecordedEvent> = rows.iter().map(row_to_event).collect::<Result<_, _>>()?;
+        let last = events.last().map(|e| e.position);
+        let scanned = if events.len() < limit {
+            last.max(head).max(after)
+        } else {
+            last
+        };
+        Ok((events, scanned))
     }
 
     fn head(&self) -> watch::Receiver<Option<u64>> {
