@@ -504,10 +504,7 @@ impl<'a> Checker<'a> {
                 )
             })
             .collect();
-        let body = match &h.body {
-            Some(b) => Some(self.value_template(b, path.key("body"), scope)),
-            None => None,
-        };
+        let body = h.body.as_ref().map(|b| self.value_template(b, path.key("body"), scope));
         for (j, code) in h.retryable_status.iter().flatten().enumerate() {
             if !(100..=599).contains(code) {
                 self.error(
