@@ -61,13 +61,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let db = args.data_dir.join("sagaflow.db");
+    let db = args.data_dir.join("events.db");
     let store: Arc<dyn EventStore> = Arc::new(
         SqliteStore::open(&db)
             .await
             .with_context(|| format!("cannot open {}", db.display()))?,
     );
-    let projections = Arc::new(Projections::open(&db).await?);
+    let projections = Arc::new(Projections::open(&args.data_dir.join("readmodels.db")).await?);
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     if !args.no_demo {
         env.insert("demo_url".into(), format!("{url}/demo"));
@@ -92,7 +92,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let app = sagaflow_api::app(rt.clone(), &api);
     println!("sagaflow listening on {url}");
     println!("  Swagger UI: {url}/docs    OpenAPI: {url}/openapi.json");
-    println!("  data: {}    resumed sagas: {resumed}", db.display());
+    println!(
+        "  data: {}    resumed sagas: {resumed}",
+        args.data_dir.display()
+    );
     sagaflow_api::serve(listener, app, shutdown_signal()).await?;
     tracing::info!("shutting down");
     rt.shutdown(Duration::from_secs(10)).await;

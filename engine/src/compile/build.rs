@@ -504,7 +504,10 @@ impl<'a> Checker<'a> {
                 )
             })
             .collect();
-        let body = h.body.as_ref().map(|b| self.value_template(b, path.key("body"), scope));
+        let body = h
+            .body
+            .as_ref()
+            .map(|b| self.value_template(b, path.key("body"), scope));
         for (j, code) in h.retryable_status.iter().flatten().enumerate() {
             if !(100..=599).contains(code) {
                 self.error(

@@ -59,7 +59,8 @@ fn db(e: sqlx::Error) -> StoreError {
 }
 
 impl Projections {
-    /// Opens the read models in the SQLite file at `path` (the event store has migrated it).
+    /// Opens (creating and migrating) the read models in the SQLite file at
+    /// `path`: a file of their own, so the event writer never waits for them.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(db)?
@@ -74,6 +75,10 @@ impl Projections {
             .connect_with(options)
             .await
             .map_err(db)?;
+        sqlx::migrate!("../migrations/sqlite-readmodels")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Invalid(format!("migrating {}: {e}", path.display())))?;
         Ok(Self { pool })
     }
 

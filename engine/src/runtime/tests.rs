@@ -181,7 +181,11 @@ async fn a_restart_resumes_and_reoffers_the_same_task() {
     let path = dir.join("sagaflow.db");
     let open = || async {
         let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&path).await.unwrap());
-        let proj = Arc::new(Projections::open(&path).await.unwrap());
+        let proj = Arc::new(
+            Projections::open(&path.with_file_name("readmodels.db"))
+                .await
+                .unwrap(),
+        );
         runtime(store, Some(proj)).await
     };
     let first = open().await;

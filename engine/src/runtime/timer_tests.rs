@@ -252,7 +252,11 @@ async fn a_restart_rearms_pending_timers_and_fires_overdue_ones() {
             let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&path).await.unwrap());
             Harness::new(
                 store,
-                Some(Arc::new(Projections::open(&path).await.unwrap())),
+                Some(Arc::new(
+                    Projections::open(&path.with_file_name("readmodels.db"))
+                        .await
+                        .unwrap(),
+                )),
                 clock,
             )
             .await
