@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{client, order, temp_dir, Proc};
+use common::{client, get_json, order, temp_dir, Proc};
 use serde_json::Value;
 
 const ORDERS: u32 = 200;
@@ -97,14 +97,9 @@ async fn sagas_survive_kill_9() {
             !remaining.is_zero(),
             "sagas did not finish within 120 s of the restart"
         );
-        let v: Value = c
-            .get(format!("{}/instances/{id}?wait=60s", server.url))
-            .send()
+        let v: Value = get_json(&c, format!("{}/instances/{id}?wait=60s", server.url))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .1;
         statuses.insert(*i, v["status"].as_str().unwrap_or_default().to_string());
     }
     for (i, status) in &statuses {
@@ -118,14 +113,9 @@ async fn sagas_survive_kill_9() {
 
     // Every history is whole: one start, one end, no step succeeding twice, revisions without gaps.
     for (i, id) in &ids {
-        let history: Value = c
-            .get(format!("{}/instances/{id}/events", server.url))
-            .send()
+        let history: Value = get_json(&c, format!("{}/instances/{id}/events", server.url))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .1;
         let events = history.as_array().unwrap();
         assert!(
             events
@@ -152,14 +142,7 @@ async fn sagas_survive_kill_9() {
     }
 
     // Every effect happened exactly once per order, whatever the kill interrupted.
-    let stats: Value = c
-        .get(format!("{}/demo/stats", demo.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(&c, format!("{}/demo/stats", demo.url)).await.1;
     for i in 1..=ORDERS {
         let effects = &stats["orders"][format!("o-{i}")];
         let once = |k: &str| effects[k].as_u64();
@@ -187,14 +170,7 @@ async fn sagas_survive_kill_9() {
 }
 
 async fn count_unfinished(c: &reqwest::Client, url: &str) -> usize {
-    let rows: Value = c
-        .get(format!("{url}/instances?limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rows: Value = get_json(c, format!("{url}/instances?limit=1000")).await.1;
     let rows = rows.as_array().unwrap();
     let ended = rows
         .iter()

@@ -2,18 +2,12 @@
 
 mod common;
 
-use common::{client, order, serve};
+use common::{client, get_json, order, serve};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 async fn post(c: &reqwest::Client, url: String, body: Value) -> (StatusCode, Value) {
     let r = c.post(url).json(&body).send().await.expect("request");
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(c: &reqwest::Client, url: String) -> (StatusCode, Value) {
-    let r = c.get(url).send().await.expect("request");
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -39,7 +33,7 @@ async fn an_order_completes_and_an_over_limit_order_is_compensated() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{started}");
     let id = started["id"].as_str().unwrap().to_string();
-    let (_, done) = get(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    let (_, done) = get_json(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["output"]["order_id"], "o-1");
     assert!(done["output"]["shipment_id"]
@@ -54,13 +48,13 @@ async fn an_order_completes_and_an_over_limit_order_is_compensated() {
     )
     .await;
     let id2 = declined["id"].as_str().unwrap().to_string();
-    let (_, done2) = get(&c, format!("{}/instances/{id2}?wait=30s", s.url)).await;
+    let (_, done2) = get_json(&c, format!("{}/instances/{id2}?wait=30s", s.url)).await;
     assert_eq!(done2["status"], "compensated", "{done2}");
     assert!(
         done2["error"].as_str().unwrap().contains("HTTP 402"),
         "{done2}"
     );
-    let (_, history) = get(&c, format!("{}/instances/{id2}/events", s.url)).await;
+    let (_, history) = get_json(&c, format!("{}/instances/{id2}/events", s.url)).await;
     let t = types(&history);
     assert_eq!(t.first().map(String::as_str), Some("SagaStarted"));
     assert!(t.contains(&"CompensationStarted".to_string()));
@@ -78,13 +72,13 @@ async fn an_order_completes_and_an_over_limit_order_is_compensated() {
         .windows(2)
         .all(|w| w[0]["revision"].as_u64() < w[1]["revision"].as_u64()));
 
-    let (_, stats) = get(&c, format!("{}/demo/stats", s.url)).await;
+    let (_, stats) = get_json(&c, format!("{}/demo/stats", s.url)).await;
     assert_eq!(
         stats["orders"]["o-1"],
         json!({"reserve": 1, "pay": 1, "ship": 1})
     );
     assert_eq!(stats["orders"]["o-2"], json!({"reserve": 1, "release": 1}));
-    let (_, listed) = get(&c, format!("{}/instances?workflow=order", s.url)).await;
+    let (_, listed) = get_json(&c, format!("{}/instances?workflow=order", s.url)).await;
     assert!(listed.as_array().unwrap().len() <= 2);
 }
 
@@ -269,7 +263,7 @@ async fn bad_requests_get_problems_and_write_nothing() {
     )
     .await;
     let id = done["id"].as_str().unwrap();
-    get(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    get_json(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
     let (status, p) = post(
         &c,
         format!("{}/instances/{id}/signals/approval", s.url),
@@ -302,7 +296,7 @@ async fn a_worker_and_a_signal_drive_the_approval_workflow() {
     let id = started["id"].as_str().unwrap().to_string();
     let mut view = Value::Null;
     for _ in 0..100 {
-        view = get(&c, format!("{}/instances/{id}", s.url)).await.1;
+        view = get_json(&c, format!("{}/instances/{id}", s.url)).await.1;
         if view["status"] == "waiting" {
             break;
         }
@@ -346,7 +340,7 @@ async fn a_worker_and_a_signal_drive_the_approval_workflow() {
         (status, answer["accepted"].as_bool()),
         (StatusCode::OK, Some(true))
     );
-    let (_, done) = get(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    let (_, done) = get_json(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
     assert_eq!(done["status"], "completed", "{done}");
     let empty = c
         .post(format!("{}/tasks/notifications/poll?wait=100ms", s.url))
@@ -394,7 +388,7 @@ async fn cancelling_a_trip_undoes_the_flight_through_its_worker() {
         json!({}),
     )
     .await;
-    let (_, done) = get(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    let (_, done) = get_json(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
     assert_eq!(
         (done["status"].as_str(), done["error"].as_str()),
         (Some("cancelled"), Some("cancelled: changed plans"))
@@ -405,7 +399,7 @@ async fn cancelling_a_trip_undoes_the_flight_through_its_worker() {
 async fn the_spec_and_swagger_ui_are_served() {
     let (s, _dir) = serve("spec", &[]);
     let c = client();
-    let (status, spec) = get(&c, format!("{}/openapi.json", s.url)).await;
+    let (status, spec) = get_json(&c, format!("{}/openapi.json", s.url)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
@@ -428,7 +422,7 @@ async fn the_spec_and_swagger_ui_are_served() {
         .unwrap()
         .to_lowercase()
         .contains("swagger"));
-    let (status, health) = get(&c, format!("{}/health", s.url)).await;
+    let (status, health) = get_json(&c, format!("{}/health", s.url)).await;
     assert_eq!(
         (status, health["status"].as_str()),
         (StatusCode::OK, Some("ok"))

@@ -165,8 +165,15 @@ fn every_fixture_of_every_version_still_decodes() {
 
 #[test]
 fn the_public_catalogue_lists_every_event() {
-    let doc = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md")).expect("docs/events.md");
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/events.md"),
+    )
+    .expect("docs/events.md");
     for event in samples() {
-        assert!(doc.contains(&format!("### {}\n", event.type_name())), "docs/events.md lacks {}", event.type_name());
+        assert!(
+            doc.contains(&format!("### {}\n", event.type_name())),
+            "docs/events.md lacks {}",
+            event.type_name()
+        );
     }
 }

@@ -104,3 +104,13 @@ pub fn client() -> reqwest::Client {
 pub fn order(n: u32, amount: f64) -> serde_json::Value {
     serde_json::json!({"order_id": format!("o-{n}"), "customer_id": "c-1", "items": [{"sku": "widget", "qty": 2}], "amount": amount})
 }
+
+/// GET a URL and read its JSON body (`null` if there is none).
+pub async fn get_json(
+    c: &reqwest::Client,
+    url: String,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let r = c.get(url).send().await.expect("request");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}

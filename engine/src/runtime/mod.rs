@@ -337,8 +337,8 @@ impl Runtime {
         name: String,
         payload: Value,
     ) -> Result<InstanceView, RuntimeError> {
-        self.apply(id, Input::Signal { name, payload }).await?;
-        self.get(id).await
+        self.apply_and_view(id, Input::Signal { name, payload })
+            .await
     }
 
     pub async fn cancel(
@@ -346,8 +346,7 @@ impl Runtime {
         id: Uuid,
         reason: Option<String>,
     ) -> Result<InstanceView, RuntimeError> {
-        self.apply(id, Input::Cancel { reason }).await?;
-        self.get(id).await
+        self.apply_and_view(id, Input::Cancel { reason }).await
     }
 
     /// Moves a pending timer (an operator extending a deadline, or firing a wait now).
@@ -357,7 +356,13 @@ impl Runtime {
         timer: String,
         due: Timestamp,
     ) -> Result<InstanceView, RuntimeError> {
-        self.apply(id, Input::MoveTimer { timer, due }).await?;
+        self.apply_and_view(id, Input::MoveTimer { timer, due })
+            .await
+    }
+
+    /// Records an operator's or client's input and answers with the instance as it then stands.
+    async fn apply_and_view(&self, id: Uuid, input: Input) -> Result<InstanceView, RuntimeError> {
+        self.apply(id, input).await?;
         self.get(id).await
     }
 

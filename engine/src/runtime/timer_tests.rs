@@ -73,6 +73,19 @@ impl Harness {
             .unwrap_or_else(|| panic!("a task on {queue}"))
     }
 
+    /// Starts a shipping saga and answers its label task: it then waits for `go`.
+    async fn start_labelled(&self) -> Uuid {
+        let id = self
+            .rt
+            .start("shipping", None, json!({}), None)
+            .await
+            .unwrap()
+            .id;
+        let t = self.task("labels").await;
+        self.rt.complete_task(&t.id, json!({})).await.unwrap();
+        id
+    }
+
     async fn status(&self, id: Uuid) -> (&'static str, Option<String>) {
         let v = self.rt.get(id).await.unwrap();
         (v.status, v.current_step)
@@ -114,13 +127,7 @@ async fn a_step_timeout_fails_the_attempt_and_the_backoff_starts_the_next() {
 #[tokio::test]
 async fn a_wait_that_times_out_compensates_and_a_duration_wait_goes_on() {
     let h = Harness::memory().await;
-    let id =
-        h.rt.start("shipping", None, json!({}), None)
-            .await
-            .unwrap()
-            .id;
-    let t = h.task("labels").await;
-    h.rt.complete_task(&t.id, json!({})).await.unwrap();
+    let id = h.start_labelled().await;
     h.advance(Duration::from_secs(599)).await;
     assert_eq!(h.status(id).await.0, "waiting");
     h.advance(Duration::from_secs(1)).await;
@@ -130,13 +137,7 @@ async fn a_wait_that_times_out_compensates_and_a_duration_wait_goes_on() {
         "the label step has `compensate: none`, so nothing else runs"
     );
 
-    let id =
-        h.rt.start("shipping", None, json!({}), None)
-            .await
-            .unwrap()
-            .id;
-    let t = h.task("labels").await;
-    h.rt.complete_task(&t.id, json!({})).await.unwrap();
+    let id = h.start_labelled().await;
     h.rt.signal(id, "go".into(), json!({})).await.unwrap();
     assert_eq!(h.status(id).await, ("waiting", Some("cool_down".into())));
     h.advance(Duration::from_secs(299)).await;
@@ -148,13 +149,7 @@ async fn a_wait_that_times_out_compensates_and_a_duration_wait_goes_on() {
 #[tokio::test]
 async fn a_missed_heartbeat_fails_the_attempt() {
     let h = Harness::memory().await;
-    let id =
-        h.rt.start("shipping", None, json!({}), None)
-            .await
-            .unwrap()
-            .id;
-    let t = h.task("labels").await;
-    h.rt.complete_task(&t.id, json!({})).await.unwrap();
+    let id = h.start_labelled().await;
     h.rt.signal(id, "go".into(), json!({})).await.unwrap();
     h.advance(Duration::from_secs(300)).await;
     let pickup = h.task("pickups").await;
@@ -175,13 +170,7 @@ async fn a_missed_heartbeat_fails_the_attempt() {
 #[tokio::test]
 async fn the_deadline_compensates_and_an_operator_can_move_it() {
     let h = Harness::memory().await;
-    let id =
-        h.rt.start("shipping", None, json!({}), None)
-            .await
-            .unwrap()
-            .id;
-    let t = h.task("labels").await;
-    h.rt.complete_task(&t.id, json!({})).await.unwrap();
+    let id = h.start_labelled().await;
     // an operator gives the saga another hour, and the approval wait too
     let deadline =
         h.rt.get(id)
@@ -225,13 +214,7 @@ async fn the_deadline_compensates_and_an_operator_can_move_it() {
 #[tokio::test]
 async fn firing_a_wait_now_moves_on_at_once() {
     let h = Harness::memory().await;
-    let id =
-        h.rt.start("shipping", None, json!({}), None)
-            .await
-            .unwrap()
-            .id;
-    let t = h.task("labels").await;
-    h.rt.complete_task(&t.id, json!({})).await.unwrap();
+    let id = h.start_labelled().await;
     h.rt.signal(id, "go".into(), json!({})).await.unwrap();
     h.rt.move_timer(id, "wait:2".into(), h.rt.now())
         .await
