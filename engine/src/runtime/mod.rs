@@ -14,7 +14,7 @@ mod error;
 pub mod http;
 mod registry;
 pub mod tasks;
-mod timers;
+pub mod timers;
 
 pub use error::{InputError, RuntimeError};
 pub use registry::{PublishOutcome, Published};
