@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{client, get_json, order, serve};
+use common::{
+    client, client_with, get_json, order, serve, CLIENT_TOKEN, OPERATOR_TOKEN, WORKER_TOKEN,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -427,4 +429,178 @@ async fn the_spec_and_swagger_ui_are_served() {
         (status, health["status"].as_str()),
         (StatusCode::OK, Some("ok"))
     );
+}
+
+#[tokio::test]
+async fn every_protected_operation_needs_a_token_of_the_right_role() {
+    let (s, _dir) = serve("auth", &[]);
+    let id = "00000000-0000-0000-0000-000000000000";
+    let protected = [
+        ("POST", "/workflows"),
+        ("GET", "/workflows"),
+        ("GET", "/workflows/order"),
+        ("GET", "/workflows/order/graph"),
+        ("POST", "/workflows/order/instances"),
+        ("GET", "/instances"),
+        ("GET", &format!("/instances/{id}")),
+        ("GET", &format!("/instances/{id}/events")),
+        ("POST", &format!("/instances/{id}/signals/go")),
+        ("POST", &format!("/instances/{id}/cancel")),
+        ("POST", &format!("/instances/{id}/timers/deadline")),
+        ("POST", "/tasks/q/poll"),
+        ("POST", "/tasks/t/complete"),
+        ("POST", "/tasks/t/fail"),
+        ("POST", "/tasks/t/heartbeat"),
+    ];
+    for token in [None, Some("not-a-valid-token-at-all")] {
+        let c = client_with(token);
+        for (method, path) in &protected {
+            let req = match *method {
+                "GET" => c.get(format!("{}{path}", s.url)),
+                _ => c.post(format!("{}{path}", s.url)).json(&json!({})),
+            };
+            let r = req.send().await.unwrap();
+            assert_eq!(
+                r.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}"
+            );
+            let p: Value = r.json().await.unwrap();
+            assert_eq!(p["type"], "/problems/unauthorized", "{method} {path}");
+        }
+    }
+    for public in ["/health", "/openapi.json", "/docs"] {
+        assert_eq!(
+            client_with(None)
+                .get(format!("{}{public}", s.url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK,
+            "{public}"
+        );
+    }
+
+    // a client starts and reads, but may not publish or cancel
+    let client = client_with(Some(CLIENT_TOKEN));
+    let (status, started) = post(
+        &client,
+        format!("{}/workflows/order/instances", s.url),
+        order(1, 10.0),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let iid = started["id"].as_str().unwrap();
+    assert_eq!(
+        get_json(&client, format!("{}/instances/{iid}?wait=30s", s.url))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, p) = post(
+        &client,
+        format!("{}/instances/{iid}/cancel", s.url),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (StatusCode::FORBIDDEN, Some("/problems/forbidden"))
+    );
+    let r = client
+        .post(format!("{}/workflows", s.url))
+        .header("content-type", "application/yaml")
+        .body("name: x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // an operator may cancel (this one has ended: 409, past the role check)
+    let (status, _) = post(
+        &client_with(Some(OPERATOR_TOKEN)),
+        format!("{}/instances/{iid}/cancel", s.url),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // a worker takes tasks but reads no instances
+    let worker = client_with(Some(WORKER_TOKEN));
+    assert_eq!(
+        worker
+            .post(format!("{}/tasks/q/poll?wait=10ms", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        get_json(&worker, format!("{}/instances/{iid}", s.url))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let spec: Value = get_json(&client, format!("{}/openapi.json", s.url)).await.1;
+    assert_eq!(
+        spec["components"]["securitySchemes"]["Auth"]["scheme"], "bearer",
+        "Swagger UI's Authorize button uses it"
+    );
+}
+
+#[tokio::test]
+async fn the_first_start_generates_and_prints_an_admin_token() {
+    let dir = common::temp_dir("first-start");
+    let data = dir.join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--workflows",
+            dir.to_str().unwrap(),
+        ])
+        .env_remove("SAGAFLOW_ADMIN_TOKEN")
+        .env("SAGAFLOW_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = out;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut url = String::new();
+    let mut token = String::new();
+    // the banner is a few lines; stop once both are seen (the server keeps running), or after 30 s
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        if let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+            if url.is_empty() {
+                url = u.to_string();
+            }
+        }
+        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("sf_")) {
+            token = t.to_string();
+        }
+        if !url.is_empty() && !token.is_empty() {
+            break;
+        }
+    }
+    assert!(token.len() > 40, "a generated token was printed");
+    let stored = std::fs::read_to_string(data.join("admin-token.sha256")).unwrap();
+    assert!(!stored.contains(&token), "only its hash is stored");
+    let ok = client_with(Some(&token))
+        .get(format!("{url}/workflows"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let _ = child.kill();
+    let _ = child.wait();
 }

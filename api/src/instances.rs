@@ -9,6 +9,7 @@ use sagaflow_engine::runtime::{InstanceView, Runtime};
 use sagaflow_engine::saga::Timestamp;
 use uuid::Uuid;
 
+use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
 use crate::Tag;
 
@@ -177,12 +178,14 @@ impl InstancesApi {
     #[oai(path = "/workflows/:name/instances", method = "post")]
     async fn start(
         &self,
+        auth: Auth,
         name: Path<String>,
         /// Start this version instead of the newest.
         version: Query<Option<u32>>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         input: Json<serde_json::Value>,
     ) -> Result<StartResponse, ApiError> {
+        auth.require(Need::Start)?;
         if idempotency_key
             .0
             .as_ref()
@@ -210,10 +213,12 @@ impl InstancesApi {
     #[oai(path = "/instances", method = "get")]
     async fn list(
         &self,
+        auth: Auth,
         workflow: Query<Option<String>>,
         status: Query<Option<String>>,
         limit: Query<Option<u32>>,
     ) -> Result<Json<Vec<InstanceSummary>>, ApiError> {
+        auth.require(Need::Read)?;
         let rows = self
             .rt
             .list(
@@ -247,9 +252,11 @@ impl InstancesApi {
     #[oai(path = "/instances/:id", method = "get")]
     async fn get(
         &self,
+        auth: Auth,
         id: Path<String>,
         wait: Query<Option<String>>,
     ) -> Result<Json<Instance>, ApiError> {
+        auth.require(Need::Read)?;
         let id = parse_id(&id)?;
         let view = match parse_wait(wait.0.as_deref())? {
             Some(d) => self.rt.wait(id, d).await?,
@@ -262,9 +269,11 @@ impl InstancesApi {
     #[oai(path = "/instances/:id/events", method = "get")]
     async fn events(
         &self,
+        auth: Auth,
         id: Path<String>,
         from: Query<Option<u64>>,
     ) -> Result<Json<Vec<HistoryEvent>>, ApiError> {
+        auth.require(Need::Read)?;
         let id = parse_id(&id)?;
         let events = self.rt.history(id, from.0.unwrap_or(0)).await?;
         Ok(Json(
@@ -289,10 +298,12 @@ impl InstancesApi {
     #[oai(path = "/instances/:id/signals/:name", method = "post")]
     async fn signal(
         &self,
+        auth: Auth,
         id: Path<String>,
         name: Path<String>,
         payload: Json<serde_json::Value>,
     ) -> Result<AcceptedResponse, ApiError> {
+        auth.require(Need::Operate)?;
         let id = parse_id(&id)?;
         let view = self.rt.signal(id, name.0, payload.0).await?;
         Ok(AcceptedResponse::Accepted(Json(view.into())))
@@ -302,10 +313,12 @@ impl InstancesApi {
     #[oai(path = "/instances/:id/timers/:timer", method = "post")]
     async fn move_timer(
         &self,
+        auth: Auth,
         id: Path<String>,
         timer: Path<String>,
         body: Json<MoveTimer>,
     ) -> Result<AcceptedResponse, ApiError> {
+        auth.require(Need::Operate)?;
         let id = parse_id(&id)?;
         let current = self.rt.get(id).await?;
         let Some((_, _, old_due)) = current.timers.iter().find(|(t, _, _)| *t == timer.0) else {
@@ -348,9 +361,11 @@ impl InstancesApi {
     #[oai(path = "/instances/:id/cancel", method = "post")]
     async fn cancel(
         &self,
+        auth: Auth,
         id: Path<String>,
         body: Json<Option<CancelRequest>>,
     ) -> Result<AcceptedResponse, ApiError> {
+        auth.require(Need::Operate)?;
         let id = parse_id(&id)?;
         let view = self.rt.cancel(id, body.0.and_then(|b| b.reason)).await?;
         Ok(AcceptedResponse::Accepted(Json(view.into())))

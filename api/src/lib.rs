@@ -11,6 +11,7 @@
 //! - [`problem`]: every error as RFC 9457 problem+json, mapped in one place.
 //! - [`demo`]: inventory, payment and shipping services for the examples.
 
+pub mod auth;
 pub mod demo;
 pub mod instances;
 mod limit;
@@ -47,6 +48,8 @@ pub struct ApiConfig {
     pub demo: Option<demo::DemoConfig>,
     /// The URL the service is reached at (shown in the spec and Swagger UI).
     pub public_url: String,
+    /// The accepted bearer tokens.
+    pub tokens: auth::Tokens,
 }
 
 /// The OpenAPI service (also used to write the spec to a file).
@@ -91,6 +94,7 @@ pub fn app(rt: Runtime, config: &ApiConfig) -> impl Endpoint {
         route = route.nest("/demo", demo::routes(d.clone()));
     }
     route
+        .data(std::sync::Arc::new(config.tokens.clone()))
         .with(limit::BodyLimit(config.body_limit))
         .catch_all_error(problem::from_poem_error)
 }

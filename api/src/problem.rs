@@ -48,6 +48,12 @@ pub enum ApiError {
     /// The request is malformed.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// No valid bearer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// The token's role may not do this.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
     /// No such workflow, instance or task.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
@@ -90,6 +96,8 @@ impl ApiError {
         let p = Json(p);
         match p.0.status {
             400 => ApiError::BadRequest(p),
+            401 => ApiError::Unauthorized(p),
+            403 => ApiError::Forbidden(p),
             404 => ApiError::NotFound(p),
             409 => ApiError::Conflict(p),
             413 => ApiError::TooLarge(p),
@@ -230,6 +238,7 @@ pub async fn from_poem_error(err: poem::Error) -> Response {
     let status = err.status();
     let (kind, title) = match status {
         StatusCode::NOT_FOUND => ("not-found", "Not found"),
+        StatusCode::UNAUTHORIZED => ("unauthorized", "Unauthorized"),
         StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
         StatusCode::PAYLOAD_TOO_LARGE => ("too-large", "Request body too large"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "Unsupported media type"),

@@ -7,6 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::runtime::Runtime;
 
+use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
 use crate::Tag;
 
@@ -74,9 +75,11 @@ impl TasksApi {
     #[oai(path = "/:queue/poll", method = "post")]
     async fn poll(
         &self,
+        auth: Auth,
         queue: Path<String>,
         wait: Query<Option<String>>,
     ) -> Result<PollResponse, ApiError> {
+        auth.require(Need::Work)?;
         let wait = match wait.0.as_deref() {
             Some(w) => humantime::parse_duration(w)
                 .map_err(|e| ApiError::bad_request("bad-wait", format!("wait `{w}`: {e}")))?,
@@ -105,9 +108,11 @@ impl TasksApi {
     #[oai(path = "/:id/complete", method = "post")]
     async fn complete(
         &self,
+        auth: Auth,
         id: Path<String>,
         body: Json<CompleteTask>,
     ) -> Result<Json<TaskAnswer>, ApiError> {
+        auth.require(Need::Work)?;
         let accepted = self
             .rt
             .complete_task(&id, body.0.output.unwrap_or(serde_json::Value::Null))
@@ -119,9 +124,11 @@ impl TasksApi {
     #[oai(path = "/:id/fail", method = "post")]
     async fn fail(
         &self,
+        auth: Auth,
         id: Path<String>,
         body: Json<FailTask>,
     ) -> Result<Json<TaskAnswer>, ApiError> {
+        auth.require(Need::Work)?;
         let accepted = self
             .rt
             .fail_task(&id, body.0.error, body.0.retryable)
@@ -131,7 +138,8 @@ impl TasksApi {
 
     /// Tell the engine the worker is still on the task.
     #[oai(path = "/:id/heartbeat", method = "post")]
-    async fn heartbeat(&self, id: Path<String>) -> Result<HeartbeatResponse, ApiError> {
+    async fn heartbeat(&self, auth: Auth, id: Path<String>) -> Result<HeartbeatResponse, ApiError> {
+        auth.require(Need::Work)?;
         self.rt.heartbeat(&id)?;
         Ok(HeartbeatResponse::Alive)
     }

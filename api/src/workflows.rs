@@ -6,6 +6,7 @@ use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi};
 use sagaflow_engine::compile::export;
 use sagaflow_engine::runtime::{PublishOutcome, Published, Runtime};
 
+use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
 use crate::Tag;
 
@@ -97,7 +98,8 @@ impl WorkflowsApi {
     /// does; every problem comes back located (line, column, path). A
     /// version, once published, cannot change: publish changes as a new `version`.
     #[oai(path = "/", method = "post")]
-    async fn publish(&self, body: WorkflowSource) -> Result<PublishResponse, ApiError> {
+    async fn publish(&self, auth: Auth, body: WorkflowSource) -> Result<PublishResponse, ApiError> {
+        auth.require(Need::Publish)?;
         let (WorkflowSource::Yaml(PlainText(source))
         | WorkflowSource::TextYaml(PlainText(source))
         | WorkflowSource::Text(PlainText(source))) = body;
@@ -111,8 +113,9 @@ impl WorkflowsApi {
 
     /// List workflows.
     #[oai(path = "/", method = "get")]
-    async fn list(&self) -> Json<Vec<WorkflowSummary>> {
-        Json(
+    async fn list(&self, auth: Auth) -> Result<Json<Vec<WorkflowSummary>>, ApiError> {
+        auth.require(Need::Read)?;
+        Ok(Json(
             self.rt
                 .workflows()
                 .into_iter()
@@ -126,12 +129,13 @@ impl WorkflowsApi {
                     })
                 })
                 .collect(),
-        )
+        ))
     }
 
     /// Get a workflow with all its versions and their sources.
     #[oai(path = "/:name", method = "get")]
-    async fn get(&self, name: Path<String>) -> Result<Json<WorkflowDetail>, ApiError> {
+    async fn get(&self, auth: Auth, name: Path<String>) -> Result<Json<WorkflowDetail>, ApiError> {
+        auth.require(Need::Read)?;
         self.rt.workflow(&name, None)?;
         let versions = self
             .rt
@@ -156,10 +160,12 @@ impl WorkflowsApi {
     #[oai(path = "/:name/graph", method = "get")]
     async fn graph(
         &self,
+        auth: Auth,
         name: Path<String>,
         version: Query<Option<u32>>,
         format: Query<Option<String>>,
     ) -> Result<GraphResponse, ApiError> {
+        auth.require(Need::Read)?;
         let p = self.rt.workflow(&name, version.0)?;
         Ok(match format.0.as_deref().unwrap_or("json") {
             "dot" => GraphResponse::Dot(PlainText(export::dot(&p.machine))),

@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Sagas run first and not measured.
     #[arg(long, default_value_t = 20)]
     pub warmup: usize,
+    /// A client (or admin) token for `--url`; bench sets its own server's.
+    #[arg(long, env = "SAGAFLOW_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// One saga's result.
@@ -38,15 +41,26 @@ struct Outcome {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut own = None;
+    let mut token = args.token.clone();
     let url = match &args.url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
-            let (child, url, dir) = start_server()?;
+            let t = format!("bench-{}", uuid::Uuid::new_v4().simple());
+            let (child, url, dir) = start_server(&t)?;
             own = Some((child, dir));
+            token = Some(t);
             url
         }
     };
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = &token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse()?,
+        );
+    }
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.c.max(1) * 2)
         .timeout(Duration::from_secs(120))
         .build()?;
@@ -212,7 +226,7 @@ async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
 }
 
 /// Starts `sagaflow serve` on port 0 with a temporary data directory; returns it, its URL and the directory.
-fn start_server() -> anyhow::Result<(Child, String, std::path::PathBuf)> {
+fn start_server(admin_token: &str) -> anyhow::Result<(Child, String, std::path::PathBuf)> {
     use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("sagaflow-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -225,6 +239,7 @@ fn start_server() -> anyhow::Result<(Child, String, std::path::PathBuf)> {
         .arg("--workflows")
         .arg(&workflows)
         .env("SAGAFLOW_LOG", "warn")
+        .env("SAGAFLOW_ADMIN_TOKEN", admin_token)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

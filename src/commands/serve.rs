@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use sagaflow_api::auth::{hash, Role, Tokens};
 use sagaflow_api::demo::DemoConfig;
 use sagaflow_api::ApiConfig;
 use sagaflow_engine::projection::Projections;
@@ -39,6 +40,62 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SAGAFLOW_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
+    /// The admin token. Without it, one is generated on the first start, printed once, and its hash kept in the data directory.
+    #[arg(long, env = "SAGAFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// More tokens as `ROLE:TOKEN` (roles: admin, operator, client, worker); comma-separated in the variable.
+    #[arg(long = "token", env = "SAGAFLOW_TOKENS", value_delimiter = ',', hide_env_values = true, value_parser = parse_role_token)]
+    pub tokens: Vec<(Role, String)>,
+}
+
+fn parse_role_token(s: &str) -> Result<(Role, String), String> {
+    let (role, token) = s
+        .split_once(':')
+        .ok_or_else(|| "expected ROLE:TOKEN".to_string())?;
+    if token.len() < 16 {
+        return Err("a token has at least 16 characters".into());
+    }
+    Ok((role.parse()?, token.to_string()))
+}
+
+/// The accepted tokens, and what to tell the person starting the server about the admin token.
+fn tokens(args: &ServeArgs) -> anyhow::Result<(Tokens, String)> {
+    let mut entries: Vec<(String, Role)> = args.tokens.iter().map(|(r, t)| (hash(t), *r)).collect();
+    let file = args.data_dir.join("admin-token.sha256");
+    let note = if let Some(t) = &args.admin_token {
+        if t.len() < 16 {
+            bail!("SAGAFLOW_ADMIN_TOKEN must have at least 16 characters");
+        }
+        entries.push((hash(t), Role::Admin));
+        "admin token: from SAGAFLOW_ADMIN_TOKEN".to_string()
+    } else if let Ok(stored) = std::fs::read_to_string(&file) {
+        entries.push((stored.trim().to_string(), Role::Admin));
+        format!("admin token: the one printed on the first start (its hash is in {}; delete that file to get a new one)", file.display())
+    } else {
+        let token = format!(
+            "sf_{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        write_private(&file, &hash(&token))?;
+        entries.push((hash(&token), Role::Admin));
+        format!("admin token: {token}   (shown once; send it as `Authorization: Bearer ...`)")
+    };
+    Ok((Tokens::from_hashes(entries), note))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
 }
 
 pub fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -56,6 +113,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
     })?;
     let _lock = lock_data_dir(&args.data_dir)?;
+    let (tokens, token_note) = tokens(&args)?;
     let listener = TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -88,6 +146,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..DemoConfig::default()
         }),
         public_url: url.clone(),
+        tokens,
     };
     let app = sagaflow_api::app(rt.clone(), &api);
     println!("sagaflow listening on {url}");
@@ -96,6 +155,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "  data: {}    resumed sagas: {resumed}",
         args.data_dir.display()
     );
+    println!("  {token_note}");
     sagaflow_api::serve(listener, app, shutdown_signal()).await?;
     tracing::info!("shutting down");
     rt.shutdown(Duration::from_secs(10)).await;

@@ -22,6 +22,11 @@ impl Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
             .args(args)
             .env("SAGAFLOW_LOG", "warn,sagaflow=info")
+            .env("SAGAFLOW_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env(
+                "SAGAFLOW_TOKENS",
+                format!("client:{CLIENT_TOKEN},worker:{WORKER_TOKEN},operator:{OPERATOR_TOKEN}"),
+            )
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -94,11 +99,30 @@ pub fn serve(name: &str, extra: &[&str]) -> (Proc, PathBuf) {
     (Proc::start(&args, &dir.join("server.log")), dir)
 }
 
-pub fn client() -> reqwest::Client {
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const CLIENT_TOKEN: &str = "test-client-token-0123456789";
+pub const WORKER_TOKEN: &str = "test-worker-token-0123456789";
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+
+/// An HTTP client that sends `token` with every request.
+pub fn client_with(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().expect("header"),
+        );
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(60))
         .build()
         .expect("client")
+}
+
+/// An HTTP client with the admin token.
+pub fn client() -> reqwest::Client {
+    client_with(Some(ADMIN_TOKEN))
 }
 
 pub fn order(n: u32, amount: f64) -> serde_json::Value {
