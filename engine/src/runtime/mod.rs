@@ -675,21 +675,18 @@ impl Runtime {
                     }
                 };
                 self.0.tasks.withdraw(id, Some(&key));
-                self.0.tasks.offer(
-                    Task {
-                        id: key,
-                        queue: call.queue.clone(),
-                        instance: id,
-                        workflow: machine.name.clone(),
-                        step: s.name.clone(),
-                        step_index: step,
-                        attempt,
-                        phase,
-                        input,
-                        heartbeat_seconds: call.heartbeat.map(|h| h.as_secs()),
-                    },
-                    self.now(),
-                );
+                self.0.tasks.offer(Task {
+                    id: key,
+                    queue: call.queue.clone(),
+                    instance: id,
+                    workflow: machine.name.clone(),
+                    step: s.name.clone(),
+                    step_index: step,
+                    attempt,
+                    phase,
+                    input,
+                    heartbeat_seconds: call.heartbeat.map(|h| h.as_secs()),
+                });
             }
             StepAction::Wait(_) => {}
         }

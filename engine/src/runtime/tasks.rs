@@ -60,7 +60,7 @@ impl TaskQueues {
 
     /// Puts a task on its queue, or hands it straight to a waiting worker.
     /// A task already queued or leased under the same id is not added twice.
-    pub fn offer(&self, mut task: Task, now: Timestamp) {
+    pub fn offer(&self, mut task: Task) {
         let mut inner = self.lock();
         if inner.leases.contains_key(&task.id) {
             return;
@@ -76,7 +76,6 @@ impl TaskQueues {
             }
         }
         q.ready.push_back(task);
-        let _ = now;
     }
 
     /// Takes the next task of `queue`, waiting up to `wait` for one.
@@ -206,8 +205,8 @@ mod tests {
     #[tokio::test]
     async fn a_queued_task_goes_to_the_next_poller_once() {
         let q = TaskQueues::default();
-        q.offer(task("a"), Timestamp(0));
-        q.offer(task("a"), Timestamp(0));
+        q.offer(task("a"));
+        q.offer(task("a"));
         assert_eq!(
             q.poll("q", Duration::ZERO, Timestamp(0))
                 .await
@@ -232,7 +231,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        q.offer(task("b"), Timestamp(0));
+        q.offer(task("b"));
         assert_eq!(poller.await.unwrap().map(|t| t.id), Some("b".into()));
         assert!(
             q.heartbeat("b", Timestamp(1)),
@@ -243,13 +242,10 @@ mod tests {
     #[tokio::test]
     async fn a_lease_without_heartbeats_expires() {
         let q = TaskQueues::default();
-        q.offer(
-            Task {
-                heartbeat_seconds: Some(10),
-                ..task("h")
-            },
-            Timestamp(0),
-        );
+        q.offer(Task {
+            heartbeat_seconds: Some(10),
+            ..task("h")
+        });
         q.poll("q", Duration::ZERO, Timestamp(0)).await.unwrap();
         assert!(q.expired(Timestamp(9_000)).is_empty());
         assert!(q.heartbeat("h", Timestamp(9_000)));
@@ -264,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn withdrawn_tasks_are_not_handed_out() {
         let q = TaskQueues::default();
-        q.offer(task("x"), Timestamp(0));
+        q.offer(task("x"));
         q.withdraw(Uuid::nil(), None);
         assert_eq!(q.poll("q", Duration::ZERO, Timestamp(0)).await, None);
     }
