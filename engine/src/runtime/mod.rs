@@ -621,18 +621,20 @@ impl Runtime {
             StepAction::Wait(_) => return,
             _ => Context::new(&context(machine, &live.key, st)),
         };
+        // Outcomes are fed back from a task of their own: the caller holds the instance's lock.
+        let report = |outcome: http::Outcome| {
+            let rt = self.clone();
+            self.0.tracker.spawn(async move {
+                rt.feed(id, outcome_input(step, attempt, phase, outcome))
+                    .await
+            });
+        };
+        let template_failed = |e: crate::dsl::template::TemplateError| {
+            http::Outcome::Failed(FailureKind::Business, format!("template: {e}"))
+        };
         let ctx = match ctx {
             Ok(c) => c,
-            Err(e) => {
-                let rt = self.clone();
-                let outcome =
-                    http::Outcome::Failed(FailureKind::Business, format!("template: {e}"));
-                self.0.tracker.spawn(async move {
-                    rt.feed(id, outcome_input(step, attempt, phase, outcome))
-                        .await
-                });
-                return;
-            }
+            Err(e) => return report(template_failed(e)),
         };
         tracing::debug!(instance_id = %id, step = %s.name, attempt, ?phase, "performing");
         match action {
@@ -648,12 +650,7 @@ impl Runtime {
                                 .await;
                         });
                     }
-                    Err(outcome) => {
-                        self.0.tracker.spawn(async move {
-                            rt.feed(id, outcome_input(step, attempt, phase, outcome))
-                                .await
-                        });
-                    }
+                    Err(outcome) => report(outcome),
                 }
             }
             StepAction::Task(call) => {
@@ -663,16 +660,7 @@ impl Runtime {
                 };
                 let input = match input {
                     Ok(v) => v,
-                    Err(e) => {
-                        let rt = self.clone();
-                        let outcome =
-                            http::Outcome::Failed(FailureKind::Business, format!("template: {e}"));
-                        self.0.tracker.spawn(async move {
-                            rt.feed(id, outcome_input(step, attempt, phase, outcome))
-                                .await
-                        });
-                        return;
-                    }
+                    Err(e) => return report(template_failed(e)),
                 };
                 self.0.tasks.withdraw(id, Some(&key));
                 self.0.tasks.offer(Task {
