@@ -36,7 +36,7 @@ use crate::dsl::spec::FailureKind;
 use crate::dsl::template::Context;
 use crate::projection::{InstanceRow, Projections};
 use crate::saga::{
-    self, context, decide, evolve, fold, Action, Clock, Input, Phase, SagaState, Timestamp,
+    self, context, decide_to, fold, Action, Clock, Input, Phase, SagaState, Timestamp,
 };
 use crate::store::{EventStore, Expected, NewEvent, RecordedEvent};
 
@@ -247,7 +247,7 @@ impl Runtime {
             input: input.clone(),
             idempotency_key: idempotency_key.clone(),
         };
-        let d = decide(
+        let (d, state) = decide_to(
             &published.machine,
             &key,
             &SagaState::default(),
@@ -269,7 +269,6 @@ impl Runtime {
             Err(e) => return Err(e.into()),
         }
         tracing::debug!(instance_id = %id, workflow, "saga started");
-        let state = fold(&d.events);
         let live = Arc::new(Live {
             id,
             key,
@@ -515,7 +514,7 @@ impl Runtime {
         let live = self.live(id).await?;
         for _ in 0..CONFLICT_ROUNDS {
             let mut st = live.state.lock().await;
-            let d = decide(
+            let (d, next) = decide_to(
                 &live.published.machine,
                 &live.key,
                 &st,
@@ -533,9 +532,7 @@ impl Runtime {
                 .await
             {
                 Ok(_) => {
-                    for e in &d.events {
-                        *st = evolve(std::mem::take(&mut *st), e);
-                    }
+                    *st = next;
                     self.perform(&live, &st, d.actions);
                     return Ok(true);
                 }

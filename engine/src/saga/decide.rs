@@ -101,6 +101,18 @@ pub fn decide(
     input: Input,
     now: Timestamp,
 ) -> Result<Decision, Rejection> {
+    decide_to(machine, instance, state, input, now).map(|(d, _)| d)
+}
+
+/// Like [`decide`], also returning the state its events lead to (what
+/// folding them into `state` gives), so a caller need not fold them again.
+pub fn decide_to(
+    machine: &Machine,
+    instance: &str,
+    state: &SagaState,
+    input: Input,
+    now: Timestamp,
+) -> Result<(Decision, SagaState), Rejection> {
     let mut d = Decider {
         m: machine,
         instance,
@@ -125,7 +137,7 @@ pub fn decide(
             d.handle(other)?;
         }
     }
-    Ok(d.out)
+    Ok((d.out, d.s))
 }
 
 /// The actions that must be (re)issued for a saga loaded from the store:

@@ -8,7 +8,7 @@ pub mod event;
 pub mod state;
 pub mod time;
 
-pub use decide::{context, decide, resume, Action, Decision, Input, Rejection};
+pub use decide::{context, decide, decide_to, resume, Action, Decision, Input, Rejection};
 pub use event::{
     ActionKind, CompensationReason, Event, EventError, Phase, TimerPurpose, SCHEMA_VERSION,
 };

@@ -816,3 +816,43 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn decide_to_returns_the_state_its_events_fold_into() {
+    let m = machine(ORDER);
+    let mut st = SagaState::default();
+    let mut events = Vec::new();
+    let inputs = [
+        Input::Start {
+            input: order_input(10.0),
+            idempotency_key: None,
+        },
+        Input::Succeeded {
+            step: 0,
+            attempt: 1,
+            phase: Phase::Forward,
+            output: json!({"reservation_id": "r"}),
+        },
+        Input::Failed {
+            step: 1,
+            attempt: 1,
+            phase: Phase::Forward,
+            kind: FailureKind::Business,
+            error: "no".into(),
+        },
+        Input::Failed {
+            step: 0,
+            attempt: 1,
+            phase: Phase::Compensation,
+            kind: FailureKind::Business,
+            error: "stuck".into(),
+        },
+    ];
+    for input in inputs {
+        let (d, next) = decide_to(&m, ID, &st, input, T0).unwrap();
+        events.extend(d.events);
+        assert_eq!(next, fold(&events));
+        st = next;
+    }
+    assert_eq!(st.status(), "failed");
+}
