@@ -41,6 +41,11 @@ enum Command {
     },
     /// Print the JSON Schema of the workflow language (for editors).
     Schema,
+    /// Print the HTTP API's OpenAPI document (docs/openapi.json is this output).
+    Openapi {
+        #[arg(long, value_enum, default_value_t = SpecFormat::Json)]
+        format: SpecFormat,
+    },
     /// Run the engine and its HTTP API (Swagger UI at /docs) on the embedded SQLite store.
     Serve(commands::serve::ServeArgs),
     /// Run the demo inventory, payment and shipping services on their own.
@@ -56,6 +61,12 @@ pub enum ReportFormat {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum SpecFormat {
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum GraphFormat {
     Dot,
     Mermaid,
@@ -68,6 +79,12 @@ fn main() -> ExitCode {
         Command::Validate { files, format } => commands::validate::run(&files, format),
         Command::Graph { file, format } => commands::graph::run(&file, format),
         Command::Schema => commands::schema::run(),
+        Command::Openapi { format } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.block_on(commands::openapi::run(format)))
+            .map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve(commands::serve::run(args)),
         Command::DemoServices(args) => serve(commands::demo::run(args)),
         Command::Bench(args) => serve(commands::bench::run(args)),

@@ -171,7 +171,7 @@ async fn sagas_survive_kill_9() {
 
 async fn count_unfinished(c: &reqwest::Client, url: &str) -> usize {
     let rows: Value = get_json(c, format!("{url}/instances?limit=1000")).await.1;
-    let rows = rows.as_array().unwrap();
+    let rows = rows["items"].as_array().unwrap();
     let ended = rows
         .iter()
         .filter(|r| matches!(r["status"].as_str(), Some("completed" | "compensated")))

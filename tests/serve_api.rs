@@ -80,8 +80,19 @@ async fn an_order_completes_and_an_over_limit_order_is_compensated() {
         json!({"reserve": 1, "pay": 1, "ship": 1})
     );
     assert_eq!(stats["orders"]["o-2"], json!({"reserve": 1, "release": 1}));
-    let (_, listed) = get_json(&c, format!("{}/instances?workflow=order", s.url)).await;
-    assert!(listed.as_array().unwrap().len() <= 2);
+    let (_, listed) = get_json(
+        &c,
+        format!("{}/instances?workflow=order&consistent=true", s.url),
+    )
+    .await;
+    let mut statuses: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["compensated", "completed"]);
 }
 
 #[tokio::test]
@@ -136,7 +147,7 @@ async fn bad_requests_get_problems_and_write_nothing() {
             .unwrap()
             .json::<Value>()
             .await
-            .unwrap()
+            .unwrap()["items"]
             .as_array()
             .unwrap()
             .len()
@@ -182,7 +193,7 @@ async fn bad_requests_get_problems_and_write_nothing() {
         (
             c.get(format!("{}/instances/not-a-uuid", s.url)),
             StatusCode::BAD_REQUEST,
-            "/problems/bad-id",
+            "/problems/bad-request",
         ),
         (
             c.get(format!("{}/instances/{}", s.url, uuid_nil())),
@@ -404,6 +415,19 @@ async fn the_spec_and_swagger_ui_are_served() {
     let (status, spec) = get_json(&c, format!("{}/openapi.json", s.url)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    // docs/openapi.json is the served spec (only the server URL differs)
+    let mut written: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut served = spec.clone();
+    written["servers"] = Value::Null;
+    served["servers"] = Value::Null;
+    assert!(
+        written == served,
+        "docs/openapi.json is stale: run `cargo run -- openapi > docs/openapi.json`"
+    );
     for path in [
         "/workflows",
         "/workflows/{name}/instances",
@@ -434,31 +458,39 @@ async fn the_spec_and_swagger_ui_are_served() {
 #[tokio::test]
 async fn every_protected_operation_needs_a_token_of_the_right_role() {
     let (s, _dir) = serve("auth", &[]);
-    let id = "00000000-0000-0000-0000-000000000000";
-    let protected = [
-        ("POST", "/workflows"),
-        ("GET", "/workflows"),
-        ("GET", "/workflows/order"),
-        ("GET", "/workflows/order/graph"),
-        ("POST", "/workflows/order/instances"),
-        ("GET", "/instances"),
-        ("GET", &format!("/instances/{id}")),
-        ("GET", &format!("/instances/{id}/events")),
-        ("POST", &format!("/instances/{id}/signals/go")),
-        ("POST", &format!("/instances/{id}/cancel")),
-        ("POST", &format!("/instances/{id}/timers/deadline")),
-        ("POST", "/tasks/q/poll"),
-        ("POST", "/tasks/t/complete"),
-        ("POST", "/tasks/t/fail"),
-        ("POST", "/tasks/t/heartbeat"),
-    ];
+    // every operation of the served spec, except the public ones, with its path parameters filled in
+    let spec: Value = get_json(&client_with(None), format!("{}/openapi.json", s.url))
+        .await
+        .1;
+    let mut protected = Vec::new();
+    let mut public = Vec::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let filled = path
+                .split('/')
+                .map(|part| match part {
+                    "{id}" | "{instance_id}" => uuid_nil(),
+                    p if p.starts_with('{') => "x",
+                    p => p,
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            if op.get("security").is_some() {
+                protected.push((method.to_uppercase(), filled));
+            } else {
+                public.push(path.clone());
+            }
+        }
+    }
+    public.sort();
+    assert_eq!(public, ["/health", "/ready"], "only these are open");
+    assert!(protected.len() >= 20, "{protected:?}");
     for token in [None, Some("not-a-valid-token-at-all")] {
         let c = client_with(token);
         for (method, path) in &protected {
-            let req = match *method {
-                "GET" => c.get(format!("{}{path}", s.url)),
-                _ => c.post(format!("{}{path}", s.url)).json(&json!({})),
-            };
+            let req = c
+                .request(method.parse().unwrap(), format!("{}{path}", s.url))
+                .json(&json!({}));
             let r = req.send().await.unwrap();
             assert_eq!(
                 r.status(),
@@ -469,7 +501,13 @@ async fn every_protected_operation_needs_a_token_of_the_right_role() {
             assert_eq!(p["type"], "/problems/unauthorized", "{method} {path}");
         }
     }
-    for public in ["/health", "/openapi.json", "/docs"] {
+    for public in [
+        "/health",
+        "/ready",
+        "/openapi.json",
+        "/openapi.yaml",
+        "/docs",
+    ] {
         assert_eq!(
             client_with(None)
                 .get(format!("{}{public}", s.url))
@@ -603,4 +641,280 @@ async fn the_first_start_generates_and_prints_an_admin_token() {
     assert_eq!(ok.status(), StatusCode::OK);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test]
+async fn orders_are_created_followed_and_listed_per_customer() {
+    let (s, _dir) = serve("orders", &[]);
+    let c = client_with(Some(CLIENT_TOKEN));
+    let new = |id: &str, amount: f64| json!({"order_id": id, "customer_id": "c-9", "items": [{"sku": "lamp", "qty": 1}], "amount": amount});
+    let r = c
+        .post(format!("{}/orders", s.url))
+        .json(&new("o-100", 20.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["location"], "/orders/o-100");
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["customer_id"], "c-9");
+    let instance = created["instance_id"].as_str().unwrap().to_string();
+
+    let (status, again) = post(&c, format!("{}/orders", s.url), new("o-100", 20.0)).await;
+    assert_eq!(
+        (status, again["instance_id"].as_str()),
+        (StatusCode::OK, Some(instance.as_str()))
+    );
+    let (status, p) = post(&c, format!("{}/orders", s.url), new("o-100", 21.0)).await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("/problems/idempotency-key-reused")
+        )
+    );
+
+    let (_, declined) = post(&c, format!("{}/orders", s.url), new("o-101", 5000.0)).await;
+    for id in [instance.as_str(), declined["instance_id"].as_str().unwrap()] {
+        get_json(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    }
+    let (status, shipped) = get_json(&c, format!("{}/orders/o-100?consistent=true", s.url)).await;
+    assert_eq!(
+        (status, shipped["status"].as_str()),
+        (StatusCode::OK, Some("shipped"))
+    );
+    let (_, undone) = get_json(&c, format!("{}/orders/o-101?consistent=true", s.url)).await;
+    assert_eq!(undone["status"], "compensated", "{undone}");
+
+    let (_, first) = get_json(&c, format!("{}/customers/c-9/orders?limit=1", s.url)).await;
+    assert_eq!(first["items"][0]["order_id"], "o-101", "newest first");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = get_json(
+        &c,
+        format!("{}/customers/c-9/orders?limit=1&cursor={cursor}", s.url),
+    )
+    .await;
+    assert_eq!(second["items"][0]["order_id"], "o-100");
+    assert!(
+        second.get("next_cursor").is_none_or(Value::is_null),
+        "{second}"
+    );
+
+    let (_, found) = get_json(
+        &c,
+        format!(
+            "{}/instances?input=customer_id=c-9&input=amount=5000&consistent=true",
+            s.url
+        ),
+    )
+    .await;
+    let found = found["items"].as_array().unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["input"]["order_id"], "o-101");
+
+    for (url, want, kind) in [
+        (
+            format!("{}/orders/nope", s.url),
+            StatusCode::NOT_FOUND,
+            "/problems/unknown-order",
+        ),
+        (
+            format!("{}/instances?input=customer_id", s.url),
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-input-filter",
+        ),
+        (
+            format!("{}/instances?input=a;drop=1", s.url),
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-input-filter",
+        ),
+        (
+            format!("{}/instances?cursor=zzz", s.url),
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-cursor",
+        ),
+        (
+            format!("{}/instances?started_from=yesterday", s.url),
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-started-from",
+        ),
+    ] {
+        let (status, p) = get_json(&c, url.clone()).await;
+        assert_eq!(
+            (status, p["type"].as_str().unwrap_or_default()),
+            (want, kind),
+            "{url}"
+        );
+    }
+    let (status, _) = post(&c, format!("{}/orders", s.url), json!({"order_id": "o-1", "customer_id": "c", "items": [{"sku": "a", "qty": 0}], "amount": 1})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn an_admin_issues_a_worker_token_for_one_queue_and_revokes_it() {
+    let (s, dir) = serve("tokens", &[]);
+    let admin = client();
+    let (status, issued) = post(
+        &admin,
+        format!("{}/tokens", s.url),
+        json!({"name": "flight-worker", "role": "worker", "queues": ["flights"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let secret = issued["token"].as_str().unwrap().to_string();
+    let id = issued["id"].as_str().unwrap().to_string();
+    let (_, listed) = get_json(&admin, format!("{}/tokens", s.url)).await;
+    assert!(
+        !listed.to_string().contains(&secret),
+        "secrets are never listed"
+    );
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["id"] == id.as_str() && t["source"] == "api"));
+    assert!(
+        !s.log().contains(&secret),
+        "the secret is not in the server's log"
+    );
+
+    let worker = client_with(Some(&secret));
+    let poll = |queue: &str| {
+        worker
+            .post(format!("{}/tasks/{queue}/poll?wait=10ms", s.url))
+            .send()
+    };
+    assert_eq!(
+        poll("flights").await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        poll("hotels").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let (status, _) = post(
+        &client_with(Some(CLIENT_TOKEN)),
+        format!("{}/tokens", s.url),
+        json!({"name": "x", "role": "admin"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "only an admin issues tokens");
+    let (status, p) = post(
+        &admin,
+        format!("{}/tokens", s.url),
+        json!({"name": "x", "role": "client", "queues": ["a"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("/problems/bad-token"))
+    );
+
+    // the token survives a restart: it is an event in the store
+    drop(s);
+    let data = dir.join("data");
+    let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
+    let s = common::Proc::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--workflows",
+            workflows,
+        ],
+        &dir.join("again.log"),
+    );
+    let worker = client_with(Some(&secret));
+    let r = worker
+        .post(format!("{}/tasks/flights/poll?wait=10ms", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let revoke = |id: String| admin.delete(format!("{}/tokens/{id}", s.url)).send();
+    assert_eq!(
+        revoke(id.clone()).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let r = worker
+        .post(format!("{}/tasks/flights/poll?wait=10ms", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "a revoked token is refused"
+    );
+    assert_eq!(revoke(id).await.unwrap().status(), StatusCode::NOT_FOUND);
+    let configured = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["source"] == "config")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        revoke(configured).await.unwrap().status(),
+        StatusCode::CONFLICT
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_readiness_report_the_engine() {
+    let (s, _dir) = serve("metrics", &[]);
+    let (status, ready) = get_json(&client_with(None), format!("{}/ready", s.url)).await;
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+    let c = client();
+    let (_, started) = post(
+        &c,
+        format!("{}/workflows/order/instances", s.url),
+        order(1, 10.0),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap();
+    get_json(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    let operator = client_with(Some(OPERATOR_TOKEN));
+    let r = operator
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    for want in [
+        "sagaflow_sagas_started_total{workflow=\"order\"} 1",
+        "sagaflow_step_duration_seconds_bucket{",
+        "step=\"pay\"",
+        "sagaflow_store_append_seconds_count",
+        "sagaflow_projection_lag_events",
+        "# HELP sagaflow_live_instances",
+    ] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sagaflow_sagas_ended_total{")
+                && l.contains("outcome=\"completed\"")
+                && l.ends_with(" 1")),
+        "{text}"
+    );
+    let r = client_with(Some(CLIENT_TOKEN))
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }

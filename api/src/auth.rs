@@ -3,17 +3,19 @@
 //!
 //! | role | may |
 //! | --- | --- |
-//! | admin | everything, and publish workflows |
-//! | operator | read, start, signal, cancel, move timers |
+//! | admin | everything, and publish workflows and manage tokens |
+//! | operator | read, start, signal, cancel, retry, pause, move timers, metrics |
 //! | client | read and start |
-//! | worker | take and answer tasks |
+//! | worker | take and answer tasks (of the queues its token names, if it names any) |
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::payload::Json;
 use poem_openapi::SecurityScheme;
+use sagaflow_engine::saga::Timestamp;
+use sagaflow_engine::store::{EventStore, Expected, NewEvent, StoreError};
 use sha2::{Digest, Sha256};
 
 use crate::problem::{problem, ApiError};
@@ -57,6 +59,10 @@ impl Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
     Publish,
+    /// Issue and revoke tokens.
+    ManageTokens,
+    /// Read metrics.
+    Observe,
     Read,
     Start,
     Operate,
@@ -68,7 +74,10 @@ impl Role {
         matches!(
             (self, need),
             (Role::Admin, _)
-                | (Role::Operator, Need::Read | Need::Start | Need::Operate)
+                | (
+                    Role::Operator,
+                    Need::Read | Need::Start | Need::Operate | Need::Observe
+                )
                 | (Role::Client, Need::Read | Need::Start)
                 | (Role::Worker, Need::Work)
         )
@@ -83,48 +92,228 @@ pub fn hash(token: &str) -> String {
         .collect()
 }
 
-/// The accepted tokens, by hash.
+/// A new random token: `sf_` and 64 hex digits (256 bits of randomness from v4 UUIDs).
+pub fn generate() -> String {
+    format!(
+        "sf_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Who is calling: the token's role and, for workers, the queues it may serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub role: Role,
+    /// `None`: every queue.
+    pub queues: Option<Vec<String>>,
+}
+
+/// One accepted token, as its hash.
+#[derive(Debug, Clone)]
+pub struct TokenEntry {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub queues: Option<Vec<String>>,
+    pub hash: String,
+    /// Issued through the API (and revocable there), not configured at start.
+    pub managed: bool,
+    pub created_at: Option<Timestamp>,
+}
+
+/// The stream that records tokens issued and revoked through the API.
+const TOKEN_STREAM: &str = "tokens";
+
+/// The accepted tokens, by hash: the configured ones and those issued through
+/// the API (kept as `TokenIssued` / `TokenRevoked` events in the `tokens` stream).
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    entries: Vec<(String, Role)>,
+    entries: Arc<RwLock<Vec<TokenEntry>>>,
 }
 
 impl Tokens {
-    /// From `(sha256 hex, role)` pairs.
-    pub fn from_hashes(entries: impl IntoIterator<Item = (String, Role)>) -> Self {
+    /// From configured `(sha256 hex, role, queues)`.
+    pub fn from_hashes(
+        entries: impl IntoIterator<Item = (String, Role, Option<Vec<String>>)>,
+    ) -> Self {
+        let entries = entries
+            .into_iter()
+            .map(|(h, role, queues)| {
+                let hash = h.to_lowercase();
+                TokenEntry {
+                    id: format!("config-{}", &hash[..hash.len().min(12)]),
+                    name: format!("configured {}", role.name()),
+                    role,
+                    queues,
+                    hash,
+                    managed: false,
+                    created_at: None,
+                }
+            })
+            .collect();
         Self {
-            entries: entries
-                .into_iter()
-                .map(|(h, r)| (h.to_lowercase(), r))
-                .collect(),
+            entries: Arc::new(RwLock::new(entries)),
         }
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<TokenEntry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<TokenEntry>> {
+        self.entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn role_of(&self, token: &str) -> Option<Role> {
+        self.caller(token).map(|c| c.role)
+    }
+
+    pub fn caller(&self, token: &str) -> Option<Caller> {
         let h = hash(token);
         // compare every entry in full, so timing does not tell how close a guess was
-        self.entries.iter().fold(None, |found, (stored, role)| {
-            let same = stored.len() == h.len()
-                && stored
+        self.read().iter().fold(None, |found, e| {
+            let same = e.hash.len() == h.len()
+                && e.hash
                     .bytes()
                     .zip(h.bytes())
                     .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                     == 0;
             if same {
-                Some(*role)
+                Some(Caller {
+                    role: e.role,
+                    queues: e.queues.clone(),
+                })
             } else {
                 found
             }
         })
+    }
+
+    pub fn list(&self) -> Vec<TokenEntry> {
+        self.read().clone()
+    }
+
+    /// Adds the tokens issued (and drops those revoked) through the API, from the store.
+    pub async fn load(&self, store: &dyn EventStore) -> Result<usize, StoreError> {
+        let events = store.read_stream(TOKEN_STREAM, 0).await?;
+        let mut loaded = 0;
+        for e in &events {
+            if self.apply(&e.event_type, &e.data) {
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn apply(&self, kind: &str, data: &serde_json::Value) -> bool {
+        match kind {
+            "TokenIssued" => {
+                let (Some(id), Some(name), Some(Ok(role)), Some(hash)) = (
+                    data["id"].as_str(),
+                    data["name"].as_str(),
+                    data["role"].as_str().map(str::parse::<Role>),
+                    data["hash"].as_str(),
+                ) else {
+                    tracing::error!(%data, "skipping an unreadable TokenIssued event");
+                    return false;
+                };
+                let queues = data["queues"].as_array().map(|q| {
+                    q.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                });
+                self.write().push(TokenEntry {
+                    id: id.to_string(),
+                    name: name.to_string(),
+                    role,
+                    queues,
+                    hash: hash.to_string(),
+                    managed: true,
+                    created_at: data["at"].as_u64().map(Timestamp),
+                });
+                true
+            }
+            "TokenRevoked" => {
+                let id = data["id"].as_str().unwrap_or_default();
+                self.write().retain(|e| !(e.managed && e.id == id));
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Issues a token; the secret is returned once and only its hash is kept.
+    pub async fn issue(
+        &self,
+        store: &dyn EventStore,
+        name: &str,
+        role: Role,
+        queues: Option<Vec<String>>,
+        at: Timestamp,
+    ) -> Result<(TokenEntry, String), StoreError> {
+        let secret = generate();
+        let id = uuid::Uuid::now_v7().to_string();
+        let data = serde_json::json!({
+            "id": id, "name": name, "role": role.name(), "queues": queues, "hash": hash(&secret), "at": at.millis(),
+        });
+        store
+            .append(
+                TOKEN_STREAM,
+                Expected::Any,
+                vec![NewEvent {
+                    event_type: "TokenIssued".into(),
+                    schema_version: 1,
+                    data: data.clone(),
+                }],
+            )
+            .await?;
+        self.apply("TokenIssued", &data);
+        let entry = self
+            .list()
+            .into_iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| StoreError::Corrupt("token vanished".into()))?;
+        Ok((entry, secret))
+    }
+
+    /// Revokes an issued token; false if there is no such issued token.
+    pub async fn revoke(
+        &self,
+        store: &dyn EventStore,
+        id: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        if !self.read().iter().any(|e| e.managed && e.id == id) {
+            return Ok(false);
+        }
+        let data = serde_json::json!({"id": id, "at": at.millis()});
+        store
+            .append(
+                TOKEN_STREAM,
+                Expected::Any,
+                vec![NewEvent {
+                    event_type: "TokenRevoked".into(),
+                    schema_version: 1,
+                    data: data.clone(),
+                }],
+            )
+            .await?;
+        self.apply("TokenRevoked", &data);
+        Ok(true)
     }
 }
 
 /// A caller authenticated by `Authorization: Bearer TOKEN`.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", checker = "check")]
-pub struct Auth(pub Role);
+pub struct Auth(pub Caller);
 
-async fn check(req: &Request, bearer: Bearer) -> poem::Result<Role> {
+async fn check(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     let tokens = req.data::<Arc<Tokens>>().ok_or_else(|| {
         poem::Error::from(ApiError::from_problem(problem(
             500,
@@ -134,7 +323,7 @@ async fn check(req: &Request, bearer: Bearer) -> poem::Result<Role> {
             false,
         )))
     })?;
-    tokens.role_of(&bearer.token).ok_or_else(|| {
+    tokens.caller(&bearer.token).ok_or_else(|| {
         ApiError::from_problem(problem(
             401,
             "unauthorized",
@@ -149,18 +338,26 @@ async fn check(req: &Request, bearer: Bearer) -> poem::Result<Role> {
 impl Auth {
     /// Refuses (403) a caller whose role may not do `need`.
     pub fn require(&self, need: Need) -> Result<(), ApiError> {
-        if self.0.allows(need) {
+        if self.0.role.allows(need) {
             return Ok(());
         }
-        let detail = format!("the {} role may not do this ({need:?})", self.0.name());
-        Err(ApiError::Forbidden(Json(problem(
-            403,
-            "forbidden",
-            "Forbidden",
-            detail,
-            false,
-        ))))
+        let detail = format!("the {} role may not do this ({need:?})", self.0.role.name());
+        Err(forbidden(detail))
     }
+
+    /// Refuses (403) a worker whose token does not serve `queue`.
+    pub fn require_queue(&self, queue: &str) -> Result<(), ApiError> {
+        match &self.0.queues {
+            Some(qs) if !qs.iter().any(|q| q == queue) => Err(forbidden(format!(
+                "this token serves the queues {qs:?}, not `{queue}`"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn forbidden(detail: String) -> ApiError {
+    ApiError::Forbidden(Json(problem(403, "forbidden", "Forbidden", detail, false)))
 }
 
 #[cfg(test)]
@@ -177,7 +374,7 @@ mod tests {
 
     #[test]
     fn only_hashes_are_kept_and_matched() {
-        let t = Tokens::from_hashes([(hash("s3cret"), Role::Client)]);
+        let t = Tokens::from_hashes([(hash("s3cret"), Role::Client, None)]);
         assert_eq!(t.role_of("s3cret"), Some(Role::Client));
         assert_eq!(t.role_of("s3cre"), None);
         assert!(!format!("{t:?}").contains("s3cret"));

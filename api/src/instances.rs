@@ -5,6 +5,7 @@ use std::time::Duration;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use sagaflow_engine::projection::InstanceFilter;
 use sagaflow_engine::runtime::{InstanceView, Runtime};
 use sagaflow_engine::saga::Timestamp;
 use uuid::Uuid;
@@ -108,6 +109,15 @@ pub struct InstanceSummary {
     pub started_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
+    pub input: serde_json::Value,
+}
+
+/// A page of instances.
+#[derive(Object)]
+pub struct InstancePage {
+    pub items: Vec<InstanceSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// One event of an instance's history.
@@ -145,24 +155,35 @@ pub enum AcceptedResponse {
     Accepted(Json<Instance>),
 }
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| {
-        ApiError::bad_request("bad-id", format!("`{id}` is not an instance id (a UUID)"))
-    })
+fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    wait.filter(|w| !w.is_empty())
+        .map(|w| {
+            humantime::parse_duration(w)
+                .map(|d| d.min(MAX_WAIT))
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        "bad-wait",
+                        format!("wait `{w}` is not a duration ({e}); e.g. `30s`"),
+                    )
+                })
+        })
+        .transpose()
 }
 
-fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
-    wait.map(|w| {
-        humantime::parse_duration(w)
-            .map(|d| d.min(MAX_WAIT))
-            .map_err(|e| {
-                ApiError::bad_request(
-                    "bad-wait",
-                    format!("wait `{w}` is not a duration ({e}); e.g. `30s`"),
-                )
-            })
-    })
-    .transpose()
+/// An RFC 3339 time from a request.
+pub(crate) fn parse_time(what: &str, t: &str) -> Result<Timestamp, ApiError> {
+    let bad = |e: String| {
+        ApiError::bad_request(
+            &format!("bad-{}", what.replace('_', "-")),
+            format!("{what} `{t}`: {e}"),
+        )
+    };
+    let t = humantime::parse_rfc3339_weak(t).map_err(|e| bad(e.to_string()))?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| bad(e.to_string()))?
+        .as_millis();
+    Ok(Timestamp(u64::try_from(ms).unwrap_or(u64::MAX)))
 }
 
 pub struct InstancesApi {
@@ -175,12 +196,17 @@ impl InstancesApi {
     ///
     /// The body is the instance's input, checked against the workflow's input
     /// schema. With an `Idempotency-Key`, a retried start returns the same instance.
-    #[oai(path = "/workflows/:name/instances", method = "post")]
+    #[oai(
+        path = "/workflows/:name/instances",
+        method = "post",
+        operation_id = "start_instance"
+    )]
     async fn start(
         &self,
         auth: Auth,
         name: Path<String>,
         /// Start this version instead of the newest.
+        #[oai(validator(minimum(value = "1")))]
         version: Query<Option<u32>>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         input: Json<serde_json::Value>,
@@ -209,26 +235,77 @@ impl InstancesApi {
         })
     }
 
-    /// List instances (from the read model), newest first.
-    #[oai(path = "/instances", method = "get")]
+    /// List and search instances (from the read model), newest first, a page at a time.
+    #[oai(path = "/instances", method = "get", operation_id = "list_instances")]
+    #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         auth: Auth,
         workflow: Query<Option<String>>,
+        /// `running`, `waiting`, `compensating`, `completed`, `compensated`, `failed` or `cancelled`.
         status: Query<Option<String>>,
+        /// Started at or after this time (RFC 3339).
+        started_from: Query<Option<String>>,
+        /// Started before this time (RFC 3339).
+        started_until: Query<Option<String>>,
+        /// Input fields that must match, as `path=value` (repeatable), e.g.
+        /// `customer_id=c-42` or `address.city=Oslo`; numbers and text compare as text.
+        input: Query<Vec<String>>,
+        /// From `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// At most this many (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
-    ) -> Result<Json<Vec<InstanceSummary>>, ApiError> {
+        /// Wait until the read model holds every write made before this request.
+        #[oai(default)]
+        consistent: Query<bool>,
+    ) -> Result<Json<InstancePage>, ApiError> {
         auth.require(Need::Read)?;
-        let rows = self
-            .rt
-            .list(
-                workflow.0.as_deref(),
-                status.0.as_deref(),
-                limit.0.unwrap_or(100).min(1000),
-            )
-            .await?;
-        Ok(Json(
-            rows.into_iter()
+        let mut fields = Vec::new();
+        for f in &input.0 {
+            let bad = || {
+                ApiError::bad_request(
+                    "bad-input-filter",
+                    format!(
+                        "`{f}` is not `path=value` with a path of letters, digits, `_` and `.`"
+                    ),
+                )
+            };
+            let (path, value) = f.split_once('=').ok_or_else(bad)?;
+            let path_ok = !path.is_empty()
+                && path.len() <= 200
+                && path.split('.').all(|p| {
+                    !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            if !path_ok {
+                return Err(bad());
+            }
+            fields.push((path.to_string(), value.to_string()));
+        }
+        let filter = InstanceFilter {
+            workflow: workflow.0,
+            status: status.0,
+            started_from: started_from
+                .0
+                .as_deref()
+                .map(|t| parse_time("started_from", t))
+                .transpose()?,
+            started_until: started_until
+                .0
+                .as_deref()
+                .map(|t| parse_time("started_until", t))
+                .transpose()?,
+            input: fields,
+            after: crate::orders::parse_cursor(cursor.0.as_deref())?,
+            limit: limit.0.unwrap_or(100),
+        };
+        crate::orders::read_your_writes(&self.rt, consistent.0).await?;
+        let page = self.rt.search(&filter).await?;
+        Ok(Json(InstancePage {
+            next_cursor: page.next.map(|c| c.encode()),
+            items: page
+                .items
+                .into_iter()
                 .map(|r| InstanceSummary {
                     id: r.id.to_string(),
                     workflow: r.workflow,
@@ -240,24 +317,25 @@ impl InstancesApi {
                     started_at: r.started_at.to_string(),
                     updated_at: r.updated_at.to_string(),
                     finished_at: r.finished_at.map(|t| t.to_string()),
+                    input: r.input,
                 })
                 .collect(),
-        ))
+        }))
     }
 
     /// Get an instance.
     ///
     /// With `wait` (e.g. `30s`, at most `5m`), the answer comes as soon as the
     /// instance has ended, or when the wait is over: no polling needed.
-    #[oai(path = "/instances/:id", method = "get")]
+    #[oai(path = "/instances/:id", method = "get", operation_id = "get_instance")]
     async fn get(
         &self,
         auth: Auth,
-        id: Path<String>,
+        id: Path<Uuid>,
         wait: Query<Option<String>>,
     ) -> Result<Json<Instance>, ApiError> {
         auth.require(Need::Read)?;
-        let id = parse_id(&id)?;
+        let id = id.0;
         let view = match parse_wait(wait.0.as_deref())? {
             Some(d) => self.rt.wait(id, d).await?,
             None => self.rt.get(id).await?,
@@ -266,15 +344,19 @@ impl InstancesApi {
     }
 
     /// An instance's event history, in order.
-    #[oai(path = "/instances/:id/events", method = "get")]
+    #[oai(
+        path = "/instances/:id/events",
+        method = "get",
+        operation_id = "get_instance_events"
+    )]
     async fn events(
         &self,
         auth: Auth,
-        id: Path<String>,
+        id: Path<Uuid>,
         from: Query<Option<u64>>,
     ) -> Result<Json<Vec<HistoryEvent>>, ApiError> {
         auth.require(Need::Read)?;
-        let id = parse_id(&id)?;
+        let id = id.0;
         let events = self.rt.history(id, from.0.unwrap_or(0)).await?;
         Ok(Json(
             events
@@ -295,31 +377,39 @@ impl InstancesApi {
     ///
     /// A wait step for this signal goes on with the payload as its output; a
     /// signal that arrives before its wait step is kept for it.
-    #[oai(path = "/instances/:id/signals/:name", method = "post")]
+    #[oai(
+        path = "/instances/:id/signals/:name",
+        method = "post",
+        operation_id = "signal_instance"
+    )]
     async fn signal(
         &self,
         auth: Auth,
-        id: Path<String>,
+        id: Path<Uuid>,
         name: Path<String>,
         payload: Json<serde_json::Value>,
     ) -> Result<AcceptedResponse, ApiError> {
         auth.require(Need::Operate)?;
-        let id = parse_id(&id)?;
+        let id = id.0;
         let view = self.rt.signal(id, name.0, payload.0).await?;
         Ok(AcceptedResponse::Accepted(Json(view.into())))
     }
 
     /// Move a pending timer: extend a deadline, give an approval more time, or fire a wait now.
-    #[oai(path = "/instances/:id/timers/:timer", method = "post")]
+    #[oai(
+        path = "/instances/:id/timers/:timer",
+        method = "post",
+        operation_id = "move_timer"
+    )]
     async fn move_timer(
         &self,
         auth: Auth,
-        id: Path<String>,
+        id: Path<Uuid>,
         timer: Path<String>,
         body: Json<MoveTimer>,
     ) -> Result<AcceptedResponse, ApiError> {
         auth.require(Need::Operate)?;
-        let id = parse_id(&id)?;
+        let id = id.0;
         let current = self.rt.get(id).await?;
         let Some((_, _, old_due)) = current.timers.iter().find(|(t, _, _)| *t == timer.0) else {
             return Err(ApiError::from(
@@ -329,15 +419,7 @@ impl InstancesApi {
             ));
         };
         let due = match (&body.due, &body.extend_by, body.fire_now) {
-            (Some(d), None, false) => {
-                let t = humantime::parse_rfc3339_weak(d)
-                    .map_err(|e| ApiError::bad_request("bad-due", format!("due `{d}`: {e}")))?;
-                let ms = t
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_err(|e| ApiError::bad_request("bad-due", e.to_string()))?
-                    .as_millis();
-                Timestamp(u64::try_from(ms).unwrap_or(u64::MAX))
-            }
+            (Some(d), None, false) => parse_time("due", d)?,
             (None, Some(by), false) => {
                 old_due.plus(humantime::parse_duration(by).map_err(|e| {
                     ApiError::bad_request("bad-extend-by", format!("extend_by `{by}`: {e}"))
@@ -358,15 +440,19 @@ impl InstancesApi {
     /// Cancel an instance: the steps done so far are compensated.
     ///
     /// Refused (409) once the pivot step has started, or when the instance has ended.
-    #[oai(path = "/instances/:id/cancel", method = "post")]
+    #[oai(
+        path = "/instances/:id/cancel",
+        method = "post",
+        operation_id = "cancel_instance"
+    )]
     async fn cancel(
         &self,
         auth: Auth,
-        id: Path<String>,
+        id: Path<Uuid>,
         body: Json<Option<CancelRequest>>,
     ) -> Result<AcceptedResponse, ApiError> {
         auth.require(Need::Operate)?;
-        let id = parse_id(&id)?;
+        let id = id.0;
         let view = self.rt.cancel(id, body.0.and_then(|b| b.reason)).await?;
         Ok(AcceptedResponse::Accepted(Json(view.into())))
     }

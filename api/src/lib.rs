@@ -5,9 +5,12 @@
 //!
 //! - [`workflows`]: publish, list, get, graph.
 //! - [`instances`]: start (Idempotency-Key), get (with `wait`), history,
-//!   signal, cancel, list.
+//!   signal, cancel, search with cursor pages.
 //! - [`tasks`]: the worker protocol: poll, complete, fail, heartbeat.
-//! - [`operations`]: liveness and status.
+//! - [`orders`]: create an order, its status, a customer's orders (read model).
+//! - [`tokens`]: issue, list and revoke bearer tokens.
+//! - [`operations`]: liveness, readiness, Prometheus metrics.
+//! - [`auth`]: bearer tokens with roles and worker queues.
 //! - [`problem`]: every error as RFC 9457 problem+json, mapped in one place.
 //! - [`demo`]: inventory, payment and shipping services for the examples.
 
@@ -16,8 +19,10 @@ pub mod demo;
 pub mod instances;
 mod limit;
 pub mod operations;
+pub mod orders;
 pub mod problem;
 pub mod tasks;
+pub mod tokens;
 pub mod workflows;
 
 use std::future::Future;
@@ -32,11 +37,15 @@ use sagaflow_engine::runtime::Runtime;
 pub enum Tag {
     /// Workflow definitions.
     Workflows,
+    /// Orders: create one (it starts the `order` workflow), follow its status, list a customer's.
+    Orders,
     /// Saga instances: start, follow, signal, cancel.
     Instances,
     /// The protocol for workers in any language.
     Tasks,
-    /// Health.
+    /// Tokens and their roles (admin only).
+    Tokens,
+    /// Liveness, readiness, metrics.
     Operations,
 }
 
@@ -50,17 +59,21 @@ pub struct ApiConfig {
     pub public_url: String,
     /// The accepted bearer tokens.
     pub tokens: auth::Tokens,
+    /// Where `/metrics` reads from; `None` serves no metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The OpenAPI service (also used to write the spec to a file).
 pub fn openapi(
     rt: Runtime,
-    public_url: &str,
+    config: &ApiConfig,
 ) -> OpenApiService<
     (
         workflows::WorkflowsApi,
         instances::InstancesApi,
+        orders::OrdersApi,
         tasks::TasksApi,
+        tokens::TokensApi,
         operations::OperationsApi,
     ),
     (),
@@ -69,19 +82,27 @@ pub fn openapi(
         (
             workflows::WorkflowsApi { rt: rt.clone() },
             instances::InstancesApi { rt: rt.clone() },
+            orders::OrdersApi { rt: rt.clone() },
             tasks::TasksApi { rt: rt.clone() },
-            operations::OperationsApi { rt },
+            tokens::TokensApi {
+                rt: rt.clone(),
+                tokens: config.tokens.clone(),
+            },
+            operations::OperationsApi {
+                rt,
+                metrics: config.metrics.clone(),
+            },
         ),
         "sagaflow",
         env!("CARGO_PKG_VERSION"),
     )
     .description("Publish YAML saga workflows, start and follow their instances, and take tasks as a worker. Errors are RFC 9457 problem+json.")
-    .server(public_url)
+    .server(&config.public_url)
 }
 
 /// The whole HTTP application.
 pub fn app(rt: Runtime, config: &ApiConfig) -> impl Endpoint {
-    let api = openapi(rt, &config.public_url);
+    let api = openapi(rt, config);
     let spec_json = api.spec_endpoint();
     let spec_yaml = api.spec_endpoint_yaml();
     let ui = api.swagger_ui();

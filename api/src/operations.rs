@@ -1,9 +1,11 @@
 //! Liveness and a small status report.
 
-use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::runtime::Runtime;
 
+use crate::auth::{Auth, Need};
+use crate::problem::{problem, ApiError};
 use crate::Tag;
 
 #[derive(Object)]
@@ -19,14 +21,43 @@ pub struct Health {
     pub durability: String,
 }
 
+/// Whether this replica should be sent traffic.
+#[derive(Object)]
+pub struct Readiness {
+    /// `ready`.
+    pub status: String,
+    /// The event store answered a read.
+    pub store: String,
+    /// Events the read models have yet to apply.
+    pub read_model_lag: Option<u64>,
+}
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Ready: the store answers and the migrations have run.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// Not ready (the store does not answer); see `detail`.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    NotReady(Json<crate::problem::Problem>),
+}
+
+#[derive(ApiResponse)]
+pub enum MetricsResponse {
+    /// The Prometheus text exposition format.
+    #[oai(status = 200, content_type = "text/plain; version=0.0.4")]
+    Metrics(PlainText<String>),
+}
+
 pub struct OperationsApi {
     pub rt: Runtime,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 #[OpenApi(tag = "Tag::Operations")]
 impl OperationsApi {
     /// Liveness: the process is up and serving.
-    #[oai(path = "/health", method = "get")]
+    #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> Json<Health> {
         Json(Health {
             status: "ok".into(),
@@ -35,5 +66,48 @@ impl OperationsApi {
             pending_timers: self.rt.pending_timers() as u64,
             durability: self.rt.store().durability(),
         })
+    }
+
+    /// Readiness: the event store answers and the read models are migrated
+    /// (they are migrated before the server listens).
+    #[oai(path = "/ready", method = "get", operation_id = "ready")]
+    async fn ready(&self) -> ReadyResponse {
+        match self.rt.store_reachable().await {
+            Ok(()) => ReadyResponse::Ready(Json(Readiness {
+                status: "ready".into(),
+                store: "reachable".into(),
+                read_model_lag: self.rt.read_model_lag(),
+            })),
+            Err(e) => ReadyResponse::NotReady(Json(crate::problem::problem(
+                503,
+                "not-ready",
+                "Not ready",
+                format!("the event store does not answer: {e}"),
+                true,
+            ))),
+        }
+    }
+
+    /// Prometheus metrics: sagas by outcome, step latency, retries, timer
+    /// lag, projection lag, store commits (operator or admin token).
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self, auth: Auth) -> Result<MetricsResponse, ApiError> {
+        auth.require(Need::Observe)?;
+        let Some(handle) = &self.metrics else {
+            return Err(ApiError::from_problem(problem(
+                404,
+                "metrics-off",
+                "No metrics",
+                "this server was started without a metrics recorder",
+                false,
+            )));
+        };
+        use sagaflow_engine::telemetry as t;
+        if let Some(lag) = self.rt.read_model_lag() {
+            metrics::gauge!(t::PROJECTION_LAG).set(lag as f64);
+        }
+        metrics::gauge!(t::LIVE_INSTANCES).set(self.rt.live_instances() as f64);
+        metrics::gauge!(t::PENDING_TIMERS).set(self.rt.pending_timers() as f64);
+        Ok(MetricsResponse::Metrics(PlainText(handle.render())))
     }
 }

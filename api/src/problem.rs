@@ -63,6 +63,9 @@ pub enum ApiError {
     /// The body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     TooLarge(Json<Problem>),
+    /// The body is not in a media type the operation accepts.
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The request is well-formed but its content is invalid.
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(Json<Problem>),
@@ -101,6 +104,7 @@ impl ApiError {
             404 => ApiError::NotFound(p),
             409 => ApiError::Conflict(p),
             413 => ApiError::TooLarge(p),
+            415 => ApiError::UnsupportedMediaType(p),
             422 => ApiError::Unprocessable(p),
             503 => ApiError::Unavailable(p),
             _ => ApiError::Internal(p),

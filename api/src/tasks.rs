@@ -69,10 +69,21 @@ pub struct TasksApi {
     pub rt: Runtime,
 }
 
+impl TasksApi {
+    /// A worker may answer the tasks of the queues its token serves.
+    fn may_answer(&self, auth: &Auth, task_id: &str) -> Result<(), ApiError> {
+        auth.require(Need::Work)?;
+        if let Some(queue) = self.rt.task_queue(task_id) {
+            auth.require_queue(&queue)?;
+        }
+        Ok(())
+    }
+}
+
 #[OpenApi(prefix_path = "/tasks", tag = "Tag::Tasks")]
 impl TasksApi {
     /// Take the next task of a queue, waiting up to `wait` (default `30s`, at most `60s`) for one.
-    #[oai(path = "/:queue/poll", method = "post")]
+    #[oai(path = "/:queue/poll", method = "post", operation_id = "poll_task")]
     async fn poll(
         &self,
         auth: Auth,
@@ -80,7 +91,8 @@ impl TasksApi {
         wait: Query<Option<String>>,
     ) -> Result<PollResponse, ApiError> {
         auth.require(Need::Work)?;
-        let wait = match wait.0.as_deref() {
+        auth.require_queue(&queue)?;
+        let wait = match wait.0.as_deref().filter(|w| !w.is_empty()) {
             Some(w) => humantime::parse_duration(w)
                 .map_err(|e| ApiError::bad_request("bad-wait", format!("wait `{w}`: {e}")))?,
             None => Duration::from_secs(30),
@@ -105,14 +117,18 @@ impl TasksApi {
     }
 
     /// Complete a task with its output.
-    #[oai(path = "/:id/complete", method = "post")]
+    #[oai(
+        path = "/:id/complete",
+        method = "post",
+        operation_id = "complete_task"
+    )]
     async fn complete(
         &self,
         auth: Auth,
         id: Path<String>,
         body: Json<CompleteTask>,
     ) -> Result<Json<TaskAnswer>, ApiError> {
-        auth.require(Need::Work)?;
+        self.may_answer(&auth, &id)?;
         let accepted = self
             .rt
             .complete_task(&id, body.0.output.unwrap_or(serde_json::Value::Null))
@@ -121,14 +137,14 @@ impl TasksApi {
     }
 
     /// Fail a task.
-    #[oai(path = "/:id/fail", method = "post")]
+    #[oai(path = "/:id/fail", method = "post", operation_id = "fail_task")]
     async fn fail(
         &self,
         auth: Auth,
         id: Path<String>,
         body: Json<FailTask>,
     ) -> Result<Json<TaskAnswer>, ApiError> {
-        auth.require(Need::Work)?;
+        self.may_answer(&auth, &id)?;
         let accepted = self
             .rt
             .fail_task(&id, body.0.error, body.0.retryable)
@@ -137,9 +153,13 @@ impl TasksApi {
     }
 
     /// Tell the engine the worker is still on the task.
-    #[oai(path = "/:id/heartbeat", method = "post")]
+    #[oai(
+        path = "/:id/heartbeat",
+        method = "post",
+        operation_id = "heartbeat_task"
+    )]
     async fn heartbeat(&self, auth: Auth, id: Path<String>) -> Result<HeartbeatResponse, ApiError> {
-        auth.require(Need::Work)?;
+        self.may_answer(&auth, &id)?;
         self.rt.heartbeat(&id)?;
         Ok(HeartbeatResponse::Alive)
     }

@@ -19,6 +19,26 @@ pub enum WorkflowSource {
     TextYaml(PlainText<String>),
     #[oai(content_type = "text/plain")]
     Text(PlainText<String>),
+    /// The YAML inside JSON, for clients that only send JSON.
+    #[oai(content_type = "application/json")]
+    Json(Json<PublishWorkflow>),
+}
+
+/// A workflow definition carried in JSON.
+#[derive(Object)]
+pub struct PublishWorkflow {
+    /// The YAML definition.
+    pub source: String,
+}
+
+/// How to draw a graph.
+#[derive(poem_openapi::Enum, Clone, Copy, Default)]
+#[oai(rename_all = "lowercase")]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+    #[default]
+    Json,
 }
 
 /// One published version.
@@ -97,12 +117,15 @@ impl WorkflowsApi {
     /// The body is the YAML definition. It is validated as `sagaflow validate`
     /// does; every problem comes back located (line, column, path). A
     /// version, once published, cannot change: publish changes as a new `version`.
-    #[oai(path = "/", method = "post")]
+    #[oai(path = "/", method = "post", operation_id = "publish_workflow")]
     async fn publish(&self, auth: Auth, body: WorkflowSource) -> Result<PublishResponse, ApiError> {
         auth.require(Need::Publish)?;
-        let (WorkflowSource::Yaml(PlainText(source))
-        | WorkflowSource::TextYaml(PlainText(source))
-        | WorkflowSource::Text(PlainText(source))) = body;
+        let source = match body {
+            WorkflowSource::Yaml(PlainText(s))
+            | WorkflowSource::TextYaml(PlainText(s))
+            | WorkflowSource::Text(PlainText(s)) => s,
+            WorkflowSource::Json(Json(w)) => w.source,
+        };
         let (published, outcome) = self.rt.publish(&source).await?;
         let v = Json(version_of(&published));
         Ok(match outcome {
@@ -112,7 +135,7 @@ impl WorkflowsApi {
     }
 
     /// List workflows.
-    #[oai(path = "/", method = "get")]
+    #[oai(path = "/", method = "get", operation_id = "list_workflows")]
     async fn list(&self, auth: Auth) -> Result<Json<Vec<WorkflowSummary>>, ApiError> {
         auth.require(Need::Read)?;
         Ok(Json(
@@ -133,7 +156,7 @@ impl WorkflowsApi {
     }
 
     /// Get a workflow with all its versions and their sources.
-    #[oai(path = "/:name", method = "get")]
+    #[oai(path = "/:name", method = "get", operation_id = "get_workflow")]
     async fn get(&self, auth: Auth, name: Path<String>) -> Result<Json<WorkflowDetail>, ApiError> {
         auth.require(Need::Read)?;
         self.rt.workflow(&name, None)?;
@@ -157,26 +180,25 @@ impl WorkflowsApi {
     }
 
     /// The compiled state machine of a version (the newest by default), as DOT, Mermaid or JSON.
-    #[oai(path = "/:name/graph", method = "get")]
+    #[oai(
+        path = "/:name/graph",
+        method = "get",
+        operation_id = "get_workflow_graph"
+    )]
     async fn graph(
         &self,
         auth: Auth,
         name: Path<String>,
-        version: Query<Option<u32>>,
-        format: Query<Option<String>>,
+        #[oai(validator(minimum(value = "1")))] version: Query<Option<u32>>,
+        /// `json` (the default), `dot` or `mermaid`.
+        format: Query<Option<GraphFormat>>,
     ) -> Result<GraphResponse, ApiError> {
         auth.require(Need::Read)?;
         let p = self.rt.workflow(&name, version.0)?;
-        Ok(match format.0.as_deref().unwrap_or("json") {
-            "dot" => GraphResponse::Dot(PlainText(export::dot(&p.machine))),
-            "mermaid" => GraphResponse::Mermaid(PlainText(export::mermaid(&p.machine))),
-            "json" => GraphResponse::Json(Json(export::json(&p.machine))),
-            other => {
-                return Err(ApiError::bad_request(
-                    "bad-format",
-                    format!("format `{other}` is not one of dot, mermaid, json"),
-                ))
-            }
+        Ok(match format.0.unwrap_or_default() {
+            GraphFormat::Dot => GraphResponse::Dot(PlainText(export::dot(&p.machine))),
+            GraphFormat::Mermaid => GraphResponse::Mermaid(PlainText(export::mermaid(&p.machine))),
+            GraphFormat::Json => GraphResponse::Json(Json(export::json(&p.machine))),
         })
     }
 }

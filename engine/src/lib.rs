@@ -22,3 +22,4 @@ pub mod projection;
 pub mod runtime;
 pub mod saga;
 pub mod store;
+pub mod telemetry;

@@ -43,42 +43,72 @@ pub struct ServeArgs {
     /// The admin token. Without it, one is generated on the first start, printed once, and its hash kept in the data directory.
     #[arg(long, env = "SAGAFLOW_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// More tokens as `ROLE:TOKEN` (roles: admin, operator, client, worker); comma-separated in the variable.
+    /// More tokens as `ROLE:TOKEN` (roles: admin, operator, client, worker), or
+    /// `worker@QUEUE+QUEUE:TOKEN` for a worker limited to those queues; comma-separated in the variable.
     #[arg(long = "token", env = "SAGAFLOW_TOKENS", value_delimiter = ',', hide_env_values = true, value_parser = parse_role_token)]
-    pub tokens: Vec<(Role, String)>,
+    pub tokens: Vec<ConfiguredToken>,
+    /// Serve no Prometheus metrics at /metrics.
+    #[arg(long, env = "SAGAFLOW_NO_METRICS")]
+    pub no_metrics: bool,
 }
 
-fn parse_role_token(s: &str) -> Result<(Role, String), String> {
-    let (role, token) = s
+/// A token from the command line or `SAGAFLOW_TOKENS`.
+#[derive(Debug, Clone)]
+pub struct ConfiguredToken {
+    role: Role,
+    queues: Option<Vec<String>>,
+    token: String,
+}
+
+fn parse_role_token(s: &str) -> Result<ConfiguredToken, String> {
+    let (who, token) = s
         .split_once(':')
-        .ok_or_else(|| "expected ROLE:TOKEN".to_string())?;
+        .ok_or_else(|| "expected ROLE:TOKEN or worker@QUEUE+QUEUE:TOKEN".to_string())?;
     if token.len() < 16 {
         return Err("a token has at least 16 characters".into());
     }
-    Ok((role.parse()?, token.to_string()))
+    let (role, queues) = match who.split_once('@') {
+        Some((role, queues)) => {
+            let queues: Vec<String> = queues.split('+').map(|q| q.trim().to_string()).collect();
+            if queues.iter().any(String::is_empty) {
+                return Err(format!("`{who}`: empty queue name"));
+            }
+            (role, Some(queues))
+        }
+        None => (who, None),
+    };
+    let role: Role = role.parse()?;
+    if queues.is_some() && role != Role::Worker {
+        return Err("only a worker token names queues".into());
+    }
+    Ok(ConfiguredToken {
+        role,
+        queues,
+        token: token.to_string(),
+    })
 }
 
 /// The accepted tokens, and what to tell the person starting the server about the admin token.
 fn tokens(args: &ServeArgs) -> anyhow::Result<(Tokens, String)> {
-    let mut entries: Vec<(String, Role)> = args.tokens.iter().map(|(r, t)| (hash(t), *r)).collect();
+    let mut entries: Vec<(String, Role, Option<Vec<String>>)> = args
+        .tokens
+        .iter()
+        .map(|t| (hash(&t.token), t.role, t.queues.clone()))
+        .collect();
     let file = args.data_dir.join("admin-token.sha256");
     let note = if let Some(t) = &args.admin_token {
         if t.len() < 16 {
             bail!("SAGAFLOW_ADMIN_TOKEN must have at least 16 characters");
         }
-        entries.push((hash(t), Role::Admin));
+        entries.push((hash(t), Role::Admin, None));
         "admin token: from SAGAFLOW_ADMIN_TOKEN".to_string()
     } else if let Ok(stored) = std::fs::read_to_string(&file) {
-        entries.push((stored.trim().to_string(), Role::Admin));
+        entries.push((stored.trim().to_string(), Role::Admin, None));
         format!("admin token: the one printed on the first start (its hash is in {}; delete that file to get a new one)", file.display())
     } else {
-        let token = format!(
-            "sf_{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let token = sagaflow_api::auth::generate();
         write_private(&file, &hash(&token))?;
-        entries.push((hash(&token), Role::Admin));
+        entries.push((hash(&token), Role::Admin, None));
         format!("admin token: {token}   (shown once; send it as `Authorization: Bearer ...`)")
     };
     Ok((Tokens::from_hashes(entries), note))
@@ -135,7 +165,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         env,
         ..RuntimeConfig::default()
     };
-    let rt = Runtime::new(store, Some(projections), Arc::new(SystemClock), config).await?;
+    let rt = Runtime::new(
+        store.clone(),
+        Some(projections),
+        Arc::new(SystemClock),
+        config,
+    )
+    .await?;
+    let issued = tokens.load(store.as_ref()).await?;
+    tracing::info!(issued, "tokens issued through the API loaded");
+    let metrics = if args.no_metrics {
+        None
+    } else {
+        Some(install_metrics()?)
+    };
     publish_folder(&rt, &args.workflows).await?;
     let resumed = rt.run_background().await?;
 
@@ -147,6 +190,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }),
         public_url: url.clone(),
         tokens,
+        metrics,
     };
     let app = sagaflow_api::app(rt.clone(), &api);
     println!("sagaflow listening on {url}");
@@ -160,6 +204,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     rt.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// Installs the Prometheus recorder that `/metrics` renders.
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    for (name, buckets) in sagaflow_engine::telemetry::HISTOGRAMS {
+        builder = builder.set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(name.to_string()),
+            buckets,
+        )?;
+    }
+    let handle = builder
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    sagaflow_engine::telemetry::describe();
+    // Histogram samples wait in buffers until upkeep folds them in; without a scrape they would pile up.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// Publishes every workflow file of a folder; invalid ones are reported and skipped.

@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::compile::{Action as StepAction, Machine};
 use crate::dsl::spec::FailureKind;
 use crate::dsl::template::Context;
-use crate::projection::{InstanceRow, Projections};
+use crate::projection::{Cursor, InstanceFilter, InstanceRow, OrderRow, Page, Projections};
 use crate::saga::{
     self, context, decide_to, fold, Action, Clock, Input, Phase, SagaState, Timestamp,
 };
@@ -269,6 +269,7 @@ impl Runtime {
             Err(e) => return Err(e.into()),
         }
         tracing::debug!(instance_id = %id, workflow, "saga started");
+        crate::telemetry::saga_started(workflow);
         let live = Arc::new(Live {
             id,
             key,
@@ -365,17 +366,58 @@ impl Runtime {
         self.get(id).await
     }
 
-    /// Instances from the read model, newest first.
-    pub async fn list(
+    /// Instances from the read model, newest first, one page at a time.
+    pub async fn search(&self, filter: &InstanceFilter) -> Result<Page<InstanceRow>, RuntimeError> {
+        Ok(self.read_models()?.search(filter).await?)
+    }
+
+    /// An order from the orders read model.
+    pub async fn order(&self, order_id: &str) -> Result<Option<OrderRow>, RuntimeError> {
+        Ok(self.read_models()?.order(order_id).await?)
+    }
+
+    /// A customer's orders from the read model, newest first.
+    pub async fn customer_orders(
         &self,
-        workflow: Option<&str>,
-        status: Option<&str>,
+        customer_id: &str,
+        after: Option<&Cursor>,
         limit: u32,
-    ) -> Result<Vec<InstanceRow>, RuntimeError> {
-        match &self.0.projections {
-            Some(p) => Ok(p.list(workflow, status, limit).await?),
-            None => Ok(Vec::new()),
-        }
+    ) -> Result<Page<OrderRow>, RuntimeError> {
+        Ok(self
+            .read_models()?
+            .customer_orders(customer_id, after, limit)
+            .await?)
+    }
+
+    /// Waits until the read models hold every event stored before this call
+    /// (read-your-writes); false if `timeout` passed first.
+    pub async fn catch_up_read_models(&self, timeout: Duration) -> Result<bool, RuntimeError> {
+        let p = self.read_models()?;
+        let head = *self.0.store.head().borrow();
+        Ok(match head {
+            Some(h) => p.wait_for(h, timeout).await,
+            None => true,
+        })
+    }
+
+    /// How many positions of the log the read models have yet to apply (`None` without read models).
+    pub fn read_model_lag(&self) -> Option<u64> {
+        let p = self.0.projections.as_ref()?;
+        let head = (*self.0.store.head().borrow()).unwrap_or(0);
+        Some(head.saturating_sub(p.applied().unwrap_or(0)))
+    }
+
+    /// Whether the event store answers a read.
+    pub async fn store_reachable(&self) -> Result<(), RuntimeError> {
+        self.0.store.read_stream("$readiness-probe", 0).await?;
+        Ok(())
+    }
+
+    fn read_models(&self) -> Result<&Projections, RuntimeError> {
+        self.0
+            .projections
+            .as_deref()
+            .ok_or_else(|| RuntimeError::Corrupt("this runtime keeps no read models".into()))
     }
 
     // ---- tasks -----------------------------------------------------------
@@ -442,6 +484,11 @@ impl Runtime {
         } else {
             Err(RuntimeError::UnknownTask(task_id.to_string()))
         }
+    }
+
+    /// The queue of a task that is waiting for a worker or leased to one.
+    pub fn task_queue(&self, task_id: &str) -> Option<String> {
+        self.0.tasks.queue_of(task_id)
     }
 
     pub fn queue_depths(&self) -> Vec<(String, usize)> {
@@ -532,6 +579,7 @@ impl Runtime {
                 .await
             {
                 Ok(_) => {
+                    crate::telemetry::observe(&live.published.machine.name, &st, &d.events);
                     *st = next;
                     self.perform(&live, &st, d.actions);
                     return Ok(true);

@@ -131,6 +131,19 @@ impl TaskQueues {
         None
     }
 
+    /// The queue of a task that is queued or leased.
+    pub fn queue_of(&self, id: &str) -> Option<String> {
+        let inner = self.lock();
+        if let Some(lease) = inner.leases.get(id) {
+            return Some(lease.task.queue.clone());
+        }
+        inner
+            .queues
+            .iter()
+            .find(|(_, q)| q.ready.iter().any(|t| t.id == id))
+            .map(|(name, _)| name.clone())
+    }
+
     /// Records a worker's sign of life; false if the task is not leased.
     pub fn heartbeat(&self, id: &str, now: Timestamp) -> bool {
         match self.lock().leases.get_mut(id) {

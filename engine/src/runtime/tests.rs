@@ -210,8 +210,16 @@ async fn a_restart_resumes_and_reoffers_the_same_task() {
         .await
         .unwrap();
     assert_eq!(second.get(id).await.unwrap().status, "waiting");
-    let rows = second.list(Some("trip"), None, 10).await.unwrap();
-    assert_eq!(rows.len(), 1);
+    let page = second
+        .search(&crate::projection::InstanceFilter {
+            workflow: Some("trip".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert!(page.next.is_none());
 }
 
 #[tokio::test]

@@ -41,6 +41,8 @@ pub struct SagaState {
     pub in_flight: Option<InFlight>,
     /// The attempt number of the current step or compensation.
     pub attempt: u32,
+    /// When the current attempt started.
+    pub attempt_started_at: Timestamp,
     /// Outputs of the steps that succeeded, by step name.
     pub outputs: BTreeMap<String, Value>,
     pub reason: Option<CompensationReason>,
@@ -122,6 +124,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                 (Phase::Forward, _) => State::Running(*step),
             });
             s.attempt = *attempt;
+            s.attempt_started_at = *at;
             s.in_flight = (*action != ActionKind::Wait).then_some(InFlight {
                 step: *step,
                 attempt: *attempt,

@@ -120,7 +120,9 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
+        let began = std::time::Instant::now();
         let results = write_batch(&mut conn, &batch, &mut heads).await;
+        crate::telemetry::store_commit(began.elapsed().as_secs_f64(), batch.len());
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
             .appends

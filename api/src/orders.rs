@@ -1,0 +1,244 @@
+//! Orders: the order pipeline as its users see it. Creating an order starts
+//! the `order` workflow; status and listings come from the `orders` read model.
+
+use std::time::Duration;
+
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use sagaflow_engine::projection::{Cursor, OrderRow, ORDER_WORKFLOW};
+use sagaflow_engine::runtime::Runtime;
+
+use crate::auth::{Auth, Need};
+use crate::problem::{problem, ApiError};
+use crate::Tag;
+
+/// How long a request that asks for its own writes waits for the read models.
+pub(crate) const CONSISTENCY_WAIT: Duration = Duration::from_secs(5);
+
+/// A new order.
+#[derive(Object)]
+#[oai(example)]
+pub struct NewOrder {
+    /// The order's id; creating the same order again returns the first one.
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub order_id: String,
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub customer_id: String,
+    #[oai(validator(min_items = 1, max_items = 1000))]
+    pub items: Vec<OrderItem>,
+    #[oai(validator(minimum(value = "0")))]
+    pub amount: f64,
+}
+
+impl poem_openapi::types::Example for NewOrder {
+    fn example() -> Self {
+        NewOrder {
+            order_id: "o-1001".into(),
+            customer_id: "c-42".into(),
+            items: vec![OrderItem {
+                sku: "book".into(),
+                qty: 2,
+            }],
+            amount: 59.9,
+        }
+    }
+}
+
+#[derive(Object, serde::Serialize, serde::Deserialize)]
+pub struct OrderItem {
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub sku: String,
+    #[oai(validator(minimum(value = "1")))]
+    pub qty: u32,
+}
+
+/// An order as the read model holds it.
+#[derive(Object)]
+pub struct Order {
+    pub order_id: String,
+    /// The saga instance that runs the order (`/instances/{id}`).
+    pub instance_id: String,
+    pub customer_id: String,
+    pub amount: f64,
+    pub items: serde_json::Value,
+    /// `pending`, `reserved`, `paid`, `shipped`, `compensated`, `failed` or `cancelled`.
+    pub status: String,
+    /// Why the order did not go through, or the last failure.
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<OrderRow> for Order {
+    fn from(o: OrderRow) -> Self {
+        Self {
+            order_id: o.order_id,
+            instance_id: o.instance_id.to_string(),
+            customer_id: o.customer_id,
+            amount: o.amount,
+            items: o.items,
+            status: o.status,
+            error: o.error,
+            created_at: o.created_at.to_string(),
+            updated_at: o.updated_at.to_string(),
+        }
+    }
+}
+
+/// A page of orders.
+#[derive(Object)]
+pub struct OrderPage {
+    pub items: Vec<Order>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreateOrderResponse {
+    /// The order was created and its saga started.
+    #[oai(status = 201)]
+    Created(Json<Order>, #[oai(header = "Location")] String),
+    /// This order was created before (same id and content).
+    #[oai(status = 200)]
+    Existing(Json<Order>, #[oai(header = "Location")] String),
+}
+
+pub struct OrdersApi {
+    pub rt: Runtime,
+}
+
+pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+    cursor
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            Cursor::decode(c).ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad-cursor",
+                    format!("`{c}` is not a cursor this service gave out"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Waits, if `wanted`, for the read models to hold every write made before the request.
+pub(crate) async fn read_your_writes(rt: &Runtime, wanted: bool) -> Result<(), ApiError> {
+    {
+        if wanted && !rt.catch_up_read_models(CONSISTENCY_WAIT).await? {
+            return Err(ApiError::from_problem(problem(
+                503,
+                "read-model-behind",
+                "Read model behind",
+                "the read models did not catch up in time; retry",
+                true,
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[OpenApi(tag = "Tag::Orders")]
+impl OrdersApi {
+    /// Create an order: starts the `order` workflow (reserve stock, take payment, ship).
+    ///
+    /// The order id is the idempotency key: creating the same order again
+    /// returns it; the same id with other content is refused (422).
+    #[oai(path = "/orders", method = "post", operation_id = "create_order")]
+    async fn create(
+        &self,
+        auth: Auth,
+        body: Json<NewOrder>,
+    ) -> Result<CreateOrderResponse, ApiError> {
+        auth.require(Need::Start)?;
+        let order = body.0;
+        let input = serde_json::json!({
+            "order_id": order.order_id,
+            "customer_id": order.customer_id,
+            "items": order.items,
+            "amount": order.amount,
+        });
+        let started = self
+            .rt
+            .start(
+                ORDER_WORKFLOW,
+                None,
+                input,
+                Some(format!("order:{}", order.order_id)),
+            )
+            .await?;
+        // the answer shows the order as a following read would
+        read_your_writes(&self.rt, true).await?;
+        let row = self.rt.order(&order.order_id).await?.ok_or_else(|| {
+            ApiError::from_problem(problem(
+                409,
+                "order-exists",
+                "Order id taken",
+                format!("order `{}` belongs to another instance", order.order_id),
+                false,
+            ))
+        })?;
+        let location = format!("/orders/{}", order.order_id);
+        Ok(if started.created {
+            CreateOrderResponse::Created(Json(row.into()), location)
+        } else {
+            CreateOrderResponse::Existing(Json(row.into()), location)
+        })
+    }
+
+    /// Get an order's status.
+    #[oai(path = "/orders/:order_id", method = "get", operation_id = "get_order")]
+    async fn get(
+        &self,
+        auth: Auth,
+        order_id: Path<String>,
+        /// Wait until the read model holds every write made before this request.
+        #[oai(default)]
+        consistent: Query<bool>,
+    ) -> Result<Json<Order>, ApiError> {
+        auth.require(Need::Read)?;
+        read_your_writes(&self.rt, consistent.0).await?;
+        match self.rt.order(&order_id).await? {
+            Some(o) => Ok(Json(o.into())),
+            None => Err(ApiError::from_problem(problem(
+                404,
+                "unknown-order",
+                "Unknown order",
+                format!("no order `{}`", order_id.0),
+                false,
+            ))),
+        }
+    }
+
+    /// A customer's orders, newest first.
+    #[oai(
+        path = "/customers/:customer_id/orders",
+        method = "get",
+        operation_id = "list_customer_orders"
+    )]
+    async fn customer_orders(
+        &self,
+        auth: Auth,
+        customer_id: Path<String>,
+        /// From `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// At most this many (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+        limit: Query<Option<u32>>,
+        /// Wait until the read model holds every write made before this request.
+        #[oai(default)]
+        consistent: Query<bool>,
+    ) -> Result<Json<OrderPage>, ApiError> {
+        auth.require(Need::Read)?;
+        let after = parse_cursor(cursor.0.as_deref())?;
+        read_your_writes(&self.rt, consistent.0).await?;
+        let page = self
+            .rt
+            .customer_orders(&customer_id, after.as_ref(), limit.0.unwrap_or(50))
+            .await?;
+        Ok(Json(OrderPage {
+            items: page.items.into_iter().map(Order::from).collect(),
+            next_cursor: page.next.map(|c| c.encode()),
+        }))
+    }
+}

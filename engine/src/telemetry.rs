@@ -1,0 +1,152 @@
+//! Metrics the engine records, through the `metrics` facade: nothing is kept
+//! unless the process installs a recorder (`sagaflow serve` installs the
+//! Prometheus one and serves it at `/metrics`).
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram, Unit};
+
+use crate::saga::{Event, SagaState};
+
+pub const SAGAS_STARTED: &str = "sagaflow_sagas_started_total";
+pub const SAGAS_ENDED: &str = "sagaflow_sagas_ended_total";
+pub const STEP_DURATION: &str = "sagaflow_step_duration_seconds";
+pub const STEP_RETRIES: &str = "sagaflow_step_retries_total";
+pub const TIMER_LAG: &str = "sagaflow_timer_lag_seconds";
+pub const PROJECTION_LAG: &str = "sagaflow_projection_lag_events";
+pub const STORE_APPEND: &str = "sagaflow_store_append_seconds";
+pub const STORE_BATCH: &str = "sagaflow_store_batch_appends";
+pub const LIVE_INSTANCES: &str = "sagaflow_live_instances";
+pub const PENDING_TIMERS: &str = "sagaflow_pending_timers";
+
+/// The histograms, with the bucket bounds that suit them (seconds, or appends per commit).
+pub const HISTOGRAMS: [(&str, &[f64]); 4] = [
+    (
+        STEP_DURATION,
+        &[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0, 300.0,
+        ],
+    ),
+    (
+        TIMER_LAG,
+        &[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+        ],
+    ),
+    (
+        STORE_APPEND,
+        &[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ],
+    ),
+    (
+        STORE_BATCH,
+        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+    ),
+];
+
+/// Registers what each metric means (shown as `# HELP`).
+pub fn describe() {
+    describe_counter!(SAGAS_STARTED, "Sagas started, by workflow.");
+    describe_counter!(
+        SAGAS_ENDED,
+        "Sagas ended, by workflow and outcome (completed, compensated, failed, cancelled)."
+    );
+    describe_histogram!(
+        STEP_DURATION,
+        Unit::Seconds,
+        "From an attempt's start to its outcome, by workflow, step, phase and outcome."
+    );
+    describe_counter!(STEP_RETRIES, "Retries scheduled, by workflow and step.");
+    describe_histogram!(
+        TIMER_LAG,
+        Unit::Seconds,
+        "How late timers fired after their due time."
+    );
+    describe_gauge!(
+        PROJECTION_LAG,
+        "Events stored that the read models have not applied yet."
+    );
+    describe_histogram!(
+        STORE_APPEND,
+        Unit::Seconds,
+        "Time to write and commit one group of appends."
+    );
+    describe_histogram!(STORE_BATCH, "Appends per commit (group commit).");
+    describe_gauge!(
+        LIVE_INSTANCES,
+        "Instances that have not ended, held in memory."
+    );
+    describe_gauge!(PENDING_TIMERS, "Timers armed and not yet fired.");
+}
+
+pub(crate) fn saga_started(workflow: &str) {
+    counter!(SAGAS_STARTED, "workflow" => workflow.to_string()).increment(1);
+}
+
+/// Records what newly stored `events` say, against the state they were decided on.
+pub(crate) fn observe(workflow: &str, before: &SagaState, events: &[Event]) {
+    for e in events {
+        match e {
+            Event::StepSucceeded { name, at, .. } | Event::StepFailed { name, at, .. } => {
+                let outcome = if matches!(e, Event::StepSucceeded { .. }) {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                step_duration(workflow, name, "forward", outcome, before, *at);
+            }
+            Event::StepCompensated { name, at, .. } => {
+                step_duration(workflow, name, "compensation", "succeeded", before, *at);
+            }
+            Event::CompensationFailed { name, at, .. } => {
+                step_duration(workflow, name, "compensation", "failed", before, *at);
+            }
+            Event::RetryScheduled { name, .. } => {
+                counter!(STEP_RETRIES, "workflow" => workflow.to_string(), "step" => name.clone())
+                    .increment(1);
+            }
+            Event::TimerFired { timer, at } => {
+                if let Some(t) = before.timers.get(timer) {
+                    histogram!(TIMER_LAG).record(t.due.until(*at).as_secs_f64());
+                }
+            }
+            Event::SagaCompleted { .. }
+            | Event::SagaCompensated { .. }
+            | Event::SagaFailed { .. }
+            | Event::SagaCancelled { .. } => {
+                let outcome = match e {
+                    Event::SagaCompleted { .. } => "completed",
+                    Event::SagaCompensated { .. } => "compensated",
+                    Event::SagaFailed { .. } => "failed",
+                    _ => "cancelled",
+                };
+                counter!(SAGAS_ENDED, "workflow" => workflow.to_string(), "outcome" => outcome)
+                    .increment(1);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn step_duration(
+    workflow: &str,
+    step: &str,
+    phase: &'static str,
+    outcome: &'static str,
+    before: &SagaState,
+    at: crate::saga::Timestamp,
+) {
+    histogram!(
+        STEP_DURATION,
+        "workflow" => workflow.to_string(),
+        "step" => step.to_string(),
+        "phase" => phase,
+        "outcome" => outcome
+    )
+    .record(before.attempt_started_at.until(at).as_secs_f64());
+}
+
+pub(crate) fn store_commit(seconds: f64, appends: usize) {
+    histogram!(STORE_APPEND).record(seconds);
+    histogram!(STORE_BATCH).record(appends as f64);
+}
