@@ -115,7 +115,8 @@ async fn sagas_survive_kill_9() {
     for (i, id) in &ids {
         let history: Value = get_json(&c, format!("{}/instances/{id}/events", server.url))
             .await
-            .1;
+            .1["items"]
+            .clone();
         let events = history.as_array().unwrap();
         assert!(
             events

@@ -56,7 +56,10 @@ async fn an_order_completes_and_an_over_limit_order_is_compensated() {
         done2["error"].as_str().unwrap().contains("HTTP 402"),
         "{done2}"
     );
-    let (_, history) = get_json(&c, format!("{}/instances/{id2}/events", s.url)).await;
+    let history = get_json(&c, format!("{}/instances/{id2}/events", s.url))
+        .await
+        .1["items"]
+        .clone();
     let t = types(&history);
     assert_eq!(t.first().map(String::as_str), Some("SagaStarted"));
     assert!(t.contains(&"CompensationStarted".to_string()));
@@ -917,4 +920,160 @@ async fn metrics_and_readiness_report_the_engine() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+/// A workflow run entirely by a worker: `hold` (undone by `unhold`), then `charge`.
+const TASKS_WORKFLOW: &str = "name: ops
+defaults:
+  timeout: 1m
+steps:
+  - name: hold
+    task: { queue: ops }
+    compensate:
+      task: { queue: ops }
+  - name: charge
+    task: { queue: ops }
+    compensate: none
+";
+
+/// Takes the next task of the `ops` queue and answers it.
+async fn work(c: &reqwest::Client, url: &str, answer: &str) -> Value {
+    let r = c
+        .post(format!("{url}/tasks/ops/poll?wait=20s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "a task came");
+    let task: Value = r.json().await.unwrap();
+    let id = task["id"].as_str().unwrap();
+    let (status, _) = match answer {
+        "ok" => {
+            post(
+                c,
+                format!("{url}/tasks/{id}/complete"),
+                json!({"output": {"ok": true}}),
+            )
+            .await
+        }
+        _ => {
+            post(
+                c,
+                format!("{url}/tasks/{id}/fail"),
+                json!({"error": answer, "retryable": false}),
+            )
+            .await
+        }
+    };
+    assert_eq!(status, StatusCode::OK);
+    task
+}
+
+#[tokio::test]
+async fn operators_pause_resume_and_retry_and_read_any_past_state() {
+    let (s, _dir) = serve("operate", &[]);
+    let c = client();
+    let r = c
+        .post(format!("{}/workflows", s.url))
+        .header("content-type", "application/yaml")
+        .body(TASKS_WORKFLOW)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (_, started) = post(&c, format!("{}/workflows/ops/instances", s.url), json!({})).await;
+    let id = started["id"].as_str().unwrap().to_string();
+    let instance = format!("{}/instances/{id}", s.url);
+
+    // paused: `hold` finishes, `charge` is held, no task is offered until resume
+    let (status, paused) = post(&c, format!("{instance}/pause"), json!({"reason": "audit"})).await;
+    assert_eq!(
+        (status, paused["paused"].as_bool()),
+        (StatusCode::ACCEPTED, Some(true))
+    );
+    work(&c, &s.url, "ok").await;
+    let idle = c
+        .post(format!("{}/tasks/ops/poll?wait=300ms", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        idle.status(),
+        StatusCode::NO_CONTENT,
+        "nothing starts while paused"
+    );
+    let (_, held) = get_json(&c, instance.clone()).await;
+    assert_eq!(
+        (held["current_step"].as_str(), held["paused"].as_bool()),
+        (Some("charge"), Some(true))
+    );
+    let (status, _) = post(&c, format!("{instance}/resume"), json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, p) = post(&c, format!("{instance}/resume"), json!({})).await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (StatusCode::CONFLICT, Some("/problems/not-paused"))
+    );
+
+    // `charge` is refused, the undo of `hold` too: the saga fails and waits for an operator
+    let charge = work(&c, &s.url, "card declined").await;
+    assert_eq!(charge["step"], "charge");
+    let unhold = work(&c, &s.url, "ledger closed").await;
+    assert_eq!(
+        (unhold["step"].as_str(), unhold["phase"].as_str()),
+        (Some("hold"), Some("compensation"))
+    );
+    let (_, failed) = get_json(&c, format!("{instance}?wait=10s")).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+
+    // retried: the compensation runs again, with a new attempt (so a new key), and succeeds
+    let (status, retried) = post(&c, format!("{instance}/retry"), json!({})).await;
+    assert_eq!(
+        (status, retried["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("compensating")),
+        "{retried}"
+    );
+    let again = work(&c, &s.url, "ok").await;
+    assert_eq!(
+        (again["step"].as_str(), again["attempt"].as_u64()),
+        (Some("hold"), Some(2))
+    );
+    assert_ne!(again["id"], unhold["id"]);
+    let (_, done) = get_json(&c, format!("{instance}?wait=10s")).await;
+    assert_eq!(done["status"], "compensated");
+    let (status, p) = post(&c, format!("{instance}/retry"), json!({})).await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (StatusCode::CONFLICT, Some("/problems/not-failed"))
+    );
+
+    // the history in pages, and the state as of any revision
+    let (_, page) = get_json(&c, format!("{instance}/events?limit=5")).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 5);
+    assert_eq!(page["next_from"], 5);
+    let (_, all) = get_json(&c, format!("{instance}/events")).await;
+    let all = all["items"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for kind in [
+        "SagaPaused",
+        "StepHeld",
+        "SagaResumed",
+        "SagaFailed",
+        "SagaRetried",
+        "SagaCompensated",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let failed_at = kinds.iter().position(|k| *k == "SagaFailed").unwrap();
+    let (_, then) = get_json(&c, format!("{instance}/state?revision={failed_at}")).await;
+    assert_eq!(
+        (then["status"].as_str(), then["events"].as_u64()),
+        (Some("failed"), Some(failed_at as u64 + 1))
+    );
+    let (_, first) = get_json(&c, format!("{instance}/state?revision=0")).await;
+    assert_eq!(first["events"], 1);
+    let (status, p) = get_json(&c, format!("{instance}/state?revision={}", all.len())).await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (StatusCode::NOT_FOUND, Some("/problems/unknown-revision"))
+    );
 }

@@ -88,7 +88,10 @@ async fn a_payment_that_never_answers_is_compensated_after_its_timeout() {
     let (_, done) = get_json(&c, format!("{}/instances/{id}?wait=30s", server.url)).await;
     assert_eq!(done["status"], "compensated", "{done}");
     assert!(done["error"].as_str().unwrap().contains("pay:"), "{done}");
-    let (_, history) = get_json(&c, format!("{}/instances/{id}/events", server.url)).await;
+    let history = get_json(&c, format!("{}/instances/{id}/events", server.url))
+        .await
+        .1["items"]
+        .clone();
     let failed = history
         .as_array()
         .unwrap()

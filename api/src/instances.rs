@@ -36,8 +36,12 @@ pub struct Instance {
     pub started_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
-    /// Events in the instance's history.
+    /// Events in the instance's history (its newest revision plus one).
     pub events: u64,
+    /// Paused by an operator: no new attempt starts until it is resumed.
+    pub paused: bool,
+    /// The outputs of the steps that succeeded, by step name.
+    pub outputs: std::collections::BTreeMap<String, serde_json::Value>,
     /// Timers armed and not yet fired.
     pub timers: Vec<PendingTimer>,
 }
@@ -80,6 +84,8 @@ impl From<InstanceView> for Instance {
             updated_at: v.updated_at.to_string(),
             finished_at: v.finished_at.map(|t| t.to_string()),
             events: v.events,
+            paused: v.paused,
+            outputs: v.outputs,
             timers: v
                 .timers
                 .into_iter()
@@ -110,6 +116,7 @@ pub struct InstanceSummary {
     pub updated_at: String,
     pub finished_at: Option<String>,
     pub input: serde_json::Value,
+    pub paused: bool,
 }
 
 /// A page of instances.
@@ -136,6 +143,20 @@ pub struct HistoryEvent {
 #[derive(Object)]
 pub struct CancelRequest {
     pub reason: Option<String>,
+}
+
+#[derive(Object)]
+pub struct PauseRequest {
+    /// Why, for the history.
+    pub reason: Option<String>,
+}
+
+/// A page of an instance's history.
+#[derive(Object)]
+pub struct EventPage {
+    pub items: Vec<HistoryEvent>,
+    /// Pass as `from` for the next page; absent on the last page.
+    pub next_from: Option<u64>,
 }
 
 #[derive(ApiResponse)]
@@ -318,6 +339,7 @@ impl InstancesApi {
                     updated_at: r.updated_at.to_string(),
                     finished_at: r.finished_at.map(|t| t.to_string()),
                     input: r.input,
+                    paused: r.paused,
                 })
                 .collect(),
         }))
@@ -343,7 +365,7 @@ impl InstancesApi {
         Ok(Json(view.into()))
     }
 
-    /// An instance's event history, in order.
+    /// An instance's event history, in order, a page at a time.
     #[oai(
         path = "/instances/:id/events",
         method = "get",
@@ -353,13 +375,20 @@ impl InstancesApi {
         &self,
         auth: Auth,
         id: Path<Uuid>,
+        /// The first revision to return (default 0).
         from: Query<Option<u64>>,
-    ) -> Result<Json<Vec<HistoryEvent>>, ApiError> {
+        /// At most this many (default 1000).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+    ) -> Result<Json<EventPage>, ApiError> {
         auth.require(Need::Read)?;
-        let id = id.0;
-        let events = self.rt.history(id, from.0.unwrap_or(0)).await?;
-        Ok(Json(
-            events
+        let mut events = self.rt.history(id.0, from.0.unwrap_or(0)).await?;
+        let limit = limit.0.unwrap_or(1000) as usize;
+        let next_from = (events.len() > limit).then(|| events[limit].revision);
+        events.truncate(limit);
+        Ok(Json(EventPage {
+            next_from,
+            items: events
                 .into_iter()
                 .map(|e| HistoryEvent {
                     revision: e.revision,
@@ -370,7 +399,69 @@ impl InstancesApi {
                     data: e.data,
                 })
                 .collect(),
-        ))
+        }))
+    }
+
+    /// The instance as it stood at a revision of its history (time travel).
+    ///
+    /// `revision` counts events from 0 (`SagaStarted`); the answer is the
+    /// state folded from events 0 to `revision`.
+    #[oai(
+        path = "/instances/:id/state",
+        method = "get",
+        operation_id = "get_instance_state"
+    )]
+    async fn state_at(
+        &self,
+        auth: Auth,
+        id: Path<Uuid>,
+        revision: Query<u64>,
+    ) -> Result<Json<Instance>, ApiError> {
+        auth.require(Need::Read)?;
+        Ok(Json(self.rt.state_at(id.0, revision.0).await?.into()))
+    }
+
+    /// Pause an instance: attempts in flight finish and are recorded, no new one starts until it is resumed.
+    #[oai(
+        path = "/instances/:id/pause",
+        method = "post",
+        operation_id = "pause_instance"
+    )]
+    async fn pause(
+        &self,
+        auth: Auth,
+        id: Path<Uuid>,
+        body: Json<Option<PauseRequest>>,
+    ) -> Result<AcceptedResponse, ApiError> {
+        auth.require(Need::Operate)?;
+        let view = self.rt.pause(id.0, body.0.and_then(|b| b.reason)).await?;
+        Ok(AcceptedResponse::Accepted(Json(view.into())))
+    }
+
+    /// Resume a paused instance; an attempt that came due meanwhile starts now.
+    #[oai(
+        path = "/instances/:id/resume",
+        method = "post",
+        operation_id = "resume_instance"
+    )]
+    async fn resume(&self, auth: Auth, id: Path<Uuid>) -> Result<AcceptedResponse, ApiError> {
+        auth.require(Need::Operate)?;
+        let view = self.rt.resume_paused(id.0).await?;
+        Ok(AcceptedResponse::Accepted(Json(view.into())))
+    }
+
+    /// Retry a failed instance from the step (or compensation) that failed, with a new attempt.
+    ///
+    /// Refused (409) unless the instance's status is `failed`.
+    #[oai(
+        path = "/instances/:id/retry",
+        method = "post",
+        operation_id = "retry_instance"
+    )]
+    async fn retry(&self, auth: Auth, id: Path<Uuid>) -> Result<AcceptedResponse, ApiError> {
+        auth.require(Need::Operate)?;
+        let view = self.rt.retry(id.0).await?;
+        Ok(AcceptedResponse::Accepted(Json(view.into())))
     }
 
     /// Send a signal (e.g. an approval); the body is its payload.

@@ -133,6 +133,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::UnknownInstance(_) => {
                 problem(404, "unknown-instance", "Unknown instance", detail, false)
             }
+            RuntimeError::NoSuchRevision(..) => {
+                problem(404, "unknown-revision", "Unknown revision", detail, false)
+            }
             RuntimeError::UnknownTask(_) => {
                 problem(404, "unknown-task", "Unknown task", detail, false)
             }
@@ -194,6 +197,8 @@ impl From<RuntimeError> for ApiError {
                     Rejection::Finished(_) => "instance-finished",
                     Rejection::PastPivot => "past-pivot",
                     Rejection::Compensating(_) => "instance-compensating",
+                    Rejection::NotPaused => "not-paused",
+                    Rejection::NotFailed(_) => "not-failed",
                     Rejection::AlreadyStarted
                     | Rejection::NotStarted
                     | Rejection::NoSuchTimer(_) => "instance-state",

@@ -114,7 +114,53 @@ fn samples() -> Vec<Event> {
             at,
         },
         Event::SagaCancelled { at },
+        Event::SagaPaused {
+            reason: Some("supplier outage".into()),
+            at,
+        },
+        Event::SagaResumed { at },
+        Event::StepHeld {
+            step: 1,
+            name: "pay".into(),
+            attempt: 1,
+            phase: Phase::Forward,
+            at,
+        },
+        Event::SagaRetried {
+            step: 0,
+            name: "reserve".into(),
+            phase: Phase::Compensation,
+            at,
+        },
     ]
+}
+
+/// Fails to compile when an event type is added without a sample above.
+#[allow(dead_code)]
+fn every_variant_has_a_sample(e: &Event) {
+    match e {
+        Event::SagaStarted { .. }
+        | Event::StepStarted { .. }
+        | Event::StepSucceeded { .. }
+        | Event::StepFailed { .. }
+        | Event::RetryScheduled { .. }
+        | Event::TimerArmed { .. }
+        | Event::TimerFired { .. }
+        | Event::TimerMoved { .. }
+        | Event::SignalReceived { .. }
+        | Event::CancelRequested { .. }
+        | Event::CompensationStarted { .. }
+        | Event::StepCompensated { .. }
+        | Event::CompensationFailed { .. }
+        | Event::SagaCompleted { .. }
+        | Event::SagaCompensated { .. }
+        | Event::SagaFailed { .. }
+        | Event::SagaCancelled { .. }
+        | Event::SagaPaused { .. }
+        | Event::SagaResumed { .. }
+        | Event::StepHeld { .. }
+        | Event::SagaRetried { .. } => {}
+    }
 }
 
 fn dir(version: u16) -> PathBuf {

@@ -6,6 +6,7 @@ DELETE FROM saga_instances;
 DELETE FROM projection_checkpoints;
 
 ALTER TABLE saga_instances ADD COLUMN input TEXT NOT NULL DEFAULT 'null';
+ALTER TABLE saga_instances ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
 
 -- Cursor pagination walks (started_at, id) newest first.
 CREATE INDEX saga_instances_started ON saga_instances (started_at DESC, id DESC);

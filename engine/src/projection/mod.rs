@@ -29,7 +29,10 @@ use crate::store::{EventStore, RecordedEvent, StoreError};
 
 const NAME: &str = "saga_instances";
 /// The events that change a row; the others are not even read.
-const TYPES: [&str; 9] = [
+const TYPES: [&str; 12] = [
+    "SagaPaused",
+    "SagaResumed",
+    "SagaRetried",
     "SagaStarted",
     "StepStarted",
     "StepSucceeded",
@@ -64,6 +67,7 @@ pub struct InstanceRow {
     pub updated_at: Timestamp,
     pub finished_at: Option<Timestamp>,
     pub input: serde_json::Value,
+    pub paused: bool,
 }
 
 /// A row of `orders`.
@@ -295,6 +299,27 @@ impl Projections {
                     .bind(id)
                     .bind(pos)
                 }
+                Event::SagaPaused { at, .. } | Event::SagaResumed { at } => {
+                    sqlx::query("UPDATE saga_instances SET paused = ?, updated_at = ?, last_position = ? WHERE id = ? AND last_position < ?")
+                        .bind(matches!(event, Event::SagaPaused { .. }))
+                        .bind(at.millis() as i64)
+                        .bind(pos)
+                        .bind(id)
+                        .bind(pos)
+                }
+                Event::SagaRetried { name, phase, at, .. } => {
+                    let status = match phase {
+                        Phase::Forward => "running",
+                        Phase::Compensation => "compensating",
+                    };
+                    sqlx::query("UPDATE saga_instances SET status = ?, current_step = ?, finished_at = NULL, updated_at = ?, last_position = ? WHERE id = ? AND last_position < ?")
+                        .bind(status)
+                        .bind(name)
+                        .bind(at.millis() as i64)
+                        .bind(pos)
+                        .bind(id)
+                        .bind(pos)
+                }
                 _ => continue,
             };
             q.execute(&mut *tx).await.map_err(db)?;
@@ -326,7 +351,7 @@ impl Projections {
     /// Instances, newest first, that match `filter`, one page at a time.
     pub async fn search(&self, filter: &InstanceFilter) -> Result<Page<InstanceRow>, StoreError> {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT id, workflow, version, status, current_step, attempts, error, started_at, updated_at, finished_at, input \
+            "SELECT id, workflow, version, status, current_step, attempts, error, started_at, updated_at, finished_at, input, paused \
              FROM saga_instances WHERE 1 = 1",
         );
         if let Some(w) = &filter.workflow {
@@ -460,6 +485,7 @@ fn instance_row(r: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow, StoreError> 
             .map_err(corrupt)?
             .map(|t| Timestamp(t as u64)),
         input: json_column(r, "input")?,
+        paused: r.try_get::<i64, _>("paused").map_err(corrupt)? != 0,
     })
 }
 

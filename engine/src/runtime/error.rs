@@ -14,6 +14,8 @@ pub enum RuntimeError {
     UnknownVersion(String, u32),
     #[error("no instance {0}")]
     UnknownInstance(Uuid),
+    #[error("instance {0} has no revision {1} (its revisions are 0 to {2} minus one)")]
+    NoSuchRevision(Uuid, u64, u64),
     #[error("no task {0} is waiting for an answer")]
     UnknownTask(String),
     #[error("the workflow is invalid ({} errors)", .0.iter().filter(|d| d.is_error()).count())]

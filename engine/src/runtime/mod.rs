@@ -112,6 +112,10 @@ pub struct InstanceView {
     pub finished_at: Option<Timestamp>,
     /// Events in the instance's stream.
     pub events: u64,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// The outputs of the steps that succeeded, by step name.
+    pub outputs: BTreeMap<String, Value>,
     /// Timers armed and not yet fired: `(id, what for, due)`.
     pub timers: Vec<(String, saga::TimerPurpose, Timestamp)>,
 }
@@ -349,6 +353,49 @@ impl Runtime {
         self.apply_and_view(id, Input::Cancel { reason }).await
     }
 
+    /// Pauses an instance: attempts in flight finish, no new one starts until it resumes.
+    pub async fn pause(
+        &self,
+        id: Uuid,
+        reason: Option<String>,
+    ) -> Result<InstanceView, RuntimeError> {
+        self.apply_and_view(id, Input::Pause { reason }).await
+    }
+
+    /// Resumes a paused instance, starting the attempt that came due meanwhile.
+    pub async fn resume_paused(&self, id: Uuid) -> Result<InstanceView, RuntimeError> {
+        self.apply_and_view(id, Input::Resume).await
+    }
+
+    /// Retries a failed instance from the step (or compensation) that failed.
+    pub async fn retry(&self, id: Uuid) -> Result<InstanceView, RuntimeError> {
+        self.apply_and_view(id, Input::Retry).await
+    }
+
+    /// The instance as it stood once the event at `revision` was recorded (time travel).
+    pub async fn state_at(&self, id: Uuid, revision: u64) -> Result<InstanceView, RuntimeError> {
+        let events = self.read_events(id).await?;
+        if events.is_empty() {
+            return Err(RuntimeError::UnknownInstance(id));
+        }
+        let upto = usize::try_from(revision.saturating_add(1)).unwrap_or(usize::MAX);
+        if upto > events.len() {
+            return Err(RuntimeError::NoSuchRevision(
+                id,
+                revision,
+                events.len() as u64,
+            ));
+        }
+        let st = fold(&events[..upto]);
+        let machine = self
+            .0
+            .registry
+            .get(&st.workflow, Some(st.version))?
+            .machine
+            .clone();
+        Ok(view(id, &machine, &st))
+    }
+
     /// Moves a pending timer (an operator extending a deadline, or firing a wait now).
     pub async fn move_timer(
         &self,
@@ -580,7 +627,13 @@ impl Runtime {
             {
                 Ok(_) => {
                     crate::telemetry::observe(&live.published.machine.name, &st, &d.events);
+                    let revived = st.is_terminal() && !next.is_terminal();
                     *st = next;
+                    if revived {
+                        // a retried instance is live again
+                        live.ended.send_replace(false);
+                        self.lock_live().insert(id, live.clone());
+                    }
                     self.perform(&live, &st, d.actions);
                     return Ok(true);
                 }
@@ -884,6 +937,8 @@ fn view(id: Uuid, machine: &Machine, st: &SagaState) -> InstanceView {
         updated_at: st.updated_at,
         finished_at: st.finished_at,
         events: st.events,
+        paused: st.paused,
+        outputs: st.outputs.clone(),
         timers: st
             .timers
             .iter()

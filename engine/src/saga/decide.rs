@@ -53,6 +53,14 @@ pub enum Input {
         timer: String,
         due: Timestamp,
     },
+    /// An operator pauses the saga.
+    Pause {
+        reason: Option<String>,
+    },
+    /// An operator resumes a paused saga.
+    Resume,
+    /// An operator retries a failed saga from the step that failed.
+    Retry,
 }
 
 /// An effect for the runtime to carry out.
@@ -91,6 +99,10 @@ pub enum Rejection {
     Compensating(&'static str),
     #[error("no pending timer `{0}`")]
     NoSuchTimer(String),
+    #[error("the saga is not paused")]
+    NotPaused,
+    #[error("only a failed saga can be retried; this one is {0}")]
+    NotFailed(&'static str),
 }
 
 /// Decides what `input` does to a saga in `state`.
@@ -240,6 +252,57 @@ impl Decider<'_> {
             Input::Signal { name, payload } => self.signal(name, payload)?,
             Input::Cancel { reason } => self.cancel(reason)?,
             Input::MoveTimer { timer, due } => self.move_timer(timer, due)?,
+            Input::Pause { reason } => self.pause(reason)?,
+            Input::Resume => self.resume()?,
+            Input::Retry => self.retry()?,
+        }
+        Ok(())
+    }
+
+    fn pause(&mut self, reason: Option<String>) -> Result<(), Rejection> {
+        if self.s.is_terminal() {
+            return Err(Rejection::Finished(self.s.status()));
+        }
+        if !self.s.paused {
+            self.emit(Event::SagaPaused {
+                reason,
+                at: self.now,
+            });
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), Rejection> {
+        if self.s.is_terminal() {
+            return Err(Rejection::Finished(self.s.status()));
+        }
+        if !self.s.paused {
+            return Err(Rejection::NotPaused);
+        }
+        let held = self.s.held;
+        self.emit(Event::SagaResumed { at: self.now });
+        if let Some(h) = held {
+            self.start_attempt(h.step, h.attempt, h.phase);
+        }
+        Ok(())
+    }
+
+    fn retry(&mut self) -> Result<(), Rejection> {
+        if self.s.at != Some(State::Failed) {
+            return Err(Rejection::NotFailed(self.s.status()));
+        }
+        let Some(f) = self.s.last_failure else {
+            return Err(Rejection::NotFailed(self.s.status()));
+        };
+        self.emit(Event::SagaRetried {
+            step: f.step,
+            name: self.m.steps[f.step].name.clone(),
+            phase: f.phase,
+            at: self.now,
+        });
+        match (&self.m.steps[f.step].action, f.phase) {
+            (StepAction::Wait(_), Phase::Forward) => self.enter(State::Waiting(f.step)),
+            _ => self.start_attempt(f.step, f.attempt + 1, f.phase),
         }
         Ok(())
     }
@@ -306,6 +369,16 @@ impl Decider<'_> {
 
     fn start_attempt(&mut self, i: usize, attempt: u32, phase: Phase) {
         let step = &self.m.steps[i];
+        if self.s.paused {
+            self.emit(Event::StepHeld {
+                step: i,
+                name: step.name.clone(),
+                attempt,
+                phase,
+                at: self.now,
+            });
+            return;
+        }
         let action = match phase {
             Phase::Forward => &step.action,
             Phase::Compensation => step.compensation.as_ref().unwrap_or(&step.action),

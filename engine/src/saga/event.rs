@@ -203,6 +203,30 @@ pub enum Event {
     SagaCancelled {
         at: Timestamp,
     },
+    /// An operator paused the saga: attempts in flight finish, no new one starts until it resumes.
+    SagaPaused {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        at: Timestamp,
+    },
+    SagaResumed {
+        at: Timestamp,
+    },
+    /// An attempt that was due while the saga was paused; it starts when the saga resumes.
+    StepHeld {
+        step: usize,
+        name: String,
+        attempt: u32,
+        phase: Phase,
+        at: Timestamp,
+    },
+    /// An operator retried a failed saga from the step (or compensation) that failed.
+    SagaRetried {
+        step: usize,
+        name: String,
+        phase: Phase,
+        at: Timestamp,
+    },
 }
 
 /// Why a stored event cannot be read.
@@ -244,6 +268,10 @@ impl Event {
             Event::SagaCompensated { .. } => "SagaCompensated",
             Event::SagaFailed { .. } => "SagaFailed",
             Event::SagaCancelled { .. } => "SagaCancelled",
+            Event::SagaPaused { .. } => "SagaPaused",
+            Event::SagaResumed { .. } => "SagaResumed",
+            Event::StepHeld { .. } => "StepHeld",
+            Event::SagaRetried { .. } => "SagaRetried",
         }
     }
 

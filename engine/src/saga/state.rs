@@ -43,6 +43,12 @@ pub struct SagaState {
     pub attempt: u32,
     /// When the current attempt started.
     pub attempt_started_at: Timestamp,
+    /// Paused by an operator: no new attempt starts.
+    pub paused: bool,
+    /// The attempt that came due while paused, started on resume.
+    pub held: Option<InFlight>,
+    /// The step, phase and attempt of the last failure (where a retry starts again).
+    pub last_failure: Option<InFlight>,
     /// Outputs of the steps that succeeded, by step name.
     pub outputs: BTreeMap<String, Value>,
     pub reason: Option<CompensationReason>,
@@ -166,6 +172,11 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             ..
         } => {
             s.error = Some(error.clone());
+            s.last_failure = Some(InFlight {
+                step: *step,
+                attempt: *attempt,
+                phase: Phase::Forward,
+            });
             finish_attempt(&mut s, *step, *attempt, Phase::Forward);
             s.timers.retain(
                 |_, t| !matches!(t.purpose, TimerPurpose::WaitTimeout { step: w } if w == *step),
@@ -186,6 +197,11 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             ..
         } => {
             s.error = Some(error.clone());
+            s.last_failure = Some(InFlight {
+                step: *step,
+                attempt: *attempt,
+                phase: Phase::Compensation,
+            });
             finish_attempt(&mut s, *step, *attempt, Phase::Compensation);
             s.updated_at = *at;
         }
@@ -269,6 +285,44 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             end(&mut s, State::Failed, *at);
         }
         Event::SagaCancelled { at } => end(&mut s, State::Cancelled, *at),
+        Event::SagaPaused { at, .. } => {
+            s.paused = true;
+            s.updated_at = *at;
+        }
+        Event::SagaResumed { at } => {
+            s.paused = false;
+            s.held = None;
+            s.updated_at = *at;
+        }
+        Event::StepHeld {
+            step,
+            attempt,
+            phase,
+            at,
+            ..
+        } => {
+            s.at = Some(match phase {
+                Phase::Forward => State::Running(*step),
+                Phase::Compensation => State::Compensating(*step),
+            });
+            s.attempt = *attempt;
+            s.held = Some(InFlight {
+                step: *step,
+                attempt: *attempt,
+                phase: *phase,
+            });
+            s.updated_at = *at;
+        }
+        Event::SagaRetried {
+            step, phase, at, ..
+        } => {
+            s.at = Some(match phase {
+                Phase::Forward => State::Running(*step),
+                Phase::Compensation => State::Compensating(*step),
+            });
+            s.finished_at = None;
+            s.updated_at = *at;
+        }
     }
     s
 }

@@ -856,3 +856,77 @@ fn decide_to_returns_the_state_its_events_fold_into() {
     }
     assert_eq!(st.status(), "failed");
 }
+
+#[test]
+fn a_paused_saga_holds_its_next_attempt_until_it_resumes() {
+    let mut s = Saga::given(ORDER).start(order_input(10.0));
+    let d = s.ok(Input::Pause {
+        reason: Some("supplier outage".into()),
+    });
+    assert_eq!(types(&d.events), ["SagaPaused"]);
+    assert!(
+        s.ok(Input::Pause { reason: None }).events.is_empty(),
+        "pausing twice changes nothing"
+    );
+    // the attempt in flight finishes and is recorded; the next one is held
+    let d = s.succeed(0, Phase::Forward, json!({"reservation_id": "r-1"}));
+    assert_eq!(types(&d.events), ["StepSucceeded", "StepHeld"]);
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Perform { .. })),
+        "{:?}",
+        d.actions
+    );
+    assert!(s.state().paused && s.status() == "running");
+    let d = s.ok(Input::Resume);
+    assert_eq!(
+        types(&d.events),
+        ["SagaResumed", "StepStarted", "TimerArmed"]
+    );
+    assert!(d.actions.contains(&Action::Perform {
+        step: 1,
+        attempt: 1,
+        phase: Phase::Forward
+    }));
+    assert_eq!(s.when(Input::Resume), Err(Rejection::NotPaused));
+    s.succeed(1, Phase::Forward, json!({"payment_id": "p-1"}));
+    s.succeed(2, Phase::Forward, json!({"shipment_id": "s-1"}));
+    assert_eq!(s.status(), "completed");
+    assert!(matches!(
+        s.when(Input::Pause { reason: None }),
+        Err(Rejection::Finished(_))
+    ));
+}
+
+#[test]
+fn a_failed_saga_is_retried_from_the_compensation_that_failed() {
+    let mut s = Saga::given(ORDER).start(order_input(10.0));
+    s.succeed(0, Phase::Forward, json!({"reservation_id": "r-1"}));
+    s.fail(1, Phase::Forward, FailureKind::Business);
+    assert_eq!(s.status(), "compensating");
+    assert_eq!(
+        s.when(Input::Retry),
+        Err(Rejection::NotFailed("compensating"))
+    );
+    s.fail(0, Phase::Compensation, FailureKind::Business);
+    assert_eq!(s.status(), "failed");
+    let attempt_before = s.state().attempt;
+    let d = s.ok(Input::Retry);
+    assert_eq!(types(&d.events)[..2], ["SagaRetried", "StepStarted"]);
+    assert!(
+        d.actions.contains(&Action::Perform {
+            step: 0,
+            attempt: attempt_before + 1,
+            phase: Phase::Compensation
+        }),
+        "a new attempt, so a new idempotency key"
+    );
+    assert_eq!(s.status(), "compensating");
+    s.succeed(0, Phase::Compensation, json!({}));
+    assert_eq!(s.status(), "compensated");
+    assert_eq!(
+        s.when(Input::Retry),
+        Err(Rejection::NotFailed("compensated"))
+    );
+}
