@@ -13,6 +13,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+./scripts/test-tools.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -175,39 +175,38 @@ async fn ship(Data(demo): Data<&Shared>, headers: &HeaderMap, Json(o): Json<Orde
     })
 }
 
-/// `POST /demo/{area}/{collection}`: creates a record, e.g. a ledger hold: `{"id": ..., "hold_id": ...}`.
+/// `POST /demo/{collection path}`: creates a record, e.g. `POST /demo/ledger/holds`
+/// answers `{"id": "hold-1", "hold_id": "hold-1"}`.
 #[handler]
 async fn create_record(
     Data(demo): Data<&Shared>,
     headers: &HeaderMap,
-    Path((area, collection)): Path<(String, String)>,
+    Path(path): Path<String>,
 ) -> Response {
     pause(demo).await;
+    let collection = path.rsplit('/').next().unwrap_or_default();
     let singular = collection
         .strip_suffix('s')
-        .unwrap_or(&collection)
+        .unwrap_or(collection)
         .to_string();
-    once(demo, headers, &format!("{area}/{collection}"), None, |n| {
+    once(demo, headers, &path, None, |n| {
         let id = format!("{singular}-{n}");
         (201, json!({"id": id, format!("{singular}_id"): id}))
     })
 }
 
-/// `DELETE /demo/{area}/{collection}/{id}`.
+/// `DELETE /demo/{collection path}/{id}`, e.g. `DELETE /demo/travel/hotels/bookings/t-1`.
 #[handler]
 async fn delete_record(
     Data(demo): Data<&Shared>,
     headers: &HeaderMap,
-    Path((area, collection, id)): Path<(String, String, String)>,
+    Path(path): Path<String>,
 ) -> Response {
     pause(demo).await;
-    once(
-        demo,
-        headers,
-        &format!("{area}/{collection}:delete"),
-        None,
-        |_| (200, json!({"deleted": id})),
-    )
+    let (collection, id) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+    once(demo, headers, &format!("{collection}:delete"), None, |_| {
+        (200, json!({"deleted": id}))
+    })
 }
 
 #[handler]
@@ -232,7 +231,6 @@ pub fn routes(config: DemoConfig) -> impl poem::Endpoint {
         .at("/refunds", post(refund))
         .at("/shipments", post(ship))
         .at("/stats", get(stats))
-        .at("/:area/:collection", post(create_record))
-        .at("/:area/:collection/:id", poem::delete(delete_record))
+        .at("/*path", post(create_record).delete(delete_record))
         .data(demo)
 }

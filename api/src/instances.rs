@@ -19,6 +19,7 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// A saga instance.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Instance {
     pub id: String,
     pub workflow: String,
@@ -48,6 +49,7 @@ pub struct Instance {
 
 /// A timer that will fire unless the saga moves on first.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PendingTimer {
     /// The timer's id, e.g. `deadline`, `timeout:1:f:2`, `wait-timeout:1`.
     pub timer: String,
@@ -58,6 +60,7 @@ pub struct PendingTimer {
 
 /// Where to move a timer: exactly one of the three.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct MoveTimer {
     /// A new due time (RFC 3339).
     pub due: Option<String>,
@@ -104,6 +107,7 @@ impl From<InstanceView> for Instance {
 
 /// A row of the instances read model.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct InstanceSummary {
     pub id: String,
     pub workflow: String,
@@ -121,6 +125,7 @@ pub struct InstanceSummary {
 
 /// A page of instances.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct InstancePage {
     pub items: Vec<InstanceSummary>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -129,6 +134,7 @@ pub struct InstancePage {
 
 /// One event of an instance's history.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct HistoryEvent {
     pub revision: u64,
     pub position: u64,
@@ -141,11 +147,13 @@ pub struct HistoryEvent {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CancelRequest {
     pub reason: Option<String>,
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PauseRequest {
     /// Why, for the history.
     pub reason: Option<String>,
@@ -153,6 +161,7 @@ pub struct PauseRequest {
 
 /// A page of an instance's history.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct EventPage {
     pub items: Vec<HistoryEvent>,
     /// Pass as `from` for the next page; absent on the last page.

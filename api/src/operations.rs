@@ -9,6 +9,7 @@ use crate::problem::{problem, ApiError};
 use crate::Tag;
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Health {
     /// Always `ok` when the process answers.
     pub status: String,
@@ -23,6 +24,7 @@ pub struct Health {
 
 /// Whether this replica should be sent traffic.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Readiness {
     /// `ready`.
     pub status: String,

@@ -18,6 +18,7 @@ pub(crate) const CONSISTENCY_WAIT: Duration = Duration::from_secs(5);
 
 /// A new order.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(example)]
 pub struct NewOrder {
     /// The order's id; creating the same order again returns the first one.
@@ -46,6 +47,7 @@ impl poem_openapi::types::Example for NewOrder {
 }
 
 #[derive(Object, serde::Serialize, serde::Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct OrderItem {
     #[oai(validator(min_length = 1, max_length = 200))]
     pub sku: String,
@@ -55,13 +57,14 @@ pub struct OrderItem {
 
 /// An order as the read model holds it.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Order {
     pub order_id: String,
     /// The saga instance that runs the order (`/instances/{id}`).
     pub instance_id: String,
     pub customer_id: String,
     pub amount: f64,
-    pub items: serde_json::Value,
+    pub items: Vec<OrderItem>,
     /// `pending`, `reserved`, `paid`, `shipped`, `compensated`, `failed` or `cancelled`.
     pub status: String,
     /// Why the order did not go through, or the last failure.
@@ -77,7 +80,8 @@ impl From<OrderRow> for Order {
             instance_id: o.instance_id.to_string(),
             customer_id: o.customer_id,
             amount: o.amount,
-            items: o.items,
+            // the order workflow's input schema guarantees the shape
+            items: serde_json::from_value(o.items).unwrap_or_default(),
             status: o.status,
             error: o.error,
             created_at: o.created_at.to_string(),
@@ -88,6 +92,7 @@ impl From<OrderRow> for Order {
 
 /// A page of orders.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct OrderPage {
     pub items: Vec<Order>,
     /// Pass as `cursor` for the next page; absent on the last page.

@@ -10,6 +10,7 @@ use sagaflow_engine::saga::Rejection;
 /// An error, as RFC 9457 describes: a stable `type`, a title, the status,
 /// what happened, and whether the same request may be retried.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Problem {
     /// A stable identifier of the kind of problem, e.g. `/problems/unknown-workflow`.
     #[oai(rename = "type")]
@@ -26,6 +27,7 @@ pub struct Problem {
 
 /// One located problem in a request.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct FieldError {
     /// Where: a path in a workflow (`steps[2].compensate`) or a JSON pointer in an input (`/items/0/qty`).
     pub path: String,

@@ -15,6 +15,7 @@ const MAX_POLL: Duration = Duration::from_secs(60);
 
 /// A task for a worker. Its `id` is also the effect's idempotency key.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct WorkerTask {
     pub id: String,
     pub queue: String,
@@ -30,12 +31,14 @@ pub struct WorkerTask {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CompleteTask {
     /// The step's output, readable by later steps as `.steps.NAME.output`.
     pub output: Option<serde_json::Value>,
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct FailTask {
     pub error: String,
     /// True if the step may succeed when tried again (within its retry policy).
@@ -44,6 +47,7 @@ pub struct FailTask {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct TaskAnswer {
     /// False when the saga had already moved on (e.g. the task timed out): the answer was recorded nowhere.
     pub accepted: bool,

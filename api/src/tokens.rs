@@ -11,19 +11,20 @@ use crate::auth::{Auth, Need, Role, TokenEntry, Tokens};
 use crate::problem::{problem, ApiError};
 use crate::Tag;
 
-/// A token to issue.
+/// A token to issue for a `role`: `admin`, `operator`, `client` or `worker`.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct NewToken {
     /// Who or what it is for, e.g. `billing-worker`.
     #[oai(validator(min_length = 1, max_length = 200))]
     pub name: String,
-    /// `admin`, `operator`, `client` or `worker`.
     pub role: RoleName,
     /// For a worker: the only queues it may poll and answer (all if absent).
     #[oai(validator(max_items = 100))]
     pub queues: Option<Vec<String>>,
 }
 
+/// What a token may do: `admin`, `operator`, `client` or `worker`.
 #[derive(poem_openapi::Enum, Clone, Copy)]
 #[oai(rename_all = "lowercase")]
 pub enum RoleName {
@@ -46,6 +47,7 @@ impl From<RoleName> for Role {
 
 /// A token, without its secret.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct TokenInfo {
     pub id: String,
     pub name: String,
@@ -58,6 +60,7 @@ pub struct TokenInfo {
 
 /// A token just issued: the only time its secret is shown.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct IssuedToken {
     #[oai(flatten)]
     pub info: TokenInfo,

@@ -26,6 +26,7 @@ pub enum WorkflowSource {
 
 /// A workflow definition carried in JSON.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PublishWorkflow {
     /// The YAML definition.
     pub source: String,
@@ -43,6 +44,7 @@ pub enum GraphFormat {
 
 /// One published version.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct WorkflowVersion {
     pub name: String,
     pub version: u32,
@@ -54,6 +56,7 @@ pub struct WorkflowVersion {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct WorkflowSummary {
     pub name: String,
     pub latest: u32,
@@ -62,12 +65,14 @@ pub struct WorkflowSummary {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct WorkflowDetail {
     pub name: String,
     pub versions: Vec<WorkflowVersionSource>,
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct WorkflowVersionSource {
     #[oai(flatten)]
     pub version: WorkflowVersion,
@@ -85,14 +90,21 @@ pub enum PublishResponse {
     Unchanged(Json<WorkflowVersion>),
 }
 
+/// A graph in the format asked for.
+#[derive(poem_openapi::ResponseContent)]
+pub enum Graph {
+    #[oai(content_type = "text/vnd.graphviz")]
+    Dot(PlainText<String>),
+    #[oai(content_type = "text/vnd.mermaid")]
+    Mermaid(PlainText<String>),
+    Json(Json<serde_json::Value>),
+}
+
 #[derive(ApiResponse)]
 pub enum GraphResponse {
-    #[oai(status = 200, content_type = "text/vnd.graphviz")]
-    Dot(PlainText<String>),
-    #[oai(status = 200, content_type = "text/vnd.mermaid")]
-    Mermaid(PlainText<String>),
+    /// The compiled state machine.
     #[oai(status = 200)]
-    Json(Json<serde_json::Value>),
+    Graph(Graph),
 }
 
 pub(crate) fn version_of(p: &Published) -> WorkflowVersion {
@@ -195,10 +207,10 @@ impl WorkflowsApi {
     ) -> Result<GraphResponse, ApiError> {
         auth.require(Need::Read)?;
         let p = self.rt.workflow(&name, version.0)?;
-        Ok(match format.0.unwrap_or_default() {
-            GraphFormat::Dot => GraphResponse::Dot(PlainText(export::dot(&p.machine))),
-            GraphFormat::Mermaid => GraphResponse::Mermaid(PlainText(export::mermaid(&p.machine))),
-            GraphFormat::Json => GraphResponse::Json(Json(export::json(&p.machine))),
-        })
+        Ok(GraphResponse::Graph(match format.0.unwrap_or_default() {
+            GraphFormat::Dot => Graph::Dot(PlainText(export::dot(&p.machine))),
+            GraphFormat::Mermaid => Graph::Mermaid(PlainText(export::mermaid(&p.machine))),
+            GraphFormat::Json => Graph::Json(Json(export::json(&p.machine))),
+        }))
     }
 }

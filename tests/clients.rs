@@ -1,0 +1,109 @@
+//! The service as its users reach it, with their tools: a Python client
+//! generated from the served spec, Swagger UI in headless Chromium, and
+//! schemathesis fuzzing the API against its spec.
+//!
+//! The tools come from `scripts/test-tools.sh` (the test command runs it):
+//! a virtualenv with `tests/clients/requirements.txt`, and Debian's
+//! chromium and chromium-driver. `SAGAFLOW_TEST_VENV` points elsewhere.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{serve, ADMIN_TOKEN, CLIENT_TOKEN};
+
+fn venv_bin(tool: &str) -> PathBuf {
+    let venv = std::env::var_os("SAGAFLOW_TEST_VENV").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/test-tools/venv"
+            ))
+        },
+        PathBuf::from,
+    );
+    let bin = venv.join("bin").join(tool);
+    assert!(
+        bin.exists(),
+        "{} is missing: run ./scripts/test-tools.sh (the test command does)",
+        bin.display()
+    );
+    bin
+}
+
+fn script(name: &str) -> String {
+    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a tool to its end (each bounds its own time) and fails the test with its output if it fails.
+fn run(mut cmd: Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+#[test]
+fn a_generated_python_client_runs_orders_and_a_worker() {
+    let (s, dir) = serve("python-client", &[]);
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(script("python_client.py"))
+        .arg(&s.url)
+        .arg(&dir)
+        .env("SAGAFLOW_TOKEN", ADMIN_TOKEN);
+    let out = run(cmd, "the Python client");
+    assert!(
+        out.contains("python client: orders shipped / compensated, trip completed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn swagger_ui_creates_an_order_in_headless_chromium() {
+    let (s, dir) = serve("swagger-ui", &[]);
+    let shots = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-output"));
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(script("swagger_ui.py"))
+        .arg(&s.url)
+        .arg(&shots)
+        .env("SAGAFLOW_TOKEN", CLIENT_TOKEN)
+        .env("HOME", &dir);
+    let out = run(cmd, "the browser test");
+    assert!(out.contains("created from the page"), "{out}");
+    assert!(shots.join("swagger-ui-create-order.png").exists());
+}
+
+#[test]
+fn schemathesis_finds_no_server_error_and_no_answer_outside_the_spec() {
+    let (s, dir) = serve("schemathesis", &[]);
+    let mut cmd = Command::new(venv_bin("st"));
+    cmd.current_dir(&dir)
+        .args(["run", &format!("{}/openapi.json", s.url)])
+        .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
+        ])
+        .args(["--max-examples", "25", "--max-time", "150", "--request-timeout", "70"])
+        .args(["--seed", "20261127"])
+        .env("HOME", &dir)
+        .env("SCHEMATHESIS_TELEMETRY", "false");
+    let out = run(cmd, "schemathesis");
+    assert!(out.contains("Tested: "), "{out}");
+    assert!(
+        !s.log().contains("panicked"),
+        "the server panicked:\n{}",
+        s.log()
+    );
+}
