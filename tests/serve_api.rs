@@ -175,7 +175,7 @@ async fn bad_requests_get_problems_and_write_nothing() {
                 .header("content-type", "application/json")
                 .body("{\"order_id\":"),
             StatusCode::BAD_REQUEST,
-            "/problems/bad-request",
+            "/problems/invalid-body",
         ),
         (
             c.post(format!("{}/workflows/order/instances", s.url))
@@ -749,8 +749,22 @@ async fn orders_are_created_followed_and_listed_per_customer() {
             "{url}"
         );
     }
-    let (status, _) = post(&c, format!("{}/orders", s.url), json!({"order_id": "o-1", "customer_id": "c", "items": [{"sku": "a", "qty": 0}], "amount": 1})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, p) = post(&c, format!("{}/orders", s.url), json!({"order_id": "o-1", "customer_id": "c", "items": [{"sku": "a", "qty": 0}], "amount": 1})).await;
+    assert_eq!(
+        (status, p["errors"][0]["path"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("body.qty")),
+        "{p}"
+    );
+    let (status, p) = get_json(&c, format!("{}/customers/c-9/orders?limit=0", s.url)).await;
+    assert_eq!(
+        (status, p["type"].as_str(), p["errors"][0]["path"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("/problems/bad-parameter"),
+            Some("limit")
+        ),
+        "{p}"
+    );
 }
 
 #[tokio::test]
@@ -1076,4 +1090,50 @@ async fn operators_pause_resume_and_retry_and_read_any_past_state() {
         (status, p["type"].as_str()),
         (StatusCode::NOT_FOUND, Some("/problems/unknown-revision"))
     );
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_instance_step_and_attempt_and_never_a_token() {
+    let dir = common::temp_dir("json-logs");
+    let data = dir.join("data");
+    let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
+    let s = common::Proc::start_with_env(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--workflows",
+            workflows,
+        ],
+        &dir.join("server.log"),
+        &[("SAGAFLOW_LOG", "info"), ("SAGAFLOW_LOG_FORMAT", "json")],
+    );
+    let c = client();
+    let (_, started) = post(
+        &c,
+        format!("{}/workflows/order/instances", s.url),
+        order(1, 5000.0),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap();
+    get_json(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    let log = s.log();
+    let failed: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "attempt failed")
+        .unwrap_or_else(|| panic!("no JSON line for the declined payment in\n{log}"));
+    assert_eq!(failed["span"]["instance_id"], id, "{failed}");
+    assert_eq!(failed["span"]["step"], "pay");
+    assert_eq!(failed["span"]["attempt"], 1);
+    for token in [
+        common::ADMIN_TOKEN,
+        CLIENT_TOKEN,
+        WORKER_TOKEN,
+        OPERATOR_TOKEN,
+    ] {
+        assert!(!log.contains(token), "a token is in the log");
+    }
 }

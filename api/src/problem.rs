@@ -259,6 +259,29 @@ pub async fn from_poem_error(err: poem::Error) -> Response {
     if status.is_server_error() {
         tracing::error!(error = %err, "request failed");
     }
+    // where the request went wrong, when the parser says
+    let (kind, errors) = if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseParamError>()
+    {
+        (
+            "bad-parameter",
+            vec![(e.name.to_string(), e.reason.clone())],
+        )
+    } else if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseRequestPayloadError>() {
+        let field = e
+            .reason
+            .split("field `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next());
+        (
+            "invalid-body",
+            vec![(
+                field.map_or_else(|| "body".to_string(), |f| format!("body.{f}")),
+                e.reason.clone(),
+            )],
+        )
+    } else {
+        (kind, Vec::new())
+    };
     let p = problem(
         status.as_u16(),
         kind,
@@ -266,7 +289,13 @@ pub async fn from_poem_error(err: poem::Error) -> Response {
         err.to_string(),
         status.is_server_error(),
     );
-    let body = serde_json::json!({"type": p.kind, "title": p.title, "status": p.status, "detail": p.detail, "retryable": p.retryable});
+    let mut body = serde_json::json!({"type": p.kind, "title": p.title, "status": p.status, "detail": p.detail, "retryable": p.retryable});
+    if !errors.is_empty() {
+        body["errors"] = errors
+            .into_iter()
+            .map(|(path, message)| serde_json::json!({"path": path, "message": message}))
+            .collect();
+    }
     poem::web::Json(body)
         .with_status(status)
         .with_content_type("application/problem+json")

@@ -32,7 +32,7 @@ pub struct ServeArgs {
     #[arg(long = "workflow-env", env = "SAGAFLOW_WORKFLOW_ENV", value_delimiter = ',', value_parser = parse_pair)]
     pub workflow_env: Vec<(String, String)>,
     /// Do not serve the demo services under /demo.
-    #[arg(long, env = "SAGAFLOW_NO_DEMO")]
+    #[arg(long, env = "SAGAFLOW_NO_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_demo: bool,
     /// The demo payment service declines amounts above this.
     #[arg(long, env = "SAGAFLOW_DEMO_PAYMENT_LIMIT", default_value_t = 1000.0)]
@@ -48,7 +48,7 @@ pub struct ServeArgs {
     #[arg(long = "token", env = "SAGAFLOW_TOKENS", value_delimiter = ',', hide_env_values = true, value_parser = parse_role_token)]
     pub tokens: Vec<ConfiguredToken>,
     /// Serve no Prometheus metrics at /metrics.
-    #[arg(long, env = "SAGAFLOW_NO_METRICS")]
+    #[arg(long, env = "SAGAFLOW_NO_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_metrics: bool,
 }
 

@@ -18,6 +18,11 @@ pub struct Proc {
 impl Proc {
     /// Starts `sagaflow ARGS` and waits (at most 30 s) for its "listening on URL" line.
     pub fn start(args: &[&str], log: &Path) -> Proc {
+        Self::start_with_env(args, log, &[])
+    }
+
+    /// Like [`Proc::start`], with more environment variables (they win over the defaults).
+    pub fn start_with_env(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
         let stderr = std::fs::File::create(log).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
             .args(args)
@@ -27,6 +32,7 @@ impl Proc {
                 "SAGAFLOW_TOKENS",
                 format!("client:{CLIENT_TOKEN},worker:{WORKER_TOKEN},operator:{OPERATOR_TOKEN}"),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

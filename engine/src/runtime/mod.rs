@@ -734,7 +734,9 @@ impl Runtime {
             Ok(c) => c,
             Err(e) => return report(template_failed(e)),
         };
-        tracing::debug!(instance_id = %id, step = %s.name, attempt, ?phase, "performing");
+        // Everything logged while the attempt runs carries its instance, step and attempt.
+        let span = tracing::info_span!("attempt", instance_id = %id, workflow = %machine.name, step = %s.name, attempt, phase = ?phase);
+        tracing::debug!(parent: &span, "performing");
         match action {
             StepAction::Http(call) => {
                 let timeout = s.timeout.unwrap_or(self.0.config.default_http_timeout);
@@ -742,11 +744,18 @@ impl Runtime {
                 match http::render(call, &ctx, timeout, key) {
                     Ok(req) => {
                         let client = self.0.http.clone();
-                        self.0.tracker.spawn(async move {
-                            let outcome = http::execute(&client, req).await;
-                            rt.feed(id, outcome_input(step, attempt, phase, outcome))
-                                .await;
-                        });
+                        let attempt_span = span.clone();
+                        self.0.tracker.spawn(tracing::Instrument::instrument(
+                            async move {
+                                let outcome = http::execute(&client, req).await;
+                                if let http::Outcome::Failed(kind, error) = &outcome {
+                                    tracing::info!(?kind, %error, "attempt failed");
+                                }
+                                rt.feed(id, outcome_input(step, attempt, phase, outcome))
+                                    .await;
+                            },
+                            attempt_span,
+                        ));
                     }
                     Err(outcome) => report(outcome),
                 }
