@@ -160,7 +160,7 @@ impl Projections {
         sqlx::migrate!("../migrations/sqlite-readmodels")
             .run(&pool)
             .await
-            .map_err(|e| StoreError::Invalid(format!("migrating {}: {e}", path.display())))?;
+            .map_err(|e| crate::store::migration_error(e, &path.display().to_string()))?;
         let this = Self {
             pool,
             checkpoint: tokio::sync::watch::channel(None).0,

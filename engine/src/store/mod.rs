@@ -10,6 +10,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -98,7 +99,7 @@ pub struct Appended {
     pub position: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("stream `{stream}` is at revision {actual:?}, the writer expected {expected:?}")]
     Conflict {
@@ -123,6 +124,17 @@ impl StoreError {
     /// Worth retrying as is.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// A failed migration as a store error; a database migrated by a newer
+/// sagaflow (a migration this one does not know) is refused in so many words.
+pub(crate) fn migration_error(e: sqlx::migrate::MigrateError, what: &str) -> StoreError {
+    match e {
+        sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::Invalid(format!(
+            "{what} has migration {v}, which this sagaflow does not know: it was written by a newer version; refusing to start"
+        )),
+        e => StoreError::Invalid(format!("migrating {what}: {e}")),
     }
 }
 

@@ -74,7 +74,7 @@ impl SqliteStore {
         sqlx::migrate!("../migrations/sqlite")
             .run(&mut writer)
             .await
-            .map_err(|e| StoreError::Invalid(format!("migrating {}: {e}", path.display())))?;
+            .map_err(|e| super::migration_error(e, &path.display().to_string()))?;
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -392,6 +392,22 @@ mod tests {
             async move { SqliteStore::open(&path).await.expect("open") }
         })
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_from_a_newer_version_is_refused() {
+        let path = temp("newer");
+        drop(SqliteStore::open(&path).await.unwrap());
+        let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'from the future', 1, x'00', 0)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).await.err().expect("refused");
+        assert!(err.to_string().contains("newer version"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,553 @@
+//! PostgreSQL, for single-database deployments and replicas sharing one store.
+//!
+//! Like the SQLite store, one writer task per process takes every append
+//! waiting in its queue into one transaction (group commit). Positions are
+//! given out under a transaction-scoped advisory lock, so they grow in commit
+//! order with no gaps even when several processes write: a follower reading
+//! "after position p" never misses an event that commits later with a lower
+//! position. Each commit sends `NOTIFY sagaflow_events` with the new head, so
+//! every process's followers wake on every process's writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
+use crate::saga::{Clock, SystemClock, Timestamp};
+
+/// The most appends one transaction takes.
+const MAX_BATCH: usize = 512;
+/// Forgotten wholesale past this many streams.
+const HEAD_CACHE: usize = 65_536;
+/// The advisory lock that orders every writer's transactions.
+const POSITION_LOCK: i64 = 0x5a6a_f10e;
+const CHANNEL: &str = "sagaflow_events";
+
+struct AppendRequest {
+    stream: String,
+    expected: Expected,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+pub struct PostgresStore {
+    queue: mpsc::Sender<AppendRequest>,
+    reads: PgPool,
+    head: watch::Receiver<Option<u64>>,
+    where_: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`) and runs the event log's migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("database URL: {e}")))?;
+        let where_ = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let mut writer = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to PostgreSQL at {where_}: {e}")))?;
+        sqlx::migrate!("../migrations/postgres")
+            .run(&mut writer)
+            .await
+            .map_err(|e| super::migration_error(e, &format!("PostgreSQL {where_}")))?;
+        let reads = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&reads)
+            .await
+            .map_err(unavailable)?;
+        let (head_tx, head) = watch::channel(last.map(|p| p as u64));
+        let head_tx = Arc::new(head_tx);
+        let mut listener = PgListener::connect_with(&reads)
+            .await
+            .map_err(unavailable)?;
+        listener.listen(CHANNEL).await.map_err(unavailable)?;
+        tokio::spawn(listen_loop(listener, head_tx.clone()));
+        let (queue, rx) = mpsc::channel(4096);
+        tokio::spawn(write_loop(writer, options, rx, head_tx));
+        Ok(Self {
+            queue,
+            reads,
+            head,
+            where_,
+        })
+    }
+}
+
+fn advance(head: &watch::Sender<Option<u64>>, p: u64) {
+    head.send_if_modified(|h| {
+        let newer = h.is_none_or(|old| p > old);
+        if newer {
+            *h = Some(p);
+        }
+        newer
+    });
+}
+
+/// Moves the head on every process's commits.
+async fn listen_loop(mut listener: PgListener, head: Arc<watch::Sender<Option<u64>>>) {
+    loop {
+        // `recv` reconnects by itself after a lost connection
+        match listener.recv().await {
+            Ok(n) => {
+                if let Ok(p) = n.payload().parse::<u64>() {
+                    advance(&head, p);
+                }
+            }
+            Err(e) => {
+                if head.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "listening for new events failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if head.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    mut conn: PgConnection,
+    options: PgConnectOptions,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    head: Arc<watch::Sender<Option<u64>>>,
+) {
+    let mut heads: HashMap<String, Option<u64>> = HashMap::new();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let began = std::time::Instant::now();
+        let mut outcome = write_batch(&mut conn, &batch, &mut heads).await;
+        if matches!(outcome, Err(Batch::Stale)) {
+            // another process wrote a stream whose head we cached: forget them all, once more
+            heads.clear();
+            outcome = write_batch(&mut conn, &batch, &mut heads).await;
+        }
+        let results = match outcome {
+            Ok(results) => results,
+            Err(Batch::Stale) => batch
+                .iter()
+                .map(|_| Err(unavailable("streams kept moving under this writer; retry")))
+                .collect(),
+            Err(Batch::Failed(e)) => {
+                // the connection may be gone: every append of the batch fails (nothing was
+                // committed), and the next batch gets a new connection
+                tracing::warn!(error = %e, "PostgreSQL write failed");
+                heads.clear();
+                if let Ok(fresh) = PgConnection::connect_with(&options).await {
+                    conn = fresh;
+                }
+                batch.iter().map(|_| Err(e.clone())).collect()
+            }
+        };
+        crate::telemetry::store_commit(began.elapsed().as_secs_f64(), batch.len());
+        if let Some(p) = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|a| a.position)
+            .max()
+        {
+            advance(&head, p);
+        }
+        for (req, result) in batch.into_iter().zip(results) {
+            let _ = req.reply.send(result);
+        }
+    }
+    let _ = conn.close().await;
+}
+
+/// Why a batch's transaction did not commit.
+enum Batch {
+    /// A cached stream head was stale: try again with fresh ones.
+    Stale,
+    Failed(StoreError),
+}
+
+impl From<StoreError> for Batch {
+    fn from(e: StoreError) -> Self {
+        Batch::Failed(e)
+    }
+}
+
+/// One transaction for the batch; an append whose expectation fails is left out, the others commit.
+async fn write_batch(
+    conn: &mut PgConnection,
+    batch: &[AppendRequest],
+    heads: &mut HashMap<String, Option<u64>>,
+) -> Result<Vec<Result<Appended, StoreError>>, Batch> {
+    let mut tx = conn.begin().await.map_err(unavailable)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(POSITION_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let mut position: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let now = SystemClock.now();
+    let mut local: HashMap<String, Option<u64>> = HashMap::new();
+    let mut results = Vec::with_capacity(batch.len());
+    for req in batch {
+        if req.events.is_empty() {
+            results.push(Err(StoreError::Invalid(
+                "an append needs at least one event".into(),
+            )));
+            continue;
+        }
+        let known = local
+            .get(&req.stream)
+            .or_else(|| heads.get(&req.stream))
+            .copied();
+        let last = match known {
+            Some(l) => l,
+            None => {
+                let l: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(revision) FROM events WHERE stream = $1")
+                        .bind(&req.stream)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                l.map(|l| l as u64)
+            }
+        };
+        if !req.expected.admits(last) {
+            local.insert(req.stream.clone(), last);
+            results.push(Err(StoreError::Conflict {
+                stream: req.stream.clone(),
+                expected: req.expected,
+                actual: last,
+            }));
+            continue;
+        }
+        let first_revision = last.map_or(0, |l| l + 1);
+        let n = req.events.len();
+        let positions: Vec<i64> = (1..=n as i64).map(|i| position + i).collect();
+        let revisions: Vec<i64> = (0..n as i64).map(|i| first_revision as i64 + i).collect();
+        let types: Vec<&str> = req.events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<i32> = req
+            .events
+            .iter()
+            .map(|e| i32::from(e.schema_version))
+            .collect();
+        let data: Vec<String> = req.events.iter().map(|e| e.data.to_string()).collect();
+        let inserted = sqlx::query(
+            "INSERT INTO events (position, stream, revision, event_type, schema_version, data, recorded_at) \
+             SELECT p, $2, r, t, v, d::jsonb, $7 FROM UNNEST($1::bigint[], $3::bigint[], $4::text[], $5::int[], $6::text[]) AS x(p, r, t, v, d) \
+             ON CONFLICT (stream, revision) DO NOTHING",
+        )
+        .bind(&positions)
+        .bind(&req.stream)
+        .bind(&revisions)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&data)
+        .bind(now.millis() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if inserted.rows_affected() != n as u64 {
+            // another process wrote the stream since we cached its head; the transaction
+            // (with any rows of this append that did go in) is dropped, so rolled back
+            return Err(Batch::Stale);
+        }
+        position += n as i64;
+        let revision = first_revision + n as u64 - 1;
+        local.insert(req.stream.clone(), Some(revision));
+        results.push(Ok(Appended {
+            revision,
+            position: position as u64,
+        }));
+    }
+    if results.iter().any(Result::is_ok) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(position.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| unavailable(format!("commit failed: {e}")))?;
+    if heads.len() + local.len() > HEAD_CACHE {
+        heads.clear();
+    }
+    heads.extend(local);
+    Ok(results)
+}
+
+fn row_to_event(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+    let data: String = row.try_get("data").map_err(corrupt)?;
+    Ok(RecordedEvent {
+        stream: row.try_get("stream").map_err(corrupt)?,
+        revision: row.try_get::<i64, _>("revision").map_err(corrupt)? as u64,
+        position: row.try_get::<i64, _>("position").map_err(corrupt)? as u64,
+        event_type: row.try_get("event_type").map_err(corrupt)?,
+        schema_version: u16::try_from(row.try_get::<i32, _>("schema_version").map_err(corrupt)?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        data: serde_json::from_str(&data)
+            .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
+        recorded_at: Timestamp(row.try_get::<i64, _>("recorded_at").map_err(corrupt)? as u64),
+    })
+}
+
+const COLUMNS: &str =
+    "stream, revision, position, event_type, schema_version, data::text AS data, recorded_at";
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: Expected,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let req = AppendRequest {
+            stream: stream.to_string(),
+            expected,
+            events,
+            reply,
+        };
+        self.queue
+            .send(req)
+            .await
+            .map_err(|_| unavailable("the writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the writer has stopped"))?
+    }
+
+    async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE stream = $1 AND revision >= $2 ORDER BY revision"
+        ))
+        .bind(stream)
+        .bind(from as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(after.map_or(0, |p| p as i64))
+        .bind(limit as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn read_all_of_types(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        types: &[&str],
+    ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
+        // Positions are given out in commit order, so everything up to the newest committed position is readable.
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&self.reads)
+            .await
+            .map_err(unavailable)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 AND event_type = ANY($3) ORDER BY position LIMIT $4"
+        ))
+        .bind(after.map_or(0, |p| p as i64))
+        .bind(head.unwrap_or(0))
+        .bind(types)
+        .bind(limit as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        let events: Vec<RecordedEvent> = rows.iter().map(row_to_event).collect::<Result<_, _>>()?;
+        let last = events.last().map(|e| e.position);
+        let scanned = if events.len() < limit {
+            last.max(head.map(|h| h as u64)).max(after)
+        } else {
+            last
+        };
+        Ok((events, scanned))
+    }
+
+    fn head(&self) -> watch::Receiver<Option<u64>> {
+        self.head.clone()
+    }
+
+    fn durability(&self) -> String {
+        format!(
+            "PostgreSQL {} (committed per group of appends; durability as the server's synchronous_commit)",
+            self.where_
+        )
+    }
+}
+
+/// A fresh, empty database for one test, on the server the test command starts
+/// (`scripts/postgres.sh`; `SAGAFLOW_TEST_POSTGRES` points elsewhere). Returns its URL.
+#[doc(hidden)]
+pub async fn test_database(name: &str) -> String {
+    let base = std::env::var("SAGAFLOW_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://sagaflow:sagaflow@127.0.0.1:5432/sagaflow".into());
+    let db = format!("sagaflow_t{}_{name}", std::process::id()).to_lowercase();
+    let mut admin = PgConnection::connect(&base).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {base} does not answer ({e}): start it with ./scripts/postgres.sh")
+    });
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .expect("drop the test database");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    let (prefix, _) = base.rsplit_once('/').expect("a database URL");
+    format!("{prefix}/{db}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conforms() {
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        conformance::run(|| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let url = test_database(&format!("conf{i}")).await;
+                PostgresStore::open(&url).await.expect("open")
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_restart() {
+        let url = test_database("restart").await;
+        conformance::survives_restart(|| {
+            let url = url.clone();
+            async move { PostgresStore::open(&url).await.expect("open") }
+        })
+        .await;
+    }
+
+    fn event(n: u64) -> NewEvent {
+        NewEvent {
+            event_type: "Tick".into(),
+            schema_version: 1,
+            data: serde_json::json!({ "n": n }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_share_one_log_without_gaps_or_lost_conflicts() {
+        let url = test_database("shared").await;
+        let a = Arc::new(PostgresStore::open(&url).await.unwrap());
+        let b = Arc::new(PostgresStore::open(&url).await.unwrap());
+        let mut b_head = b.head();
+        // each writer appends to the same 20 streams, always expecting what it last saw
+        let writer = |store: Arc<PostgresStore>| async move {
+            let mut ok = 0;
+            let mut conflicts = 0;
+            for round in 0..10u64 {
+                for s in 0..20 {
+                    let stream = format!("s-{s}");
+                    let seen = store.read_stream(&stream, 0).await.unwrap().len() as u64;
+                    match store
+                        .append(&stream, Expected::after(seen), vec![event(round)])
+                        .await
+                    {
+                        Ok(_) => ok += 1,
+                        Err(e) if e.is_conflict() => conflicts += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            (ok, conflicts)
+        };
+        let (ra, rb) = tokio::join!(
+            tokio::spawn(writer(a.clone())),
+            tokio::spawn(writer(b.clone()))
+        );
+        let ((oka, ca), (okb, cb)) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(oka + ca, 200);
+        assert_eq!(okb + cb, 200);
+        let all = a.read_all(None, 10_000).await.unwrap();
+        assert_eq!(
+            all.len(),
+            oka + okb,
+            "every acknowledged append is stored, nothing else"
+        );
+        assert!(
+            all.iter()
+                .enumerate()
+                .all(|(i, e)| e.position == i as u64 + 1),
+            "positions have no gaps"
+        );
+        for s in 0..20 {
+            let events = a.read_stream(&format!("s-{s}"), 0).await.unwrap();
+            assert!(events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.revision == i as u64));
+        }
+        // b hears about a's commits
+        let last = all.last().unwrap().position;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            b_head.wait_for(|h| *h == Some(last)),
+        )
+        .await
+        .expect("b's head reached the log's end")
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_from_a_newer_version_is_refused() {
+        let url = test_database("newer").await;
+        drop(PostgresStore::open(&url).await.unwrap());
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'from the future', true, '\\x00', 0)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let err = PostgresStore::open(&url).await.err().expect("refused");
+        assert!(err.to_string().contains("newer version"), "{err}");
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Starts PostgreSQL on 127.0.0.1:5432 for the tests and for local runs, and
+# makes the role `sagaflow` (password `sagaflow`, may create databases) and the
+# database `sagaflow`. Installs Debian's postgresql if it is missing.
+# Prints the URL; the tests read it from SAGAFLOW_TEST_POSTGRES and make a
+# fresh database each.
+set -euo pipefail
+
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+
+if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+  echo "== installing postgresql (Debian package)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y --no-install-recommends postgresql >/dev/null \
+    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends postgresql >/dev/null; }
+fi
+
+version="$(ls /etc/postgresql | sort -n | tail -1)"
+if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" && $4 == "online"' | grep -q .; then
+  $sudo pg_ctlcluster "$version" main start
+fi
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then su postgres -c "$*"; else sudo -u postgres sh -c "$*"; fi
+}
+for _ in $(seq 1 50); do
+  if as_postgres "psql -qtAc 'SELECT 1'" >/dev/null 2>&1; then break; fi
+  sleep 0.2
+done
+as_postgres "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname = 'sagaflow'\"" | grep -q 1 \
+  || as_postgres "psql -qc \"CREATE ROLE sagaflow LOGIN PASSWORD 'sagaflow' CREATEDB\""
+as_postgres "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname = 'sagaflow'\"" | grep -q 1 \
+  || as_postgres "psql -qc 'CREATE DATABASE sagaflow OWNER sagaflow'"
+
+echo "postgres://sagaflow:sagaflow@127.0.0.1:5432/sagaflow"
