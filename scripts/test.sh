@@ -14,6 +14,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 ./scripts/test-tools.sh
+echo "== postgresql"
+SAGAFLOW_TEST_POSTGRES="$(./scripts/postgres.sh)"
+export SAGAFLOW_TEST_POSTGRES
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -50,8 +50,19 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Run the demo inventory, payment and shipping services on their own.
     DemoServices(commands::demo::DemoArgs),
+    /// Read models: `rebuild` replays the event log into fresh ones.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
+    },
     /// Measure the order-saga workload: throughput, latency, memory (one JSON line).
     Bench(commands::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ProjectionsAction {
+    /// Empty the read models and replay the whole event log into them (stop the server first).
+    Rebuild(commands::projections::RebuildArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -88,6 +99,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(commands::serve::run(args)),
         Command::DemoServices(args) => serve(commands::demo::run(args)),
         Command::Bench(args) => serve(commands::bench::run(args)),
+        Command::Projections {
+            action: ProjectionsAction::Rebuild(args),
+        } => serve(commands::projections::rebuild(args)),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod graph;
 pub mod openapi;
+pub mod projections;
 pub mod report;
 pub mod schema;
 pub mod serve;

@@ -22,9 +22,18 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "SAGAFLOW_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where the SQLite file (events and read models) lives.
+    /// Where the SQLite files (events and read models), the lock and the admin token's hash live.
     #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = "sagaflow-data")]
     pub data_dir: PathBuf,
+    /// The event store: `sqlite` (files in the data directory), or a PostgreSQL URL
+    /// (`postgres://user:password@host:5432/db`) for the events and the read models.
+    #[arg(
+        long,
+        env = "SAGAFLOW_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub store: String,
     /// Workflow files (*.yaml) published at start; a missing folder is skipped.
     #[arg(long, env = "SAGAFLOW_WORKFLOWS", default_value = "workflows")]
     pub workflows: PathBuf,
@@ -149,13 +158,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let db = args.data_dir.join("events.db");
-    let store: Arc<dyn EventStore> = Arc::new(
-        SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("cannot open {}", db.display()))?,
-    );
-    let projections = Arc::new(Projections::open(&args.data_dir.join("readmodels.db")).await?);
+    let (store, projections, _single) = open_stores(&args.data_dir, &args.store).await?;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     if !args.no_demo {
         env.insert("demo_url".into(), format!("{url}/demo"));
@@ -196,14 +199,77 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("sagaflow listening on {url}");
     println!("  Swagger UI: {url}/docs    OpenAPI: {url}/openapi.json");
     println!(
-        "  data: {}    resumed sagas: {resumed}",
-        args.data_dir.display()
+        "  data: {}    events: {}    resumed sagas: {resumed}",
+        args.data_dir.display(),
+        rt.store().durability()
     );
     println!("  {token_note}");
     sagaflow_api::serve(listener, app, shutdown_signal()).await?;
     tracing::info!("shutting down");
     rt.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// The event store and read models the arguments name, and (for PostgreSQL) the
+/// connection that holds the one-server lock.
+pub async fn open_stores(
+    data_dir: &Path,
+    store_arg: &str,
+) -> anyhow::Result<(
+    Arc<dyn EventStore>,
+    Arc<Projections>,
+    Option<sqlx::PgConnection>,
+)> {
+    if store_arg == "sqlite" {
+        let db = data_dir.join("events.db");
+        let store: Arc<dyn EventStore> = Arc::new(
+            SqliteStore::open(&db)
+                .await
+                .with_context(|| format!("cannot open {}", db.display()))?,
+        );
+        let projections = Arc::new(Projections::open(&data_dir.join("readmodels.db")).await?);
+        return Ok((store, projections, None));
+    }
+    if !(store_arg.starts_with("postgres://") || store_arg.starts_with("postgresql://")) {
+        bail!(
+            "--store is `sqlite` or a postgres:// URL, not `{}`",
+            redact(store_arg)
+        );
+    }
+    // Replicas do not share work yet: one server per database, or two would run the same sagas.
+    use sqlx::Connection;
+    let mut lock = sqlx::PgConnection::connect(store_arg)
+        .await
+        .with_context(|| format!("cannot connect to {}", redact(store_arg)))?;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(1936287077)")
+        .fetch_one(&mut lock)
+        .await?;
+    if !free {
+        bail!("another sagaflow server uses this database (replicas sharing one database are not supported yet)");
+    }
+    let store: Arc<dyn EventStore> = Arc::new(
+        sagaflow_engine::store::postgres::PostgresStore::open(store_arg)
+            .await
+            .context("cannot open the PostgreSQL event store")?,
+    );
+    let projections = Arc::new(
+        Projections::open_postgres(store_arg)
+            .await
+            .context("cannot open the PostgreSQL read models")?,
+    );
+    Ok((store, projections, Some(lock)))
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Installs the Prometheus recorder that `/metrics` renders.
@@ -264,7 +330,7 @@ async fn publish_folder(rt: &Runtime, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// One server per data directory: a second would interleave writes to the same file.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join("sagaflow.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

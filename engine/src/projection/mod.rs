@@ -12,20 +12,19 @@
 //! Readers that must see their own writes wait for the checkpoint to reach a
 //! position ([`Projections::wait_for`]).
 
+mod sql;
+
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::saga::{Event, Phase, Timestamp};
 use crate::store::{EventStore, RecordedEvent, StoreError};
+
+use sql::{corrupt, Arg, Columns, Db, Dialect, Stmt};
 
 const NAME: &str = "saga_instances";
 /// The events that change a row; the others are not even read.
@@ -132,37 +131,30 @@ pub struct Page<T> {
 }
 
 pub struct Projections {
-    pool: SqlitePool,
+    db: Db,
     checkpoint: tokio::sync::watch::Sender<Option<u64>>,
 }
 
-fn db(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// A statement with its arguments, built from `$n` SQL and values.
+fn stmt(sql: &str, args: Vec<Arg>) -> Stmt {
+    (sql.to_string(), args)
 }
 
 impl Projections {
     /// Opens (creating and migrating) the read models in the SQLite file at
     /// `path`: a file of their own, so the event writer never waits for them.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(db)?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Read models are rebuilt from the log, so they need not fsync on every commit.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await
-            .map_err(db)?;
-        sqlx::migrate!("../migrations/sqlite-readmodels")
-            .run(&pool)
-            .await
-            .map_err(|e| crate::store::migration_error(e, &path.display().to_string()))?;
+        Self::with(Db::open_sqlite(path).await?).await
+    }
+
+    /// Opens (migrating) the read models in a PostgreSQL database.
+    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        Self::with(Db::open_postgres(url).await?).await
+    }
+
+    async fn with(db: Db) -> Result<Self, StoreError> {
         let this = Self {
-            pool,
+            db,
             checkpoint: tokio::sync::watch::channel(None).0,
         };
         let at = this.checkpoint().await?;
@@ -185,17 +177,41 @@ impl Projections {
     }
 
     pub async fn checkpoint(&self) -> Result<Option<u64>, StoreError> {
-        let p: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
-                .bind(NAME)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
-        Ok(p.map(|p| p as u64))
+        let p = self
+            .db
+            .fetch(
+                "SELECT position FROM projection_checkpoints WHERE name = $1",
+                &[NAME.into()],
+                |r| r.int("position"),
+            )
+            .await?;
+        Ok(p.first().map(|p| *p as u64))
+    }
+
+    /// Empties the read models, so the next catch-up replays the whole log.
+    pub async fn reset(&self) -> Result<(), StoreError> {
+        self.db
+            .transaction(&[
+                stmt("DELETE FROM saga_instances", vec![]),
+                stmt("DELETE FROM orders", vec![]),
+                stmt("DELETE FROM projection_checkpoints", vec![]),
+            ])
+            .await?;
+        self.checkpoint.send_replace(None);
+        Ok(())
     }
 
     /// Applies every event after the checkpoint; returns how many were read.
     pub async fn catch_up(&self, store: &dyn EventStore) -> Result<usize, StoreError> {
+        self.catch_up_with(store, |_| {}).await
+    }
+
+    /// Like [`catch_up`](Self::catch_up), telling `progress` the position reached after each batch.
+    pub async fn catch_up_with(
+        &self,
+        store: &dyn EventStore,
+        mut progress: impl FnMut(u64),
+    ) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
             let after = self.checkpoint().await?;
@@ -205,6 +221,9 @@ impl Projections {
             }
             total += batch.len();
             self.apply(&batch, scanned).await?;
+            if let Some(p) = scanned {
+                progress(p);
+            }
         }
     }
 
@@ -227,7 +246,7 @@ impl Projections {
     }
 
     async fn apply(&self, batch: &[RecordedEvent], scanned: Option<u64>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut stmts = Vec::new();
         for rec in batch {
             let Some(id) = rec.stream.strip_prefix("saga-") else {
                 continue;
@@ -240,99 +259,19 @@ impl Projections {
                 }
             };
             let pos = rec.position as i64;
-            order_update(&mut tx, id, pos, &event).await?;
-            let q = match &event {
-                Event::SagaStarted { workflow, version, started_at, input, .. } => sqlx::query(
-                    "INSERT INTO saga_instances (id, workflow, version, status, started_at, updated_at, last_position, input) \
-                     VALUES (?, ?, ?, 'running', ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(id)
-                .bind(workflow)
-                .bind(i64::from(*version))
-                .bind(started_at.millis() as i64)
-                .bind(started_at.millis() as i64)
-                .bind(pos)
-                .bind(input.to_string()),
-                Event::StepStarted { name, attempt, phase, action, at, .. } => {
-                    let status = match (phase, action) {
-                        (Phase::Compensation, _) => "compensating",
-                        (_, crate::saga::ActionKind::Wait) => "waiting",
-                        _ => "running",
-                    };
-                    sqlx::query("UPDATE saga_instances SET status = ?, current_step = ?, attempts = ?, updated_at = ?, last_position = ? WHERE id = ? AND last_position < ?")
-                        .bind(status)
-                        .bind(name)
-                        .bind(i64::from(*attempt))
-                        .bind(at.millis() as i64)
-                        .bind(pos)
-                        .bind(id)
-                        .bind(pos)
-                }
-                Event::StepFailed { error, at, .. } | Event::CompensationFailed { error, at, .. } => {
-                    sqlx::query("UPDATE saga_instances SET error = ?, updated_at = ?, last_position = ? WHERE id = ? AND last_position < ?")
-                        .bind(error)
-                        .bind(at.millis() as i64)
-                        .bind(pos)
-                        .bind(id)
-                        .bind(pos)
-                }
-                Event::SagaCompleted { at, .. } | Event::SagaCompensated { at } | Event::SagaFailed { at, .. } | Event::SagaCancelled { at } => {
-                    let status = match &event {
-                        Event::SagaCompleted { .. } => "completed",
-                        Event::SagaCompensated { .. } => "compensated",
-                        Event::SagaFailed { .. } => "failed",
-                        _ => "cancelled",
-                    };
-                    let error = match &event {
-                        Event::SagaFailed { reason, .. } => Some(reason.clone()),
-                        _ => None,
-                    };
-                    sqlx::query(
-                        "UPDATE saga_instances SET status = ?, current_step = NULL, error = COALESCE(?, error), updated_at = ?, finished_at = ?, last_position = ? \
-                         WHERE id = ? AND last_position < ?",
-                    )
-                    .bind(status)
-                    .bind(error)
-                    .bind(at.millis() as i64)
-                    .bind(at.millis() as i64)
-                    .bind(pos)
-                    .bind(id)
-                    .bind(pos)
-                }
-                Event::SagaPaused { at, .. } | Event::SagaResumed { at } => {
-                    sqlx::query("UPDATE saga_instances SET paused = ?, updated_at = ?, last_position = ? WHERE id = ? AND last_position < ?")
-                        .bind(matches!(event, Event::SagaPaused { .. }))
-                        .bind(at.millis() as i64)
-                        .bind(pos)
-                        .bind(id)
-                        .bind(pos)
-                }
-                Event::SagaRetried { name, phase, at, .. } => {
-                    let status = match phase {
-                        Phase::Forward => "running",
-                        Phase::Compensation => "compensating",
-                    };
-                    sqlx::query("UPDATE saga_instances SET status = ?, current_step = ?, finished_at = NULL, updated_at = ?, last_position = ? WHERE id = ? AND last_position < ?")
-                        .bind(status)
-                        .bind(name)
-                        .bind(at.millis() as i64)
-                        .bind(pos)
-                        .bind(id)
-                        .bind(pos)
-                }
-                _ => continue,
-            };
-            q.execute(&mut *tx).await.map_err(db)?;
+            order_update(&mut stmts, id, pos, &event);
+            if let Some(s) = instance_update(id, pos, &event) {
+                stmts.push(s);
+            }
         }
         if let Some(last) = scanned {
-            sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position")
-                .bind(NAME)
-                .bind(last as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            stmts.push(stmt(
+                "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                vec![NAME.into(), (last as i64).into()],
+            ));
         }
-        tx.commit().await.map_err(db)?;
+        self.db.transaction(&stmts).await?;
         if scanned.is_some() {
             self.checkpoint.send_replace(scanned);
         }
@@ -341,67 +280,83 @@ impl Projections {
 
     /// Instances that have not ended.
     pub async fn unfinished(&self) -> Result<Vec<Uuid>, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM saga_instances WHERE status NOT IN ('completed', 'compensated', 'failed', 'cancelled')")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+        let ids = self
+            .db
+            .fetch(
+                "SELECT id FROM saga_instances WHERE status NOT IN ('completed', 'compensated', 'failed', 'cancelled')",
+                &[],
+                |r| r.text("id"),
+            )
+            .await?;
         Ok(ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect())
     }
 
     /// Instances, newest first, that match `filter`, one page at a time.
     pub async fn search(&self, filter: &InstanceFilter) -> Result<Page<InstanceRow>, StoreError> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        let mut sql = String::from(
             "SELECT id, workflow, version, status, current_step, attempts, error, started_at, updated_at, finished_at, input, paused \
              FROM saga_instances WHERE 1 = 1",
         );
+        let mut args: Vec<Arg> = Vec::new();
+        let arg = |a: Arg, args: &mut Vec<Arg>| {
+            args.push(a);
+            format!("${}", args.len())
+        };
         if let Some(w) = &filter.workflow {
-            q.push(" AND workflow = ").push_bind(w.clone());
+            sql += &format!(" AND workflow = {}", arg(w.into(), &mut args));
         }
         if let Some(s) = &filter.status {
-            q.push(" AND status = ").push_bind(s.clone());
+            sql += &format!(" AND status = {}", arg(s.into(), &mut args));
         }
         if let Some(t) = filter.started_from {
-            q.push(" AND started_at >= ").push_bind(t.millis() as i64);
+            sql += &format!(
+                " AND started_at >= {}",
+                arg((t.millis() as i64).into(), &mut args)
+            );
         }
         if let Some(t) = filter.started_until {
-            q.push(" AND started_at < ").push_bind(t.millis() as i64);
+            sql += &format!(
+                " AND started_at < {}",
+                arg((t.millis() as i64).into(), &mut args)
+            );
         }
         for (path, value) in &filter.input {
             // `path` is checked by the caller: letters, digits, `_` and dots.
-            // text compares as text; a number also by value, so `5000` finds `5000.0`
-            q.push(" AND (CAST(json_extract(input, ")
-                .push_bind(format!("$.{path}"))
-                .push(") AS TEXT) = ")
-                .push_bind(value.clone());
-            match value.parse::<f64>() {
-                Ok(n) if n.is_finite() => {
-                    q.push(" OR json_extract(input, ")
-                        .push_bind(format!("$.{path}"))
-                        .push(") = ")
-                        .push_bind(n)
-                        .push(")");
+            // Text compares as text; a number also by value, so `5000` finds `5000.0`.
+            let number = value.parse::<f64>().ok().filter(|n| n.is_finite());
+            match self.db.dialect() {
+                Dialect::Sqlite => {
+                    let p = arg(format!("$.{path}").into(), &mut args);
+                    let v = arg(value.into(), &mut args);
+                    sql += &format!(" AND (CAST(json_extract(input, {p}) AS TEXT) = {v}");
+                    if let Some(n) = number {
+                        let n = arg(n.into(), &mut args);
+                        sql += &format!(" OR json_extract(input, {p}) = {n}");
+                    }
+                    sql += ")";
                 }
-                _ => {
-                    q.push(")");
+                Dialect::Postgres => {
+                    let p = arg(format!("{{{}}}", path.replace('.', ",")).into(), &mut args);
+                    let v = arg(value.into(), &mut args);
+                    sql += &format!(" AND ((input::jsonb #>> {p}::text[]) = {v}");
+                    if let Some(n) = number {
+                        let n = arg(n.into(), &mut args);
+                        sql += &format!(
+                            " OR (jsonb_typeof(input::jsonb #> {p}::text[]) = 'number' AND (input::jsonb #>> {p}::text[])::float8 = {n})"
+                        );
+                    }
+                    sql += ")";
                 }
             }
         }
         if let Some(c) = &filter.after {
-            q.push(" AND (started_at < ")
-                .push_bind(c.at as i64)
-                .push(" OR (started_at = ")
-                .push_bind(c.at as i64)
-                .push(" AND id < ")
-                .push_bind(c.id.clone())
-                .push("))");
+            let at = arg((c.at as i64).into(), &mut args);
+            let id = arg((&c.id).into(), &mut args);
+            sql += &format!(" AND (started_at < {at} OR (started_at = {at} AND id < {id}))");
         }
-        q.push(" ORDER BY started_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit) + 1);
-        let rows = q.build().fetch_all(&self.pool).await.map_err(db)?;
-        let mut items = rows
-            .iter()
-            .map(instance_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let limit = arg((i64::from(filter.limit) + 1).into(), &mut args);
+        sql += &format!(" ORDER BY started_at DESC, id DESC LIMIT {limit}");
+        let mut items = self.db.fetch(&sql, &args, instance_row).await?;
         let next = page_end(&mut items, filter.limit, |r| Cursor {
             at: r.started_at.millis(),
             id: r.id.to_string(),
@@ -411,12 +366,15 @@ impl Projections {
 
     /// An order by its id.
     pub async fn order(&self, order_id: &str) -> Result<Option<OrderRow>, StoreError> {
-        let row = sqlx::query(&format!("{ORDER_COLUMNS} WHERE order_id = ?"))
-            .bind(order_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        row.as_ref().map(order_row).transpose()
+        let rows = self
+            .db
+            .fetch(
+                &format!("{ORDER_COLUMNS} WHERE order_id = $1"),
+                &[order_id.into()],
+                order_row,
+            )
+            .await?;
+        Ok(rows.into_iter().next())
     }
 
     /// A customer's orders, newest first, one page at a time.
@@ -426,19 +384,25 @@ impl Projections {
         after: Option<&Cursor>,
         limit: u32,
     ) -> Result<Page<OrderRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "{ORDER_COLUMNS} WHERE customer_id = ?1 \
-             AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND order_id < ?3)) \
-             ORDER BY created_at DESC, order_id DESC LIMIT ?4"
-        ))
-        .bind(customer_id)
-        .bind(after.map(|c| c.at as i64))
-        .bind(after.map(|c| c.id.clone()))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        let mut items = rows.iter().map(order_row).collect::<Result<Vec<_>, _>>()?;
+        let (sql, args) = match after {
+            None => (
+                format!("{ORDER_COLUMNS} WHERE customer_id = $1 ORDER BY created_at DESC, order_id DESC LIMIT $2"),
+                vec![customer_id.into(), (i64::from(limit) + 1).into()],
+            ),
+            Some(c) => (
+                format!(
+                    "{ORDER_COLUMNS} WHERE customer_id = $1 AND (created_at < $2 OR (created_at = $2 AND order_id < $3)) \
+                     ORDER BY created_at DESC, order_id DESC LIMIT $4"
+                ),
+                vec![
+                    customer_id.into(),
+                    (c.at as i64).into(),
+                    (&c.id).into(),
+                    (i64::from(limit) + 1).into(),
+                ],
+            ),
+        };
+        let mut items = self.db.fetch(&sql, &args, order_row).await?;
         let next = page_end(&mut items, limit, |o| Cursor {
             at: o.created_at.millis(),
             id: o.order_id.clone(),
@@ -459,58 +423,107 @@ fn page_end<T>(items: &mut Vec<T>, limit: u32, cursor: impl Fn(&T) -> Cursor) ->
     }
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+fn json_column(r: &dyn Columns, name: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(&r.text(name)?).map_err(corrupt)
 }
 
-fn json_column(r: &sqlx::sqlite::SqliteRow, name: &str) -> Result<serde_json::Value, StoreError> {
-    let text: String = r.try_get(name).map_err(corrupt)?;
-    serde_json::from_str(&text).map_err(corrupt)
-}
-
-fn instance_row(r: &sqlx::sqlite::SqliteRow) -> Result<InstanceRow, StoreError> {
-    let id: String = r.try_get("id").map_err(corrupt)?;
+fn instance_row(r: &dyn Columns) -> Result<InstanceRow, StoreError> {
     Ok(InstanceRow {
-        id: Uuid::parse_str(&id).map_err(corrupt)?,
-        workflow: r.try_get("workflow").map_err(corrupt)?,
-        version: r.try_get::<i64, _>("version").map_err(corrupt)? as u32,
-        status: r.try_get("status").map_err(corrupt)?,
-        current_step: r.try_get("current_step").map_err(corrupt)?,
-        attempts: r.try_get::<i64, _>("attempts").map_err(corrupt)? as u32,
-        error: r.try_get("error").map_err(corrupt)?,
-        started_at: Timestamp(r.try_get::<i64, _>("started_at").map_err(corrupt)? as u64),
-        updated_at: Timestamp(r.try_get::<i64, _>("updated_at").map_err(corrupt)? as u64),
-        finished_at: r
-            .try_get::<Option<i64>, _>("finished_at")
-            .map_err(corrupt)?
-            .map(|t| Timestamp(t as u64)),
+        id: Uuid::parse_str(&r.text("id")?).map_err(corrupt)?,
+        workflow: r.text("workflow")?,
+        version: r.int("version")? as u32,
+        status: r.text("status")?,
+        current_step: r.opt_text("current_step")?,
+        attempts: r.int("attempts")? as u32,
+        error: r.opt_text("error")?,
+        started_at: Timestamp(r.int("started_at")? as u64),
+        updated_at: Timestamp(r.int("updated_at")? as u64),
+        finished_at: r.opt_int("finished_at")?.map(|t| Timestamp(t as u64)),
         input: json_column(r, "input")?,
-        paused: r.try_get::<i64, _>("paused").map_err(corrupt)? != 0,
+        paused: r.boolean("paused")?,
     })
 }
 
-fn order_row(r: &sqlx::sqlite::SqliteRow) -> Result<OrderRow, StoreError> {
-    let id: String = r.try_get("instance_id").map_err(corrupt)?;
+fn order_row(r: &dyn Columns) -> Result<OrderRow, StoreError> {
     Ok(OrderRow {
-        order_id: r.try_get("order_id").map_err(corrupt)?,
-        instance_id: Uuid::parse_str(&id).map_err(corrupt)?,
-        customer_id: r.try_get("customer_id").map_err(corrupt)?,
-        amount: r.try_get("amount").map_err(corrupt)?,
+        order_id: r.text("order_id")?,
+        instance_id: Uuid::parse_str(&r.text("instance_id")?).map_err(corrupt)?,
+        customer_id: r.text("customer_id")?,
+        amount: r.real("amount")?,
         items: json_column(r, "items")?,
-        status: r.try_get("status").map_err(corrupt)?,
-        error: r.try_get("error").map_err(corrupt)?,
-        created_at: Timestamp(r.try_get::<i64, _>("created_at").map_err(corrupt)? as u64),
-        updated_at: Timestamp(r.try_get::<i64, _>("updated_at").map_err(corrupt)? as u64),
+        status: r.text("status")?,
+        error: r.opt_text("error")?,
+        created_at: Timestamp(r.int("created_at")? as u64),
+        updated_at: Timestamp(r.int("updated_at")? as u64),
+    })
+}
+
+/// The `saga_instances` row's share of an event of instance `id` (at log position `pos`).
+fn instance_update(id: &str, pos: i64, event: &Event) -> Option<Stmt> {
+    // every update applies only to a row that has not seen this position yet, so replays are harmless
+    const NEWER: &str = "WHERE id = $1 AND last_position < $2";
+    let at = |t: &Timestamp| Arg::Int(t.millis() as i64);
+    Some(match event {
+        Event::SagaStarted { workflow, version, started_at, input, .. } => stmt(
+            "INSERT INTO saga_instances (id, last_position, workflow, version, status, started_at, updated_at, input) \
+             VALUES ($1, $2, $3, $4, 'running', $5, $5, $6) ON CONFLICT (id) DO NOTHING",
+            vec![id.into(), pos.into(), workflow.into(), i64::from(*version).into(), at(started_at), input.to_string().into()],
+        ),
+        Event::StepStarted { name, attempt, phase, action, at: t, .. } => {
+            let status = match (phase, action) {
+                (Phase::Compensation, _) => "compensating",
+                (_, crate::saga::ActionKind::Wait) => "waiting",
+                _ => "running",
+            };
+            stmt(
+                &format!("UPDATE saga_instances SET status = $3, current_step = $4, attempts = $5, updated_at = $6, last_position = $2 {NEWER}"),
+                vec![id.into(), pos.into(), status.into(), name.into(), i64::from(*attempt).into(), at(t)],
+            )
+        }
+        Event::StepFailed { error, at: t, .. } | Event::CompensationFailed { error, at: t, .. } => stmt(
+            &format!("UPDATE saga_instances SET error = $3, updated_at = $4, last_position = $2 {NEWER}"),
+            vec![id.into(), pos.into(), error.into(), at(t)],
+        ),
+        Event::SagaCompleted { at: t, .. }
+        | Event::SagaCompensated { at: t }
+        | Event::SagaFailed { at: t, .. }
+        | Event::SagaCancelled { at: t } => {
+            let (status, error) = match event {
+                Event::SagaCompleted { .. } => ("completed", None),
+                Event::SagaCompensated { .. } => ("compensated", None),
+                Event::SagaFailed { reason, .. } => ("failed", Some(reason.clone())),
+                _ => ("cancelled", None),
+            };
+            stmt(
+                &format!(
+                    "UPDATE saga_instances SET status = $3, current_step = NULL, error = COALESCE($4, error), updated_at = $5, finished_at = $5, \
+                     last_position = $2 {NEWER}"
+                ),
+                vec![id.into(), pos.into(), status.into(), error.into(), at(t)],
+            )
+        }
+        Event::SagaPaused { at: t, .. } | Event::SagaResumed { at: t } => stmt(
+            &format!("UPDATE saga_instances SET paused = $3, updated_at = $4, last_position = $2 {NEWER}"),
+            vec![id.into(), pos.into(), matches!(event, Event::SagaPaused { .. }).into(), at(t)],
+        ),
+        Event::SagaRetried { name, phase, at: t, .. } => {
+            let status = match phase {
+                Phase::Forward => "running",
+                Phase::Compensation => "compensating",
+            };
+            stmt(
+                &format!(
+                    "UPDATE saga_instances SET status = $3, current_step = $4, finished_at = NULL, updated_at = $5, last_position = $2 {NEWER}"
+                ),
+                vec![id.into(), pos.into(), status.into(), name.into(), at(t)],
+            )
+        }
+        _ => return None,
     })
 }
 
 /// The `orders` row's share of an event of instance `id`.
-async fn order_update(
-    tx: &mut sqlx::SqliteConnection,
-    id: &str,
-    pos: i64,
-    event: &Event,
-) -> Result<(), StoreError> {
+fn order_update(stmts: &mut Vec<Stmt>, id: &str, pos: i64, event: &Event) {
     let (status, error, at): (&str, Option<&str>, Timestamp) = match event {
         Event::SagaStarted {
             workflow,
@@ -523,30 +536,28 @@ async fn order_update(
                 input["customer_id"].as_str(),
                 input["amount"].as_f64(),
             ) else {
-                return Ok(());
+                return;
             };
             // the first instance of an order id keeps it
-            sqlx::query(
+            stmts.push(stmt(
                 "INSERT INTO orders (order_id, instance_id, customer_id, amount, items, status, created_at, updated_at, last_position) \
-                 VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(order_id)
-            .bind(id)
-            .bind(customer_id)
-            .bind(amount)
-            .bind(input["items"].to_string())
-            .bind(started_at.millis() as i64)
-            .bind(started_at.millis() as i64)
-            .bind(pos)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            return Ok(());
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7) ON CONFLICT DO NOTHING",
+                vec![
+                    order_id.into(),
+                    id.into(),
+                    customer_id.into(),
+                    amount.into(),
+                    input["items"].to_string().into(),
+                    (started_at.millis() as i64).into(),
+                    pos.into(),
+                ],
+            ));
+            return;
         }
         Event::StepSucceeded { name, at, .. } => {
             match ORDER_STEPS.iter().find(|(step, _)| step == name) {
                 Some((_, status)) => (*status, None, *at),
-                None => return Ok(()),
+                None => return,
             }
         }
         Event::StepFailed { error, at, .. } => ("", Some(error.as_str()), *at),
@@ -554,21 +565,13 @@ async fn order_update(
         Event::SagaCompensated { at } => ("compensated", None, *at),
         Event::SagaFailed { reason, at } => ("failed", Some(reason.as_str()), *at),
         Event::SagaCancelled { at } => ("cancelled", None, *at),
-        _ => return Ok(()),
+        _ => return,
     };
-    sqlx::query(
-        "UPDATE orders SET status = CASE WHEN ?1 = '' THEN status ELSE ?1 END, error = COALESCE(?2, error), \
-         updated_at = ?3, last_position = ?4 WHERE instance_id = ?5 AND last_position < ?4",
-    )
-    .bind(status)
-    .bind(error)
-    .bind(at.millis() as i64)
-    .bind(pos)
-    .bind(id)
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    Ok(())
+    stmts.push(stmt(
+        "UPDATE orders SET status = CASE WHEN $1 = '' THEN status ELSE $1 END, error = COALESCE($2, error), \
+         updated_at = $3, last_position = $4 WHERE instance_id = $5 AND last_position < $4",
+        vec![status.into(), error.into(), (at.millis() as i64).into(), pos.into(), id.into()],
+    ));
 }
 
 #[cfg(test)]
@@ -619,10 +622,33 @@ mod tests {
         json!({"order_id": format!("o-{n}"), "customer_id": customer, "items": [{"sku": "a", "qty": n}], "amount": 10.5 * f64::from(n)})
     }
 
+    async fn open_postgres(name: &str) -> Projections {
+        let url = crate::store::postgres::test_database(&format!("rm_{name}")).await;
+        Projections::open_postgres(&url).await.unwrap()
+    }
+
     #[tokio::test]
     async fn orders_follow_the_steps_and_end_states() {
+        orders_case(open("orders").await).await;
+    }
+
+    #[tokio::test]
+    async fn orders_follow_the_steps_and_end_states_in_postgres() {
+        orders_case(open_postgres("orders").await).await;
+    }
+
+    #[tokio::test]
+    async fn search_filters_by_time_and_input_and_pages_without_gaps() {
+        search_case(open("search").await).await;
+    }
+
+    #[tokio::test]
+    async fn search_filters_by_time_and_input_and_pages_without_gaps_in_postgres() {
+        search_case(open_postgres("search").await).await;
+    }
+
+    async fn orders_case(p: Projections) {
         let store = MemoryStore::new();
-        let p = open("orders").await;
         append(
             &store,
             1,
@@ -678,8 +704,7 @@ mod tests {
         p.catch_up(&store).await.unwrap();
         assert_eq!(p.order("o-1").await.unwrap().unwrap().status, "shipped");
         // replaying from the start changes nothing
-        sqlx::query("DELETE FROM projection_checkpoints")
-            .execute(&p.pool)
+        p.db.transaction(&[stmt("DELETE FROM projection_checkpoints", vec![])])
             .await
             .unwrap();
         p.catch_up(&store).await.unwrap();
@@ -695,10 +720,8 @@ mod tests {
         assert!(second.next.is_none(), "the last page says so");
     }
 
-    #[tokio::test]
-    async fn search_filters_by_time_and_input_and_pages_without_gaps() {
+    async fn search_case(p: Projections) {
         let store = MemoryStore::new();
-        let p = open("search").await;
         for n in 1..=25u32 {
             let customer = if n % 2 == 0 { "even" } else { "odd" };
             // two instances share each start time, so the cursor must break ties
