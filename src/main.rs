@@ -47,6 +47,9 @@ enum Command {
         format: SpecFormat,
     },
     /// Run the engine and its HTTP API (Swagger UI at /docs) on the embedded SQLite store.
+    #[command(
+        after_help = "Logs go to stderr: SAGAFLOW_LOG filters them (e.g. `info`, `debug`), SAGAFLOW_LOG_FORMAT=json writes JSON lines."
+    )]
     Serve(commands::serve::ServeArgs),
     /// Run the demo inventory, payment and shipping services on their own.
     DemoServices(commands::demo::DemoArgs),
