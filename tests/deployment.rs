@@ -34,7 +34,10 @@ fn compose_starts_sagaflow_after_a_healthy_postgres() {
     let c = compose();
     let services = c["services"].as_object().expect("services");
     for (name, s) in services {
-        assert!(s["healthcheck"]["test"].is_array(), "{name} has a health check");
+        assert!(
+            s["healthcheck"]["test"].is_array(),
+            "{name} has a health check"
+        );
         let image = s["image"].as_str().unwrap_or_default();
         assert!(
             image.contains(':') && !image.ends_with(":latest"),
@@ -45,7 +48,10 @@ fn compose_starts_sagaflow_after_a_healthy_postgres() {
     assert_eq!(sf["depends_on"]["postgres"]["condition"], "service_healthy");
     assert_eq!(sf["build"]["dockerfile"], "Dockerfile");
     let store = sf["environment"]["SAGAFLOW_STORE"].as_str().unwrap();
-    assert!(store.starts_with("postgres://") && store.contains("@postgres:5432/"), "{store}");
+    assert!(
+        store.starts_with("postgres://") && store.contains("@postgres:5432/"),
+        "{store}"
+    );
     let pg = &c["services"]["postgres"]["environment"];
     assert!(store.contains(&format!(
         "{}:{}@",
@@ -54,7 +60,10 @@ fn compose_starts_sagaflow_after_a_healthy_postgres() {
     )));
     let known = serve_variables();
     for var in sf["environment"].as_object().unwrap().keys() {
-        assert!(known.contains(var), "sagaflow serve reads {var} ({known:?})");
+        assert!(
+            known.contains(var),
+            "sagaflow serve reads {var} ({known:?})"
+        );
     }
 }
 
@@ -67,7 +76,13 @@ fn the_dockerfile_builds_in_one_stage_and_runs_from_another() {
     assert!(d.contains("COPY --from=build /src/target/release/sagaflow"));
     assert!(d.contains("cargo build --release --locked"));
     assert!(d.contains("EXPOSE 8080") && d.contains("/ready"));
-    let rust = stages[0].split(':').nth(1).unwrap().split('-').next().unwrap();
+    let rust = stages[0]
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap();
     assert!(
         read("Cargo.toml").contains(&format!("rust-version = \"{rust}\"")),
         "the build image is the workspace's rust-version ({rust})"

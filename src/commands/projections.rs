@@ -18,6 +18,14 @@ pub struct RebuildArgs {
         hide_env_values = true
     )]
     pub store: String,
+    /// The read models, as for `serve` (with an EventStoreDB store).
+    #[arg(
+        long,
+        env = "SAGAFLOW_READ_MODELS",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub read_models: String,
 }
 
 pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
@@ -25,7 +33,7 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let _lock = super::serve::lock_data_dir(&args.data_dir)?;
     let (store, projections, _single) =
-        super::serve::open_stores(&args.data_dir, &args.store).await?;
+        super::serve::open_stores(&args.data_dir, &args.store, &args.read_models).await?;
     let head = (*store.head().borrow()).unwrap_or(0);
     let started = std::time::Instant::now();
     projections.reset().await?;

@@ -25,8 +25,9 @@ pub struct ServeArgs {
     /// Where the SQLite files (events and read models), the lock and the admin token's hash live.
     #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = "sagaflow-data")]
     pub data_dir: PathBuf,
-    /// The event store: `sqlite` (files in the data directory), or a PostgreSQL URL
-    /// (`postgres://user:password@host:5432/db`) for the events and the read models.
+    /// The event store: `sqlite` (files in the data directory), a PostgreSQL URL
+    /// (`postgres://user:password@host:5432/db`, also holding the read models), or an
+    /// EventStoreDB connection string (`esdb://host:2113?tls=false`).
     #[arg(
         long,
         env = "SAGAFLOW_STORE",
@@ -34,6 +35,15 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub store: String,
+    /// Where the read models live when the store is EventStoreDB: `sqlite` (the data
+    /// directory) or a PostgreSQL URL.
+    #[arg(
+        long,
+        env = "SAGAFLOW_READ_MODELS",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub read_models: String,
     /// Workflow files (*.yaml) published at start; a missing folder is skipped.
     #[arg(long, env = "SAGAFLOW_WORKFLOWS", default_value = "workflows")]
     pub workflows: PathBuf,
@@ -158,7 +168,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let (store, projections, _single) = open_stores(&args.data_dir, &args.store).await?;
+    let (store, projections, _single) =
+        open_stores(&args.data_dir, &args.store, &args.read_models).await?;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     if !args.no_demo {
         env.insert("demo_url".into(), format!("{url}/demo"));
@@ -215,6 +226,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn open_stores(
     data_dir: &Path,
     store_arg: &str,
+    read_models: &str,
 ) -> anyhow::Result<(
     Arc<dyn EventStore>,
     Arc<Projections>,
@@ -230,9 +242,28 @@ pub async fn open_stores(
         let projections = Arc::new(Projections::open(&data_dir.join("readmodels.db")).await?);
         return Ok((store, projections, None));
     }
+    if store_arg.starts_with("esdb://")
+        || store_arg.starts_with("esdb+discover://")
+        || store_arg.starts_with("kurrentdb://")
+        || store_arg.starts_with("kurrentdb+discover://")
+    {
+        let store: Arc<dyn EventStore> = Arc::new(
+            sagaflow_engine::store::esdb::EsdbStore::open(store_arg)
+                .await
+                .context("cannot open the EventStoreDB event store")?,
+        );
+        let projections = if read_models == "sqlite" {
+            Projections::open(&data_dir.join("readmodels.db")).await?
+        } else {
+            Projections::open_postgres(read_models)
+                .await
+                .context("cannot open the PostgreSQL read models")?
+        };
+        return Ok((store, Arc::new(projections), None));
+    }
     if !(store_arg.starts_with("postgres://") || store_arg.starts_with("postgresql://")) {
         bail!(
-            "--store is `sqlite` or a postgres:// URL, not `{}`",
+            "--store is `sqlite`, a postgres:// URL or an esdb:// connection string, not `{}`",
             redact(store_arg)
         );
     }

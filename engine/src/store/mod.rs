@@ -9,6 +9,7 @@
 //! [`conformance`] suite runs against each.
 
 pub mod conformance;
+pub mod esdb;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;

@@ -1,0 +1,324 @@
+//! EventStoreDB (and KurrentDB) through the `kurrentdb` gRPC client.
+//!
+//! Streams keep their names (`saga-{id}`, `workflow-{name}`, ...); an append
+//! carries the expected revision, and a wrong one comes back as the store's
+//! conflict. The global position is the commit position in `$all`. Each event
+//! carries, as its custom metadata, the schema version and the time it was
+//! recorded (milliseconds; the server's own `created` has only seconds through
+//! the client). System streams (`$...`) are skipped when reading `$all`. A
+//! catch-up subscription to `$all` from the end moves the head, so followers
+//! wake on any writer's events.
+//!
+//! Tested against a protocol-level test double (`esdb-double`), not a real server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kurrentdb::{
+    AppendToStreamOptions, Client, ClientSettings, EventData, Position, ReadAllOptions,
+    ReadStreamOptions, StreamPosition, StreamState, SubscribeToAllOptions,
+};
+use tokio::sync::watch;
+
+use super::{Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
+use crate::saga::{Clock, SystemClock, Timestamp};
+
+pub struct EsdbStore {
+    client: Client,
+    head: watch::Receiver<Option<u64>>,
+    head_tx: Arc<watch::Sender<Option<u64>>>,
+    where_: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("EventStoreDB: {e}"))
+}
+
+fn is_system(stream: &str) -> bool {
+    stream.starts_with('$')
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    schema_version: u16,
+    recorded_at: u64,
+}
+
+fn convert(e: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreError> {
+    let meta: Meta = serde_json::from_slice(&e.custom_metadata)
+        .map_err(|err| StoreError::Corrupt(format!("event {} metadata: {err}", e.id)))?;
+    Ok(RecordedEvent {
+        stream: e.stream_id().to_string(),
+        revision: e.revision,
+        position: e.position.commit,
+        event_type: e.event_type.clone(),
+        schema_version: meta.schema_version,
+        data: serde_json::from_slice(&e.data)
+            .map_err(|err| StoreError::Corrupt(format!("event {} data: {err}", e.id)))?,
+        recorded_at: Timestamp(meta.recorded_at),
+    })
+}
+
+fn advance(head: &watch::Sender<Option<u64>>, p: u64) {
+    head.send_if_modified(|h| {
+        let newer = h.is_none_or(|old| p > old);
+        if newer {
+            *h = Some(p);
+        }
+        newer
+    });
+}
+
+impl EsdbStore {
+    /// Connects with a connection string such as `esdb://host:2113?tls=false`
+    /// (TLS and credentials as the client documents them).
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let settings: ClientSettings = url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("EventStoreDB connection string: {e}")))?;
+        let where_ = settings
+            .hosts()
+            .iter()
+            .map(|h| format!("{}:{}", h.host, h.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let client = Client::new(settings).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // the newest non-system event's position, or none
+        let mut newest = None;
+        let mut read = client
+            .read_all(
+                &ReadAllOptions::default()
+                    .backwards()
+                    .position(StreamPosition::End)
+                    .max_count(100),
+            )
+            .await
+            .map_err(unavailable)?;
+        while let Some(e) = read.next().await.map_err(unavailable)? {
+            let e = e.get_original_event();
+            if !is_system(e.stream_id()) {
+                newest = Some(e.position.commit);
+                break;
+            }
+        }
+        let (head_tx, head) = watch::channel(newest);
+        let head_tx = Arc::new(head_tx);
+        tokio::spawn(follow_head(client.clone(), head_tx.clone()));
+        Ok(Self {
+            client,
+            head,
+            head_tx,
+            where_,
+        })
+    }
+}
+
+/// Moves the head on every writer's events, resubscribing after errors.
+async fn follow_head(client: Client, head: Arc<watch::Sender<Option<u64>>>) {
+    loop {
+        let from = (*head.borrow()).map_or(StreamPosition::End, |p| {
+            StreamPosition::Position(Position {
+                commit: p,
+                prepare: p,
+            })
+        });
+        let mut sub = client
+            .subscribe_to_all(&SubscribeToAllOptions::default().position(from))
+            .await;
+        loop {
+            if head.is_closed() {
+                return;
+            }
+            match sub.next().await {
+                Ok(e) => {
+                    let e = e.get_original_event();
+                    if !is_system(e.stream_id()) {
+                        advance(&head, e.position.commit);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "EventStoreDB subscription to $all dropped; resubscribing");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for EsdbStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: Expected,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::Invalid(
+                "an append needs at least one event".into(),
+            ));
+        }
+        let n = events.len() as u64;
+        let now = SystemClock.now().millis();
+        let data = events
+            .into_iter()
+            .map(|e| {
+                EventData::json(&e.event_type, &e.data)
+                    .and_then(|d| {
+                        d.metadata_as_json(&Meta {
+                            schema_version: e.schema_version,
+                            recorded_at: now,
+                        })
+                    })
+                    .map(|d| d.id(uuid::Uuid::new_v4()))
+                    .map_err(|err| StoreError::Invalid(err.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = match expected {
+            Expected::Any => StreamState::Any,
+            Expected::NoStream => StreamState::NoStream,
+            Expected::StreamExists => StreamState::StreamExists,
+            Expected::Revision(r) => StreamState::StreamRevision(r),
+        };
+        match self
+            .client
+            .append_to_stream(
+                stream,
+                &AppendToStreamOptions::default().stream_state(state),
+                data,
+            )
+            .await
+        {
+            Ok(w) => {
+                advance(&self.head_tx, w.position.commit);
+                Ok(Appended {
+                    revision: w.next_expected_version,
+                    position: w.position.commit,
+                })
+            }
+            Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
+                Err(StoreError::Conflict {
+                    stream: stream.to_string(),
+                    expected,
+                    actual: match current {
+                        kurrentdb::CurrentRevision::Current(r) => Some(r),
+                        kurrentdb::CurrentRevision::NoStream => None,
+                    },
+                })
+            }
+            Err(e) => Err(unavailable(format!(
+                "appending {n} events to {stream}: {e}"
+            ))),
+        }
+    }
+
+    async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let options = ReadStreamOptions::default()
+            .forwards()
+            .position(StreamPosition::Position(from))
+            .max_count(usize::MAX);
+        let mut read = match self.client.read_stream(stream, &options).await {
+            Ok(r) => r,
+            Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let mut out = Vec::new();
+        loop {
+            match read.next().await {
+                Ok(Some(e)) => out.push(convert(e.get_original_event())?),
+                Ok(None) => return Ok(out),
+                Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
+    async fn read_all(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = after;
+        // reading from a position includes the event at it, and system events are skipped: read until `limit` are kept or the log ends
+        loop {
+            let position = from.map_or(StreamPosition::Start, |p| {
+                StreamPosition::Position(Position {
+                    commit: p,
+                    prepare: p,
+                })
+            });
+            let want = limit - out.len() + 1;
+            let options = ReadAllOptions::default()
+                .forwards()
+                .position(position)
+                .max_count(want);
+            let mut read = self.client.read_all(&options).await.map_err(unavailable)?;
+            let mut seen = 0;
+            let mut last = from;
+            while let Some(e) = read.next().await.map_err(unavailable)? {
+                seen += 1;
+                let e = e.get_original_event();
+                last = Some(e.position.commit);
+                if from.is_some_and(|f| e.position.commit <= f) || is_system(e.stream_id()) {
+                    continue;
+                }
+                out.push(convert(e)?);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+            if seen < want || last == from {
+                return Ok(out);
+            }
+            from = last;
+        }
+    }
+
+    fn head(&self) -> watch::Receiver<Option<u64>> {
+        self.head.clone()
+    }
+
+    fn durability(&self) -> String {
+        format!(
+            "EventStoreDB at {} (acknowledged once the server has written the events)",
+            self.where_
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conforms_against_the_protocol_double() {
+        let servers = std::sync::Mutex::new(Vec::new());
+        conformance::run(|| {
+            let double = esdb_double::Double::default();
+            let servers = &servers;
+            async move {
+                let running = double.serve().await;
+                let store = EsdbStore::open(&running.url()).await.expect("open");
+                servers.lock().unwrap().push(running);
+                store
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_a_new_client_against_the_protocol_double() {
+        let double = esdb_double::Double::default();
+        let running = double.serve().await;
+        let url = running.url();
+        conformance::survives_restart(|| {
+            let url = url.clone();
+            async move { EsdbStore::open(&url).await.expect("open") }
+        })
+        .await;
+    }
+}
