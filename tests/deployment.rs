@@ -30,7 +30,7 @@ fn serve_variables() -> BTreeSet<String> {
 }
 
 #[test]
-fn compose_starts_sagaflow_after_a_healthy_postgres() {
+fn compose_starts_sagaflow_after_healthy_stores() {
     let c = compose();
     let services = c["services"].as_object().expect("services");
     for (name, s) in services {
@@ -46,8 +46,18 @@ fn compose_starts_sagaflow_after_a_healthy_postgres() {
     }
     let sf = &c["services"]["sagaflow"];
     assert_eq!(sf["depends_on"]["postgres"]["condition"], "service_healthy");
+    assert_eq!(
+        sf["depends_on"]["eventstore"]["condition"],
+        "service_healthy"
+    );
     assert_eq!(sf["build"]["dockerfile"], "Dockerfile");
-    let store = sf["environment"]["SAGAFLOW_STORE"].as_str().unwrap();
+    let events = sf["environment"]["SAGAFLOW_STORE"].as_str().unwrap();
+    assert_eq!(events, "esdb://eventstore:2113?tls=false");
+    assert_eq!(
+        c["services"]["eventstore"]["environment"]["EVENTSTORE_INSECURE"],
+        "true"
+    );
+    let store = sf["environment"]["SAGAFLOW_READ_MODELS"].as_str().unwrap();
     assert!(
         store.starts_with("postgres://") && store.contains("@postgres:5432/"),
         "{store}"
