@@ -108,9 +108,12 @@ impl Drop for Running {
 impl Double {
     /// Serves on 127.0.0.1 (a free port) until the returned handle is dropped.
     pub async fn serve(&self) -> Running {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        self.serve_on("127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// Serves on `addr` (e.g. again on the port of a server that was stopped).
+    pub async fn serve_on(&self, addr: SocketAddr) -> Running {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let svc = streams_server::StreamsServer::new(self.clone());
@@ -542,4 +545,69 @@ fn subscribe(
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// A TCP proxy in front of a server, to cut the network and bring it back on
+/// the same address (an outage as a client sees it: connections drop, new
+/// ones are refused).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Proxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        Proxy {
+            addr,
+            target,
+            task: Mutex::new(Some(tokio::spawn(forward(listener, target)))),
+        }
+    }
+
+    /// Drops every connection and stops listening.
+    pub fn cut(&self) {
+        if let Some(t) = self.task.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind");
+        *self.task.lock().unwrap() = Some(tokio::spawn(forward(listener, self.target)));
+    }
+
+    /// The connection string for the `kurrentdb` client, through the proxy.
+    pub fn url(&self) -> String {
+        format!("esdb://{}?tls=false&discoveryInterval=0", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+async fn forward(listener: tokio::net::TcpListener, target: SocketAddr) {
+    // the connections die with this task (and its set) when it is aborted
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        connections.spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
 }

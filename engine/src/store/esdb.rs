@@ -310,6 +310,56 @@ mod tests {
         .await;
     }
 
+    fn event() -> NewEvent {
+        NewEvent {
+            event_type: "Tick".into(),
+            schema_version: 1,
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_that_goes_away_is_an_unavailable_store_until_it_is_back() {
+        let double = esdb_double::Double::default();
+        let running = double.serve().await;
+        let proxy = esdb_double::Proxy::start(running.addr).await;
+        let store = EsdbStore::open(&proxy.url()).await.unwrap();
+        store
+            .append("s", Expected::NoStream, vec![event()])
+            .await
+            .unwrap();
+        proxy.cut();
+        let away = tokio::time::timeout(
+            Duration::from_secs(60),
+            store.append("s", Expected::Revision(0), vec![event()]),
+        )
+        .await
+        .expect("an answer, not a hang");
+        let err = away.expect_err("nothing is acknowledged while the server is away");
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(double.len(), 1);
+        // the network is back: the same client reconnects
+        proxy.restore().await;
+        let mut last = None;
+        for _ in 0..120 {
+            match store
+                .append("s", Expected::Revision(0), vec![event()])
+                .await
+            {
+                Ok(a) => {
+                    last = Some(a);
+                    break;
+                }
+                Err(e) => {
+                    assert!(e.is_transient(), "{e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        assert_eq!(last.expect("reconnected").revision, 1);
+        assert_eq!(store.read_stream("s", 0).await.unwrap().len(), 2);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn survives_a_new_client_against_the_protocol_double() {
         let double = esdb_double::Double::default();
