@@ -8,7 +8,7 @@ RUN cargo build --release --locked --bin sagaflow
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home /data --create-home sagaflow
 COPY --from=build /src/target/release/sagaflow /usr/local/bin/sagaflow
