@@ -48,7 +48,7 @@ enum Command {
     },
     /// Run the engine and its HTTP API (Swagger UI at /docs) on the embedded SQLite store.
     #[command(
-        after_help = "Logs go to stderr: SAGAFLOW_LOG filters them (e.g. `info`, `debug`), SAGAFLOW_LOG_FORMAT=json writes JSON lines."
+        after_help = "Logs go to stderr: SAGAFLOW_LOG filters them (e.g. `info`, `debug`), SAGAFLOW_LOG_FORMAT=json writes JSON lines. SAGAFLOW_OTLP_ENDPOINT (e.g. http://collector:4318) exports spans over OTLP/HTTP."
     )]
     Serve(commands::serve::ServeArgs),
     /// Run the demo inventory, payment and shipping services on their own.
@@ -116,22 +116,72 @@ fn main() -> ExitCode {
 }
 
 /// Runs a long-lived command on a tokio runtime, with logs on stderr
-/// (`SAGAFLOW_LOG` filters them, `SAGAFLOW_LOG_FORMAT=json` for JSON lines).
+/// (`SAGAFLOW_LOG` filters them, `SAGAFLOW_LOG_FORMAT=json` for JSON lines)
+/// and, with `SAGAFLOW_OTLP_ENDPOINT`, spans exported over OTLP/HTTP.
 fn serve(job: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("SAGAFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if std::env::var("SAGAFLOW_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
+    let fmt = if std::env::var("SAGAFLOW_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        fmt.json().boxed()
     } else {
-        builder.init();
-    }
+        fmt.boxed()
+    };
+    let otel = match std::env::var("SAGAFLOW_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(otel::provider(&endpoint)?),
+        _ => None,
+    };
+    let otel_layer = otel.as_ref().map(otel::layer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel_layer)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(job)?;
+    let result = runtime.block_on(job);
+    if let Some(p) = otel {
+        // send what is still buffered
+        let _ = p.shutdown();
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// OpenTelemetry: the process's spans (HTTP steps' attempts with instance,
+/// step and attempt) exported to an OTLP/HTTP collector, in batches.
+mod otel {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    pub fn provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+            .build()?;
+        Ok(SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("sagaflow")
+                    .build(),
+            )
+            .build())
+    }
+
+    pub fn layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("sagaflow"))
+    }
 }

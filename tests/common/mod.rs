@@ -144,3 +144,14 @@ pub async fn get_json(
     let status = r.status();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+/// POST a JSON body and read the JSON answer (`null` if there is none).
+pub async fn post_json(
+    c: &reqwest::Client,
+    url: String,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let r = c.post(url).json(&body).send().await.expect("request");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
