@@ -17,11 +17,9 @@ use sagaflow_engine::store::sqlite::SqliteStore;
 use sagaflow_engine::store::EventStore;
 
 /// Everything `serve` needs, resolved from flags and `SAGAFLOW_*` variables.
+/// Where the events and the read models live (`serve` and `projections rebuild`).
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "SAGAFLOW_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+pub struct StoreArgs {
     /// Where the SQLite files (events and read models), the lock and the admin token's hash live.
     #[arg(long, env = "SAGAFLOW_DATA_DIR", default_value = "sagaflow-data")]
     pub data_dir: PathBuf,
@@ -44,6 +42,15 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub read_models: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "SAGAFLOW_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub stores: StoreArgs,
     /// Workflow files (*.yaml) published at start; a missing folder is skipped.
     #[arg(long, env = "SAGAFLOW_WORKFLOWS", default_value = "workflows")]
     pub workflows: PathBuf,
@@ -114,7 +121,7 @@ fn tokens(args: &ServeArgs) -> anyhow::Result<(Tokens, String)> {
         .iter()
         .map(|t| (hash(&t.token), t.role, t.queues.clone()))
         .collect();
-    let file = args.data_dir.join("admin-token.sha256");
+    let file = args.stores.data_dir.join("admin-token.sha256");
     let note = if let Some(t) = &args.admin_token {
         if t.len() < 16 {
             bail!("SAGAFLOW_ADMIN_TOKEN must have at least 16 characters");
@@ -155,21 +162,20 @@ pub fn parse_pair(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+    std::fs::create_dir_all(&args.stores.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
-            args.data_dir.display()
+            args.stores.data_dir.display()
         )
     })?;
-    let _lock = lock_data_dir(&args.data_dir)?;
+    let _lock = lock_data_dir(&args.stores.data_dir)?;
     let (tokens, token_note) = tokens(&args)?;
     let listener = TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let (store, projections, _single) =
-        open_stores(&args.data_dir, &args.store, &args.read_models).await?;
+    let (store, projections, _single) = open_stores(&args.stores).await?;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     if !args.no_demo {
         env.insert("demo_url".into(), format!("{url}/demo"));
@@ -211,7 +217,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("  Swagger UI: {url}/docs    OpenAPI: {url}/openapi.json");
     println!(
         "  data: {}    events: {}    resumed sagas: {resumed}",
-        args.data_dir.display(),
+        args.stores.data_dir.display(),
         rt.store().durability()
     );
     println!("  {token_note}");
@@ -224,14 +230,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// The event store and read models the arguments name, and (for PostgreSQL) the
 /// connection that holds the one-server lock.
 pub async fn open_stores(
-    data_dir: &Path,
-    store_arg: &str,
-    read_models: &str,
+    args: &StoreArgs,
 ) -> anyhow::Result<(
     Arc<dyn EventStore>,
     Arc<Projections>,
     Option<sqlx::PgConnection>,
 )> {
+    let (data_dir, store_arg, read_models) = (&args.data_dir, &args.store, &args.read_models);
     if store_arg == "sqlite" {
         let db = data_dir.join("events.db");
         let store: Arc<dyn EventStore> = Arc::new(

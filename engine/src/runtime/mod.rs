@@ -299,14 +299,14 @@ impl Runtime {
         if events.is_empty() {
             return Err(RuntimeError::UnknownInstance(id));
         }
-        let st = fold(&events);
-        let machine = self
-            .0
-            .registry
-            .get(&st.workflow, Some(st.version))?
-            .machine
-            .clone();
-        Ok(view(id, &machine, &st))
+        self.view_of(id, &events)
+    }
+
+    /// The view of an instance folded from `events` (not necessarily all of its stream).
+    fn view_of(&self, id: Uuid, events: &[saga::Event]) -> Result<InstanceView, RuntimeError> {
+        let st = fold(events);
+        let published = self.0.registry.get(&st.workflow, Some(st.version))?;
+        Ok(view(id, &published.machine, &st))
     }
 
     /// The instance once it has ended, or as it stands when `timeout` passes.
@@ -386,14 +386,7 @@ impl Runtime {
                 events.len() as u64,
             ));
         }
-        let st = fold(&events[..upto]);
-        let machine = self
-            .0
-            .registry
-            .get(&st.workflow, Some(st.version))?
-            .machine
-            .clone();
-        Ok(view(id, &machine, &st))
+        self.view_of(id, &events[..upto])
     }
 
     /// Moves a pending timer (an operator extending a deadline, or firing a wait now).

@@ -60,16 +60,6 @@ fn convert(e: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-fn advance(head: &watch::Sender<Option<u64>>, p: u64) {
-    head.send_if_modified(|h| {
-        let newer = h.is_none_or(|old| p > old);
-        if newer {
-            *h = Some(p);
-        }
-        newer
-    });
-}
-
 impl EsdbStore {
     /// Connects with a connection string such as `esdb://host:2113?tls=false`
     /// (TLS and credentials as the client documents them).
@@ -134,7 +124,7 @@ async fn follow_head(client: Client, head: Arc<watch::Sender<Option<u64>>>) {
                 Ok(e) => {
                     let e = e.get_original_event();
                     if !is_system(e.stream_id()) {
-                        advance(&head, e.position.commit);
+                        super::advance_head(&head, e.position.commit);
                     }
                 }
                 Err(e) => {
@@ -192,7 +182,7 @@ impl EventStore for EsdbStore {
             .await
         {
             Ok(w) => {
-                advance(&self.head_tx, w.position.commit);
+                super::advance_head(&self.head_tx, w.position.commit);
                 Ok(Appended {
                     revision: w.next_expected_version,
                     position: w.position.commit,

@@ -139,6 +139,44 @@ pub(crate) fn migration_error(e: sqlx::migrate::MigrateError, what: &str) -> Sto
     }
 }
 
+/// An append waiting for a writer task (the group-commit stores).
+pub(crate) struct AppendRequest {
+    pub stream: String,
+    pub expected: Expected,
+    pub events: Vec<NewEvent>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// Hands an append to a writer task and waits for its answer.
+pub(crate) async fn submit(
+    queue: &tokio::sync::mpsc::Sender<AppendRequest>,
+    stream: &str,
+    expected: Expected,
+    events: Vec<NewEvent>,
+) -> Result<Appended, StoreError> {
+    let stopped = || StoreError::Unavailable("the writer has stopped".into());
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = AppendRequest {
+        stream: stream.to_string(),
+        expected,
+        events,
+        reply,
+    };
+    queue.send(req).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
+/// Moves a head to `position` if that is further on (heads never go back).
+pub(crate) fn advance_head(head: &watch::Sender<Option<u64>>, position: u64) {
+    head.send_if_modified(|h| {
+        let newer = h.is_none_or(|old| position > old);
+        if newer {
+            *h = Some(position);
+        }
+        newer
+    });
+}
+
 /// The port every adapter implements.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {

@@ -15,9 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::{Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
+use super::{AppendRequest, Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
 use crate::saga::{Clock, SystemClock, Timestamp};
 
 /// The most appends one transaction takes.
@@ -27,13 +27,6 @@ const HEAD_CACHE: usize = 65_536;
 /// The advisory lock that orders every writer's transactions.
 const POSITION_LOCK: i64 = 0x5a6a_f10e;
 const CHANNEL: &str = "sagaflow_events";
-
-struct AppendRequest {
-    stream: String,
-    expected: Expected,
-    events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Appended, StoreError>>,
-}
 
 pub struct PostgresStore {
     queue: mpsc::Sender<AppendRequest>,
@@ -93,16 +86,6 @@ impl PostgresStore {
     }
 }
 
-fn advance(head: &watch::Sender<Option<u64>>, p: u64) {
-    head.send_if_modified(|h| {
-        let newer = h.is_none_or(|old| p > old);
-        if newer {
-            *h = Some(p);
-        }
-        newer
-    });
-}
-
 /// Moves the head on every process's commits.
 async fn listen_loop(mut listener: PgListener, head: Arc<watch::Sender<Option<u64>>>) {
     loop {
@@ -110,7 +93,7 @@ async fn listen_loop(mut listener: PgListener, head: Arc<watch::Sender<Option<u6
         match listener.recv().await {
             Ok(n) => {
                 if let Ok(p) = n.payload().parse::<u64>() {
-                    advance(&head, p);
+                    super::advance_head(&head, p);
                 }
             }
             Err(e) => {
@@ -173,7 +156,7 @@ async fn write_loop(
             .map(|a| a.position)
             .max()
         {
-            advance(&head, p);
+            super::advance_head(&head, p);
         }
         for (req, result) in batch.into_iter().zip(results) {
             let _ = req.reply.send(result);
@@ -330,20 +313,7 @@ impl EventStore for PostgresStore {
         expected: Expected,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let req = AppendRequest {
-            stream: stream.to_string(),
-            expected,
-            events,
-            reply,
-        };
-        self.queue
-            .send(req)
-            .await
-            .map_err(|_| unavailable("the writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| unavailable("the writer has stopped"))?
+        super::submit(&self.queue, stream, expected, events).await
     }
 
     async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {

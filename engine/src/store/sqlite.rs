@@ -18,9 +18,9 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::{Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
+use super::{AppendRequest, Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
 use crate::saga::{Clock, SystemClock, Timestamp};
 
 /// The most appends one transaction takes.
@@ -32,13 +32,6 @@ const HEAD_CACHE: usize = 65_536;
 /// The last revision of recently written streams.
 #[derive(Default)]
 struct Heads(std::collections::HashMap<String, Option<u64>>);
-
-struct AppendRequest {
-    stream: String,
-    expected: Expected,
-    events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Appended, StoreError>>,
-}
 
 pub struct SqliteStore {
     queue: mpsc::Sender<AppendRequest>,
@@ -133,13 +126,7 @@ async fn write_loop(
             .map(|a| a.position)
             .max();
         if let Some(p) = newest {
-            head.send_if_modified(|h| {
-                let newer = h.is_none_or(|old| p > old);
-                if newer {
-                    *h = Some(p);
-                }
-                newer
-            });
+            super::advance_head(&head, p);
         }
         for (req, result) in batch.into_iter().zip(results) {
             let _ = req.reply.send(result);
@@ -281,20 +268,7 @@ impl EventStore for SqliteStore {
         expected: Expected,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let req = AppendRequest {
-            stream: stream.to_string(),
-            expected,
-            events,
-            reply,
-        };
-        self.queue
-            .send(req)
-            .await
-            .map_err(|_| unavailable("the writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| unavailable("the writer has stopped"))?
+        super::submit(&self.queue, stream, expected, events).await
     }
 
     async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {
