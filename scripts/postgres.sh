@@ -33,4 +33,9 @@ as_postgres "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname = 'sagaflow'\"" |
 as_postgres "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname = 'sagaflow'\"" | grep -q 1 \
   || as_postgres "psql -qc 'CREATE DATABASE sagaflow OWNER sagaflow'"
 
+# test databases left by earlier runs (each test makes its own, named after its process)
+for db in $(as_postgres "psql -qtAc \"SELECT datname FROM pg_database WHERE datname LIKE 'sagaflow\\_t%'\"" ); do
+  as_postgres "psql -qc 'DROP DATABASE IF EXISTS $db WITH (FORCE)'" >/dev/null
+done
+
 echo "postgres://sagaflow:sagaflow@127.0.0.1:5432/sagaflow"
