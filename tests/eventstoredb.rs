@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, get_json, Proc};
+use common::{client, get_json};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -15,19 +15,7 @@ async fn orders_run_on_the_eventstoredb_double_and_survive_a_restart() {
     let url = server.url();
     let dir = common::temp_dir("esdb");
     let data = dir.join("data");
-    let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--store",
-        &url,
-        "--workflows",
-        workflows,
-    ];
-    let s = Proc::start(&args, &dir.join("first.log"));
+    let s = common::serve_in(&dir, "first.log", &["--store", &url], &[]);
     let c = client();
     let mut instances = Vec::new();
     for (id, amount) in [("es-1", 20.0), ("es-2", 5000.0)] {
@@ -58,7 +46,7 @@ async fn orders_run_on_the_eventstoredb_double_and_survive_a_restart() {
 
     // a new server (its read models rebuilt from the double's $all) sees the same
     std::fs::remove_dir_all(&data).unwrap();
-    let s = Proc::start(&args, &dir.join("second.log"));
+    let s = common::serve_in(&dir, "second.log", &["--store", &url], &[]);
     let (_, again) = get_json(&c, format!("{}/orders/es-2?consistent=true", s.url)).await;
     assert_eq!(again["status"], "compensated", "{}", s.log());
     let history = get_json(&c, format!("{}/instances/{}/events", s.url, instances[1]))

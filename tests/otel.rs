@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{client, get_json, Proc};
+use common::{client, get_json};
 use poem::web::Data;
 use poem::{handler, post, EndpointExt, Route};
 
@@ -33,19 +33,11 @@ async fn spans_of_attempts_reach_an_otlp_collector() {
     tokio::spawn(sagaflow_api::serve(listener, app, std::future::pending()));
 
     let dir = common::temp_dir("otel");
-    let data = dir.join("data");
     let endpoint = format!("http://{addr}");
-    let s = Proc::start_with_env(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--workflows",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
-        ],
-        &dir.join("server.log"),
+    let s = common::serve_in(
+        &dir,
+        "server.log",
+        &[],
         &[
             ("SAGAFLOW_OTLP_ENDPOINT", endpoint.as_str()),
             ("SAGAFLOW_LOG", "info"),

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{client, get_json, serve, Proc};
+use common::{client, get_json, serve};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -76,20 +76,7 @@ async fn orders_survive_a_rebuild(name: &str, store: &str) {
     let data = dir.join("data");
     let said = rebuild(&data, store);
     assert!(said.contains("read models rebuilt"), "{said}");
-    let s = Proc::start(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--store",
-            store,
-            "--workflows",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
-        ],
-        &dir.join("after.log"),
-    );
+    let s = common::serve_in(&dir, "after.log", &["--store", store], &[]);
     let after = read_models(&c, &s.url).await;
     assert_eq!(before, after, "the rebuilt read models are the same");
 }

@@ -829,20 +829,7 @@ async fn an_admin_issues_a_worker_token_for_one_queue_and_revokes_it() {
 
     // the token survives a restart: it is an event in the store
     drop(s);
-    let data = dir.join("data");
-    let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
-    let s = common::Proc::start(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--workflows",
-            workflows,
-        ],
-        &dir.join("again.log"),
-    );
+    let s = common::serve_in(&dir, "again.log", &[], &[]);
     let worker = client_with(Some(&secret));
     let r = worker
         .post(format!("{}/tasks/flights/poll?wait=10ms", s.url))
@@ -1095,19 +1082,10 @@ async fn operators_pause_resume_and_retry_and_read_any_past_state() {
 #[tokio::test]
 async fn json_logs_carry_the_instance_step_and_attempt_and_never_a_token() {
     let dir = common::temp_dir("json-logs");
-    let data = dir.join("data");
-    let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
-    let s = common::Proc::start_with_env(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--workflows",
-            workflows,
-        ],
-        &dir.join("server.log"),
+    let s = common::serve_in(
+        &dir,
+        "server.log",
+        &[],
         &[("SAGAFLOW_LOG", "info"), ("SAGAFLOW_LOG_FORMAT", "json")],
     );
     let c = client();

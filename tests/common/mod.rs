@@ -90,6 +90,12 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// A server on port 0 with a fresh data directory and the example workflows.
 pub fn serve(name: &str, extra: &[&str]) -> (Proc, PathBuf) {
     let dir = temp_dir(name);
+    (serve_in(&dir, "server.log", extra, &[]), dir)
+}
+
+/// A server on port 0 with the data directory `dir/data` (kept across
+/// restarts) and the example workflows, logging to `dir/log`.
+pub fn serve_in(dir: &Path, log: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let data = dir.join("data");
     let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
     let mut args = vec![
@@ -102,7 +108,7 @@ pub fn serve(name: &str, extra: &[&str]) -> (Proc, PathBuf) {
         workflows,
     ];
     args.extend_from_slice(extra);
-    (Proc::start(&args, &dir.join("server.log")), dir)
+    Proc::start_with_env(&args, &dir.join(log), env)
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
