@@ -6,19 +6,23 @@
 # fresh database each.
 set -euo pipefail
 
+# Only the URL goes to stdout (callers capture it); everything else to stderr.
+exec 3>&1 1>&2
+
 sudo=""
 if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
 
 if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
   echo "== installing postgresql (Debian package)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y --no-install-recommends postgresql >/dev/null \
-    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends postgresql >/dev/null; }
+  $sudo apt-get install -y --no-install-recommends postgresql >/dev/null 3>&- \
+    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends postgresql >/dev/null 3>&-; }
 fi
 
 version="$(ls /etc/postgresql | sort -n | tail -1)"
 if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" && $4 == "online"' | grep -q .; then
-  $sudo pg_ctlcluster "$version" main start
+  # fd 3 closed: the server must not hold the caller's capture open
+  $sudo pg_ctlcluster "$version" main start 3>&-
 fi
 
 as_postgres() {
@@ -38,4 +42,4 @@ for db in $(as_postgres "psql -qtAc \"SELECT datname FROM pg_database WHERE datn
   as_postgres "psql -qc 'DROP DATABASE IF EXISTS $db WITH (FORCE)'" >/dev/null
 done
 
-echo "postgres://sagaflow:sagaflow@127.0.0.1:5432/sagaflow"
+echo "postgres://sagaflow:sagaflow@127.0.0.1:5432/sagaflow" >&3

@@ -16,6 +16,10 @@ fi
 ./scripts/test-tools.sh
 echo "== postgresql"
 SAGAFLOW_TEST_POSTGRES="$(./scripts/postgres.sh)"
+case "$SAGAFLOW_TEST_POSTGRES" in
+  postgres://*) ;;
+  *) echo "scripts/postgres.sh printed no URL: $SAGAFLOW_TEST_POSTGRES" >&2; exit 1 ;;
+esac
 export SAGAFLOW_TEST_POSTGRES
 
 echo "== cargo fmt --check"
