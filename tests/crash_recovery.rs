@@ -111,56 +111,8 @@ async fn sagas_survive_kill_9() {
         assert_eq!(status, want, "order {i}; server log:\n{}", server.log());
     }
 
-    // Every history is whole: one start, one end, no step succeeding twice, revisions without gaps.
-    for (i, id) in &ids {
-        let history: Value = get_json(&c, format!("{}/instances/{id}/events", server.url))
-            .await
-            .1["items"]
-            .clone();
-        let events = history.as_array().unwrap();
-        assert!(
-            events
-                .iter()
-                .enumerate()
-                .all(|(r, e)| e["revision"] == r as u64),
-            "order {i}: revisions have gaps"
-        );
-        let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
-        assert_eq!(count("SagaStarted"), 1, "order {i}");
-        assert_eq!(
-            count("SagaCompleted") + count("SagaCompensated"),
-            1,
-            "order {i}"
-        );
-        let mut succeeded: Vec<&str> = events
-            .iter()
-            .filter(|e| e["type"] == "StepSucceeded")
-            .map(|e| e["data"]["name"].as_str().unwrap())
-            .collect();
-        let total = succeeded.len();
-        succeeded.dedup();
-        assert_eq!(succeeded.len(), total, "order {i}: a step succeeded twice");
-    }
-
-    // Every effect happened exactly once per order, whatever the kill interrupted.
-    let stats: Value = get_json(&c, format!("{}/demo/stats", demo.url)).await.1;
-    for i in 1..=ORDERS {
-        let effects = &stats["orders"][format!("o-{i}")];
-        let once = |k: &str| effects[k].as_u64();
-        if i % 10 == 0 {
-            assert_eq!(
-                (once("reserve"), once("release"), once("pay"), once("ship")),
-                (Some(1), Some(1), None, None),
-                "order {i}: {effects}"
-            );
-        } else {
-            assert_eq!(
-                (once("reserve"), once("pay"), once("ship"), once("release")),
-                (Some(1), Some(1), Some(1), None),
-                "order {i}: {effects}"
-            );
-        }
-    }
+    common::histories_are_whole(&c, &server.url, &ids).await;
+    let stats = common::effects_happened_once(&c, &demo.url, ORDERS).await;
     let replayed = stats["keys"]
         .as_object()
         .unwrap()

@@ -68,6 +68,18 @@ fn compose_starts_sagaflow_after_healthy_stores() {
         pg["POSTGRES_USER"].as_str().unwrap(),
         pg["POSTGRES_PASSWORD"].as_str().unwrap()
     )));
+    // replicas share the stores, never a data directory
+    let replicas = sf["deploy"]["replicas"].as_u64().unwrap();
+    assert!(replicas >= 2, "{replicas}");
+    assert!(sf["volumes"].is_null(), "one data volume for all replicas");
+    let ports = sf["ports"][0].as_str().unwrap();
+    let (range, _) = ports.split_once(':').unwrap();
+    let (lo, hi) = range.split_once('-').unwrap();
+    assert_eq!(
+        hi.parse::<u64>().unwrap() - lo.parse::<u64>().unwrap() + 1,
+        replicas,
+        "a host port per replica: {ports}"
+    );
     let known = serve_variables();
     for var in sf["environment"].as_object().unwrap().keys() {
         assert!(

@@ -91,32 +91,3 @@ async fn orders_on_postgres_and_a_rebuild_reproduces_the_read_models() {
 async fn a_rebuild_reproduces_the_sqlite_read_models() {
     orders_survive_a_rebuild("sqlite-rebuild", "sqlite").await;
 }
-
-#[tokio::test]
-async fn a_second_server_on_the_same_database_is_refused() {
-    let url = sagaflow_engine::store::postgres::test_database("e2e_single").await;
-    let (_first, dir) = serve("pg-single", &["--store", &url]);
-    let second = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.join("other").to_str().unwrap(),
-            "--store",
-            &url,
-        ])
-        .env("SAGAFLOW_ADMIN_TOKEN", common::ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    assert!(!second.status.success());
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        err.contains("another sagaflow server uses this database"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("sagaflow:sagaflow@"),
-        "no password in messages: {err}"
-    );
-}

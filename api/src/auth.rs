@@ -15,7 +15,7 @@ use poem_openapi::auth::Bearer;
 use poem_openapi::payload::Json;
 use poem_openapi::SecurityScheme;
 use sagaflow_engine::saga::Timestamp;
-use sagaflow_engine::store::{EventStore, Expected, NewEvent, StoreError};
+use sagaflow_engine::store::{EventStore, Expected, NewEvent, RecordedEvent, StoreError};
 use sha2::{Digest, Sha256};
 
 use crate::problem::{problem, ApiError};
@@ -210,6 +210,13 @@ impl Tokens {
         Ok(loaded)
     }
 
+    /// Takes in a token event another replica wrote (read from the log).
+    pub fn learn(&self, e: &RecordedEvent) {
+        if e.stream == TOKEN_STREAM {
+            self.apply(&e.event_type, &e.data);
+        }
+    }
+
     fn apply(&self, kind: &str, data: &serde_json::Value) -> bool {
         match kind {
             "TokenIssued" => {
@@ -222,6 +229,9 @@ impl Tokens {
                     tracing::error!(%data, "skipping an unreadable TokenIssued event");
                     return false;
                 };
+                if self.read().iter().any(|e| e.managed && e.id == id) {
+                    return false; // issued here, then read back from the log
+                }
                 let queues = data["queues"].as_array().map(|q| {
                     q.iter()
                         .filter_map(|v| v.as_str().map(str::to_string))

@@ -20,6 +20,11 @@ pub struct Health {
     pub pending_timers: u64,
     /// How events reach disk.
     pub durability: String,
+    /// With replicas on a shared store: this replica's name.
+    pub replica: Option<String>,
+    /// With replicas: the partitions (of 64) whose instances this replica
+    /// drives; an instance's partition is its id as a 128-bit number modulo 64.
+    pub partitions: Option<Vec<u32>>,
 }
 
 /// Whether this replica should be sent traffic.
@@ -61,7 +66,10 @@ impl OperationsApi {
     /// Liveness: the process is up and serving.
     #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> Json<Health> {
+        let (replica, partitions) = self.rt.partitions_held().unzip();
         Json(Health {
+            replica,
+            partitions,
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             live_instances: self.rt.live_instances() as u64,
@@ -110,6 +118,9 @@ impl OperationsApi {
         }
         metrics::gauge!(t::LIVE_INSTANCES).set(self.rt.live_instances() as f64);
         metrics::gauge!(t::PENDING_TIMERS).set(self.rt.pending_timers() as f64);
+        if let Some((_, held)) = self.rt.partitions_held() {
+            metrics::gauge!(t::PARTITIONS_HELD).set(held.len() as f64);
+        }
         Ok(MetricsResponse::Metrics(PlainText(handle.render())))
     }
 }

@@ -75,9 +75,9 @@ pub struct TasksApi {
 
 impl TasksApi {
     /// A worker may answer the tasks of the queues its token serves.
-    fn may_answer(&self, auth: &Auth, task_id: &str) -> Result<(), ApiError> {
+    async fn may_answer(&self, auth: &Auth, task_id: &str) -> Result<(), ApiError> {
         auth.require(Need::Work)?;
-        if let Some(queue) = self.rt.task_queue(task_id) {
+        if let Some(queue) = self.rt.task_queue(task_id).await {
             auth.require_queue(&queue)?;
         }
         Ok(())
@@ -132,7 +132,7 @@ impl TasksApi {
         id: Path<String>,
         body: Json<CompleteTask>,
     ) -> Result<Json<TaskAnswer>, ApiError> {
-        self.may_answer(&auth, &id)?;
+        self.may_answer(&auth, &id).await?;
         let accepted = self
             .rt
             .complete_task(&id, body.0.output.unwrap_or(serde_json::Value::Null))
@@ -148,7 +148,7 @@ impl TasksApi {
         id: Path<String>,
         body: Json<FailTask>,
     ) -> Result<Json<TaskAnswer>, ApiError> {
-        self.may_answer(&auth, &id)?;
+        self.may_answer(&auth, &id).await?;
         let accepted = self
             .rt
             .fail_task(&id, body.0.error, body.0.retryable)
@@ -163,7 +163,7 @@ impl TasksApi {
         operation_id = "heartbeat_task"
     )]
     async fn heartbeat(&self, auth: Auth, id: Path<String>) -> Result<HeartbeatResponse, ApiError> {
-        self.may_answer(&auth, &id)?;
+        self.may_answer(&auth, &id).await?;
         self.rt.heartbeat(&id)?;
         Ok(HeartbeatResponse::Alive)
     }

@@ -16,6 +16,7 @@ pub const STORE_APPEND: &str = "sagaflow_store_append_seconds";
 pub const STORE_BATCH: &str = "sagaflow_store_batch_appends";
 pub const LIVE_INSTANCES: &str = "sagaflow_live_instances";
 pub const PENDING_TIMERS: &str = "sagaflow_pending_timers";
+pub const PARTITIONS_HELD: &str = "sagaflow_partitions_held";
 
 /// The histograms, with the bucket bounds that suit them (seconds, or appends per commit).
 pub const HISTOGRAMS: [(&str, &[f64]); 4] = [
@@ -77,6 +78,10 @@ pub fn describe() {
         "Instances that have not ended, held in memory."
     );
     describe_gauge!(PENDING_TIMERS, "Timers armed and not yet fired.");
+    describe_gauge!(
+        PARTITIONS_HELD,
+        "Partitions of instances this replica drives (shared stores only)."
+    );
 }
 
 pub(crate) fn saga_started(workflow: &str) {

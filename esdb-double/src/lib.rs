@@ -142,6 +142,15 @@ impl Double {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Events stored so far in the streams whose name starts with `prefix`.
+    pub fn len_of(&self, prefix: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.events
+            .iter()
+            .filter(|e| e.stream.starts_with(prefix.as_bytes()))
+            .count()
+    }
 }
 
 fn to_proto(e: &Recorded, structured: bool) -> read_resp::ReadEvent {

@@ -15,7 +15,7 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.stores.data_dir)
         .with_context(|| format!("cannot create {}", args.stores.data_dir.display()))?;
     let _lock = super::serve::lock_data_dir(&args.stores.data_dir)?;
-    let (store, projections, _single) = super::serve::open_stores(&args.stores).await?;
+    let (store, projections, _shared) = super::serve::open_stores(&args.stores).await?;
     let head = (*store.head().borrow()).unwrap_or(0);
     let started = std::time::Instant::now();
     projections.reset().await?;

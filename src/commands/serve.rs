@@ -11,7 +11,8 @@ use sagaflow_api::auth::{hash, Role, Tokens};
 use sagaflow_api::demo::DemoConfig;
 use sagaflow_api::ApiConfig;
 use sagaflow_engine::projection::Projections;
-use sagaflow_engine::runtime::{Runtime, RuntimeConfig, RuntimeError};
+use sagaflow_engine::runtime::cluster::PARTITIONS;
+use sagaflow_engine::runtime::{ClusterConfig, Runtime, RuntimeConfig, RuntimeError};
 use sagaflow_engine::saga::SystemClock;
 use sagaflow_engine::store::sqlite::SqliteStore;
 use sagaflow_engine::store::EventStore;
@@ -73,6 +74,11 @@ pub struct ServeArgs {
     /// `worker@QUEUE+QUEUE:TOKEN` for a worker limited to those queues; comma-separated in the variable.
     #[arg(long = "token", env = "SAGAFLOW_TOKENS", value_delimiter = ',', hide_env_values = true, value_parser = parse_role_token)]
     pub tokens: Vec<ConfiguredToken>,
+    /// With a shared store (PostgreSQL or EventStoreDB), how long a replica that
+    /// stops renewing its lease keeps its partitions before the others take its
+    /// instances over. Replicas renew every fifth of this.
+    #[arg(long, env = "SAGAFLOW_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
     /// Serve no Prometheus metrics at /metrics.
     #[arg(long, env = "SAGAFLOW_NO_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_metrics: bool,
@@ -175,14 +181,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let (store, projections, _single) = open_stores(&args.stores).await?;
+    let (store, projections, shared) = open_stores(&args.stores).await?;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     if !args.no_demo {
         env.insert("demo_url".into(), format!("{url}/demo"));
     }
     env.extend(args.workflow_env.iter().cloned());
+    if shared && args.lease_ttl < Duration::from_millis(500) {
+        bail!("--lease-ttl must be at least 500ms");
+    }
     let config = RuntimeConfig {
         env,
+        // On a shared store, replicas split the instances between them.
+        cluster: shared.then(|| ClusterConfig::new(args.lease_ttl)),
         ..RuntimeConfig::default()
     };
     let rt = Runtime::new(
@@ -194,6 +205,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     let issued = tokens.load(store.as_ref()).await?;
     tracing::info!(issued, "tokens issued through the API loaded");
+    // tokens issued or revoked through another replica
+    let (learner, mut learnt) = (tokens.clone(), rt.stream_events());
+    tokio::spawn(async move {
+        loop {
+            match learnt.recv().await {
+                Ok(e) => learner.learn(&e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "fell behind the log's token events");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     let metrics = if args.no_metrics {
         None
     } else {
@@ -220,6 +244,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.stores.data_dir.display(),
         rt.store().durability()
     );
+    if let Some((replica, held)) = rt.partitions_held() {
+        println!(
+            "  replica {replica}: holds {} of {PARTITIONS} partitions (shared store; lease {}s)",
+            held.len(),
+            args.lease_ttl.as_secs_f64()
+        );
+    }
     println!("  {token_note}");
     sagaflow_api::serve(listener, app, shutdown_signal()).await?;
     tracing::info!("shutting down");
@@ -227,15 +258,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The event store and read models the arguments name, and (for PostgreSQL) the
-/// connection that holds the one-server lock.
+/// The event store and read models the arguments name, and whether the store
+/// is one several servers may share (PostgreSQL, EventStoreDB).
 pub async fn open_stores(
     args: &StoreArgs,
-) -> anyhow::Result<(
-    Arc<dyn EventStore>,
-    Arc<Projections>,
-    Option<sqlx::PgConnection>,
-)> {
+) -> anyhow::Result<(Arc<dyn EventStore>, Arc<Projections>, bool)> {
     let (data_dir, store_arg, read_models) = (&args.data_dir, &args.store, &args.read_models);
     if store_arg == "sqlite" {
         let db = data_dir.join("events.db");
@@ -245,7 +272,7 @@ pub async fn open_stores(
                 .with_context(|| format!("cannot open {}", db.display()))?,
         );
         let projections = Arc::new(Projections::open(&data_dir.join("readmodels.db")).await?);
-        return Ok((store, projections, None));
+        return Ok((store, projections, false));
     }
     if store_arg.starts_with("esdb://")
         || store_arg.starts_with("esdb+discover://")
@@ -264,24 +291,13 @@ pub async fn open_stores(
                 .await
                 .context("cannot open the PostgreSQL read models")?
         };
-        return Ok((store, Arc::new(projections), None));
+        return Ok((store, Arc::new(projections), true));
     }
     if !(store_arg.starts_with("postgres://") || store_arg.starts_with("postgresql://")) {
         bail!(
             "--store is `sqlite`, a postgres:// URL or an esdb:// connection string, not `{}`",
             redact(store_arg)
         );
-    }
-    // Replicas do not share work yet: one server per database, or two would run the same sagas.
-    use sqlx::Connection;
-    let mut lock = sqlx::PgConnection::connect(store_arg)
-        .await
-        .with_context(|| format!("cannot connect to {}", redact(store_arg)))?;
-    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(1936287077)")
-        .fetch_one(&mut lock)
-        .await?;
-    if !free {
-        bail!("another sagaflow server uses this database (replicas sharing one database are not supported yet)");
     }
     let store: Arc<dyn EventStore> = Arc::new(
         sagaflow_engine::store::postgres::PostgresStore::open(store_arg)
@@ -293,7 +309,7 @@ pub async fn open_stores(
             .await
             .context("cannot open the PostgreSQL read models")?,
     );
-    Ok((store, projections, Some(lock)))
+    Ok((store, projections, true))
 }
 
 /// A database URL without its password, for messages.

@@ -161,3 +161,66 @@ pub async fn post_json(
     let status = r.status();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+/// Every order's history is whole: one start, one end, no step succeeding
+/// twice, revisions without gaps.
+pub async fn histories_are_whole(
+    c: &reqwest::Client,
+    url: &str,
+    ids: &std::collections::HashMap<u32, String>,
+) {
+    for (i, id) in ids {
+        let history = get_json(c, format!("{url}/instances/{id}/events")).await.1["items"].clone();
+        let events = history.as_array().unwrap();
+        assert!(
+            events
+                .iter()
+                .enumerate()
+                .all(|(r, e)| e["revision"] == r as u64),
+            "order {i}: revisions have gaps"
+        );
+        let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+        assert_eq!(count("SagaStarted"), 1, "order {i}");
+        assert_eq!(
+            count("SagaCompleted") + count("SagaCompensated"),
+            1,
+            "order {i}"
+        );
+        let mut succeeded: Vec<&str> = events
+            .iter()
+            .filter(|e| e["type"] == "StepSucceeded")
+            .map(|e| e["data"]["name"].as_str().unwrap())
+            .collect();
+        let total = succeeded.len();
+        succeeded.dedup();
+        assert_eq!(succeeded.len(), total, "order {i}: a step succeeded twice");
+    }
+}
+
+/// Orders `o-1` to `o-{orders}` (every tenth over the payment limit) had each
+/// effect exactly once at the demo services; returns their statistics.
+pub async fn effects_happened_once(
+    c: &reqwest::Client,
+    demo_url: &str,
+    orders: u32,
+) -> serde_json::Value {
+    let stats = get_json(c, format!("{demo_url}/demo/stats")).await.1;
+    for i in 1..=orders {
+        let effects = &stats["orders"][format!("o-{i}")];
+        let once = |k: &str| effects[k].as_u64();
+        if i % 10 == 0 {
+            assert_eq!(
+                (once("reserve"), once("release"), once("pay"), once("ship")),
+                (Some(1), Some(1), None, None),
+                "order {i}: {effects}"
+            );
+        } else {
+            assert_eq!(
+                (once("reserve"), once("pay"), once("ship"), once("release")),
+                (Some(1), Some(1), Some(1), None),
+                "order {i}: {effects}"
+            );
+        }
+    }
+    stats
+}

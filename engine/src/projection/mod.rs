@@ -266,8 +266,11 @@ impl Projections {
         }
         if let Some(last) = scanned {
             stmts.push(stmt(
+                // replicas sharing the read models may apply the same events; the checkpoint never goes back
                 "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                 ON CONFLICT (name) DO UPDATE SET position = CASE \
+                 WHEN excluded.position > projection_checkpoints.position THEN excluded.position \
+                 ELSE projection_checkpoints.position END",
                 vec![NAME.into(), (last as i64).into()],
             ));
         }

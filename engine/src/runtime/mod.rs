@@ -9,6 +9,7 @@
 //! step. On start, every unfinished instance is resumed: its in-flight
 //! effect is re-issued with the same idempotency key and its timers re-armed.
 
+pub mod cluster;
 mod cron;
 mod error;
 pub mod http;
@@ -16,11 +17,12 @@ mod registry;
 pub mod tasks;
 pub mod timers;
 
+pub use cluster::ClusterConfig;
 pub use error::{InputError, RuntimeError};
 pub use registry::{PublishOutcome, Published};
 pub use tasks::Task;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +57,9 @@ pub struct RuntimeConfig {
     pub env: BTreeMap<String, String>,
     /// The request timeout of `http` steps that set no `timeout`.
     pub default_http_timeout: Duration,
+    /// Share the instances with other replicas on the same store (`None`: this
+    /// process drives every instance).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -62,6 +67,7 @@ impl Default for RuntimeConfig {
         Self {
             env: BTreeMap::new(),
             default_http_timeout: Duration::from_secs(30),
+            cluster: None,
         }
     }
 }
@@ -83,6 +89,10 @@ struct Inner {
     stop: CancellationToken,
     tracker: TaskTracker,
     cron: Mutex<cron::CronTable>,
+    cluster: Option<cluster::Cluster>,
+    /// Events of streams other than sagas' that another replica may have
+    /// written (workflows, tokens), for whoever keeps state from them.
+    stream_events: tokio::sync::broadcast::Sender<RecordedEvent>,
 }
 
 /// An instance that has not ended, held in memory.
@@ -93,6 +103,32 @@ struct Live {
     published: Arc<Published>,
     state: tokio::sync::Mutex<SagaState>,
     ended: watch::Sender<bool>,
+    /// The attempts this process has performed, so an attempt learnt again
+    /// from the log (written by another replica) is not performed twice.
+    performed: Mutex<HashSet<(usize, u32, Phase)>>,
+}
+
+impl Live {
+    fn new(id: Uuid, published: Arc<Published>, st: SagaState) -> Self {
+        let ended = st.is_terminal();
+        Self {
+            id,
+            key: id.to_string(),
+            stream: format!("saga-{id}"),
+            published,
+            state: tokio::sync::Mutex::new(st),
+            ended: watch::channel(ended).0,
+            performed: Mutex::default(),
+        }
+    }
+
+    /// True the first time an attempt is seen.
+    fn first_performance(&self, step: usize, attempt: u32, phase: Phase) -> bool {
+        self.performed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((step, attempt, phase))
+    }
 }
 
 /// An instance as the API shows it.
@@ -137,6 +173,7 @@ impl Runtime {
         config: RuntimeConfig,
     ) -> Result<Self, RuntimeError> {
         let registry = Registry::new(config.env.clone());
+        let cluster = config.cluster.clone().map(cluster::Cluster::new);
         let loaded = registry.load(store.as_ref()).await?;
         tracing::info!(versions = loaded, "workflows loaded from the store");
         let http = reqwest::Client::builder()
@@ -156,11 +193,25 @@ impl Runtime {
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             cron: Mutex::default(),
+            cluster,
+            stream_events: tokio::sync::broadcast::channel(256).0,
         })))
     }
 
-    /// Starts the timer loop and the projection follower, and resumes every unfinished instance.
+    /// Starts the timer loop and the projection follower, and resumes every
+    /// unfinished instance (with replicas: of the partitions this one holds).
     pub async fn run_background(&self) -> Result<usize, RuntimeError> {
+        if let Some(c) = &self.0.cluster {
+            // Follow the log from here, so nothing written from now on is missed.
+            let from = *self.0.store.head().borrow();
+            c.round(self.0.store.as_ref(), self.now(), false).await?;
+            let rt = self.clone();
+            self.0.tracker.spawn(async move { rt.cluster_loop().await });
+            let rt = self.clone();
+            self.0
+                .tracker
+                .spawn(async move { rt.follow_log(from).await });
+        }
         let rt = self.clone();
         self.0.tracker.spawn(async move { rt.timer_loop().await });
         let rt = self.clone();
@@ -180,6 +231,12 @@ impl Runtime {
 
     /// Stops the background work and waits (up to `grace`) for effects in flight to record their outcome.
     pub async fn shutdown(&self, grace: Duration) {
+        if let Some(c) = &self.0.cluster {
+            // Give the partitions back so the other replicas take them at once.
+            if let Err(e) = c.round(self.0.store.as_ref(), self.now(), true).await {
+                tracing::warn!(error = %e, "could not hand the partitions back; they are taken once the lease runs out");
+            }
+        }
         self.0.stop.cancel();
         self.0.tracker.close();
         if tokio::time::timeout(grace, self.0.tracker.wait())
@@ -274,17 +331,23 @@ impl Runtime {
         }
         tracing::debug!(instance_id = %id, workflow, "saga started");
         crate::telemetry::saga_started(workflow);
-        let live = Arc::new(Live {
-            id,
-            key,
-            stream,
-            published,
-            state: tokio::sync::Mutex::new(state),
-            ended: watch::channel(false).0,
-        });
-        self.lock_live().insert(id, live.clone());
-        let st = live.state.lock().await;
-        self.perform(&live, &st, d.actions);
+        if !self.drives(id) {
+            // The replica holding its partition learns of it from the log.
+            return Ok(Started { id, created: true });
+        }
+        let live = Arc::new(Live::new(id, published, state));
+        let first = match self.lock_live().entry(id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(live.clone());
+                true
+            }
+            // already taken in from the log, which performs it
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        };
+        if first {
+            let st = live.state.lock().await;
+            self.perform(&live, &st, d.actions);
+        }
         Ok(Started { id, created: true })
     }
 
@@ -313,13 +376,43 @@ impl Runtime {
     pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<InstanceView, RuntimeError> {
         let live = self.lock_live().get(&id).cloned();
         let Some(live) = live else {
-            return self.get(id).await;
+            return self.wait_in_store(id, timeout).await;
         };
         let mut ended = live.ended.subscribe();
         let _ = tokio::time::timeout(timeout, ended.wait_for(|e| *e)).await;
         // The handle holds the final state even once the instance has left memory.
         let st = live.state.lock().await;
         Ok(view(id, &live.published.machine, &st))
+    }
+
+    /// Like [`wait`](Self::wait) for an instance this process does not hold:
+    /// reads it again whenever the log moves.
+    async fn wait_in_store(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<InstanceView, RuntimeError> {
+        let mut head = self.0.store.head();
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            head.borrow_and_update();
+            let view = self.get(id).await?;
+            if view.finished_at.is_some() || self.lock_live().contains_key(&id) {
+                return if view.finished_at.is_some() {
+                    Ok(view)
+                } else {
+                    Box::pin(self.wait(
+                        id,
+                        until.saturating_duration_since(tokio::time::Instant::now()),
+                    ))
+                    .await
+                };
+            }
+            match tokio::time::timeout_at(until, head.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.get(id).await,
+            }
+        }
     }
 
     /// The instance's stream, in order.
@@ -470,13 +563,67 @@ impl Runtime {
         }
     }
 
+    /// The task a worker answers: held here, or (with replicas) handed out by
+    /// another replica, known from its id (`{instance}:{step}[:compensate]:{attempt}`).
+    async fn answered_task(&self, task_id: &str) -> Result<Task, RuntimeError> {
+        match self.0.tasks.take(task_id) {
+            Some(t) => Ok(t),
+            None => self.task_in_store(task_id).await,
+        }
+    }
+
+    /// The task with this id if it is the attempt in flight of its instance
+    /// (with replicas; without, a task not held here is unknown).
+    async fn task_in_store(&self, task_id: &str) -> Result<Task, RuntimeError> {
+        let unknown = || RuntimeError::UnknownTask(task_id.to_string());
+        if self.0.cluster.is_none() {
+            return Err(unknown());
+        }
+        let (id, rest) = task_id.split_once(':').ok_or_else(unknown)?;
+        let id = Uuid::parse_str(id).map_err(|_| unknown())?;
+        let (rest, attempt) = rest.rsplit_once(':').ok_or_else(unknown)?;
+        let attempt: u32 = attempt.parse().map_err(|_| unknown())?;
+        let (step, phase) = match rest.strip_suffix(":compensate") {
+            Some(s) => (s, Phase::Compensation),
+            None => (rest, Phase::Forward),
+        };
+        let st = fold(&self.read_events(id).await?);
+        // only the attempt in flight is answerable
+        let current = st
+            .in_flight
+            .filter(|f| f.attempt == attempt && f.phase == phase)
+            .ok_or_else(unknown)?;
+        let published = self.0.registry.get(&st.workflow, Some(st.version))?;
+        let s = published
+            .machine
+            .steps
+            .get(current.step)
+            .filter(|s| s.name == step)
+            .ok_or_else(unknown)?;
+        let action = match phase {
+            Phase::Forward => &s.action,
+            Phase::Compensation => s.compensation.as_ref().ok_or_else(unknown)?,
+        };
+        let StepAction::Task(call) = action else {
+            return Err(unknown());
+        };
+        Ok(Task {
+            id: task_id.to_string(),
+            queue: call.queue.clone(),
+            instance: id,
+            workflow: st.workflow.clone(),
+            step: step.to_string(),
+            step_index: current.step,
+            attempt,
+            phase,
+            input: Value::Null,
+            heartbeat_seconds: call.heartbeat.map(|h| h.as_secs()),
+        })
+    }
+
     /// A worker's answer; true if it moved the saga (false if the task was no longer current).
     pub async fn complete_task(&self, task_id: &str, output: Value) -> Result<bool, RuntimeError> {
-        let task = self
-            .0
-            .tasks
-            .take(task_id)
-            .ok_or_else(|| RuntimeError::UnknownTask(task_id.to_string()))?;
+        let task = self.answered_task(task_id).await?;
         self.apply(
             task.instance,
             Input::Succeeded {
@@ -495,11 +642,7 @@ impl Runtime {
         error: String,
         retryable: bool,
     ) -> Result<bool, RuntimeError> {
-        let task = self
-            .0
-            .tasks
-            .take(task_id)
-            .ok_or_else(|| RuntimeError::UnknownTask(task_id.to_string()))?;
+        let task = self.answered_task(task_id).await?;
         let kind = if retryable {
             FailureKind::Transient
         } else {
@@ -526,9 +669,13 @@ impl Runtime {
         }
     }
 
-    /// The queue of a task that is waiting for a worker or leased to one.
-    pub fn task_queue(&self, task_id: &str) -> Option<String> {
-        self.0.tasks.queue_of(task_id)
+    /// The queue of a task that is waiting for a worker or leased to one
+    /// (here, or with replicas, anywhere).
+    pub async fn task_queue(&self, task_id: &str) -> Option<String> {
+        match self.0.tasks.queue_of(task_id) {
+            Some(q) => Some(q),
+            None => self.task_in_store(task_id).await.ok().map(|t| t.queue),
+        }
     }
 
     pub fn queue_depths(&self) -> Vec<(String, usize)> {
@@ -543,6 +690,175 @@ impl Runtime {
     /// Instances held in memory (those that have not ended).
     pub fn live_instances(&self) -> usize {
         self.lock_live().len()
+    }
+
+    // ---- replicas --------------------------------------------------------
+
+    /// Whether this process drives the instance (always, without replicas).
+    fn drives(&self, id: Uuid) -> bool {
+        self.0.cluster.as_ref().is_none_or(|c| c.holds(id))
+    }
+
+    /// This replica's name and the partitions it holds (`None` without replicas).
+    pub fn partitions_held(&self) -> Option<(String, Vec<u32>)> {
+        let c = self.0.cluster.as_ref()?;
+        let held = c.held();
+        let list = (0..cluster::PARTITIONS)
+            .filter(|p| held & (1 << p) != 0)
+            .collect();
+        Some((c.config.replica.clone(), list))
+    }
+
+    /// Events of non-saga streams as this process learns them from the log
+    /// (only with replicas; a single server knows what it wrote).
+    pub fn stream_events(&self) -> tokio::sync::broadcast::Receiver<RecordedEvent> {
+        self.0.stream_events.subscribe()
+    }
+
+    /// Renews the lease and moves partitions in and out, every `ttl / 5`.
+    async fn cluster_loop(&self) {
+        let Some(c) = &self.0.cluster else { return };
+        let every = c.config.renew_every();
+        loop {
+            tokio::select! {
+                () = self.0.stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            match c.round(self.0.store.as_ref(), self.now(), false).await {
+                Ok(change) => {
+                    if change.lost != 0 {
+                        self.release(change.lost);
+                    }
+                    if change.gained != 0 {
+                        tracing::info!(
+                            partitions = change.gained.count_ones(),
+                            "partitions taken over"
+                        );
+                        if let Err(e) = self.resume_partitions(change.gained).await {
+                            tracing::error!(error = %e, "could not resume the instances of partitions taken over");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew the replica lease");
+                    let dropped = c.fence(self.now());
+                    if dropped != 0 {
+                        tracing::error!(
+                            "the replica lease ran out; driving nothing until it is renewed"
+                        );
+                        self.release(dropped);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets the instances of partitions given up: no timers, no tasks, no
+    /// state. Effects still in flight record their outcome like any writer would.
+    fn release(&self, partitions: u64) {
+        let gone: Vec<Arc<Live>> = {
+            let mut live = self.lock_live();
+            let ids: Vec<Uuid> = live
+                .keys()
+                .filter(|id| partitions & (1 << cluster::partition(**id)) != 0)
+                .copied()
+                .collect();
+            ids.iter().filter_map(|id| live.remove(id)).collect()
+        };
+        for l in &gone {
+            self.0.timers.set(l.id, []);
+            self.0.tasks.withdraw(l.id, None);
+        }
+        tracing::info!(
+            partitions = partitions.count_ones(),
+            instances = gone.len(),
+            "partitions handed over"
+        );
+    }
+
+    /// Follows the log from `from` and acts on what other replicas wrote: new
+    /// inputs of the instances this one drives, workflows published, tokens.
+    async fn follow_log(&self, mut from: Option<u64>) {
+        let mut head = self.0.store.head();
+        loop {
+            head.borrow_and_update();
+            match self.0.store.read_all(from, 512).await {
+                Ok(batch) if !batch.is_empty() => {
+                    from = batch.last().map(|e| e.position);
+                    self.learn(batch).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not follow the log; retrying");
+                    tokio::select! {
+                        () = self.0.stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                () = self.0.stop.cancelled() => return,
+                changed = head.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    async fn learn(&self, batch: Vec<RecordedEvent>) {
+        // the newest revision seen per instance driven here
+        let mut moved: HashMap<Uuid, u64> = HashMap::new();
+        for e in batch {
+            if let Some(id) = e.stream.strip_prefix("saga-") {
+                if let Ok(id) = Uuid::parse_str(id) {
+                    if self.drives(id) {
+                        let r = moved.entry(id).or_default();
+                        *r = (*r).max(e.revision);
+                    }
+                }
+                continue;
+            }
+            if e.stream.starts_with("workflow-") {
+                self.0.registry.learn(&e);
+            }
+            if e.stream != cluster::STREAM {
+                let _ = self.0.stream_events.send(e);
+            }
+        }
+        for (id, revision) in moved {
+            if let Err(e) = self.refresh(id, revision).await {
+                tracing::warn!(instance_id = %id, error = %e, "could not take in another replica's events");
+            }
+        }
+    }
+
+    /// Brings a driven instance up to `revision` (written by another replica)
+    /// and performs what it now asks for that this process has not performed.
+    async fn refresh(&self, id: Uuid, revision: u64) -> Result<(), RuntimeError> {
+        let known = self.lock_live().get(&id).cloned();
+        let held = known.is_some();
+        let live = match known {
+            Some(l) => l,
+            None => self.live(id).await?,
+        };
+        let mut st = live.state.lock().await;
+        if held && st.events > revision {
+            return Ok(()); // written here, or already taken in
+        }
+        if held {
+            *st = fold(&self.read_events(id).await?);
+        }
+        if st.is_terminal() {
+            if self.lock_live().remove(&id).is_some() {
+                self.0.timers.set(id, []);
+                self.0.tasks.withdraw(id, None);
+                live.ended.send_replace(true);
+            }
+            return Ok(());
+        }
+        let actions = saga::resume(&st);
+        self.perform(&live, &st, actions);
+        Ok(())
     }
 
     // ---- the loop --------------------------------------------------------
@@ -581,15 +897,9 @@ impl Runtime {
             )));
         }
         let terminal = st.is_terminal();
-        let live = Arc::new(Live {
-            id,
-            key: id.to_string(),
-            stream: format!("saga-{id}"),
-            published,
-            state: tokio::sync::Mutex::new(st),
-            ended: watch::channel(terminal).0,
-        });
-        if terminal {
+        let live = Arc::new(Live::new(id, published, st));
+        if terminal || !self.drives(id) {
+            // Not kept: another replica drives it, or it has ended.
             return Ok(live);
         }
         Ok(self.lock_live().entry(id).or_insert(live).clone())
@@ -622,7 +932,7 @@ impl Runtime {
                     crate::telemetry::observe(&live.published.machine.name, &st, &d.events);
                     let revived = st.is_terminal() && !next.is_terminal();
                     *st = next;
-                    if revived {
+                    if revived && self.drives(id) {
                         // a retried instance is live again
                         live.ended.send_replace(false);
                         self.lock_live().insert(id, live.clone());
@@ -662,7 +972,11 @@ impl Runtime {
     }
 
     /// Carries out actions whose events are durable. Called with the instance's lock held.
+    /// Only the replica driving the instance acts; others have recorded the events only.
     fn perform(&self, live: &Arc<Live>, st: &SagaState, actions: Vec<Action>) {
+        if !self.drives(live.id) {
+            return;
+        }
         self.0
             .timers
             .set(live.id, st.timers.iter().map(|(id, t)| (id.clone(), t.due)));
@@ -695,6 +1009,9 @@ impl Runtime {
         attempt: u32,
         phase: Phase,
     ) {
+        if !live.first_performance(step, attempt, phase) {
+            return;
+        }
         let s = &machine.steps[step];
         let action = match phase {
             Phase::Forward => &s.action,
@@ -871,6 +1188,11 @@ impl Runtime {
 
     /// Resumes every unfinished instance: re-issues its effect in flight and re-arms its timers.
     pub(crate) async fn resume(&self) -> Result<usize, RuntimeError> {
+        self.resume_partitions(u64::MAX).await
+    }
+
+    /// Resumes the unfinished instances of the partitions in `mask` that this process drives.
+    async fn resume_partitions(&self, mask: u64) -> Result<usize, RuntimeError> {
         let Some(p) = &self.0.projections else {
             return Ok(0);
         };
@@ -878,6 +1200,9 @@ impl Runtime {
         let ids = p.unfinished().await?;
         let mut resumed = 0;
         for id in ids {
+            if mask & (1 << cluster::partition(id)) == 0 || !self.drives(id) {
+                continue;
+            }
             let live = match self.live(id).await {
                 Ok(l) => l,
                 Err(e) => {

@@ -161,10 +161,52 @@ impl Registry {
             schema_version: 1,
             data,
         };
-        store
+        match store
             .append(&stream, Expected::after(known), vec![new])
-            .await?;
-        Ok((self.insert(p), PublishOutcome::Published))
+            .await
+        {
+            Ok(_) => Ok((self.insert(p), PublishOutcome::Published)),
+            Err(e) if e.is_conflict() => {
+                // Another replica published meanwhile: take in what it wrote and look again.
+                for e in store.read_stream(&stream, known).await? {
+                    self.learn(&e);
+                }
+                match self.get(&name, Some(version)) {
+                    Ok(existing) if existing.machine.hash == p.machine.hash => {
+                        Ok((existing, PublishOutcome::Unchanged))
+                    }
+                    Ok(_) => Err(RuntimeError::VersionConflict { name, version }),
+                    Err(_) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Registers the version a `WorkflowPublished` event records (at start, or
+    /// published by another replica), unless it is known; true if it was added.
+    pub fn learn(&self, e: &crate::store::RecordedEvent) -> bool {
+        if e.event_type != "WorkflowPublished" {
+            return false;
+        }
+        let Ok(published) = serde_json::from_value::<WorkflowPublished>(e.data.clone()) else {
+            tracing::error!(stream = %e.stream, "skipping an unreadable WorkflowPublished event");
+            return false;
+        };
+        if self.get(&published.name, Some(published.version)).is_ok() {
+            return false;
+        }
+        // Definitions were valid when published; one that no longer compiles is kept out and reported.
+        match self.compile(&published.source, published.at) {
+            Ok(p) => {
+                self.insert(p);
+                true
+            }
+            Err(err) => {
+                tracing::error!(workflow = %published.name, version = published.version, error = %err, "a published definition no longer compiles");
+                false
+            }
+        }
     }
 
     /// Registers every version recorded in the store.
@@ -180,17 +222,8 @@ impl Registry {
         let mut count = 0;
         for name in names {
             for e in store.read_stream(&format!("workflow-{name}"), 0).await? {
-                let published: WorkflowPublished = serde_json::from_value(e.data)
-                    .map_err(|e| RuntimeError::Corrupt(e.to_string()))?;
-                // Definitions were valid when published; one that no longer compiles is kept out and reported.
-                match self.compile(&published.source, published.at) {
-                    Ok(p) => {
-                        self.insert(p);
-                        count += 1;
-                    }
-                    Err(err) => {
-                        tracing::error!(workflow = %name, version = published.version, error = %err, "a published definition no longer compiles")
-                    }
+                if self.learn(&e) {
+                    count += 1;
                 }
             }
         }

@@ -32,6 +32,34 @@ where
     announces_the_head(&make().await).await;
     concurrent_writers_of_one_stream_lose_nothing(Arc::new(make().await)).await;
     concurrent_writers_of_many_streams_all_land(Arc::new(make().await)).await;
+    a_trimmed_stream_keeps_its_revisions(&make().await).await;
+}
+
+/// Trimming may drop old events (or keep them), never renumber the rest or
+/// lose the stream's place: appends still expect the last revision.
+async fn a_trimmed_stream_keeps_its_revisions(s: &impl EventStore) {
+    s.append("lease", Expected::NoStream, (0..5).map(ev).collect())
+        .await
+        .unwrap();
+    s.trim("lease", 3).await.unwrap();
+    let tail = s.read_stream("lease", 3).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    let all = s.read_stream("lease", 0).await.unwrap();
+    assert!(all.iter().all(|e| e.data["n"] == e.revision), "{all:?}");
+    assert_eq!(all.last().unwrap().revision, 4);
+    assert!(s
+        .append("lease", Expected::Revision(3), vec![ev(5)])
+        .await
+        .unwrap_err()
+        .is_conflict());
+    let a = s
+        .append("lease", Expected::Revision(4), vec![ev(5)])
+        .await
+        .unwrap();
+    assert_eq!(a.revision, 5);
 }
 
 async fn appends_and_reads_in_order(s: &impl EventStore) {

@@ -204,6 +204,18 @@ impl EventStore for EsdbStore {
         }
     }
 
+    async fn trim(&self, stream: &str, before: u64) -> Result<(), StoreError> {
+        // EventStoreDB hides events before `$tb` at once and scavenges them later.
+        let metadata = kurrentdb::StreamMetadata::builder()
+            .truncate_before(before)
+            .build();
+        self.client
+            .set_stream_metadata(stream, &AppendToStreamOptions::default(), &metadata)
+            .await
+            .map_err(|e| unavailable(format!("trimming {stream}: {e}")))?;
+        Ok(())
+    }
+
     async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {
         let options = ReadStreamOptions::default()
             .forwards()

@@ -217,6 +217,13 @@ pub trait EventStore: Send + Sync + 'static {
         ))
     }
 
+    /// Drops the events of `stream` before revision `before`, for streams only
+    /// their latest events matter to (the replicas' lease table). Stores that
+    /// cannot drop events keep them; reads from a revision still work.
+    async fn trim(&self, _stream: &str, _before: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The position of the newest event, updated as events are appended (for followers to wait on).
     fn head(&self) -> watch::Receiver<Option<u64>>;
 

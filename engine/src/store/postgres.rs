@@ -204,13 +204,16 @@ async fn write_batch(
             )));
             continue;
         }
-        let known = local
-            .get(&req.stream)
-            .or_else(|| heads.get(&req.stream))
-            .copied();
+        let mut known = local.get(&req.stream).copied();
+        let cached = known.is_none();
+        if cached {
+            known = heads.get(&req.stream).copied();
+        }
         let last = match known {
-            Some(l) => l,
-            None => {
+            // A head cached from an earlier batch may be stale (another process wrote the
+            // stream); it is trusted only when it admits the append, and the insert checks that.
+            Some(l) if !cached || req.expected.admits(l) => l,
+            _ => {
                 let l: Option<i64> =
                     sqlx::query_scalar("SELECT MAX(revision) FROM events WHERE stream = $1")
                         .bind(&req.stream)
@@ -326,6 +329,16 @@ impl EventStore for PostgresStore {
         .await
         .map_err(unavailable)?;
         rows.iter().map(row_to_event).collect()
+    }
+
+    async fn trim(&self, stream: &str, before: u64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM events WHERE stream = $1 AND revision < $2")
+            .bind(stream)
+            .bind(before as i64)
+            .execute(&self.reads)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn read_all(
@@ -497,7 +510,19 @@ mod tests {
                 .enumerate()
                 .all(|(i, e)| e.revision == i as u64));
         }
+        // a's cached head of `x` goes stale when b writes it; an append expecting the truth still lands
+        a.append("x", Expected::NoStream, vec![event(0)])
+            .await
+            .unwrap();
+        b.append("x", Expected::Revision(0), vec![event(1)])
+            .await
+            .unwrap();
+        let third = a.append("x", Expected::Revision(1), vec![event(2)]).await;
+        assert_eq!(third.unwrap().revision, 2);
+        let stale = a.append("x", Expected::Revision(1), vec![event(3)]).await;
+        assert!(stale.unwrap_err().is_conflict());
         // b hears about a's commits
+        let all = a.read_all(None, 10_000).await.unwrap();
         let last = all.last().unwrap().position;
         tokio::time::timeout(
             Duration::from_secs(10),

@@ -1,0 +1,281 @@
+//! Replicas sharing one store: three `sagaflow serve` processes on one
+//! PostgreSQL database, and two on one EventStoreDB (the protocol-level test
+//! double; no real EventStoreDB runs here). They split the partitions of
+//! instances between them, orders started on any of them all run, one replica
+//! is killed with SIGKILL while it drives unfinished sagas, and the others take
+//! them over: every saga ends right, every history is whole, every effect
+//! happened once (the demo services run as their own process and count them).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{client, get_json, order, temp_dir, Proc};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const PARTITIONS: usize = 64;
+
+/// The partitions a replica drives, from its health report.
+async fn held(c: &reqwest::Client, url: &str) -> Vec<u64> {
+    let (_, h) = get_json(c, format!("{url}/health")).await;
+    h["partitions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// Waits (at most 30 s) until the replicas together hold every partition, each some, none twice.
+async fn until_split(c: &reqwest::Client, replicas: &[&Proc]) -> Vec<Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = Vec::new();
+        for r in replicas {
+            all.push(held(c, &r.url).await);
+        }
+        let mut union: Vec<u64> = all.iter().flatten().copied().collect();
+        let total = union.len();
+        union.sort_unstable();
+        union.dedup();
+        let split = all.iter().all(|h| !h.is_empty()) && union.len() == PARTITIONS;
+        assert_eq!(union.len(), total, "a partition held twice: {all:?}");
+        if split {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not split the partitions: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn partition(id: &str) -> u64 {
+    u64::from(sagaflow_engine::runtime::cluster::partition(
+        id.parse().unwrap(),
+    ))
+}
+
+async fn replicas_share_the_work_and_take_over_a_dead_one(
+    name: &str,
+    store: &str,
+    replicas: usize,
+    orders: u32,
+) {
+    let dir = temp_dir(name);
+    let demo = Proc::start(
+        &[
+            "demo-services",
+            "--listen",
+            "127.0.0.1:0",
+            "--latency",
+            "40ms",
+        ],
+        &dir.join("demo.log"),
+    );
+    let demo_env = format!("demo_url={}/demo", demo.url);
+    let args = [
+        "--store",
+        store,
+        "--lease-ttl",
+        "2s",
+        "--no-demo",
+        "--workflow-env",
+        &demo_env,
+    ];
+    let mut procs: Vec<Proc> = (0..replicas)
+        .map(|i| {
+            let home = dir.join(format!("r{i}"));
+            std::fs::create_dir_all(&home).unwrap();
+            common::serve_in(&home, "server.log", &args, &[])
+        })
+        .collect();
+    let c = client();
+    let shares = until_split(&c, &procs.iter().collect::<Vec<_>>()).await;
+    eprintln!(
+        "partitions per replica: {:?}",
+        shares.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+
+    // A token issued through one replica is accepted by the others.
+    let (status, issued) = common::post_json(
+        &c,
+        format!("{}/tokens", procs[0].url),
+        json!({"name": "replicas", "role": "client"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let token = issued["token"].as_str().unwrap().to_string();
+    let with_token = common::client_with(Some(&token));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = with_token
+            .get(format!("{}/instances?limit=1", procs[replicas - 1].url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "another replica never accepted the token: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Orders started round-robin on every replica, 10% over the payment limit, 12 at a time.
+    let mut ids: HashMap<u32, String> = HashMap::new();
+    let mut n = 1;
+    while n <= orders {
+        let batch: Vec<_> = (n..(n + 12).min(orders + 1))
+            .map(|i| {
+                let c = c.clone();
+                let url = format!(
+                    "{}/workflows/order/instances",
+                    procs[i as usize % replicas].url
+                );
+                let amount = if i % 10 == 0 { 5000.0 } else { 25.0 };
+                tokio::spawn(async move {
+                    let r = c
+                        .post(url)
+                        .header("Idempotency-Key", format!("replica-{i}"))
+                        .json(&order(i, amount))
+                        .send()
+                        .await
+                        .expect("start");
+                    assert!(r.status().is_success(), "start {i}: {}", r.status());
+                    let v: Value = r.json().await.unwrap();
+                    (i, v["id"].as_str().unwrap().to_string())
+                })
+            })
+            .collect();
+        for task in batch {
+            let (i, id) = task.await.expect("start task");
+            ids.insert(i, id);
+        }
+        n += 12;
+    }
+
+    // Kill, mid-run, the replica driving the most of the sagas started last.
+    let latest: Vec<&String> = (orders.saturating_sub(11)..=orders)
+        .filter_map(|i| ids.get(&i))
+        .collect();
+    let driven_by = |r: usize| {
+        latest
+            .iter()
+            .filter(|id| shares[r].contains(&partition(id)))
+            .count()
+    };
+    let victim = (0..replicas).max_by_key(|r| driven_by(*r)).unwrap();
+    procs[victim].kill9();
+    let victim_log = procs.remove(victim).log();
+    // Its sagas still unfinished, and how far their histories got when it died.
+    let mut orphaned: HashMap<String, u64> = HashMap::new();
+    for id in ids.values() {
+        if !shares[victim].contains(&partition(id)) {
+            continue;
+        }
+        let (_, v) = get_json(&c, format!("{}/instances/{id}", procs[0].url)).await;
+        if v["finished_at"].is_null() {
+            orphaned.insert(id.clone(), v["events"].as_u64().unwrap());
+        }
+    }
+    assert!(
+        !orphaned.is_empty(),
+        "the kill should land while the replica drives unfinished sagas"
+    );
+
+    // The others take its partitions over once its lease runs out, and finish everything.
+    let survivors: Vec<&Proc> = procs.iter().collect();
+    until_split(&c, &survivors).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (i, id) in &ids {
+        assert!(
+            Instant::now() < deadline,
+            "sagas did not finish within 120 s of the kill"
+        );
+        let url = &survivors[*i as usize % survivors.len()].url;
+        let v = get_json(&c, format!("{url}/instances/{id}?wait=60s"))
+            .await
+            .1;
+        let want = if i % 10 == 0 {
+            "compensated"
+        } else {
+            "completed"
+        };
+        assert_eq!(
+            v["status"], want,
+            "order {i} ({id}, partition {}): {v}\nkilled replica's log:\n{victim_log}\nsurvivor's log:\n{}",
+            partition(id),
+            survivors[0].log()
+        );
+    }
+    // The dead replica's sagas moved on after it died: the others drove them.
+    for (id, at_kill) in &orphaned {
+        let (_, v) = get_json(&c, format!("{}/instances/{id}", survivors[0].url)).await;
+        assert!(
+            v["events"].as_u64().unwrap() > *at_kill,
+            "{id} did not move after the kill: {v}"
+        );
+    }
+    common::histories_are_whole(&c, &survivors[0].url, &ids).await;
+    let stats = common::effects_happened_once(&c, &demo.url, orders).await;
+    let replayed = stats["keys"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|n| n.as_u64() > Some(1))
+        .count();
+    eprintln!(
+        "{} sagas of the killed replica were unfinished and taken over; \
+         {replayed} effects re-issued with their original idempotency key",
+        orphaned.len()
+    );
+
+    // Every replica's read models agree on the outcome.
+    for s in &survivors {
+        let (_, o) = get_json(&c, format!("{}/orders/o-10?consistent=true", s.url)).await;
+        assert_eq!(o["status"], "compensated", "{o}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_postgres_share_the_work_and_take_over_a_dead_one() {
+    let url = sagaflow_engine::store::postgres::test_database("e2e_replicas").await;
+    replicas_share_the_work_and_take_over_a_dead_one("pg-replicas", &url, 3, 120).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_the_eventstoredb_double_share_the_work_and_take_over_a_dead_one() {
+    let double = esdb_double::Double::default();
+    let server = double.serve().await;
+    replicas_share_the_work_and_take_over_a_dead_one("esdb-replicas", &server.url(), 2, 60).await;
+}
+
+#[tokio::test]
+async fn a_database_that_does_not_answer_is_named_without_its_password() {
+    let dir = temp_dir("pg-away");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.join("data").to_str().unwrap(),
+            "--store",
+            "postgres://sagaflow:s3cret-password@127.0.0.1:1/nowhere",
+        ])
+        .env("SAGAFLOW_ADMIN_TOKEN", common::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PostgreSQL"), "{err}");
+    assert!(
+        !err.contains("s3cret-password"),
+        "no password in messages: {err}"
+    );
+}
