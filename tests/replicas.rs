@@ -17,6 +17,19 @@ use serde_json::{json, Value};
 
 const PARTITIONS: usize = 64;
 
+/// A saga that waits (a timer), then hands a task to a worker.
+const TIMER_WORKFLOW: &str = "\
+name: replica-timer
+version: 1
+steps:
+  - name: pause
+    wait: { duration: 4s }
+  - name: handoff
+    task: { queue: replica-q }
+    timeout: 1m
+    compensate: none
+";
+
 /// The partitions a replica drives, from its health report.
 async fn held(c: &reqwest::Client, url: &str) -> Vec<u64> {
     let (_, h) = get_json(c, format!("{url}/health")).await;
@@ -126,6 +139,34 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A workflow published on one replica reaches the others.
+    let r = c
+        .post(format!("{}/workflows", procs[0].url))
+        .header("content-type", "application/yaml")
+        .body(TIMER_WORKFLOW)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for p in &procs {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c
+            .get(format!("{}/workflows/replica-timer", p.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            != StatusCode::OK
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the workflow never reached {}",
+                p.url
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     // Orders started round-robin on every replica, 10% over the payment limit, 12 at a time.
     let mut ids: HashMap<u32, String> = HashMap::new();
     let mut n = 1;
@@ -170,11 +211,38 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
             .count()
     };
     let victim = (0..replicas).max_by_key(|r| driven_by(*r)).unwrap();
+
+    // Sagas that wait on a timer, then hand a task to a worker: started just
+    // before the kill, until two fall in the victim's partitions.
+    let mut waiting: Vec<String> = Vec::new();
+    let mut in_victim = 0;
+    for k in 0..64 {
+        let (status, v) = common::post_json(
+            &c,
+            format!(
+                "{}/workflows/replica-timer/instances",
+                procs[k % replicas].url
+            ),
+            json!({"n": k}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        if shares[victim].contains(&partition(&id)) {
+            in_victim += 1;
+        }
+        waiting.push(id);
+        if in_victim == 2 {
+            break;
+        }
+    }
+    assert_eq!(in_victim, 2);
     procs[victim].kill9();
     let victim_log = procs.remove(victim).log();
-    // Its sagas still unfinished, and how far their histories got when it died.
+    // Its sagas still unfinished (orders, and the two waits at least), and how
+    // far their histories got when it died.
     let mut orphaned: HashMap<String, u64> = HashMap::new();
-    for id in ids.values() {
+    for id in ids.values().chain(&waiting) {
         if !shares[victim].contains(&partition(id)) {
             continue;
         }
@@ -213,6 +281,63 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
             survivors[0].log()
         );
     }
+    common::histories_are_whole(&c, &survivors[0].url, &ids).await;
+
+    // The waits' timers fire on whichever replica holds them now; a worker
+    // polls every replica and answers each task on another one.
+    let worker = common::client_with(Some(common::WORKER_TOKEN));
+    let mut answered = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut turn = 0;
+    while answered < waiting.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {answered} of {} tasks were handed out",
+            waiting.len()
+        );
+        let from = &survivors[turn % survivors.len()].url;
+        let to = &survivors[(turn + 1) % survivors.len()].url;
+        turn += 1;
+        let r = worker
+            .post(format!("{from}/tasks/replica-q/poll?wait=500ms"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::NO_CONTENT {
+            continue;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+        let task: Value = r.json().await.unwrap();
+        let tid = task["id"].as_str().unwrap();
+        let (status, answer) = common::post_json(
+            &worker,
+            format!("{to}/tasks/{tid}/complete"),
+            json!({"output": {"by": "worker"}}),
+        )
+        .await;
+        assert_eq!(
+            (status, &answer["accepted"]),
+            (StatusCode::OK, &json!(true))
+        );
+        answered += 1;
+    }
+    for id in &waiting {
+        let v = get_json(&c, format!("{}/instances/{id}?wait=30s", survivors[0].url))
+            .await
+            .1;
+        assert_eq!(v["status"], "completed", "{v}");
+        let history = get_json(&c, format!("{}/instances/{id}/events", survivors[0].url))
+            .await
+            .1;
+        let fired = history["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "TimerFired")
+            .count();
+        assert_eq!(fired, 1, "{id}: {history}");
+    }
+
     // The dead replica's sagas moved on after it died: the others drove them.
     for (id, at_kill) in &orphaned {
         let (_, v) = get_json(&c, format!("{}/instances/{id}", survivors[0].url)).await;
@@ -221,7 +346,6 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
             "{id} did not move after the kill: {v}"
         );
     }
-    common::histories_are_whole(&c, &survivors[0].url, &ids).await;
     let stats = common::effects_happened_once(&c, &demo.url, orders).await;
     let replayed = stats["keys"]
         .as_object()

@@ -13,6 +13,9 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use crate::store::StoreError;
 
+/// The advisory lock key read-model transactions take on PostgreSQL ("sfrm").
+const READ_MODEL_LOCK: i64 = 0x7366_726d;
+
 /// A statement's argument.
 #[derive(Debug, Clone)]
 pub(crate) enum Arg {
@@ -174,6 +177,7 @@ impl Db {
     }
 
     /// Runs the statements in one transaction.
+    /// Runs `stmts` in one transaction (on PostgreSQL, one writer at a time across processes).
     pub(crate) async fn transaction(&self, stmts: &[Stmt]) -> Result<(), StoreError> {
         match self {
             Db::Sqlite(pool) => {
@@ -189,6 +193,13 @@ impl Db {
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(db)?;
+                // Replicas sharing the read models write one transaction at a time: their
+                // batches overlap and would otherwise lock rows in different orders (deadlock).
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(READ_MODEL_LOCK)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
                 for (sql, args) in stmts {
                     bind_all!(sqlx::query(sql), args)
                         .execute(&mut *tx)

@@ -719,6 +719,8 @@ impl Runtime {
     async fn cluster_loop(&self) {
         let Some(c) = &self.0.cluster else { return };
         let every = c.config.renew_every();
+        // partitions gained whose instances are yet to be resumed (retried until it works)
+        let mut to_resume: u64 = 0;
         loop {
             tokio::select! {
                 () = self.0.stop.cancelled() => return,
@@ -734,8 +736,14 @@ impl Runtime {
                             partitions = change.gained.count_ones(),
                             "partitions taken over"
                         );
-                        if let Err(e) = self.resume_partitions(change.gained).await {
-                            tracing::error!(error = %e, "could not resume the instances of partitions taken over");
+                    }
+                    to_resume = (to_resume | change.gained) & c.held();
+                    if to_resume != 0 {
+                        match self.resume_partitions(to_resume).await {
+                            Ok(_) => to_resume = 0,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not resume the instances of partitions taken over; retrying")
+                            }
                         }
                     }
                 }
