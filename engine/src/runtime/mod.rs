@@ -93,6 +93,9 @@ struct Inner {
     /// Events of streams other than sagas' that another replica may have
     /// written (workflows, tokens), for whoever keeps state from them.
     stream_events: tokio::sync::broadcast::Sender<RecordedEvent>,
+    /// With replicas: the last revision this process appended per instance,
+    /// until the log follower has passed it (its own writes need no taking in).
+    written: Mutex<HashMap<Uuid, u64>>,
 }
 
 /// An instance that has not ended, held in memory.
@@ -195,6 +198,7 @@ impl Runtime {
             cron: Mutex::default(),
             cluster,
             stream_events: tokio::sync::broadcast::channel(256).0,
+            written: Mutex::default(),
         })))
     }
 
@@ -318,7 +322,7 @@ impl Runtime {
         let stream = format!("saga-{id}");
         let new: Vec<NewEvent> = d.events.iter().map(NewEvent::from).collect();
         match self.0.store.append(&stream, Expected::NoStream, new).await {
-            Ok(_) => {}
+            Ok(a) => self.wrote(id, a.revision),
             Err(e) if e.is_conflict() && idempotency_key.is_some() => {
                 let existing = self.get(id).await?;
                 return if existing.input == input && existing.workflow == workflow {
@@ -715,6 +719,37 @@ impl Runtime {
         self.0.stream_events.subscribe()
     }
 
+    /// Notes an append of this process for the log follower (with replicas).
+    fn wrote(&self, id: Uuid, revision: u64) {
+        if self.0.cluster.is_some() {
+            let mut w = self
+                .0
+                .written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let r = w.entry(id).or_insert(revision);
+            *r = (*r).max(revision);
+        }
+    }
+
+    /// Whether this process appended the event at `revision` of an instance
+    /// (forgotten once the follower reaches the last such event).
+    fn written_here(&self, id: Uuid, revision: u64) -> bool {
+        let mut w = self
+            .0
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match w.get(&id) {
+            Some(&last) if revision < last => true,
+            Some(&last) if revision == last => {
+                w.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Renews the lease and moves partitions in and out, every `ttl / 5`.
     async fn cluster_loop(&self) {
         let Some(c) = &self.0.cluster else { return };
@@ -790,7 +825,7 @@ impl Runtime {
         let mut head = self.0.store.head();
         loop {
             head.borrow_and_update();
-            match self.0.store.read_all(from, 512).await {
+            match self.0.store.read_all_refs(from, 512).await {
                 Ok(batch) if !batch.is_empty() => {
                     from = batch.last().map(|e| e.position);
                     self.learn(batch).await;
@@ -813,24 +848,35 @@ impl Runtime {
         }
     }
 
-    async fn learn(&self, batch: Vec<RecordedEvent>) {
+    async fn learn(&self, batch: Vec<crate::store::EventRef>) {
         // the newest revision seen per instance driven here
         let mut moved: HashMap<Uuid, u64> = HashMap::new();
         for e in batch {
             if let Some(id) = e.stream.strip_prefix("saga-") {
                 if let Ok(id) = Uuid::parse_str(id) {
-                    if self.drives(id) {
+                    if self.drives(id) && !self.written_here(id, e.revision) {
                         let r = moved.entry(id).or_default();
                         *r = (*r).max(e.revision);
                     }
                 }
                 continue;
             }
-            if e.stream.starts_with("workflow-") {
-                self.0.registry.learn(&e);
+            if e.stream == cluster::STREAM {
+                continue;
             }
-            if e.stream != cluster::STREAM {
-                let _ = self.0.stream_events.send(e);
+            // the few events others keep state from are read whole
+            let whole = match self.0.store.read_stream(&e.stream, e.revision).await {
+                Ok(events) => events.into_iter().next(),
+                Err(err) => {
+                    tracing::warn!(stream = %e.stream, error = %err, "could not read an event another replica wrote");
+                    None
+                }
+            };
+            if let Some(whole) = whole.filter(|w| w.revision == e.revision) {
+                if whole.stream.starts_with("workflow-") {
+                    self.0.registry.learn(&whole);
+                }
+                let _ = self.0.stream_events.send(whole);
             }
         }
         for (id, revision) in moved {
@@ -850,22 +896,33 @@ impl Runtime {
             None => self.live(id).await?,
         };
         let mut st = live.state.lock().await;
-        if held && st.events > revision {
-            return Ok(()); // written here, or already taken in
-        }
-        if held {
-            *st = fold(&self.read_events(id).await?);
-        }
-        if st.is_terminal() {
-            if self.lock_live().remove(&id).is_some() {
-                self.0.timers.set(id, []);
-                self.0.tasks.withdraw(id, None);
-                live.ended.send_replace(true);
+        if !held {
+            // just loaded: the whole stream is in
+            if !st.is_terminal() {
+                self.perform(&live, &st, saga::resume(&st));
             }
             return Ok(());
         }
-        let actions = saga::resume(&st);
-        self.perform(&live, &st, actions);
+        if st.events > revision {
+            return Ok(()); // already taken in
+        }
+        self.take_in(&live, &mut st).await
+    }
+
+    /// Folds an instance's stream again (another writer moved it) and acts on
+    /// what it now says: forgets it if it ended, else performs what is in
+    /// flight (attempts this process already performed are skipped).
+    async fn take_in(&self, live: &Arc<Live>, st: &mut SagaState) -> Result<(), RuntimeError> {
+        *st = fold(&self.read_events(live.id).await?);
+        if st.is_terminal() {
+            if self.lock_live().remove(&live.id).is_some() {
+                self.0.timers.set(live.id, []);
+                self.0.tasks.withdraw(live.id, None);
+            }
+            live.ended.send_replace(true);
+        } else {
+            self.perform(live, st, saga::resume(st));
+        }
         Ok(())
     }
 
@@ -936,7 +993,8 @@ impl Runtime {
                 .append(&live.stream, Expected::after(st.events), new)
                 .await
             {
-                Ok(_) => {
+                Ok(a) => {
+                    self.wrote(id, a.revision);
                     crate::telemetry::observe(&live.published.machine.name, &st, &d.events);
                     let revived = st.is_terminal() && !next.is_terminal();
                     *st = next;
@@ -950,7 +1008,7 @@ impl Runtime {
                 }
                 Err(e) if e.is_conflict() => {
                     tracing::debug!(instance_id = %id, "another writer moved the stream; reloading");
-                    *st = fold(&self.read_events(id).await?);
+                    self.take_in(&live, &mut st).await?;
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -175,6 +175,10 @@ async fn reads_all_streams_from_a_position(s: &impl EventStore) {
         .await
         .unwrap()
         .is_empty());
+    // the same page without the data
+    let refs = s.read_all_refs(Some(all[3].position), 4).await.unwrap();
+    let want: Vec<super::EventRef> = page.into_iter().map(Into::into).collect();
+    assert_eq!(refs, want);
 }
 
 async fn announces_the_head(s: &impl EventStore) {

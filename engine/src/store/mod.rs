@@ -91,6 +91,26 @@ impl RecordedEvent {
     }
 }
 
+/// Where an event landed, without its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef {
+    pub stream: String,
+    pub revision: u64,
+    pub position: u64,
+    pub event_type: String,
+}
+
+impl From<RecordedEvent> for EventRef {
+    fn from(e: RecordedEvent) -> Self {
+        Self {
+            stream: e.stream,
+            revision: e.revision,
+            position: e.position,
+            event_type: e.event_type,
+        }
+    }
+}
+
 /// The result of a successful append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -215,6 +235,21 @@ pub trait EventStore: Send + Sync + 'static {
                 .collect(),
             scanned,
         ))
+    }
+
+    /// Like [`read_all`](Self::read_all) without the events' data, for
+    /// followers that only need to know which streams moved.
+    async fn read_all_refs(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<EventRef>, StoreError> {
+        Ok(self
+            .read_all(after, limit)
+            .await?
+            .into_iter()
+            .map(EventRef::from)
+            .collect())
     }
 
     /// Drops the events of `stream` before revision `before`, for streams only

@@ -17,7 +17,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, watch};
 
-use super::{AppendRequest, Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
+use super::{
+    AppendRequest, Appended, EventRef, EventStore, Expected, NewEvent, RecordedEvent, StoreError,
+};
 use crate::saga::{Clock, SystemClock, Timestamp};
 
 /// The most appends one transaction takes.
@@ -329,6 +331,32 @@ impl EventStore for PostgresStore {
         .await
         .map_err(unavailable)?;
         rows.iter().map(row_to_event).collect()
+    }
+
+    async fn read_all_refs(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<EventRef>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT stream, revision, position, event_type FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+        )
+        .bind(after.map_or(0, |p| p as i64))
+        .bind(limit as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        let corrupt = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+        rows.iter()
+            .map(|row| {
+                Ok(EventRef {
+                    stream: row.try_get("stream").map_err(corrupt)?,
+                    revision: row.try_get::<i64, _>("revision").map_err(corrupt)? as u64,
+                    position: row.try_get::<i64, _>("position").map_err(corrupt)? as u64,
+                    event_type: row.try_get("event_type").map_err(corrupt)?,
+                })
+            })
+            .collect()
     }
 
     async fn trim(&self, stream: &str, before: u64) -> Result<(), StoreError> {
