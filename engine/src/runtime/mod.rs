@@ -413,7 +413,8 @@ impl Runtime {
                 };
             }
             match tokio::time::timeout_at(until, head.changed()).await {
-                Ok(Ok(())) => {}
+                // under load the head moves with every commit: read again at most every 20 ms
+                Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(20)).await,
                 _ => return self.get(id).await,
             }
         }
