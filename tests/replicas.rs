@@ -25,7 +25,7 @@ steps:
   - name: pause
     wait: { duration: 4s }
   - name: handoff
-    task: { queue: replica-q }
+    task: { queue: replica-q, heartbeat: 1s }
     timeout: 1m
     compensate: none
 ";
@@ -309,6 +309,19 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
         assert_eq!(r.status(), StatusCode::OK);
         let task: Value = r.json().await.unwrap();
         let tid = task["id"].as_str().unwrap();
+        if answered == 0 {
+            // Heartbeats sent to another replica reach the one that handed the
+            // task out: three seconds of them keep a one-second lease alive.
+            for _ in 0..12 {
+                let hb = worker
+                    .post(format!("{to}/tasks/{tid}/heartbeat"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(hb.status(), StatusCode::NO_CONTENT, "{tid}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
         let (status, answer) = common::post_json(
             &worker,
             format!("{to}/tasks/{tid}/complete"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use sagaflow_engine::runtime::Runtime;
+use sagaflow_engine::runtime::{Runtime, RELAYED_HEADER};
 
 use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
@@ -162,9 +162,23 @@ impl TasksApi {
         method = "post",
         operation_id = "heartbeat_task"
     )]
-    async fn heartbeat(&self, auth: Auth, id: Path<String>) -> Result<HeartbeatResponse, ApiError> {
+    async fn heartbeat(
+        &self,
+        auth: Auth,
+        id: Path<String>,
+        req: &poem::Request,
+    ) -> Result<HeartbeatResponse, ApiError> {
         self.may_answer(&auth, &id).await?;
-        self.rt.heartbeat(&id)?;
+        if req.headers().contains_key(RELAYED_HEADER) {
+            // relayed by another replica: this one holds the task or nobody does
+            self.rt.heartbeat(&id)?;
+        } else {
+            let authorization = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            self.rt.heartbeat_anywhere(&id, authorization).await?;
+        }
         Ok(HeartbeatResponse::Alive)
     }
 }

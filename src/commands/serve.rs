@@ -79,6 +79,12 @@ pub struct ServeArgs {
     /// instances over. Replicas renew every fifth of this.
     #[arg(long, env = "SAGAFLOW_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
+    /// With replicas: the URL the other replicas reach this one's API at (to
+    /// relay a worker's heartbeat to the replica that handed out its task).
+    /// Default: `http://` and the listening address, or the host name and port
+    /// when listening on all interfaces.
+    #[arg(long, env = "SAGAFLOW_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Serve no Prometheus metrics at /metrics.
     #[arg(long, env = "SAGAFLOW_NO_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_metrics: bool,
@@ -193,7 +199,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = RuntimeConfig {
         env,
         // On a shared store, replicas split the instances between them.
-        cluster: shared.then(|| ClusterConfig::new(args.lease_ttl)),
+        cluster: shared.then(|| {
+            let url = args
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| advertised(addr));
+            ClusterConfig::new(args.lease_ttl, Some(url.trim_end_matches('/').to_string()))
+        }),
         ..RuntimeConfig::default()
     };
     let rt = Runtime::new(
@@ -310,6 +322,21 @@ pub async fn open_stores(
             .context("cannot open the PostgreSQL read models")?,
     );
     Ok((store, projections, true))
+}
+
+/// Where other replicas reach a server listening on `addr`: the address itself,
+/// or on all interfaces, the host name (a container's name in its network).
+fn advertised(addr: SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return format!("http://{addr}");
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("http://{host}:{}", addr.port())
 }
 
 /// A database URL without its password, for messages.

@@ -48,13 +48,17 @@ pub struct ClusterConfig {
     pub replica: String,
     /// How long a replica counts as alive after its last renewal.
     pub ttl: Duration,
+    /// Where the other replicas reach this one's API (to relay a worker's
+    /// heartbeat to the replica that handed the task out).
+    pub url: Option<String>,
 }
 
 impl ClusterConfig {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, url: Option<String>) -> Self {
         Self {
             replica: Uuid::now_v7().to_string(),
             ttl,
+            url,
         }
     }
 
@@ -71,6 +75,9 @@ pub struct Table {
     pub replicas: BTreeMap<String, u64>,
     /// The holder of each partition, if any.
     pub owners: Vec<Option<String>>,
+    /// Replica name -> the base URL of its API, for those that said.
+    #[serde(default)]
+    pub urls: BTreeMap<String, String>,
 }
 
 impl Table {
@@ -87,7 +94,14 @@ impl Table {
 /// The table `me` writes at `now`: renews its lease, frees the partitions of
 /// replicas whose lease ran out, and moves its own holdings towards a fair
 /// share (or to none when `leaving`).
-pub fn plan(table: &Table, me: &str, now: u64, ttl: Duration, leaving: bool) -> Table {
+pub fn plan(
+    table: &Table,
+    me: &str,
+    url: Option<&str>,
+    now: u64,
+    ttl: Duration,
+    leaving: bool,
+) -> Table {
     let mut next = Table {
         replicas: table
             .replicas
@@ -96,10 +110,19 @@ pub fn plan(table: &Table, me: &str, now: u64, ttl: Duration, leaving: bool) -> 
             .map(|(r, u)| (r.clone(), *u))
             .collect(),
         owners: vec![None; PARTITIONS as usize],
+        urls: BTreeMap::new(),
     };
     if !leaving {
         next.replicas
             .insert(me.to_string(), now + ttl.as_millis() as u64);
+    }
+    for (r, u) in &table.urls {
+        if next.replicas.contains_key(r) && r != me {
+            next.urls.insert(r.clone(), u.clone());
+        }
+    }
+    if let (Some(u), false) = (url, leaving) {
+        next.urls.insert(me.to_string(), u.to_string());
     }
     for (p, owner) in table.owners.iter().enumerate().take(PARTITIONS as usize) {
         if let Some(o) = owner {
@@ -171,6 +194,18 @@ impl Cluster {
         self.held.load(Ordering::Acquire)
     }
 
+    /// The API of the replica that held the instance's partition at the last
+    /// round, if that is another one and it said where it is.
+    pub async fn holder_url(&self, id: Uuid) -> Option<String> {
+        let last = self.last.lock().await;
+        let (_, table) = last.as_ref()?;
+        let holder = table.owners.get(partition(id) as usize)?.as_ref()?;
+        if *holder == self.config.replica {
+            return None;
+        }
+        table.urls.get(holder).cloned()
+    }
+
     /// Reads the table, writes this replica's next one, and returns what
     /// changed in its holdings. A lost race is retried with the newer table.
     pub async fn round(
@@ -196,6 +231,7 @@ impl Cluster {
             let next = plan(
                 &current,
                 &self.config.replica,
+                self.config.url.as_deref(),
                 now.millis(),
                 self.config.ttl,
                 leaving,
@@ -256,45 +292,64 @@ mod tests {
 
     #[test]
     fn a_lone_replica_takes_every_partition() {
-        let t = plan(&Table::default(), "a", 1000, TTL, false);
+        let t = plan(&Table::default(), "a", None, 1000, TTL, false);
         assert_eq!(count(&t, "a"), PARTITIONS);
         assert_eq!(t.replicas["a"], 11_000);
     }
 
     #[test]
     fn a_newcomer_gets_a_fair_share_in_two_rounds() {
-        let t = plan(&Table::default(), "a", 1000, TTL, false);
+        let t = plan(&Table::default(), "a", None, 1000, TTL, false);
         // b registers; nothing is free yet
-        let t = plan(&t, "b", 1100, TTL, false);
+        let t = plan(&t, "b", None, 1100, TTL, false);
         assert_eq!(count(&t, "b"), 0);
         // a sees two replicas and gives back half
-        let t = plan(&t, "a", 1200, TTL, false);
+        let t = plan(&t, "a", None, 1200, TTL, false);
         assert_eq!(count(&t, "a"), PARTITIONS / 2);
         // b takes them
-        let t = plan(&t, "b", 1300, TTL, false);
+        let t = plan(&t, "b", None, 1300, TTL, false);
         assert_eq!(count(&t, "b"), PARTITIONS / 2);
         assert_eq!(t.held_by("a") & t.held_by("b"), 0);
     }
 
     #[test]
     fn a_dead_replicas_partitions_are_taken_once_its_lease_runs_out() {
-        let t = plan(&Table::default(), "a", 1000, TTL, false);
-        let t = plan(&t, "b", 1000, TTL, false);
-        let t = plan(&t, "a", 1000, TTL, false);
-        let t = plan(&t, "b", 1000, TTL, false);
+        let t = plan(&Table::default(), "a", None, 1000, TTL, false);
+        let t = plan(&t, "b", None, 1000, TTL, false);
+        let t = plan(&t, "a", None, 1000, TTL, false);
+        let t = plan(&t, "b", None, 1000, TTL, false);
         assert_eq!(count(&t, "b"), PARTITIONS / 2);
         // a stops renewing; before its lease ends, b leaves its partitions alone
-        let early = plan(&t, "b", 10_999, TTL, false);
+        let early = plan(&t, "b", None, 10_999, TTL, false);
         assert_eq!(count(&early, "b"), PARTITIONS / 2);
-        let late = plan(&t, "b", 11_001, TTL, false);
+        let late = plan(&t, "b", None, 11_001, TTL, false);
         assert_eq!(count(&late, "b"), PARTITIONS);
         assert!(!late.replicas.contains_key("a"));
     }
 
     #[test]
+    fn the_table_keeps_the_urls_of_live_replicas_only() {
+        let t = plan(
+            &Table::default(),
+            "a",
+            Some("http://a:8080"),
+            1000,
+            TTL,
+            false,
+        );
+        let t = plan(&t, "b", Some("http://b:8080"), 1000, TTL, false);
+        assert_eq!(t.urls.len(), 2);
+        let t = plan(&t, "b", Some("http://b:8080"), 11_001, TTL, false);
+        assert_eq!(
+            t.urls.into_iter().collect::<Vec<_>>(),
+            vec![("b".to_string(), "http://b:8080".to_string())]
+        );
+    }
+
+    #[test]
     fn leaving_gives_everything_back() {
-        let t = plan(&Table::default(), "a", 1000, TTL, false);
-        let t = plan(&t, "a", 2000, TTL, true);
+        let t = plan(&Table::default(), "a", None, 1000, TTL, false);
+        let t = plan(&t, "a", None, 2000, TTL, true);
         assert_eq!(count(&t, "a"), 0);
         assert!(t.replicas.is_empty());
     }
@@ -304,7 +359,7 @@ mod tests {
         let mut t = Table::default();
         for round in 0..4 {
             for r in ["a", "b", "c"] {
-                t = plan(&t, r, 1000 + round, TTL, false);
+                t = plan(&t, r, None, 1000 + round, TTL, false);
             }
         }
         let (a, b, c) = (t.held_by("a"), t.held_by("b"), t.held_by("c"));
@@ -322,10 +377,12 @@ mod tests {
         let a = Cluster::new(ClusterConfig {
             replica: "a".into(),
             ttl: TTL,
+            url: None,
         });
         let b = Cluster::new(ClusterConfig {
             replica: "b".into(),
             ttl: TTL,
+            url: None,
         });
         let now = Timestamp(1000);
         for _ in 0..4 {
@@ -350,6 +407,7 @@ mod tests {
         let a = Cluster::new(ClusterConfig {
             replica: "a".into(),
             ttl: TTL,
+            url: None,
         });
         a.round(&store, Timestamp(1000), false).await.unwrap();
         assert_eq!(a.fence(Timestamp(8499)), 0, "still well inside its lease");
@@ -360,6 +418,7 @@ mod tests {
         let b = Cluster::new(ClusterConfig {
             replica: "b".into(),
             ttl: TTL,
+            url: None,
         });
         b.round(&store, Timestamp(10_999), false).await.unwrap();
         assert_eq!(b.held(), 0, "a's lease has not run out yet");

@@ -48,6 +48,8 @@ use timers::Timers;
 
 /// Namespace of instance ids derived from an Idempotency-Key.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_f10e_0000_4000_8000_0000_0000_0001);
+/// Marks a request one replica relayed to another (answered locally only).
+pub const RELAYED_HEADER: &str = "x-sagaflow-relayed";
 /// Reload-and-decide-again rounds before a conflict is given up on.
 const CONFLICT_ROUNDS: usize = 16;
 
@@ -674,6 +676,46 @@ impl Runtime {
         }
     }
 
+    /// A heartbeat for a task handed out here or, with replicas, by another
+    /// replica: relayed to it (with the worker's `authorization`, marked as
+    /// relayed so it goes no further).
+    pub async fn heartbeat_anywhere(
+        &self,
+        task_id: &str,
+        authorization: Option<&str>,
+    ) -> Result<(), RuntimeError> {
+        let local = self.heartbeat(task_id);
+        let Some(c) = &self.0.cluster else {
+            return local;
+        };
+        if local.is_ok() {
+            return local;
+        }
+        let task = self.task_in_store(task_id).await?;
+        let Some(url) = c.holder_url(task.instance).await else {
+            return local;
+        };
+        let mut req = self
+            .0
+            .http
+            .post(format!("{url}/tasks/{task_id}/heartbeat"))
+            .header(RELAYED_HEADER, "1")
+            .timeout(Duration::from_secs(5));
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => local,
+            Ok(r) => Err(RuntimeError::Store(crate::store::StoreError::Unavailable(
+                format!("the replica holding the task answered {}", r.status()),
+            ))),
+            Err(e) => Err(RuntimeError::Store(crate::store::StoreError::Unavailable(
+                format!("the replica holding the task does not answer: {e}"),
+            ))),
+        }
+    }
+
     /// The queue of a task that is waiting for a worker or leased to one
     /// (here, or with replicas, anywhere).
     pub async fn task_queue(&self, task_id: &str) -> Option<String> {
@@ -855,7 +897,8 @@ impl Runtime {
         for e in batch {
             if let Some(id) = e.stream.strip_prefix("saga-") {
                 if let Ok(id) = Uuid::parse_str(id) {
-                    if self.drives(id) && !self.written_here(id, e.revision) {
+                    // (asked first, so the note of an append here is dropped whoever drives it)
+                    if !self.written_here(id, e.revision) && self.drives(id) {
                         let r = moved.entry(id).or_default();
                         *r = (*r).max(e.revision);
                     }
