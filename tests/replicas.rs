@@ -258,7 +258,26 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
 
     // The others take its partitions over once its lease runs out, and finish everything.
     let survivors: Vec<&Proc> = procs.iter().collect();
-    until_split(&c, &survivors).await;
+    let now_held = until_split(&c, &survivors).await;
+    // With two survivors or more: one more wait held by the second, whose task
+    // the worker below only gets by polling the first.
+    if survivors.len() > 1 {
+        for k in 100..164 {
+            let (status, v) = common::post_json(
+                &c,
+                format!("{}/workflows/replica-timer/instances", survivors[0].url),
+                json!({"n": k}),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{v}");
+            let id = v["id"].as_str().unwrap().to_string();
+            let on_second = now_held[1].contains(&partition(&id));
+            waiting.push(id);
+            if on_second {
+                break;
+            }
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     for (i, id) in &ids {
         assert!(
@@ -283,21 +302,21 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
     }
     common::histories_are_whole(&c, &survivors[0].url, &ids).await;
 
-    // The waits' timers fire on whichever replica holds them now; a worker
-    // polls every replica and answers each task on another one.
+    // The waits' timers fire on whichever replica holds them now. A worker
+    // polls one replica only, which hands out the tasks the others hold too,
+    // and answers each task on the other replica.
     let worker = common::client_with(Some(common::WORKER_TOKEN));
     let mut answered = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut turn = 0;
+    let mut relayed = 0;
     while answered < waiting.len() {
         assert!(
             Instant::now() < deadline,
             "only {answered} of {} tasks were handed out",
             waiting.len()
         );
-        let from = &survivors[turn % survivors.len()].url;
-        let to = &survivors[(turn + 1) % survivors.len()].url;
-        turn += 1;
+        let from = &survivors[0].url;
+        let to = &survivors[survivors.len() - 1].url;
         let r = worker
             .post(format!("{from}/tasks/replica-q/poll?wait=500ms"))
             .send()
@@ -309,12 +328,23 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
         assert_eq!(r.status(), StatusCode::OK);
         let task: Value = r.json().await.unwrap();
         let tid = task["id"].as_str().unwrap();
-        if answered == 0 {
+        let instance = task["instance_id"].as_str().unwrap();
+        let mut holder = None;
+        for s in &survivors {
+            if held(&c, &s.url).await.contains(&partition(instance)) {
+                holder = Some(s.url.clone());
+            }
+        }
+        if holder.as_ref() != Some(from) {
+            relayed += 1;
+        }
+        let elsewhere = survivors.iter().find(|s| Some(&s.url) != holder.as_ref());
+        if let (Some(elsewhere), 0) = (elsewhere, answered) {
             // Heartbeats sent to another replica reach the one that handed the
             // task out: three seconds of them keep a one-second lease alive.
             for _ in 0..12 {
                 let hb = worker
-                    .post(format!("{to}/tasks/{tid}/heartbeat"))
+                    .post(format!("{}/tasks/{tid}/heartbeat", elsewhere.url))
                     .send()
                     .await
                     .unwrap();
@@ -333,6 +363,12 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
             (StatusCode::OK, &json!(true))
         );
         answered += 1;
+    }
+    if survivors.len() > 1 {
+        assert!(
+            relayed > 0,
+            "no task came from a replica other than the one polled"
+        );
     }
     for id in &waiting {
         let v = get_json(&c, format!("{}/instances/{id}?wait=30s", survivors[0].url))

@@ -14,7 +14,7 @@ use crate::Tag;
 const MAX_POLL: Duration = Duration::from_secs(60);
 
 /// A task for a worker. Its `id` is also the effect's idempotency key.
-#[derive(Object)]
+#[derive(Object, serde::Deserialize)]
 #[oai(skip_serializing_if_is_none)]
 pub struct WorkerTask {
     pub id: String,
@@ -84,6 +84,23 @@ impl TasksApi {
     }
 }
 
+fn worker_task(t: sagaflow_engine::runtime::Task) -> WorkerTask {
+    WorkerTask {
+        id: t.id,
+        queue: t.queue,
+        instance_id: t.instance.to_string(),
+        workflow: t.workflow,
+        step: t.step,
+        attempt: t.attempt,
+        phase: match t.phase {
+            sagaflow_engine::saga::Phase::Forward => "forward".into(),
+            sagaflow_engine::saga::Phase::Compensation => "compensation".into(),
+        },
+        input: t.input,
+        heartbeat_seconds: t.heartbeat_seconds,
+    }
+}
+
 #[OpenApi(prefix_path = "/tasks", tag = "Tag::Tasks")]
 impl TasksApi {
     /// Take the next task of a queue, waiting up to `wait` (default `30s`, at most `60s`) for one.
@@ -93,6 +110,7 @@ impl TasksApi {
         auth: Auth,
         queue: Path<String>,
         wait: Query<Option<String>>,
+        req: &poem::Request,
     ) -> Result<PollResponse, ApiError> {
         auth.require(Need::Work)?;
         auth.require_queue(&queue)?;
@@ -101,21 +119,24 @@ impl TasksApi {
                 .map_err(|e| ApiError::bad_request("bad-wait", format!("wait `{w}`: {e}")))?,
             None => Duration::from_secs(30),
         };
+        let relayed = req.headers().contains_key(RELAYED_HEADER);
+        if self.rt.is_replica() && !relayed && !wait.is_zero() {
+            // with replicas: a task waiting here, else one waiting on another replica, else wait here
+            if let Some(t) = self.rt.poll_task(&queue, Duration::ZERO).await {
+                return Ok(PollResponse::Task(Json(worker_task(t))));
+            }
+            let authorization = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if let Some(t) = self.rt.poll_elsewhere(&queue, authorization).await {
+                if let Ok(t) = serde_json::from_value::<WorkerTask>(t) {
+                    return Ok(PollResponse::Task(Json(t)));
+                }
+            }
+        }
         Ok(match self.rt.poll_task(&queue, wait.min(MAX_POLL)).await {
-            Some(t) => PollResponse::Task(Json(WorkerTask {
-                id: t.id,
-                queue: t.queue,
-                instance_id: t.instance.to_string(),
-                workflow: t.workflow,
-                step: t.step,
-                attempt: t.attempt,
-                phase: match t.phase {
-                    sagaflow_engine::saga::Phase::Forward => "forward".into(),
-                    sagaflow_engine::saga::Phase::Compensation => "compensation".into(),
-                },
-                input: t.input,
-                heartbeat_seconds: t.heartbeat_seconds,
-            })),
+            Some(t) => PollResponse::Task(Json(worker_task(t))),
             None => PollResponse::Empty,
         })
     }

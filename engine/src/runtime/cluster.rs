@@ -194,6 +194,27 @@ impl Cluster {
         self.held.load(Ordering::Acquire)
     }
 
+    /// The APIs of the other live replicas at the last round, in a random
+    /// order (so polls spread over them).
+    pub async fn other_urls(&self) -> Vec<String> {
+        let last = self.last.lock().await;
+        let Some((_, table)) = last.as_ref() else {
+            return Vec::new();
+        };
+        let mut urls: Vec<String> = table
+            .urls
+            .iter()
+            .filter(|(r, _)| **r != self.config.replica)
+            .map(|(_, u)| u.clone())
+            .collect();
+        let turn = Uuid::new_v4().as_u128() as usize;
+        if !urls.is_empty() {
+            let n = urls.len();
+            urls.rotate_left(turn % n);
+        }
+        urls
+    }
+
     /// The API of the replica that held the instance's partition at the last
     /// round, if that is another one and it said where it is.
     pub async fn holder_url(&self, id: Uuid) -> Option<String> {

@@ -570,6 +570,37 @@ impl Runtime {
         }
     }
 
+    /// With replicas: a task of `queue` from another replica, as that replica's
+    /// API answered it (JSON), or `None` if none had one at once. The worker's
+    /// `authorization` goes along, so each replica checks its queues itself.
+    pub async fn poll_elsewhere(&self, queue: &str, authorization: Option<&str>) -> Option<Value> {
+        let c = self.0.cluster.as_ref()?;
+        for url in c.other_urls().await {
+            let mut req = self
+                .0
+                .http
+                .post(format!("{url}/tasks/{queue}/poll?wait=0s"))
+                .header(RELAYED_HEADER, "1")
+                .timeout(Duration::from_secs(5));
+            if let Some(a) = authorization {
+                req = req.header("authorization", a);
+            }
+            match req.send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => match r.json().await {
+                    Ok(task) => return Some(task),
+                    Err(e) => {
+                        tracing::warn!(%url, error = %e, "unreadable task from another replica")
+                    }
+                },
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%url, error = %e, "another replica did not answer a poll")
+                }
+            }
+        }
+        None
+    }
+
     /// The task a worker answers: held here, or (with replicas) handed out by
     /// another replica, known from its id (`{instance}:{step}[:compensate]:{attempt}`).
     async fn answered_task(&self, task_id: &str) -> Result<Task, RuntimeError> {
@@ -744,6 +775,11 @@ impl Runtime {
     /// Whether this process drives the instance (always, without replicas).
     fn drives(&self, id: Uuid) -> bool {
         self.0.cluster.as_ref().is_none_or(|c| c.holds(id))
+    }
+
+    /// Whether this server is one of several replicas on a shared store.
+    pub fn is_replica(&self) -> bool {
+        self.0.cluster.is_some()
     }
 
     /// This replica's name and the partitions it holds (`None` without replicas).
