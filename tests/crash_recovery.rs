@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{client, get_json, order, temp_dir, Proc};
+use common::{client, get_json, temp_dir, Proc};
 use serde_json::Value;
 
 const ORDERS: u32 = 200;
@@ -18,16 +18,7 @@ async fn sagas_survive_kill_9() {
     let dir = temp_dir("crash");
     let data = dir.join("data");
     let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
-    let demo = Proc::start(
-        &[
-            "demo-services",
-            "--listen",
-            "127.0.0.1:0",
-            "--latency",
-            "15ms",
-        ],
-        &dir.join("demo.log"),
-    );
+    let demo = common::demo_services(&dir, "15ms");
     let demo_env = format!("demo_url={}/demo", demo.url);
     let serve_args = [
         "serve",
@@ -45,39 +36,7 @@ async fn sagas_survive_kill_9() {
     let c = client();
 
     // Start every order, 10% over the payment limit, 16 at a time.
-    let mut ids: HashMap<u32, String> = HashMap::new();
-    let mut n = 1;
-    while n <= ORDERS {
-        let batch: Vec<_> = (n..(n + 16).min(ORDERS + 1))
-            .map(|i| {
-                let c = c.clone();
-                let url = format!("{}/workflows/order/instances", server.url);
-                let amount = if i % 10 == 0 { 5000.0 } else { 25.0 };
-                tokio::spawn(async move {
-                    let r = c
-                        .post(url)
-                        .header("Idempotency-Key", format!("crash-{i}"))
-                        .json(&order(i, amount))
-                        .send()
-                        .await
-                        .expect("start");
-                    assert!(r.status().is_success(), "start {i}: {}", r.status());
-                    (
-                        i,
-                        r.json::<Value>().await.unwrap()["id"]
-                            .as_str()
-                            .unwrap()
-                            .to_string(),
-                    )
-                })
-            })
-            .collect();
-        for task in batch {
-            let (i, id) = task.await.expect("start task");
-            ids.insert(i, id);
-        }
-        n += 16;
-    }
+    let ids = common::start_orders(&c, std::slice::from_ref(&server.url), ORDERS, "crash").await;
 
     // Kill the server while sagas are in flight.
     let in_flight = count_unfinished(&c, &server.url).await;

@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{client, get_json, order, temp_dir, Proc};
+use common::{client, get_json, temp_dir, Proc};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -77,16 +77,7 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
     orders: u32,
 ) {
     let dir = temp_dir(name);
-    let demo = Proc::start(
-        &[
-            "demo-services",
-            "--listen",
-            "127.0.0.1:0",
-            "--latency",
-            "40ms",
-        ],
-        &dir.join("demo.log"),
-    );
+    let demo = common::demo_services(&dir, "40ms");
     let demo_env = format!("demo_url={}/demo", demo.url);
     let args = [
         "--store",
@@ -140,13 +131,7 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
     }
 
     // A workflow published on one replica reaches the others.
-    let r = c
-        .post(format!("{}/workflows", procs[0].url))
-        .header("content-type", "application/yaml")
-        .body(TIMER_WORKFLOW)
-        .send()
-        .await
-        .unwrap();
+    let r = common::publish_yaml(&c, &procs[0].url, TIMER_WORKFLOW).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     for p in &procs {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -167,38 +152,9 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
         }
     }
 
-    // Orders started round-robin on every replica, 10% over the payment limit, 12 at a time.
-    let mut ids: HashMap<u32, String> = HashMap::new();
-    let mut n = 1;
-    while n <= orders {
-        let batch: Vec<_> = (n..(n + 12).min(orders + 1))
-            .map(|i| {
-                let c = c.clone();
-                let url = format!(
-                    "{}/workflows/order/instances",
-                    procs[i as usize % replicas].url
-                );
-                let amount = if i % 10 == 0 { 5000.0 } else { 25.0 };
-                tokio::spawn(async move {
-                    let r = c
-                        .post(url)
-                        .header("Idempotency-Key", format!("replica-{i}"))
-                        .json(&order(i, amount))
-                        .send()
-                        .await
-                        .expect("start");
-                    assert!(r.status().is_success(), "start {i}: {}", r.status());
-                    let v: Value = r.json().await.unwrap();
-                    (i, v["id"].as_str().unwrap().to_string())
-                })
-            })
-            .collect();
-        for task in batch {
-            let (i, id) = task.await.expect("start task");
-            ids.insert(i, id);
-        }
-        n += 12;
-    }
+    // Orders started round-robin on every replica, 10% over the payment limit, 16 at a time.
+    let urls: Vec<String> = procs.iter().map(|p| p.url.clone()).collect();
+    let ids = common::start_orders(&c, &urls, orders, "replica").await;
 
     // Kill, mid-run, the replica driving the most of the sagas started last.
     let latest: Vec<&String> = (orders.saturating_sub(11)..=orders)

@@ -549,13 +549,7 @@ async fn every_protected_operation_needs_a_token_of_the_right_role() {
         (status, p["type"].as_str()),
         (StatusCode::FORBIDDEN, Some("/problems/forbidden"))
     );
-    let r = client
-        .post(format!("{}/workflows", s.url))
-        .header("content-type", "application/yaml")
-        .body("name: x")
-        .send()
-        .await
-        .unwrap();
+    let r = common::publish_yaml(&client, &s.url, "name: x").await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // an operator may cancel (this one has ended: 409, past the role check)
     let (status, _) = post(
@@ -973,13 +967,7 @@ async fn work(c: &reqwest::Client, url: &str, answer: &str) -> Value {
 async fn operators_pause_resume_and_retry_and_read_any_past_state() {
     let (s, _dir) = serve("operate", &[]);
     let c = client();
-    let r = c
-        .post(format!("{}/workflows", s.url))
-        .header("content-type", "application/yaml")
-        .body(TASKS_WORKFLOW)
-        .send()
-        .await
-        .unwrap();
+    let r = common::publish_yaml(&c, &s.url, TASKS_WORKFLOW).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let (_, started) = post(&c, format!("{}/workflows/ops/instances", s.url), json!({})).await;
     let id = started["id"].as_str().unwrap().to_string();

@@ -224,3 +224,72 @@ pub async fn effects_happened_once(
     }
     stats
 }
+
+/// `POST /workflows` with a YAML body.
+pub async fn publish_yaml(c: &reqwest::Client, url: &str, yaml: &'static str) -> reqwest::Response {
+    c.post(format!("{url}/workflows"))
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// The demo services as their own process (they outlive a killed server and
+/// remember every idempotency key), answering after `latency`.
+pub fn demo_services(dir: &Path, latency: &str) -> Proc {
+    Proc::start(
+        &[
+            "demo-services",
+            "--listen",
+            "127.0.0.1:0",
+            "--latency",
+            latency,
+        ],
+        &dir.join("demo.log"),
+    )
+}
+
+/// Starts orders `o-1` to `o-{n}` (every tenth over the payment limit) with
+/// the Idempotency-Key `{key}-{i}`, 16 at a time, round-robin over `urls`;
+/// returns their instance ids.
+pub async fn start_orders(
+    c: &reqwest::Client,
+    urls: &[String],
+    n: u32,
+    key: &str,
+) -> std::collections::HashMap<u32, String> {
+    let mut ids = std::collections::HashMap::new();
+    let mut from = 1;
+    while from <= n {
+        let batch: Vec<_> = (from..(from + 16).min(n + 1))
+            .map(|i| {
+                let c = c.clone();
+                let url = format!(
+                    "{}/workflows/order/instances",
+                    urls[i as usize % urls.len()]
+                );
+                let amount = if i % 10 == 0 { 5000.0 } else { 25.0 };
+                let key = format!("{key}-{i}");
+                tokio::spawn(async move {
+                    let r = c
+                        .post(url)
+                        .header("Idempotency-Key", key)
+                        .json(&order(i, amount))
+                        .send()
+                        .await
+                        .expect("start");
+                    assert!(r.status().is_success(), "start {i}: {}", r.status());
+                    let v: serde_json::Value = r.json().await.unwrap();
+                    (i, v["id"].as_str().unwrap().to_string())
+                })
+            })
+            .collect();
+        for task in batch {
+            let (i, id) = task.await.expect("start task");
+            ids.insert(i, id);
+        }
+        from += 16;
+    }
+    ids
+}

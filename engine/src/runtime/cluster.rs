@@ -307,6 +307,14 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(10);
 
+    fn replica(name: &str) -> Cluster {
+        Cluster::new(ClusterConfig {
+            replica: name.into(),
+            ttl: TTL,
+            url: None,
+        })
+    }
+
     fn count(t: &Table, r: &str) -> u32 {
         t.held_by(r).count_ones()
     }
@@ -395,16 +403,8 @@ mod tests {
     #[tokio::test]
     async fn two_replicas_on_one_store_never_hold_the_same_partition() {
         let store = crate::store::memory::MemoryStore::default();
-        let a = Cluster::new(ClusterConfig {
-            replica: "a".into(),
-            ttl: TTL,
-            url: None,
-        });
-        let b = Cluster::new(ClusterConfig {
-            replica: "b".into(),
-            ttl: TTL,
-            url: None,
-        });
+        let a = replica("a");
+        let b = replica("b");
         let now = Timestamp(1000);
         for _ in 0..4 {
             let (x, y) = tokio::join!(a.round(&store, now, false), b.round(&store, now, false));
@@ -425,22 +425,14 @@ mod tests {
     #[tokio::test]
     async fn a_replica_that_cannot_renew_stops_before_the_others_may_take_over() {
         let store = crate::store::memory::MemoryStore::default();
-        let a = Cluster::new(ClusterConfig {
-            replica: "a".into(),
-            ttl: TTL,
-            url: None,
-        });
+        let a = replica("a");
         a.round(&store, Timestamp(1000), false).await.unwrap();
         assert_eq!(a.fence(Timestamp(8499)), 0, "still well inside its lease");
         assert_eq!(a.held().count_ones(), PARTITIONS);
         // three quarters of the lease after the last renewal it lets go; the others wait for all of it
         assert_eq!(a.fence(Timestamp(8500)).count_ones(), PARTITIONS);
         assert_eq!(a.held(), 0);
-        let b = Cluster::new(ClusterConfig {
-            replica: "b".into(),
-            ttl: TTL,
-            url: None,
-        });
+        let b = replica("b");
         b.round(&store, Timestamp(10_999), false).await.unwrap();
         assert_eq!(b.held(), 0, "a's lease has not run out yet");
         b.round(&store, Timestamp(11_001), false).await.unwrap();

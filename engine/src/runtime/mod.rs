@@ -570,21 +570,28 @@ impl Runtime {
         }
     }
 
+    /// A worker's request passed on to another replica: its token goes along,
+    /// and the marker keeps it from being passed on again.
+    fn relay(&self, url: String, authorization: Option<&str>) -> reqwest::RequestBuilder {
+        let req = self
+            .0
+            .http
+            .post(url)
+            .header(RELAYED_HEADER, "1")
+            .timeout(Duration::from_secs(5));
+        match authorization {
+            Some(a) => req.header("authorization", a),
+            None => req,
+        }
+    }
+
     /// With replicas: a task of `queue` from another replica, as that replica's
     /// API answered it (JSON), or `None` if none had one at once. The worker's
     /// `authorization` goes along, so each replica checks its queues itself.
     pub async fn poll_elsewhere(&self, queue: &str, authorization: Option<&str>) -> Option<Value> {
         let c = self.0.cluster.as_ref()?;
         for url in c.other_urls().await {
-            let mut req = self
-                .0
-                .http
-                .post(format!("{url}/tasks/{queue}/poll?wait=0s"))
-                .header(RELAYED_HEADER, "1")
-                .timeout(Duration::from_secs(5));
-            if let Some(a) = authorization {
-                req = req.header("authorization", a);
-            }
+            let req = self.relay(format!("{url}/tasks/{queue}/poll?wait=0s"), authorization);
             match req.send().await {
                 Ok(r) if r.status() == reqwest::StatusCode::OK => match r.json().await {
                     Ok(task) => return Some(task),
@@ -726,15 +733,7 @@ impl Runtime {
         let Some(url) = c.holder_url(task.instance).await else {
             return local;
         };
-        let mut req = self
-            .0
-            .http
-            .post(format!("{url}/tasks/{task_id}/heartbeat"))
-            .header(RELAYED_HEADER, "1")
-            .timeout(Duration::from_secs(5));
-        if let Some(a) = authorization {
-            req = req.header("authorization", a);
-        }
+        let req = self.relay(format!("{url}/tasks/{task_id}/heartbeat"), authorization);
         match req.send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => local,
