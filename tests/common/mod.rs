@@ -198,12 +198,9 @@ pub async fn histories_are_whole(
 }
 
 /// Orders `o-1` to `o-{orders}` (every tenth over the payment limit) had each
-/// effect exactly once at the demo services; returns their statistics.
-pub async fn effects_happened_once(
-    c: &reqwest::Client,
-    demo_url: &str,
-    orders: u32,
-) -> serde_json::Value {
+/// effect exactly once at the demo services; returns how many requests the
+/// demo saw again with an idempotency key it knew (effects re-issued).
+pub async fn effects_happened_once(c: &reqwest::Client, demo_url: &str, orders: u32) -> usize {
     let stats = get_json(c, format!("{demo_url}/demo/stats")).await.1;
     for i in 1..=orders {
         let effects = &stats["orders"][format!("o-{i}")];
@@ -222,7 +219,12 @@ pub async fn effects_happened_once(
             );
         }
     }
-    stats
+    stats["keys"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|n| n.as_u64() > Some(1))
+        .count()
 }
 
 /// `POST /workflows` with a YAML body.
