@@ -146,9 +146,7 @@ impl EventStore for EsdbStore {
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
         if events.is_empty() {
-            return Err(StoreError::Invalid(
-                "an append needs at least one event".into(),
-            ));
+            return Err(StoreError::empty_append());
         }
         let n = events.len() as u64;
         let now = SystemClock.now().millis();

@@ -51,9 +51,7 @@ impl EventStore for MemoryStore {
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
         if events.is_empty() {
-            return Err(StoreError::Invalid(
-                "an append needs at least one event".into(),
-            ));
+            return Err(StoreError::empty_append());
         }
         let mut inner = self.lock();
         let last = inner.streams.get(stream).map(|v| v.len() as u64 - 1);

@@ -137,6 +137,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The refusal of an append without events (every adapter's).
+    pub(crate) fn empty_append() -> Self {
+        StoreError::Invalid("an append needs at least one event".into())
+    }
+
     /// Another writer moved the stream: reload and decide again.
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })

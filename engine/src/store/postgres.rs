@@ -201,9 +201,7 @@ async fn write_batch(
     let mut results = Vec::with_capacity(batch.len());
     for req in batch {
         if req.events.is_empty() {
-            results.push(Err(StoreError::Invalid(
-                "an append needs at least one event".into(),
-            )));
+            results.push(Err(StoreError::empty_append()));
             continue;
         }
         let mut known = local.get(&req.stream).copied();

@@ -173,9 +173,7 @@ async fn append_one(
     local: &mut Heads,
 ) -> Result<Appended, StoreError> {
     if req.events.is_empty() {
-        return Err(StoreError::Invalid(
-            "an append needs at least one event".into(),
-        ));
+        return Err(StoreError::empty_append());
     }
     let known = local
         .0
