@@ -77,17 +77,11 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
     orders: u32,
 ) {
     let dir = temp_dir(name);
-    let demo = common::demo_services(&dir, "40ms");
+    // slow enough that many sagas are in flight when a replica dies
+    let demo = common::demo_services(&dir, "300ms");
     let demo_env = format!("demo_url={}/demo", demo.url);
-    let args = [
-        "--store",
-        store,
-        "--lease-ttl",
-        "2s",
-        "--no-demo",
-        "--workflow-env",
-        &demo_env,
-    ];
+    // the default lease ttl (10 s): longer than the order workflow's step timeout (5 s)
+    let args = ["--store", store, "--no-demo", "--workflow-env", &demo_env];
     let mut procs: Vec<Proc> = (0..replicas)
         .map(|i| {
             let home = dir.join(format!("r{i}"));
@@ -351,10 +345,33 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
             "{id} did not move after the kill: {v}"
         );
     }
+    // Their attempts in flight were re-issued by the replicas that took them
+    // over, each with its key and a fresh timeout, and none timed out meanwhile.
+    let mut reissued = 0;
+    for id in orphaned.keys() {
+        let history = get_json(&c, format!("{}/instances/{id}/events", survivors[0].url))
+            .await
+            .1;
+        let events = history["items"].as_array().unwrap();
+        reissued += events
+            .iter()
+            .filter(|e| e["type"] == "AttemptReissued")
+            .count();
+        assert!(
+            !events
+                .iter()
+                .any(|e| e["type"] == "StepFailed" && e["data"]["kind"] == "timeout"),
+            "{id}: the takeover failed an attempt: {history}"
+        );
+    }
+    assert!(
+        reissued > 0,
+        "no attempt was in flight on the killed replica"
+    );
     let replayed = common::effects_happened_once(&c, &demo.url, orders).await;
     eprintln!(
         "{} sagas of the killed replica were unfinished and taken over; \
-         {replayed} effects re-issued with their original idempotency key",
+         {reissued} attempts re-issued; {replayed} effects reached the downstream again with their key and were done once",
         orphaned.len()
     );
 
@@ -401,4 +418,37 @@ async fn a_database_that_does_not_answer_is_named_without_its_password() {
         !err.contains("s3cret-password"),
         "no password in messages: {err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_started_at_once_on_a_fresh_database_all_come_up() {
+    let c = client();
+    for round in 0..3 {
+        let url =
+            sagaflow_engine::store::postgres::test_database(&format!("e2e_at_once_{round}")).await;
+        let dir = temp_dir(&format!("at-once-{round}"));
+        // each start waits for its "listening" line: start them from threads, together
+        let starts: Vec<_> = (0..3)
+            .map(|i| {
+                let (url, home) = (url.clone(), dir.join(format!("r{i}")));
+                std::thread::spawn(move || {
+                    std::fs::create_dir_all(&home).unwrap();
+                    common::serve_in(&home, "server.log", &["--store", &url], &[])
+                })
+            })
+            .collect();
+        let procs: Vec<Proc> = starts
+            .into_iter()
+            .map(|t| t.join().expect("every replica came up"))
+            .collect();
+        for p in &procs {
+            let (status, ready) = get_json(&c, format!("{}/ready", p.url)).await;
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "round {round}: {ready}\n{}",
+                p.log()
+            );
+        }
+    }
 }

@@ -665,10 +665,7 @@ async fn orders_are_created_followed_and_listed_per_customer() {
     let (status, p) = post(&c, format!("{}/orders", s.url), new("o-100", 21.0)).await;
     assert_eq!(
         (status, p["type"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some("/problems/idempotency-key-reused")
-        )
+        (StatusCode::CONFLICT, Some("/problems/order-exists"))
     );
 
     let (_, declined) = post(&c, format!("{}/orders", s.url), new("o-101", 5000.0)).await;

@@ -7,11 +7,11 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::projection::InstanceFilter;
 use sagaflow_engine::runtime::{InstanceView, Runtime};
-use sagaflow_engine::saga::Timestamp;
+use sagaflow_engine::saga::{Timestamp, MAX_DURATION};
 use uuid::Uuid;
 
 use crate::auth::{Auth, Need};
-use crate::problem::ApiError;
+use crate::problem::{problem, ApiError};
 use crate::Tag;
 
 /// The longest a request may wait for an instance to end.
@@ -521,9 +521,23 @@ impl InstancesApi {
         let due = match (&body.due, &body.extend_by, body.fire_now) {
             (Some(d), None, false) => parse_time("due", d)?,
             (None, Some(by), false) => {
-                old_due.plus(humantime::parse_duration(by).map_err(|e| {
+                let d = humantime::parse_duration(by).map_err(|e| {
                     ApiError::bad_request("bad-extend-by", format!("extend_by `{by}`: {e}"))
-                })?)
+                })?;
+                old_due
+                    .checked_plus(d)
+                    .filter(|_| d <= MAX_DURATION)
+                    .ok_or_else(|| {
+                        ApiError::from_problem(problem(
+                            422,
+                            "duration-too-long",
+                            "Duration too long",
+                            format!(
+                                "extend_by `{by}` is longer than the longest allowed, 100 years"
+                            ),
+                            false,
+                        ))
+                    })?
             }
             (None, None, true) => self.rt.now(),
             _ => {

@@ -118,6 +118,8 @@ pub fn app(rt: Runtime, config: &ApiConfig) -> impl Endpoint {
         .data(std::sync::Arc::new(config.tokens.clone()))
         .with(limit::BodyLimit(config.body_limit))
         .catch_all_error(problem::from_poem_error)
+        // a bug must cost one request a 500, never the connection or the server
+        .with(poem::middleware::CatchPanic::new().with_handler(problem::from_panic))
 }
 
 /// Serves `app` on an already bound listener until `shutdown` completes.

@@ -44,7 +44,8 @@ pub enum ReadyResponse {
     /// Ready: the store answers and the migrations have run.
     #[oai(status = 200)]
     Ready(Json<Readiness>),
-    /// Not ready (the store does not answer); see `detail`.
+    /// Not ready: the event store does not answer or refuses writes, or the
+    /// read models have failed to catch up for 3 s or more; see `detail`.
     #[oai(status = 503, content_type = "application/problem+json")]
     NotReady(Json<crate::problem::Problem>),
 }
@@ -55,6 +56,9 @@ pub enum MetricsResponse {
     #[oai(status = 200, content_type = "text/plain; version=0.0.4")]
     Metrics(PlainText<String>),
 }
+
+/// How long the read models may fail to catch up before the server says it is not ready.
+const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct OperationsApi {
     pub rt: Runtime,
@@ -78,24 +82,40 @@ impl OperationsApi {
         })
     }
 
-    /// Readiness: the event store answers and the read models are migrated
-    /// (they are migrated before the server listens).
+    /// Readiness: the event store answers and takes writes, and the read
+    /// models keep up (they are migrated before the server listens).
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> ReadyResponse {
-        match self.rt.store_reachable().await {
-            Ok(()) => ReadyResponse::Ready(Json(Readiness {
-                status: "ready".into(),
-                store: "reachable".into(),
-                read_model_lag: self.rt.read_model_lag(),
-            })),
-            Err(e) => ReadyResponse::NotReady(Json(crate::problem::problem(
+        let not_ready = |detail: String| {
+            ReadyResponse::NotReady(Json(crate::problem::problem(
                 503,
                 "not-ready",
                 "Not ready",
-                format!("the event store does not answer: {e}"),
+                detail,
                 true,
-            ))),
+            )))
+        };
+        if let Err(e) = self.rt.store_reachable().await {
+            return not_ready(format!("the event store does not answer: {e}"));
         }
+        if let Some(e) = self.rt.store_write_failure() {
+            return not_ready(format!("the event store refuses writes: {e}"));
+        }
+        if let Some((for_, e)) = self
+            .rt
+            .read_model_stall()
+            .filter(|(d, _)| *d >= STALL_LIMIT)
+        {
+            return not_ready(format!(
+                "the read models have failed to catch up for {}s: {e}",
+                for_.as_secs()
+            ));
+        }
+        ReadyResponse::Ready(Json(Readiness {
+            status: "ready".into(),
+            store: "reachable".into(),
+            read_model_lag: self.rt.read_model_lag(),
+        }))
     }
 
     /// Prometheus metrics: sagas by outcome, step latency, retries, timer

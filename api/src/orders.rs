@@ -7,7 +7,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::projection::{Cursor, OrderRow, ORDER_WORKFLOW};
-use sagaflow_engine::runtime::Runtime;
+use sagaflow_engine::runtime::{Runtime, RuntimeError};
 
 use crate::auth::{Auth, Need};
 use crate::problem::{problem, ApiError};
@@ -148,7 +148,10 @@ impl OrdersApi {
     /// Create an order: starts the `order` workflow (reserve stock, take payment, ship).
     ///
     /// The order id is the idempotency key: creating the same order again
-    /// returns it; the same id with other content is refused (422).
+    /// (same id, same content) returns it with 200; an order id already in use
+    /// with other content, by this operation or by an instance started
+    /// otherwise, is refused with 409 `/problems/order-exists`. No second saga
+    /// starts for an order id.
     #[oai(path = "/orders", method = "post", operation_id = "create_order")]
     async fn create(
         &self,
@@ -163,7 +166,30 @@ impl OrdersApi {
             "items": order.items,
             "amount": order.amount,
         });
-        let started = self
+        let location = format!("/orders/{}", order.order_id);
+        let taken = || {
+            ApiError::from_problem(problem(
+                409,
+                "order-exists",
+                "Order id taken",
+                format!(
+                    "order `{}` exists with other content; use another order id",
+                    order.order_id
+                ),
+                false,
+            ))
+        };
+        // An order id in use by any instance (whatever started it) is not started again.
+        read_your_writes(&self.rt, true).await?;
+        if let Some(row) = self.rt.order(&order.order_id).await? {
+            let existing = self.rt.get(row.instance_id).await?;
+            return if existing.input == input {
+                Ok(CreateOrderResponse::Existing(Json(row.into()), location))
+            } else {
+                Err(taken())
+            };
+        }
+        let started = match self
             .rt
             .start(
                 ORDER_WORKFLOW,
@@ -171,19 +197,19 @@ impl OrdersApi {
                 input,
                 Some(format!("order:{}", order.order_id)),
             )
-            .await?;
+            .await
+        {
+            Err(RuntimeError::IdempotencyMismatch(_)) => return Err(taken()),
+            other => other?,
+        };
         // the answer shows the order as a following read would
         read_your_writes(&self.rt, true).await?;
-        let row = self.rt.order(&order.order_id).await?.ok_or_else(|| {
-            ApiError::from_problem(problem(
-                409,
-                "order-exists",
-                "Order id taken",
-                format!("order `{}` belongs to another instance", order.order_id),
-                false,
-            ))
-        })?;
-        let location = format!("/orders/{}", order.order_id);
+        let row = self
+            .rt
+            .order(&order.order_id)
+            .await?
+            .filter(|row| row.instance_id == started.id)
+            .ok_or_else(taken)?;
         Ok(if started.created {
             CreateOrderResponse::Created(Json(row.into()), location)
         } else {

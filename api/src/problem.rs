@@ -141,6 +141,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::UnknownTask(_) => {
                 problem(404, "unknown-task", "Unknown task", detail, false)
             }
+            RuntimeError::TaskGone(_) => problem(409, "task-gone", "Task gone", detail, false),
             RuntimeError::InvalidWorkflow(diags) => {
                 let mut p = problem(422, "invalid-workflow", "Invalid workflow", detail, false);
                 p.errors = Some(
@@ -298,6 +299,28 @@ pub async fn from_poem_error(err: poem::Error) -> Response {
     }
     poem::web::Json(body)
         .with_status(status)
+        .with_content_type("application/problem+json")
+        .into_response()
+}
+
+/// The answer to a request whose handler panicked: a 500 problem+json, with
+/// the panic logged (the connection and the server go on).
+pub fn from_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    tracing::error!(panic = %message, "a request handler panicked");
+    let p = problem(
+        500,
+        "internal",
+        "Internal error",
+        "the server failed on this request; it has been logged",
+        false,
+    );
+    poem::web::Json(serde_json::json!({"type": p.kind, "title": p.title, "status": p.status, "detail": p.detail, "retryable": p.retryable}))
+        .with_status(StatusCode::INTERNAL_SERVER_ERROR)
         .with_content_type("application/problem+json")
         .into_response()
 }

@@ -13,11 +13,16 @@ use crate::Tag;
 
 const MAX_POLL: Duration = Duration::from_secs(60);
 
-/// A task for a worker. Its `id` is also the effect's idempotency key.
+/// A task for a worker: one attempt of a step's effect (or of its compensation).
 #[derive(Object, serde::Deserialize)]
 #[oai(skip_serializing_if_is_none)]
 pub struct WorkerTask {
+    /// This attempt's handle, to complete, fail or heartbeat it with
+    /// (`{instance}:{step}[:compensate]:{attempt}`).
     pub id: String,
+    /// The effect's idempotency key: the same on every attempt of the step
+    /// (unless it sets `idempotency: per_attempt`). Do the effect once per key.
+    pub idempotency_key: String,
     pub queue: String,
     pub instance_id: String,
     pub workflow: String,
@@ -49,7 +54,8 @@ pub struct FailTask {
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
 pub struct TaskAnswer {
-    /// False when the saga had already moved on (e.g. the task timed out): the answer was recorded nowhere.
+    /// Always true: the answer was recorded. An answer to an attempt that had
+    /// already ended is refused with 409 `/problems/task-gone` instead.
     pub accepted: bool,
 }
 
@@ -87,6 +93,7 @@ impl TasksApi {
 fn worker_task(t: sagaflow_engine::runtime::Task) -> WorkerTask {
     WorkerTask {
         id: t.id,
+        idempotency_key: t.idempotency_key,
         queue: t.queue,
         instance_id: t.instance.to_string(),
         workflow: t.workflow,
@@ -154,11 +161,10 @@ impl TasksApi {
         body: Json<CompleteTask>,
     ) -> Result<Json<TaskAnswer>, ApiError> {
         self.may_answer(&auth, &id).await?;
-        let accepted = self
-            .rt
+        self.rt
             .complete_task(&id, body.0.output.unwrap_or(serde_json::Value::Null))
             .await?;
-        Ok(Json(TaskAnswer { accepted }))
+        Ok(Json(TaskAnswer { accepted: true }))
     }
 
     /// Fail a task.
@@ -170,11 +176,10 @@ impl TasksApi {
         body: Json<FailTask>,
     ) -> Result<Json<TaskAnswer>, ApiError> {
         self.may_answer(&auth, &id).await?;
-        let accepted = self
-            .rt
+        self.rt
             .fail_task(&id, body.0.error, body.0.retryable)
             .await?;
-        Ok(Json(TaskAnswer { accepted }))
+        Ok(Json(TaskAnswer { accepted: true }))
     }
 
     /// Tell the engine the worker is still on the task.
@@ -192,7 +197,7 @@ impl TasksApi {
         self.may_answer(&auth, &id).await?;
         if req.headers().contains_key(RELAYED_HEADER) {
             // relayed by another replica: this one holds the task or nobody does
-            self.rt.heartbeat(&id)?;
+            self.rt.heartbeat(&id).await?;
         } else {
             let authorization = req
                 .headers()

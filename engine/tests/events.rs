@@ -132,6 +132,14 @@ fn samples() -> Vec<Event> {
             phase: Phase::Compensation,
             at,
         },
+        Event::AttemptReissued {
+            step: 1,
+            name: "pay".into(),
+            attempt: 2,
+            phase: Phase::Forward,
+            timeout_due: Some(Timestamp(1_800_000_005_000)),
+            at,
+        },
     ]
 }
 
@@ -159,7 +167,8 @@ fn every_variant_has_a_sample(e: &Event) {
         | Event::SagaPaused { .. }
         | Event::SagaResumed { .. }
         | Event::StepHeld { .. }
-        | Event::SagaRetried { .. } => {}
+        | Event::SagaRetried { .. }
+        | Event::AttemptReissued { .. } => {}
     }
 }
 

@@ -69,6 +69,15 @@ impl<'a> Checker<'a> {
                 );
                 None
             }
+            Ok(d) if d > crate::dsl::spec::MAX_DURATION => {
+                self.error(
+                    "duration-too-long",
+                    path,
+                    format!("duration `{text}` is longer than the longest allowed, 100 years"),
+                )
+                .help = Some("sagas and their timers are bounded to 100 years".into());
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.error(
@@ -392,6 +401,7 @@ impl<'a> Checker<'a> {
             timeout,
             retry,
             role,
+            idempotency: s.idempotency.unwrap_or_default(),
         })
     }
 

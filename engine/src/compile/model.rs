@@ -7,7 +7,7 @@ use std::time::Duration;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
-use crate::dsl::spec::{FailureKind, HttpMethod};
+use crate::dsl::spec::{FailureKind, HttpMethod, IdempotencyMode};
 use crate::dsl::template::{Template, ValueTemplate};
 
 /// A workflow ready to run: its steps and the graph of what may happen next.
@@ -58,6 +58,20 @@ pub struct Step {
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub role: Role,
+    pub idempotency: IdempotencyMode,
+}
+
+impl Step {
+    /// The idempotency key of this step's effect (or of its compensation) in
+    /// `instance`: it names the effect, not the attempt, unless the step asks
+    /// for a key per attempt.
+    pub fn effect_key(&self, instance: &str, compensation: bool, attempt: u32) -> String {
+        let undo = if compensation { ":compensate" } else { "" };
+        match self.idempotency {
+            IdempotencyMode::Stable => format!("{instance}:{}{undo}", self.name),
+            IdempotencyMode::PerAttempt => format!("{instance}:{}{undo}:{attempt}", self.name),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -306,3 +306,33 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn effect_keys_name_the_effect_unless_a_step_asks_for_one_per_attempt() {
+    let m = machine(
+        "name: keys\nsteps:\n  - name: pay\n    http: { url: 'http://x' }\n    compensate: { http: { url: 'http://x' } }\n  - name: notify\n    idempotency: per_attempt\n    http: { url: 'http://x' }\n    compensate: none\n",
+    );
+    let (pay, notify) = (&m.steps[0], &m.steps[1]);
+    assert_eq!(pay.effect_key("i", false, 1), pay.effect_key("i", false, 7));
+    assert_eq!(pay.effect_key("i", false, 3), "i:pay");
+    assert_eq!(pay.effect_key("i", true, 2), "i:pay:compensate");
+    assert_eq!(notify.effect_key("i", false, 3), "i:notify:3");
+    assert_eq!(notify.effect_key("i", true, 2), "i:notify:compensate:2");
+}
+
+#[test]
+fn durations_past_a_hundred_years_are_refused() {
+    for (text, code) in [
+        ("deadline: 101y\n", "duration-too-long"),
+        ("deadline: 20000000y\n", "duration-too-long"),
+    ] {
+        let src = format!("name: long\n{text}steps:\n  - name: a\n    http: {{ url: 'http://x' }}\n    compensate: none\n");
+        assert!(
+            diags(&src).iter().any(|d| d.contains(code)),
+            "{text}: {:?}",
+            diags(&src)
+        );
+    }
+    let ok = "name: long\ndeadline: 99y\nsteps:\n  - name: a\n    http: { url: 'http://x' }\n    compensate: none\n";
+    assert!(machine(ok).deadline.is_some());
+}

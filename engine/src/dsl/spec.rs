@@ -68,6 +68,10 @@ pub enum MissedRuns {
     RunOnce,
 }
 
+/// The longest duration the language and the API accept (100 years): far
+/// beyond any saga, and far from the end of the calendar.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn default_version() -> u32 {
     1
 }
@@ -114,6 +118,23 @@ pub struct StepSpec {
     /// The point of no return: steps after it are retried until they succeed and never compensated.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pivot: bool,
+    /// The idempotency key the step's effect carries: `stable` (default), the
+    /// same key on every attempt, so a receiver that honours it does the effect
+    /// once; or `per_attempt`, a new key each attempt, for a receiver that must
+    /// see a retry as a new operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyMode>,
+}
+
+/// Which attempts of a step share an idempotency key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyMode {
+    /// `{instance}:{step}` on every attempt (compensation: `{instance}:{step}:compensate`).
+    #[default]
+    Stable,
+    /// `{instance}:{step}:{attempt}` (compensation: `{instance}:{step}:compensate:{attempt}`).
+    PerAttempt,
 }
 
 /// Either `none` (nothing to undo) or an action.

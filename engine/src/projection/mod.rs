@@ -43,6 +43,9 @@ const TYPES: [&str; 12] = [
     "SagaCancelled",
 ];
 const BATCH: usize = 1000;
+/// The first and the longest pause before a failed catch-up is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MOST: Duration = Duration::from_secs(5);
 /// The workflow whose instances are orders.
 pub const ORDER_WORKFLOW: &str = "order";
 /// The order status each step's success brings.
@@ -133,6 +136,10 @@ pub struct Page<T> {
 pub struct Projections {
     db: Db,
     checkpoint: tokio::sync::watch::Sender<Option<u64>>,
+    /// Since when, and why, catching up has been failing (`None`: it works).
+    failing: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// Fault injection: this many of the next transactions fail.
+    faults: std::sync::atomic::AtomicU32,
 }
 
 /// A statement with its arguments, built from `$n` SQL and values.
@@ -156,6 +163,8 @@ impl Projections {
         let this = Self {
             db,
             checkpoint: tokio::sync::watch::channel(None).0,
+            failing: std::sync::Mutex::default(),
+            faults: std::sync::atomic::AtomicU32::new(0),
         };
         let at = this.checkpoint().await?;
         this.checkpoint.send_replace(at);
@@ -227,22 +236,57 @@ impl Projections {
         }
     }
 
-    /// Follows the log until `stop` fires.
+    /// Follows the log until `stop` fires. A failed batch was rolled back: it
+    /// is tried again, with a backoff, until the database takes it.
     pub async fn follow(&self, store: &dyn EventStore, stop: CancellationToken) {
         let mut head = store.head();
+        let mut backoff = RETRY_FIRST;
         loop {
             if let Err(e) = self.catch_up(store).await {
-                tracing::warn!(error = %e, "projection could not catch up; retrying");
+                self.note_failure(&e);
+                tracing::warn!(error = %e, retry_in = ?backoff, "projection could not catch up; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(RETRY_MOST);
+                continue;
+            }
+            backoff = RETRY_FIRST;
+            if self.lock_failing().take().is_some() {
+                tracing::info!("projection caught up again");
             }
             tokio::select! {
                 () = stop.cancelled() => return,
                 changed = head.changed() => if changed.is_err() { return },
             }
         }
+    }
+
+    fn lock_failing(&self) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, String)>> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn note_failure(&self, e: &StoreError) {
+        let mut f = self.lock_failing();
+        let since = f.as_ref().map_or_else(std::time::Instant::now, |(t, _)| *t);
+        *f = Some((since, e.to_string()));
+    }
+
+    /// How long catching up has been failing, and the last error (`None` while it works).
+    pub fn stalled(&self) -> Option<(Duration, String)> {
+        self.lock_failing()
+            .as_ref()
+            .map(|(since, e)| (since.elapsed(), e.clone()))
+    }
+
+    /// Fault injection, for tests of healing and readiness: the next `n`
+    /// transactions fail as a database that refuses writes would, and are
+    /// rolled back.
+    pub fn fail_next_transactions(&self, n: u32) {
+        self.faults.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     async fn apply(&self, batch: &[RecordedEvent], scanned: Option<u64>) -> Result<(), StoreError> {
@@ -272,6 +316,19 @@ impl Projections {
                  WHEN excluded.position > projection_checkpoints.position THEN excluded.position \
                  ELSE projection_checkpoints.position END",
                 vec![NAME.into(), (last as i64).into()],
+            ));
+        }
+        let injected = self
+            .faults
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if injected {
+            return Err(StoreError::Unavailable(
+                "injected fault: the read models' database refused the transaction".into(),
             ));
         }
         self.db.transaction(&stmts).await?;

@@ -93,6 +93,23 @@ macro_rules! bind_all {
     }};
 }
 
+/// Runs `stmts` in one transaction on `conn`.
+async fn sqlite_transaction(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    stmts: &[Stmt],
+) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await.map_err(db)?;
+    for (sql, args) in stmts {
+        let sql = sqlite_params(sql);
+        bind_all!(sqlx::query(&sql), args)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)
+}
+
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -149,11 +166,12 @@ impl Db {
         let mut conn = sqlx::postgres::PgConnection::connect_with(&options)
             .await
             .map_err(unavailable)?;
+        // held until the schema and its tables are made: replicas start together
+        let guard = crate::store::postgres::MigrationLock::take(&mut conn).await?;
         sqlx::query("CREATE SCHEMA IF NOT EXISTS read_models")
             .execute(&mut conn)
             .await
             .map_err(unavailable)?;
-        drop(conn);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -166,6 +184,7 @@ impl Db {
             .map_err(|e| {
                 crate::store::migration_error(e, "the read models' PostgreSQL database")
             })?;
+        guard.release(&mut conn).await?;
         Ok(Db::Postgres(pool))
     }
 
@@ -181,15 +200,15 @@ impl Db {
     pub(crate) async fn transaction(&self, stmts: &[Stmt]) -> Result<(), StoreError> {
         match self {
             Db::Sqlite(pool) => {
-                let mut tx = pool.begin().await.map_err(db)?;
-                for (sql, args) in stmts {
-                    let sql = sqlite_params(sql);
-                    bind_all!(sqlx::query(&sql), args)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
+                let mut conn = pool.acquire().await.map_err(db)?;
+                let done = sqlite_transaction(&mut conn, stmts).await;
+                if done.is_err() {
+                    // A failed statement, commit or rollback (a full disk) can leave the
+                    // transaction open and the file write-locked by this very connection:
+                    // closing it is the one sure way to let go of the lock.
+                    let _ = conn.close().await;
                 }
-                tx.commit().await.map_err(db)
+                done
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(db)?;

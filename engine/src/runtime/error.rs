@@ -18,6 +18,8 @@ pub enum RuntimeError {
     NoSuchRevision(Uuid, u64, u64),
     #[error("no task {0} is waiting for an answer")]
     UnknownTask(String),
+    #[error("task {0} belongs to an attempt that has ended (answered, timed out, cancelled, paused or compensated); its answer is not used")]
+    TaskGone(String),
     #[error("the workflow is invalid ({} errors)", .0.iter().filter(|d| d.is_error()).count())]
     InvalidWorkflow(Vec<Diagnostic>),
     #[error("version {version} of `{name}` is already published with a different definition; publish it as a new version")]

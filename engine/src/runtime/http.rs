@@ -19,8 +19,13 @@ pub struct HttpRequest {
     pub body: Option<Value>,
     pub timeout: Duration,
     pub idempotency_key: String,
+    /// The attempt number, sent as `Sagaflow-Attempt` beside the key.
+    pub attempt: u32,
     pub retryable_status: Vec<u16>,
 }
+
+/// The header carrying the attempt number of an effect (its key stays the same).
+pub const ATTEMPT_HEADER: &str = "Sagaflow-Attempt";
 
 /// What an attempt came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +41,7 @@ pub fn render(
     ctx: &Context,
     timeout: Duration,
     idempotency_key: String,
+    attempt: u32,
 ) -> Result<HttpRequest, Outcome> {
     let template_error = |e: crate::dsl::template::TemplateError| {
         Outcome::Failed(FailureKind::Business, format!("template: {e}"))
@@ -63,6 +69,7 @@ pub fn render(
         body,
         timeout,
         idempotency_key,
+        attempt,
         retryable_status: call.retryable_status.clone(),
     })
 }
@@ -81,7 +88,8 @@ pub async fn execute(client: &reqwest::Client, req: HttpRequest) -> Outcome {
     let mut builder = client
         .request(method, &req.url)
         .timeout(req.timeout)
-        .header("Idempotency-Key", &req.idempotency_key);
+        .header("Idempotency-Key", &req.idempotency_key)
+        .header(ATTEMPT_HEADER, req.attempt);
     for (k, v) in &req.headers {
         builder = builder.header(k, v);
     }

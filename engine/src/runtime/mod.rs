@@ -20,7 +20,7 @@ pub mod timers;
 pub use cluster::ClusterConfig;
 pub use error::{InputError, RuntimeError};
 pub use registry::{PublishOutcome, Published};
-pub use tasks::Task;
+pub use tasks::{Task, TaskId};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,7 @@ use crate::store::{EventStore, Expected, NewEvent, RecordedEvent};
 
 use registry::Registry;
 use tasks::TaskQueues;
+
 use timers::Timers;
 
 /// Namespace of instance ids derived from an Idempotency-Key.
@@ -52,6 +53,8 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_f10e_0000_4000_8000_0
 pub const RELAYED_HEADER: &str = "x-sagaflow-relayed";
 /// Reload-and-decide-again rounds before a conflict is given up on.
 const CONFLICT_ROUNDS: usize = 16;
+/// Instances whose attempt in flight is re-issued at once on resume.
+const REISSUE_AT_ONCE: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -98,6 +101,8 @@ struct Inner {
     /// With replicas: the last revision this process appended per instance,
     /// until the log follower has passed it (its own writes need no taking in).
     written: Mutex<HashMap<Uuid, u64>>,
+    /// The last append's failure, until an append succeeds again.
+    write_failure: Mutex<Option<String>>,
 }
 
 /// An instance that has not ended, held in memory.
@@ -201,6 +206,7 @@ impl Runtime {
             cluster,
             stream_events: tokio::sync::broadcast::channel(256).0,
             written: Mutex::default(),
+            write_failure: Mutex::default(),
         })))
     }
 
@@ -323,7 +329,7 @@ impl Runtime {
         )?;
         let stream = format!("saga-{id}");
         let new: Vec<NewEvent> = d.events.iter().map(NewEvent::from).collect();
-        match self.0.store.append(&stream, Expected::NoStream, new).await {
+        match self.noted(self.0.store.append(&stream, Expected::NoStream, new).await) {
             Ok(a) => self.wrote(id, a.revision),
             Err(e) if e.is_conflict() && idempotency_key.is_some() => {
                 let existing = self.get(id).await?;
@@ -547,6 +553,38 @@ impl Runtime {
         Some(head.saturating_sub(p.applied().unwrap_or(0)))
     }
 
+    /// Remembers whether the store took the last append (a conflict is an answer, not a refusal).
+    fn noted<T>(
+        &self,
+        r: Result<T, crate::store::StoreError>,
+    ) -> Result<T, crate::store::StoreError> {
+        let failure = match &r {
+            Err(e) if !e.is_conflict() => Some(e.to_string()),
+            _ => None,
+        };
+        *self
+            .0
+            .write_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+        r
+    }
+
+    /// Why the event store refused the last append, if it did and none has
+    /// succeeded since.
+    pub fn store_write_failure(&self) -> Option<String> {
+        self.0
+            .write_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How long the read models have been failing to catch up, and why (`None` while they keep up).
+    pub fn read_model_stall(&self) -> Option<(Duration, String)> {
+        self.0.projections.as_ref()?.stalled()
+    }
+
     /// Whether the event store answers a read.
     pub async fn store_reachable(&self) -> Result<(), RuntimeError> {
         self.0.store.read_stream("$readiness-probe", 0).await?;
@@ -608,8 +646,9 @@ impl Runtime {
         None
     }
 
-    /// The task a worker answers: held here, or (with replicas) handed out by
-    /// another replica, known from its id (`{instance}:{step}[:compensate]:{attempt}`).
+    /// The task a worker answers: held here, or (after a restart, or handed
+    /// out by another replica) the attempt its id names, if that is the
+    /// attempt in flight.
     async fn answered_task(&self, task_id: &str) -> Result<Task, RuntimeError> {
         match self.0.tasks.take(task_id) {
             Some(t) => Ok(t),
@@ -617,68 +656,76 @@ impl Runtime {
         }
     }
 
-    /// The task with this id if it is the attempt in flight of its instance
-    /// (with replicas; without, a task not held here is unknown).
+    /// The task with this id if it is the attempt in flight of its instance;
+    /// [`RuntimeError::TaskGone`] if it names an attempt of a known instance
+    /// that has ended.
     async fn task_in_store(&self, task_id: &str) -> Result<Task, RuntimeError> {
         let unknown = || RuntimeError::UnknownTask(task_id.to_string());
-        if self.0.cluster.is_none() {
+        let gone = || RuntimeError::TaskGone(task_id.to_string());
+        let tid: TaskId = task_id.parse().map_err(|()| unknown())?;
+        let events = self.read_events(tid.instance).await?;
+        if events.is_empty() {
             return Err(unknown());
         }
-        let (id, rest) = task_id.split_once(':').ok_or_else(unknown)?;
-        let id = Uuid::parse_str(id).map_err(|_| unknown())?;
-        let (rest, attempt) = rest.rsplit_once(':').ok_or_else(unknown)?;
-        let attempt: u32 = attempt.parse().map_err(|_| unknown())?;
-        let (step, phase) = match rest.strip_suffix(":compensate") {
-            Some(s) => (s, Phase::Compensation),
-            None => (rest, Phase::Forward),
-        };
-        let st = fold(&self.read_events(id).await?);
-        // only the attempt in flight is answerable
-        let current = st
-            .in_flight
-            .filter(|f| f.attempt == attempt && f.phase == phase)
-            .ok_or_else(unknown)?;
+        let st = fold(&events);
         let published = self.0.registry.get(&st.workflow, Some(st.version))?;
-        let s = published
+        let Some((index, s)) = published
             .machine
             .steps
-            .get(current.step)
-            .filter(|s| s.name == step)
-            .ok_or_else(unknown)?;
-        let action = match phase {
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == tid.step)
+        else {
+            return Err(unknown());
+        };
+        let action = match tid.phase {
             Phase::Forward => &s.action,
             Phase::Compensation => s.compensation.as_ref().ok_or_else(unknown)?,
         };
         let StepAction::Task(call) = action else {
             return Err(unknown());
         };
+        let in_flight = saga::InFlight {
+            step: index,
+            attempt: tid.attempt,
+            phase: tid.phase,
+        };
+        if st.in_flight != Some(in_flight) {
+            return Err(gone());
+        }
         Ok(Task {
             id: task_id.to_string(),
+            idempotency_key: s.effect_key(
+                &tid.instance.to_string(),
+                tid.phase == Phase::Compensation,
+                tid.attempt,
+            ),
             queue: call.queue.clone(),
-            instance: id,
+            instance: tid.instance,
             workflow: st.workflow.clone(),
-            step: step.to_string(),
-            step_index: current.step,
-            attempt,
-            phase,
+            step: tid.step,
+            step_index: index,
+            attempt: tid.attempt,
+            phase: tid.phase,
             input: Value::Null,
             heartbeat_seconds: call.heartbeat.map(|h| h.as_secs()),
         })
     }
 
-    /// A worker's answer; true if it moved the saga (false if the task was no longer current).
-    pub async fn complete_task(&self, task_id: &str, output: Value) -> Result<bool, RuntimeError> {
+    /// A worker's answer, recorded; [`RuntimeError::TaskGone`] if its attempt
+    /// had already ended.
+    pub async fn complete_task(&self, task_id: &str, output: Value) -> Result<(), RuntimeError> {
         let task = self.answered_task(task_id).await?;
-        self.apply(
-            task.instance,
-            Input::Succeeded {
-                step: task.step_index,
-                attempt: task.attempt,
-                phase: task.phase,
-                output,
-            },
-        )
-        .await
+        let input = Input::Succeeded {
+            step: task.step_index,
+            attempt: task.attempt,
+            phase: task.phase,
+            output,
+        };
+        match self.apply(task.instance, input).await? {
+            true => Ok(()),
+            false => Err(RuntimeError::TaskGone(task_id.to_string())),
+        }
     }
 
     pub async fn fail_task(
@@ -686,31 +733,36 @@ impl Runtime {
         task_id: &str,
         error: String,
         retryable: bool,
-    ) -> Result<bool, RuntimeError> {
+    ) -> Result<(), RuntimeError> {
         let task = self.answered_task(task_id).await?;
         let kind = if retryable {
             FailureKind::Transient
         } else {
             FailureKind::Business
         };
-        self.apply(
-            task.instance,
-            Input::Failed {
-                step: task.step_index,
-                attempt: task.attempt,
-                phase: task.phase,
-                kind,
-                error,
-            },
-        )
-        .await
+        let input = Input::Failed {
+            step: task.step_index,
+            attempt: task.attempt,
+            phase: task.phase,
+            kind,
+            error,
+        };
+        match self.apply(task.instance, input).await? {
+            true => Ok(()),
+            false => Err(RuntimeError::TaskGone(task_id.to_string())),
+        }
     }
 
-    pub fn heartbeat(&self, task_id: &str) -> Result<(), RuntimeError> {
+    /// A heartbeat for a task leased here; [`RuntimeError::TaskGone`] if its
+    /// attempt has ended, so the worker can stop.
+    pub async fn heartbeat(&self, task_id: &str) -> Result<(), RuntimeError> {
         if self.0.tasks.heartbeat(task_id, self.now()) {
-            Ok(())
-        } else {
-            Err(RuntimeError::UnknownTask(task_id.to_string()))
+            return Ok(());
+        }
+        match self.task_in_store(task_id).await {
+            // in flight but not leased here: no lease to renew
+            Ok(_) => Err(RuntimeError::UnknownTask(task_id.to_string())),
+            Err(e) => Err(e),
         }
     }
 
@@ -722,14 +774,14 @@ impl Runtime {
         task_id: &str,
         authorization: Option<&str>,
     ) -> Result<(), RuntimeError> {
-        let local = self.heartbeat(task_id);
+        if self.0.tasks.heartbeat(task_id, self.now()) {
+            return Ok(());
+        }
+        let task = self.task_in_store(task_id).await?;
+        let local = Err(RuntimeError::UnknownTask(task_id.to_string()));
         let Some(c) = &self.0.cluster else {
             return local;
         };
-        if local.is_ok() {
-            return local;
-        }
-        let task = self.task_in_store(task_id).await?;
         let Some(url) = c.holder_url(task.instance).await else {
             return local;
         };
@@ -737,6 +789,9 @@ impl Runtime {
         match req.send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => local,
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                Err(RuntimeError::TaskGone(task_id.to_string()))
+            }
             Ok(r) => Err(RuntimeError::Store(crate::store::StoreError::Unavailable(
                 format!("the replica holding the task answered {}", r.status()),
             ))),
@@ -1066,12 +1121,12 @@ impl Runtime {
                 return Ok(false);
             }
             let new: Vec<NewEvent> = d.events.iter().map(NewEvent::from).collect();
-            match self
-                .0
-                .store
-                .append(&live.stream, Expected::after(st.events), new)
-                .await
-            {
+            match self.noted(
+                self.0
+                    .store
+                    .append(&live.stream, Expected::after(st.events), new)
+                    .await,
+            ) {
                 Ok(a) => {
                     self.wrote(id, a.revision);
                     crate::telemetry::observe(&live.published.machine.name, &st, &d.events);
@@ -1126,6 +1181,16 @@ impl Runtime {
             .timers
             .set(live.id, st.timers.iter().map(|(id, t)| (id.clone(), t.due)));
         let machine = &live.published.machine;
+        // A task lives as long as its attempt: any other of this instance has ended.
+        let current_task = st.in_flight.and_then(|f| {
+            let s = machine.steps.get(f.step)?;
+            let action = match f.phase {
+                Phase::Forward => Some(&s.action),
+                Phase::Compensation => s.compensation.as_ref(),
+            };
+            matches!(action, Some(StepAction::Task(_))).then(|| task_id(live.id, s, f))
+        });
+        self.0.tasks.withdraw(live.id, current_task.as_deref());
         for action in actions {
             match action {
                 Action::Perform {
@@ -1165,10 +1230,7 @@ impl Runtime {
                 None => return,
             },
         };
-        let key = match phase {
-            Phase::Forward => format!("{}:{}:{attempt}", live.id, s.name),
-            Phase::Compensation => format!("{}:{}:compensate:{attempt}", live.id, s.name),
-        };
+        let key = s.effect_key(&live.key, phase == Phase::Compensation, attempt);
         let id = live.id;
         let ctx = match action {
             StepAction::Wait(_) => return,
@@ -1196,7 +1258,7 @@ impl Runtime {
             StepAction::Http(call) => {
                 let timeout = s.timeout.unwrap_or(self.0.config.default_http_timeout);
                 let rt = self.clone();
-                match http::render(call, &ctx, timeout, key) {
+                match http::render(call, &ctx, timeout, key, attempt) {
                     Ok(req) => {
                         let client = self.0.http.clone();
                         let attempt_span = span.clone();
@@ -1224,9 +1286,19 @@ impl Runtime {
                     Ok(v) => v,
                     Err(e) => return report(template_failed(e)),
                 };
-                self.0.tasks.withdraw(id, Some(&key));
+                let handle = task_id(
+                    id,
+                    s,
+                    saga::InFlight {
+                        step,
+                        attempt,
+                        phase,
+                    },
+                );
+                self.0.tasks.withdraw(id, Some(&handle));
                 self.0.tasks.offer(Task {
-                    id: key,
+                    id: handle,
+                    idempotency_key: key,
                     queue: call.queue.clone(),
                     instance: id,
                     workflow: machine.name.clone(),
@@ -1344,6 +1416,7 @@ impl Runtime {
         p.catch_up(self.0.store.as_ref()).await?;
         let ids = p.unfinished().await?;
         let mut resumed = 0;
+        let mut reissuing = tokio::task::JoinSet::new();
         for id in ids {
             if mask & (1 << cluster::partition(id)) == 0 || !self.drives(id) {
                 continue;
@@ -1359,11 +1432,36 @@ impl Runtime {
             if st.is_terminal() {
                 continue;
             }
-            self.perform(&live, &st, saga::resume(&st));
             resumed += 1;
+            if st.in_flight.is_none() {
+                self.perform(&live, &st, saga::resume(&st));
+                continue;
+            }
+            drop(st);
+            // The attempt in flight goes out again, its timeout restarted (recorded as
+            // `AttemptReissued`); many at once, so their appends share commits.
+            if reissuing.len() >= REISSUE_AT_ONCE {
+                reissuing.join_next().await;
+            }
+            let rt = self.clone();
+            reissuing.spawn(async move { rt.reissue(live).await });
         }
+        reissuing.join_all().await;
         tracing::info!(resumed, "unfinished sagas resumed");
         Ok(resumed)
+    }
+
+    /// Sends an instance's attempt in flight again with its key, its timeout
+    /// counting from now. If that cannot be recorded the attempt is sent all
+    /// the same (its key keeps it one effect) with its timers as they were.
+    async fn reissue(&self, live: Arc<Live>) {
+        if let Err(e) = self.apply(live.id, Input::Reissue).await {
+            tracing::warn!(instance_id = %live.id, error = %e, "could not record the re-issue; sending the attempt as it stood");
+            let st = live.state.lock().await;
+            if !st.is_terminal() {
+                self.perform(&live, &st, saga::resume(&st));
+            }
+        }
     }
 }
 
@@ -1372,6 +1470,17 @@ mod tests;
 
 #[cfg(test)]
 mod timer_tests;
+
+/// The handle of a task for attempt `f` of step `s`.
+fn task_id(instance: Uuid, s: &crate::compile::Step, f: saga::InFlight) -> String {
+    TaskId {
+        instance,
+        step: s.name.clone(),
+        phase: f.phase,
+        attempt: f.attempt,
+    }
+    .to_string()
+}
 
 fn outcome_input(step: usize, attempt: u32, phase: Phase, outcome: http::Outcome) -> Input {
     match outcome {

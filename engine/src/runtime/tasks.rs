@@ -1,7 +1,10 @@
 //! Task queues for external workers: a task waits on its queue until a
 //! worker long-polls for it; the worker then holds a lease until it answers.
+//! A task lives only as long as its attempt: when the attempt ends (answered,
+//! timed out, cancelled, compensated) the task is withdrawn, queued or leased.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -12,10 +15,62 @@ use uuid::Uuid;
 
 use crate::saga::{Phase, Timestamp};
 
-/// A unit of work for a worker. Its id is the effect's idempotency key.
+/// Names one attempt of a step (or of its compensation) of an instance:
+/// `{instance}:{step}:{attempt}` or `{instance}:{step}:compensate:{attempt}`.
+/// A worker answers the attempt it was handed by this id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskId {
+    pub instance: Uuid,
+    pub step: String,
+    pub phase: Phase,
+    pub attempt: u32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.phase {
+            Phase::Forward => write!(f, "{}:{}:{}", self.instance, self.step, self.attempt),
+            Phase::Compensation => write!(
+                f,
+                "{}:{}:compensate:{}",
+                self.instance, self.step, self.attempt
+            ),
+        }
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (instance, rest) = s.split_once(':').ok_or(())?;
+        let instance = Uuid::parse_str(instance).map_err(|_| ())?;
+        let (rest, attempt) = rest.rsplit_once(':').ok_or(())?;
+        let attempt = attempt.parse().map_err(|_| ())?;
+        let (step, phase) = match rest.strip_suffix(":compensate") {
+            Some(step) => (step, Phase::Compensation),
+            None => (rest, Phase::Forward),
+        };
+        if step.is_empty() {
+            return Err(());
+        }
+        Ok(TaskId {
+            instance,
+            step: step.to_string(),
+            phase,
+            attempt,
+        })
+    }
+}
+
+/// A unit of work for a worker: one attempt of an effect.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Task {
+    /// The attempt's handle ([`TaskId`]), to answer it with.
     pub id: String,
+    /// The effect's idempotency key: the same on every attempt of the step
+    /// (unless the step asks for one per attempt), so a worker can do it once.
+    pub idempotency_key: String,
     pub queue: String,
     pub instance: Uuid,
     pub workflow: String,
@@ -44,6 +99,19 @@ struct Lease {
 struct Inner {
     queues: HashMap<String, Queue>,
     leases: HashMap<String, Lease>,
+    /// The tasks (queued or leased) of each instance, with their queue.
+    by_instance: HashMap<Uuid, Vec<(String, String)>>,
+}
+
+impl Inner {
+    fn forget(&mut self, task: &Task) {
+        if let Some(ids) = self.by_instance.get_mut(&task.instance) {
+            ids.retain(|(id, _)| *id != task.id);
+            if ids.is_empty() {
+                self.by_instance.remove(&task.instance);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -60,7 +128,7 @@ impl TaskQueues {
 
     /// Puts a task on its queue, or hands it straight to a waiting worker.
     /// A task already queued or leased under the same id is not added twice.
-    pub fn offer(&self, mut task: Task) {
+    pub fn offer(&self, task: Task) {
         let mut inner = self.lock();
         if inner.leases.contains_key(&task.id) {
             return;
@@ -69,13 +137,23 @@ impl TaskQueues {
         if q.ready.iter().any(|t| t.id == task.id) {
             return;
         }
-        while let Some(waiter) = q.waiters.pop_front() {
+        let (instance, id, queue) = (task.instance, task.id.clone(), task.queue.clone());
+        let mut task = task;
+        loop {
+            let Some(waiter) = q.waiters.pop_front() else {
+                q.ready.push_back(task);
+                break;
+            };
             match waiter.send(task) {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(back) => task = back, // that worker gave up waiting
             }
         }
-        q.ready.push_back(task);
+        inner
+            .by_instance
+            .entry(instance)
+            .or_default()
+            .push((id, queue));
     }
 
     /// Takes the next task of `queue`, waiting up to `wait` for one.
@@ -106,7 +184,15 @@ impl TaskQueues {
                 rx.try_recv().ok()?
             }
         };
-        self.lock().leases.insert(
+        let mut inner = self.lock();
+        let current = inner
+            .by_instance
+            .get(&task.instance)
+            .is_some_and(|ids| ids.iter().any(|(id, _)| *id == task.id));
+        if !current {
+            return None; // withdrawn on its way to this worker
+        }
+        inner.leases.insert(
             task.id.clone(),
             Lease {
                 task: task.clone(),
@@ -120,15 +206,15 @@ impl TaskQueues {
     /// that took it before a restart may answer it after).
     pub fn take(&self, id: &str) -> Option<Task> {
         let mut inner = self.lock();
-        if let Some(lease) = inner.leases.remove(id) {
-            return Some(lease.task);
-        }
-        for q in inner.queues.values_mut() {
-            if let Some(i) = q.ready.iter().position(|t| t.id == id) {
-                return q.ready.remove(i);
-            }
-        }
-        None
+        let task = match inner.leases.remove(id) {
+            Some(lease) => Some(lease.task),
+            None => inner.queues.values_mut().find_map(|q| {
+                let i = q.ready.iter().position(|t| t.id == id)?;
+                q.ready.remove(i)
+            }),
+        }?;
+        inner.forget(&task);
+        Some(task)
     }
 
     /// The queue of a task that is queued or leased.
@@ -168,18 +254,35 @@ impl TaskQueues {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        late.iter()
+        let tasks: Vec<Task> = late
+            .iter()
             .filter_map(|id| inner.leases.remove(id))
             .map(|l| l.task)
-            .collect()
+            .collect();
+        for t in &tasks {
+            inner.forget(t);
+        }
+        tasks
     }
 
-    /// Withdraws the queued (not yet taken) tasks of an instance other than `keep`.
+    /// Withdraws the tasks of an instance other than `keep`, queued or leased:
+    /// their attempts have ended, so no worker is handed them or may answer them.
     pub fn withdraw(&self, instance: Uuid, keep: Option<&str>) {
         let mut inner = self.lock();
-        for q in inner.queues.values_mut() {
-            q.ready
-                .retain(|t| t.instance != instance || Some(t.id.as_str()) == keep);
+        let Some(ids) = inner.by_instance.remove(&instance) else {
+            return;
+        };
+        let (kept, gone): (Vec<_>, Vec<_>) = ids
+            .into_iter()
+            .partition(|(id, _)| Some(id.as_str()) == keep);
+        for (id, queue) in &gone {
+            inner.leases.remove(id);
+            if let Some(q) = inner.queues.get_mut(queue) {
+                q.ready.retain(|t| t.id != *id);
+            }
+        }
+        if !kept.is_empty() {
+            inner.by_instance.insert(instance, kept);
         }
     }
 
@@ -203,6 +306,7 @@ mod tests {
     fn task(id: &str) -> Task {
         Task {
             id: id.into(),
+            idempotency_key: id.into(),
             queue: "q".into(),
             instance: Uuid::nil(),
             workflow: "w".into(),
@@ -276,5 +380,45 @@ mod tests {
         q.offer(task("x"));
         q.withdraw(Uuid::nil(), None);
         assert_eq!(q.poll("q", Duration::ZERO, Timestamp(0)).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_lease_can_neither_be_answered_nor_expire() {
+        let q = TaskQueues::default();
+        q.offer(Task {
+            heartbeat_seconds: Some(1),
+            ..task("old")
+        });
+        q.poll("q", Duration::ZERO, Timestamp(0)).await.unwrap();
+        q.offer(task("new"));
+        q.withdraw(Uuid::nil(), Some("new"));
+        assert!(!q.heartbeat("old", Timestamp(10)));
+        assert!(q.expired(Timestamp(60_000)).is_empty());
+        assert!(q.take("old").is_none());
+        assert_eq!(
+            q.queue_of("new").as_deref(),
+            Some("q"),
+            "the kept task stays"
+        );
+        assert!(q.take("new").is_some());
+        q.withdraw(Uuid::nil(), None);
+        assert!(q.lock().by_instance.is_empty(), "nothing left indexed");
+    }
+
+    #[test]
+    fn task_ids_round_trip() {
+        for phase in [Phase::Forward, Phase::Compensation] {
+            let id = TaskId {
+                instance: Uuid::from_u128(7),
+                step: "take:payment".into(),
+                phase,
+                attempt: 3,
+            };
+            assert_eq!(id.to_string().parse::<TaskId>(), Ok(id));
+        }
+        assert!("nope".parse::<TaskId>().is_err());
+        assert!("00000000-0000-0000-0000-000000000007::1"
+            .parse::<TaskId>()
+            .is_err());
     }
 }

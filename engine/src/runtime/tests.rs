@@ -56,10 +56,17 @@ async fn a_saga_runs_through_workers_and_signals() {
     let task = take(&rt, "flights").await;
     assert_eq!(task.input, json!({"trip": "t-1"}));
     assert_eq!(task.id, format!("{}:flight:1", started.id));
-    assert!(rt
-        .complete_task(&task.id, json!({"ref": "F-7"}))
+    assert_eq!(task.idempotency_key, format!("{}:flight", started.id));
+    rt.complete_task(&task.id, json!({"ref": "F-7"}))
         .await
-        .unwrap());
+        .unwrap();
+    assert!(
+        matches!(
+            rt.complete_task(&task.id, json!({})).await,
+            Err(RuntimeError::TaskGone(_))
+        ),
+        "an answered task is gone"
+    );
     assert_eq!(rt.get(started.id).await.unwrap().status, "waiting");
     rt.signal(started.id, "go".into(), json!({"by": "kim"}))
         .await
@@ -202,8 +209,18 @@ async fn a_restart_resumes_and_reoffers_the_same_task() {
     let second = open().await;
     let again = take(&second, "flights").await;
     assert_eq!(
-        again.id, before.id,
-        "the same attempt, so the same idempotency key"
+        (&again.id, &again.idempotency_key),
+        (&before.id, &before.idempotency_key),
+        "the same attempt, with the same idempotency key"
+    );
+    let history = second.history(id, 0).await.unwrap();
+    assert!(
+        history.iter().any(|e| e.event_type == "AttemptReissued"),
+        "the re-issue is recorded: {:?}",
+        history
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>()
     );
     second
         .complete_task(&again.id, json!({"ref": "F-1"}))
@@ -232,4 +249,66 @@ async fn a_duration_wait_fires_its_timer() {
     let v = rt.wait(id, Duration::from_secs(5)).await.unwrap();
     assert_eq!(v.status, "completed");
     assert_eq!(rt.pending_timers(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_models_heal_after_failed_transactions() {
+    let dir = std::env::temp_dir().join(format!("sagaflow-heal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let proj = Arc::new(Projections::open(&dir.join("readmodels.db")).await.unwrap());
+    let rt = runtime(store, Some(proj.clone())).await;
+    rt.publish("name: pause\nsteps:\n  - name: nap\n    wait: { duration: 10ms }\n")
+        .await
+        .unwrap();
+    assert!(rt
+        .catch_up_read_models(Duration::from_secs(5))
+        .await
+        .unwrap());
+    assert!(rt.read_model_stall().is_none());
+
+    // the database refuses the next transactions: nothing is half-applied, and the stall shows
+    proj.fail_next_transactions(6);
+    let id = rt.start("pause", None, json!({}), None).await.unwrap().id;
+    assert_eq!(
+        rt.wait(id, Duration::from_secs(5)).await.unwrap().status,
+        "completed"
+    );
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rt.read_model_stall().is_none() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the stall was never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, why) = rt.read_model_stall().unwrap();
+    assert!(why.contains("injected fault"), "{why}");
+
+    // the faults run out: the projection retries by itself and the read model is right again
+    assert!(
+        rt.catch_up_read_models(Duration::from_secs(20))
+            .await
+            .unwrap(),
+        "the read models never caught up"
+    );
+    let page = rt
+        .search(&crate::projection::InstanceFilter {
+            workflow: Some("pause".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].status, "completed");
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rt.read_model_stall().is_some() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the stall was never cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

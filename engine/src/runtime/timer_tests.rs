@@ -111,8 +111,15 @@ async fn a_step_timeout_fails_the_attempt_and_the_backoff_starts_the_next() {
         h.rt.poll_task("labels", Duration::ZERO).await.is_none(),
         "the next attempt waits for its backoff"
     );
-    // the first attempt answers late: too late, nothing happens
-    assert!(!h.rt.complete_task(&first.id, json!({})).await.unwrap());
+    // the first attempt answers late: its task is gone, nothing happens
+    assert!(matches!(
+        h.rt.heartbeat(&first.id).await,
+        Err(RuntimeError::TaskGone(_))
+    ));
+    assert!(matches!(
+        h.rt.complete_task(&first.id, json!({})).await,
+        Err(RuntimeError::TaskGone(_))
+    ));
     assert_eq!(
         h.advance(Duration::from_secs(10)).await,
         1,
@@ -120,6 +127,10 @@ async fn a_step_timeout_fails_the_attempt_and_the_backoff_starts_the_next() {
     );
     let second = h.task("labels").await;
     assert_eq!(second.attempt, 2);
+    assert_eq!(
+        second.idempotency_key, first.idempotency_key,
+        "the effect keeps its key"
+    );
     h.rt.complete_task(&second.id, json!({})).await.unwrap();
     assert_eq!(h.status(id).await, ("waiting", Some("approve".into())));
 }
@@ -154,7 +165,7 @@ async fn a_missed_heartbeat_fails_the_attempt() {
     h.advance(Duration::from_secs(300)).await;
     let pickup = h.task("pickups").await;
     h.advance(Duration::from_secs(15)).await;
-    h.rt.heartbeat(&pickup.id).unwrap();
+    h.rt.heartbeat(&pickup.id).await.unwrap();
     h.advance(Duration::from_secs(15)).await;
     assert_eq!(h.status(id).await.0, "running", "heartbeats keep the lease");
     h.advance(Duration::from_secs(21)).await;
@@ -223,7 +234,7 @@ async fn firing_a_wait_now_moves_on_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_rearms_pending_timers_and_fires_overdue_ones() {
+async fn a_restart_fires_overdue_timers_and_gives_reissued_attempts_their_time() {
     let dir = std::env::temp_dir().join(format!("sagaflow-timers-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -245,7 +256,8 @@ async fn a_restart_rearms_pending_timers_and_fires_overdue_ones() {
             .await
         }
     };
-    // T0: saga A starts (its first attempt times out at T0+30s); T0+60s: saga B (at T0+90s).
+    // T0: saga A starts; its attempt times out at T0+30s and its backoff is due at T0+40s.
+    // T0+30s: saga B starts, its attempt due to time out at T0+60s. Then the process dies.
     let h = open().await;
     h.rt.publish(SHIPPING).await.unwrap();
     let a =
@@ -253,39 +265,37 @@ async fn a_restart_rearms_pending_timers_and_fires_overdue_ones() {
             .await
             .unwrap()
             .id;
-    h.clock.advance(Duration::from_secs(60));
+    assert_eq!(h.advance(Duration::from_secs(30)).await, 1, "A times out");
     let b =
         h.rt.start("shipping", None, json!({}), None)
             .await
             .unwrap()
             .id;
     drop(h);
-    // The process is down until T0+75s: A's timeout passed while nothing ran.
-    clock.advance(Duration::from_secs(15));
+    // Down until T0+75s: A's backoff and B's timeout both passed while nothing ran.
+    clock.advance(Duration::from_secs(45));
     let h = open().await;
     assert_eq!(
         h.rt.pending_timers(),
         4,
-        "both timeouts and both deadlines are armed again"
+        "A's backoff, B's timeout and both deadlines are armed again"
     );
-    assert_eq!(h.rt.tick().await, 1, "A's overdue timeout fires at once");
-    let va = h.rt.get(a).await.unwrap();
-    assert!(
-        va.timers.iter().any(|t| t.0 == "backoff:0:f:2"),
-        "A waits for its backoff: {:?}",
-        va.timers
-    );
+    assert_eq!(h.rt.tick().await, 1, "A's overdue backoff fires at once");
+    assert_eq!(h.rt.get(a).await.unwrap().attempt, 2);
+    // B's attempt was re-issued with its key, and its timeout counts from the restart
+    let vb = h.rt.get(b).await.unwrap();
+    assert_eq!(vb.attempt, 1, "B's attempt was not failed by the outage");
+    let due = vb
+        .timers
+        .iter()
+        .find(|t| t.0 == "timeout:0:f:1")
+        .map(|t| t.2);
     assert_eq!(
-        h.rt.get(b).await.unwrap().attempt,
-        1,
-        "B's timeout is not due yet"
+        due,
+        Some(T0.plus(Duration::from_secs(105))),
+        "{:?}",
+        vb.timers
     );
-    assert_eq!(
-        h.advance(Duration::from_secs(10)).await,
-        1,
-        "A's backoff at T0+85s"
-    );
-    // B's first attempt was offered again at the restart, so it comes first; then A's second
     let queued = [h.task("labels").await, h.task("labels").await];
     assert!(
         queued.iter().any(|t| t.instance == a && t.attempt == 2),
@@ -295,11 +305,13 @@ async fn a_restart_rearms_pending_timers_and_fires_overdue_ones() {
         queued.iter().any(|t| t.instance == b && t.attempt == 1),
         "{queued:?}"
     );
+    assert_eq!(h.advance(Duration::from_secs(29)).await, 0);
     assert_eq!(
-        h.advance(Duration::from_secs(5)).await,
-        1,
-        "B's timeout at T0+90s"
+        h.advance(Duration::from_secs(1)).await,
+        2,
+        "A's second attempt and B's re-issued one time out at T0+105s"
     );
+    assert_eq!(h.status(a).await.0, "compensated", "A had two attempts");
     assert_eq!(
         h.rt.get(b)
             .await

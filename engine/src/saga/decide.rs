@@ -61,6 +61,9 @@ pub enum Input {
     Resume,
     /// An operator retries a failed saga from the step that failed.
     Retry,
+    /// The runtime resumed the saga (a restart, a replica taking it over):
+    /// send the attempt in flight again, its timeout counting from now.
+    Reissue,
 }
 
 /// An effect for the runtime to carry out.
@@ -255,8 +258,46 @@ impl Decider<'_> {
             Input::Pause { reason } => self.pause(reason)?,
             Input::Resume => self.resume()?,
             Input::Retry => self.retry()?,
+            Input::Reissue => self.reissue(),
         }
         Ok(())
+    }
+
+    /// Sends the attempt in flight again with its key. Its timeout restarts:
+    /// an outage longer than the timeout must not fail an attempt that has
+    /// not been given its time, nor start another beside it.
+    fn reissue(&mut self) {
+        let Some(f) = self.s.in_flight else { return };
+        if self.s.is_terminal() {
+            return;
+        }
+        let step = &self.m.steps[f.step];
+        let timer = TimerPurpose::StepTimeout {
+            step: f.step,
+            attempt: f.attempt,
+            phase: f.phase,
+        }
+        .id();
+        let timeout_due = match (step.timeout, self.s.timers.contains_key(&timer)) {
+            (Some(t), true) => Some(self.now.plus(t)),
+            _ => None,
+        };
+        self.emit(Event::AttemptReissued {
+            step: f.step,
+            name: step.name.clone(),
+            attempt: f.attempt,
+            phase: f.phase,
+            timeout_due,
+            at: self.now,
+        });
+        if let Some(due) = timeout_due {
+            self.act(Action::ArmTimer { timer, due });
+        }
+        self.act(Action::Perform {
+            step: f.step,
+            attempt: f.attempt,
+            phase: f.phase,
+        });
     }
 
     fn pause(&mut self, reason: Option<String>) -> Result<(), Rejection> {

@@ -227,6 +227,18 @@ pub enum Event {
         phase: Phase,
         at: Timestamp,
     },
+    /// The attempt in flight was sent again after the runtime resumed the saga
+    /// (a restart, or a replica taking it over), with the same idempotency key.
+    /// Its timeout counts from here: `timeout_due` is the attempt's new deadline.
+    AttemptReissued {
+        step: usize,
+        name: String,
+        attempt: u32,
+        phase: Phase,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_due: Option<Timestamp>,
+        at: Timestamp,
+    },
 }
 
 /// Why a stored event cannot be read.
@@ -272,6 +284,7 @@ impl Event {
             Event::SagaResumed { .. } => "SagaResumed",
             Event::StepHeld { .. } => "StepHeld",
             Event::SagaRetried { .. } => "SagaRetried",
+            Event::AttemptReissued { .. } => "AttemptReissued",
         }
     }
 

@@ -13,7 +13,7 @@ pub use event::{
     ActionKind, CompensationReason, Event, EventError, Phase, TimerPurpose, SCHEMA_VERSION,
 };
 pub use state::{evolve, fold, InFlight, SagaState};
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp, MAX_DURATION};
 
 #[cfg(test)]
 mod tests;

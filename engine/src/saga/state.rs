@@ -323,6 +323,25 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             s.finished_at = None;
             s.updated_at = *at;
         }
+        Event::AttemptReissued {
+            step,
+            attempt,
+            phase,
+            timeout_due,
+            at,
+            ..
+        } => {
+            let timeout = TimerPurpose::StepTimeout {
+                step: *step,
+                attempt: *attempt,
+                phase: *phase,
+            };
+            if let (Some(due), Some(t)) = (timeout_due, s.timers.get_mut(&timeout.id())) {
+                t.due = *due;
+            }
+            s.attempt_started_at = *at;
+            s.updated_at = *at;
+        }
     }
     s
 }

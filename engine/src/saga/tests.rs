@@ -930,3 +930,58 @@ fn a_failed_saga_is_retried_from_the_compensation_that_failed() {
         Err(Rejection::NotFailed("compensated"))
     );
 }
+
+#[test]
+fn a_reissue_after_an_outage_restarts_the_timeout_and_keeps_the_attempt() {
+    let mut s = Saga::given(ORDER).start(order_input(10.0));
+    // reserve (attempt 1) is in flight with a 5 s timeout; the server was down for 12 s
+    s.now = T0.plus(std::time::Duration::from_secs(12));
+    let d = s.ok(Input::Reissue);
+    assert_eq!(types(&d.events), ["AttemptReissued"]);
+    let timeout = TimerPurpose::StepTimeout {
+        step: 0,
+        attempt: 1,
+        phase: Phase::Forward,
+    }
+    .id();
+    let due = s.now.plus(std::time::Duration::from_secs(5));
+    assert_eq!(
+        d.actions,
+        [
+            Action::ArmTimer {
+                timer: timeout.clone(),
+                due
+            },
+            Action::Perform {
+                step: 0,
+                attempt: 1,
+                phase: Phase::Forward
+            }
+        ]
+    );
+    assert_eq!(s.state().timers[&timeout].due, due);
+    // the overdue timer, delivered late, no longer fires: its time has not come
+    let d = s.ok(Input::TimerFired {
+        timer: timeout.clone(),
+    });
+    assert!(d.events.is_empty(), "{:?}", d.events);
+    // the re-issued attempt's answer is taken as the attempt's own
+    let d = s.succeed(0, Phase::Forward, json!({"reservation_id": "r-1"}));
+    assert_eq!(types(&d.events)[0], "StepSucceeded");
+    assert_eq!(
+        s.state().in_flight.map(|f| (f.step, f.attempt)),
+        Some((1, 1))
+    );
+}
+
+#[test]
+fn a_reissue_with_nothing_in_flight_records_nothing() {
+    let mut s = Saga::given(ORDER).start(order_input(10.0));
+    s.fail(0, Phase::Forward, FailureKind::Transient);
+    assert!(
+        s.state().in_flight.is_none(),
+        "a backoff is pending instead"
+    );
+    let d = s.ok(Input::Reissue);
+    assert_eq!(d, Decision::default());
+}

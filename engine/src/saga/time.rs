@@ -10,20 +10,31 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(pub u64);
 
+pub use crate::dsl::spec::MAX_DURATION;
+
 impl Timestamp {
+    /// The latest time there is: 9999-12-31T23:59:59.999Z (RFC 3339 has four
+    /// digits for the year). Arithmetic stops here rather than overflowing.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+
     pub fn from_millis(ms: u64) -> Self {
-        Self(ms)
+        Self(ms.min(Self::MAX.0))
     }
 
     pub fn millis(self) -> u64 {
         self.0
     }
 
+    /// `self + d`, held at [`Timestamp::MAX`].
     pub fn plus(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        )
+        self.checked_plus(d).unwrap_or(Self::MAX)
+    }
+
+    /// `self + d`, or `None` past [`Timestamp::MAX`].
+    pub fn checked_plus(self, d: Duration) -> Option<Self> {
+        let ms = u64::try_from(d.as_millis()).ok()?;
+        let t = self.0.checked_add(ms)?;
+        (t <= Self::MAX.0).then_some(Self(t))
     }
 
     /// How long from `self` until `later` (zero if `later` is not later).
@@ -32,7 +43,7 @@ impl Timestamp {
     }
 
     pub fn to_system_time(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0)
+        UNIX_EPOCH + Duration::from_millis(self.0.min(Self::MAX.0))
     }
 }
 
@@ -60,7 +71,9 @@ impl<'de> Deserialize<'de> for Timestamp {
             .duration_since(UNIX_EPOCH)
             .map_err(serde::de::Error::custom)?
             .as_millis();
-        Ok(Self(u64::try_from(ms).map_err(serde::de::Error::custom)?))
+        Ok(Self::from_millis(
+            u64::try_from(ms).map_err(serde::de::Error::custom)?,
+        ))
     }
 }
 
@@ -120,6 +133,18 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, "\"2026-11-18T11:06:40.123Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn arithmetic_stops_at_the_end_of_the_calendar() {
+        let now = Timestamp(1_795_000_000_123);
+        let far = Duration::from_secs(20_000_000 * 365 * 24 * 3600);
+        assert_eq!(now.checked_plus(far), None);
+        assert_eq!(now.plus(far), Timestamp::MAX);
+        assert_eq!(now.plus(Duration::MAX), Timestamp::MAX);
+        assert_eq!(Timestamp(u64::MAX).to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999Z");
+        assert!(now.checked_plus(MAX_DURATION).is_some());
     }
 
     #[test]

@@ -30,6 +30,34 @@ const HEAD_CACHE: usize = 65_536;
 const POSITION_LOCK: i64 = 0x5a6a_f10e;
 const CHANNEL: &str = "sagaflow_events";
 
+/// The advisory lock under which one process at a time creates schemas and
+/// migrates (replicas often start together on a fresh database).
+const MIGRATION_LOCK: i64 = 0x5a6a_f10f;
+
+/// Holds [`MIGRATION_LOCK`] on one connection (a session lock: it goes with the
+/// connection if the process dies).
+pub(crate) struct MigrationLock(());
+
+impl MigrationLock {
+    pub(crate) async fn take(conn: &mut PgConnection) -> Result<Self, StoreError> {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| unavailable(format!("taking the migration lock: {e}")))?;
+        Ok(Self(()))
+    }
+
+    pub(crate) async fn release(self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| unavailable(format!("releasing the migration lock: {e}")))?;
+        Ok(())
+    }
+}
+
 pub struct PostgresStore {
     queue: mpsc::Sender<AppendRequest>,
     reads: PgPool,
@@ -56,10 +84,12 @@ impl PostgresStore {
         let mut writer = PgConnection::connect_with(&options)
             .await
             .map_err(|e| unavailable(format!("cannot connect to PostgreSQL at {where_}: {e}")))?;
+        let guard = MigrationLock::take(&mut writer).await?;
         sqlx::migrate!("../migrations/postgres")
             .run(&mut writer)
             .await
             .map_err(|e| super::migration_error(e, &format!("PostgreSQL {where_}")))?;
+        guard.release(&mut writer).await?;
         let reads = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
