@@ -63,7 +63,7 @@ pub struct TaskAnswer {
 pub enum PollResponse {
     /// A task, leased to the caller.
     #[oai(status = 200)]
-    Task(Json<WorkerTask>),
+    Task(Json<Box<WorkerTask>>),
     /// No task came within the wait.
     #[oai(status = 204)]
     Empty,
@@ -130,7 +130,7 @@ impl TasksApi {
         if self.rt.is_replica() && !relayed && !wait.is_zero() {
             // with replicas: a task waiting here, else one waiting on another replica, else wait here
             if let Some(t) = self.rt.poll_task(&queue, Duration::ZERO).await {
-                return Ok(PollResponse::Task(Json(worker_task(t))));
+                return Ok(PollResponse::Task(Json(Box::new(worker_task(t)))));
             }
             let authorization = req
                 .headers()
@@ -138,12 +138,12 @@ impl TasksApi {
                 .and_then(|v| v.to_str().ok());
             if let Some(t) = self.rt.poll_elsewhere(&queue, authorization).await {
                 if let Ok(t) = serde_json::from_value::<WorkerTask>(t) {
-                    return Ok(PollResponse::Task(Json(t)));
+                    return Ok(PollResponse::Task(Json(Box::new(t))));
                 }
             }
         }
         Ok(match self.rt.poll_task(&queue, wait.min(MAX_POLL)).await {
-            Some(t) => PollResponse::Task(Json(worker_task(t))),
+            Some(t) => PollResponse::Task(Json(Box::new(worker_task(t)))),
             None => PollResponse::Empty,
         })
     }
