@@ -348,7 +348,8 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
     // Their attempts in flight were re-issued by the replicas that took them
     // over, each with its key and a fresh timeout, and none timed out meanwhile.
     let mut reissued = 0;
-    for id in orphaned.keys() {
+    let orders_orphaned = orphaned.keys().filter(|id| ids.values().any(|o| o == *id));
+    for id in orders_orphaned {
         let history = get_json(&c, format!("{}/instances/{id}/events", survivors[0].url))
             .await
             .1;
