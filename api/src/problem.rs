@@ -324,3 +324,28 @@ pub fn from_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .with_content_type("application/problem+json")
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use poem::{Endpoint, EndpointExt};
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_problem_json() {
+        let app = poem::Route::new()
+            .at(
+                "/",
+                poem::endpoint::make(|_| async {
+                    if true {
+                        panic!("a bug");
+                    }
+                }),
+            )
+            .with(poem::middleware::CatchPanic::new().with_handler(super::from_panic));
+        let resp = app.get_response(poem::Request::default()).await;
+        assert_eq!(resp.status(), poem::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().into_vec().await.unwrap()).unwrap();
+        assert_eq!(body["type"], "/problems/internal");
+    }
+}
