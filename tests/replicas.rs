@@ -347,24 +347,8 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
     }
     // Their attempts in flight were re-issued by the replicas that took them
     // over, each with its key and a fresh timeout, and none timed out meanwhile.
-    let mut reissued = 0;
     let orders_orphaned = orphaned.keys().filter(|id| ids.values().any(|o| o == *id));
-    for id in orders_orphaned {
-        let history = get_json(&c, format!("{}/instances/{id}/events", survivors[0].url))
-            .await
-            .1;
-        let events = history["items"].as_array().unwrap();
-        reissued += events
-            .iter()
-            .filter(|e| e["type"] == "AttemptReissued")
-            .count();
-        assert!(
-            !events
-                .iter()
-                .any(|e| e["type"] == "StepFailed" && e["data"]["kind"] == "timeout"),
-            "{id}: the takeover failed an attempt: {history}"
-        );
-    }
+    let reissued = common::reissued_without_timeouts(&c, &survivors[0].url, orders_orphaned).await;
     assert!(
         reissued > 0,
         "no attempt was in flight on the killed replica"

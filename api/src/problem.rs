@@ -290,7 +290,7 @@ pub async fn from_poem_error(err: poem::Error) -> Response {
         err.to_string(),
         status.is_server_error(),
     );
-    let mut body = serde_json::json!({"type": p.kind, "title": p.title, "status": p.status, "detail": p.detail, "retryable": p.retryable});
+    let mut body = problem_body(&p);
     if !errors.is_empty() {
         body["errors"] = errors
             .into_iter()
@@ -301,6 +301,11 @@ pub async fn from_poem_error(err: poem::Error) -> Response {
         .with_status(status)
         .with_content_type("application/problem+json")
         .into_response()
+}
+
+/// A problem's JSON body, for answers built outside an operation.
+fn problem_body(p: &Problem) -> serde_json::Value {
+    serde_json::json!({"type": p.kind, "title": p.title, "status": p.status, "detail": p.detail, "retryable": p.retryable})
 }
 
 /// The answer to a request whose handler panicked: a 500 problem+json, with
@@ -319,7 +324,7 @@ pub fn from_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         "the server failed on this request; it has been logged",
         false,
     );
-    poem::web::Json(serde_json::json!({"type": p.kind, "title": p.title, "status": p.status, "detail": p.detail, "retryable": p.retryable}))
+    poem::web::Json(problem_body(&p))
         .with_status(StatusCode::INTERNAL_SERVER_ERROR)
         .with_content_type("application/problem+json")
         .into_response()

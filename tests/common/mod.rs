@@ -250,6 +250,32 @@ pub async fn nothing_was_sent_twice(c: &reqwest::Client, demo_url: &str) {
     assert!(twice.is_empty(), "keys seen more than once: {twice:?}");
 }
 
+/// How many attempts of these instances were re-issued after an outage
+/// (`AttemptReissued`); fails if any attempt of theirs timed out, since a
+/// re-issued attempt gets its whole timeout again.
+pub async fn reissued_without_timeouts<'a>(
+    c: &reqwest::Client,
+    url: &str,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> usize {
+    let mut reissued = 0;
+    for id in ids {
+        let history = get_json(c, format!("{url}/instances/{id}/events")).await.1;
+        let events = history["items"].as_array().unwrap();
+        reissued += events
+            .iter()
+            .filter(|e| e["type"] == "AttemptReissued")
+            .count();
+        assert!(
+            !events
+                .iter()
+                .any(|e| e["type"] == "StepFailed" && e["data"]["kind"] == "timeout"),
+            "{id}: the outage failed an attempt: {history}"
+        );
+    }
+    reissued
+}
+
 /// `POST /workflows` with a YAML body.
 pub async fn publish_yaml(c: &reqwest::Client, url: &str, yaml: &'static str) -> reqwest::Response {
     c.post(format!("{url}/workflows"))

@@ -44,7 +44,6 @@ use crate::store::{EventStore, Expected, NewEvent, RecordedEvent};
 
 use registry::Registry;
 use tasks::TaskQueues;
-
 use timers::Timers;
 
 /// Namespace of instance ids derived from an Idempotency-Key.
@@ -1286,18 +1285,17 @@ impl Runtime {
                     Ok(v) => v,
                     Err(e) => return report(template_failed(e)),
                 };
-                let handle = task_id(
-                    id,
-                    s,
-                    saga::InFlight {
-                        step,
-                        attempt,
-                        phase,
-                    },
-                );
-                self.0.tasks.withdraw(id, Some(&handle));
+                // (`perform` has withdrawn every other task of the instance)
                 self.0.tasks.offer(Task {
-                    id: handle,
+                    id: task_id(
+                        id,
+                        s,
+                        saga::InFlight {
+                            step,
+                            attempt,
+                            phase,
+                        },
+                    ),
                     idempotency_key: key,
                     queue: call.queue.clone(),
                     instance: id,

@@ -267,10 +267,8 @@ impl Decider<'_> {
     /// an outage longer than the timeout must not fail an attempt that has
     /// not been given its time, nor start another beside it.
     fn reissue(&mut self) {
+        // (an ended saga has nothing in flight)
         let Some(f) = self.s.in_flight else { return };
-        if self.s.is_terminal() {
-            return;
-        }
         let step = &self.m.steps[f.step];
         let timer = TimerPurpose::StepTimeout {
             step: f.step,
