@@ -44,8 +44,9 @@ pub enum ReadyResponse {
     /// Ready: the store answers and the migrations have run.
     #[oai(status = 200)]
     Ready(Json<Readiness>),
-    /// Not ready: the event store does not answer or refuses writes, or the
-    /// read models have failed to catch up for 3 s or more; see `detail`.
+    /// Not ready: the event store does not answer, or refused an append in
+    /// the last 5 s (none succeeding since), or the read models have failed
+    /// to catch up for 3 s or more; see `detail`.
     #[oai(status = 503, content_type = "application/problem+json")]
     NotReady(Json<crate::problem::Problem>),
 }

@@ -52,6 +52,8 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_f10e_0000_4000_8000_0
 pub const RELAYED_HEADER: &str = "x-sagaflow-relayed";
 /// Reload-and-decide-again rounds before a conflict is given up on.
 const CONFLICT_ROUNDS: usize = 16;
+/// How long a refused append keeps the server "not ready" (see [`Runtime::store_write_failure`]).
+pub const WRITE_FAILURE_WINDOW: Duration = Duration::from_secs(5);
 /// Instances whose attempt in flight is re-issued at once on resume.
 const REISSUE_AT_ONCE: usize = 64;
 
@@ -100,8 +102,8 @@ struct Inner {
     /// With replicas: the last revision this process appended per instance,
     /// until the log follower has passed it (its own writes need no taking in).
     written: Mutex<HashMap<Uuid, u64>>,
-    /// The last append's failure, until an append succeeds again.
-    write_failure: Mutex<Option<String>>,
+    /// The last append's failure and when it happened, until an append succeeds again.
+    write_failure: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 /// An instance that has not ended, held in memory.
@@ -558,7 +560,7 @@ impl Runtime {
         r: Result<T, crate::store::StoreError>,
     ) -> Result<T, crate::store::StoreError> {
         let failure = match &r {
-            Err(e) if !e.is_conflict() => Some(e.to_string()),
+            Err(e) if !e.is_conflict() => Some((std::time::Instant::now(), e.to_string())),
             _ => None,
         };
         *self
@@ -569,14 +571,18 @@ impl Runtime {
         r
     }
 
-    /// Why the event store refused the last append, if it did and none has
-    /// succeeded since.
+    /// Why the event store refused the last append, if it did within
+    /// [`WRITE_FAILURE_WINDOW`] and none has succeeded since. The window lets a
+    /// server that takes no traffic (because it said it was not ready) say it
+    /// is ready again once the cause is gone; the next refusal says otherwise.
     pub fn store_write_failure(&self) -> Option<String> {
         self.0
             .write_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < WRITE_FAILURE_WINDOW)
+            .map(|(_, e)| e.clone())
     }
 
     /// How long the read models have been failing to catch up, and why (`None` while they keep up).
