@@ -160,3 +160,148 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server on 127.0.0.1 that answers every request with `status` and
+    /// `body` (after `delay`), keeping the request heads it saw.
+    async fn answering(
+        status: u16,
+        body: &'static str,
+        delay: Duration,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/effect", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let kept = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    kept.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+                    tokio::time::sleep(delay).await;
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    fn request(url: String, timeout: Duration, retryable_status: Vec<u16>) -> HttpRequest {
+        HttpRequest {
+            method: HttpMethod::Post,
+            url,
+            headers: Vec::new(),
+            body: Some(json!({"a": 1})),
+            timeout,
+            idempotency_key: "i-1:pay".into(),
+            attempt: 3,
+            retryable_status,
+        }
+    }
+
+    async fn outcome(status: u16, body: &'static str, retryable: Vec<u16>) -> Outcome {
+        let (url, _) = answering(status, body, Duration::ZERO).await;
+        execute(
+            &reqwest::Client::new(),
+            request(url, Duration::from_secs(5), retryable),
+        )
+        .await
+    }
+
+    fn kind(o: &Outcome) -> Option<FailureKind> {
+        match o {
+            Outcome::Failed(k, _) => Some(*k),
+            Outcome::Succeeded(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_classified_by_status() {
+        let defaults = || vec![408, 429];
+        assert_eq!(
+            outcome(201, r#"{"id": 7}"#, defaults()).await,
+            Outcome::Succeeded(json!({"id": 7}))
+        );
+        assert_eq!(
+            outcome(204, "", defaults()).await,
+            Outcome::Succeeded(Value::Null)
+        );
+        assert_eq!(
+            outcome(200, "plain words", defaults()).await,
+            Outcome::Succeeded(json!("plain words"))
+        );
+        for (status, want) in [
+            (500, FailureKind::Transient),
+            (503, FailureKind::Transient),
+            (429, FailureKind::Transient),
+            (408, FailureKind::Transient),
+            (402, FailureKind::Business),
+            (404, FailureKind::Business),
+            (409, FailureKind::Business),
+        ] {
+            let o = outcome(status, r#"{"error": "x"}"#, defaults()).await;
+            assert_eq!(kind(&o), Some(want), "{status}: {o:?}");
+        }
+        let o = outcome(409, "busy", vec![409]).await;
+        assert_eq!(
+            kind(&o),
+            Some(FailureKind::Transient),
+            "retryable_status wins: {o:?}"
+        );
+        match outcome(402, "declined", defaults()).await {
+            Outcome::Failed(_, e) => assert_eq!(e, "HTTP 402: declined"),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_transient_and_a_slow_answer_a_timeout() {
+        // a port nobody listens on: bind one, then let it go
+        let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/effect", free.local_addr().unwrap());
+        drop(free);
+        let o = execute(
+            &reqwest::Client::new(),
+            request(url, Duration::from_secs(5), vec![]),
+        )
+        .await;
+        assert_eq!(kind(&o), Some(FailureKind::Transient), "{o:?}");
+
+        let (url, _) = answering(200, "{}", Duration::from_secs(5)).await;
+        let o = execute(
+            &reqwest::Client::new(),
+            request(url, Duration::from_millis(200), vec![]),
+        )
+        .await;
+        assert_eq!(kind(&o), Some(FailureKind::Timeout), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn every_call_carries_the_effect_key_and_the_attempt() {
+        let (url, seen) = answering(200, "{}", Duration::ZERO).await;
+        execute(
+            &reqwest::Client::new(),
+            request(url, Duration::from_secs(5), vec![]),
+        )
+        .await;
+        let head = seen.lock().unwrap()[0].clone();
+        assert!(head.contains("idempotency-key: i-1:pay\r\n"), "{head}");
+        assert!(head.contains("sagaflow-attempt: 3\r\n"), "{head}");
+    }
+}
