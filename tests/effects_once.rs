@@ -283,6 +283,7 @@ async fn an_order_id_in_use_is_never_started_again() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    common::nothing_was_sent_twice(&c, &s.url).await;
 }
 
 #[tokio::test]
@@ -357,4 +358,83 @@ async fn durations_past_a_hundred_years_are_refused_and_nothing_panics() {
     let (status, _) = get_json(&c, format!("{}/health", s.url)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
+#[tokio::test]
+async fn the_timer_api_extends_sets_and_fires_a_pending_timer() {
+    let (s, _dir) = common::serve("timer-api", &[]);
+    let c = client();
+    let r = publish_yaml(
+        &c,
+        &s.url,
+        "name: sleepy\nsteps:\n  - name: nap\n    wait: { duration: 1h }\n",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (_, v) = post_json(
+        &c,
+        format!("{}/workflows/sleepy/instances", s.url),
+        json!({}),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let timer_url = format!("{}/instances/{id}/timers/wait:0", s.url);
+    let due = |v: &Value| -> String {
+        v["timers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["timer"] == "wait:0")
+            .map(|t| t["due"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let first = due(&v);
+
+    let (status, moved) = post_json(&c, timer_url.clone(), json!({"extend_by": "1h"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{moved}");
+    let parse = |t: &str| humantime::parse_rfc3339_weak(t).unwrap();
+    assert_eq!(
+        parse(&due(&moved)).duration_since(parse(&first)).unwrap(),
+        Duration::from_secs(3600),
+        "{moved}"
+    );
+    let (status, set) = post_json(
+        &c,
+        timer_url.clone(),
+        json!({"due": "2099-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        (status, due(&set).as_str()),
+        (StatusCode::ACCEPTED, "2099-01-01T00:00:00.000Z"),
+        "{set}"
+    );
+    for bad in [
+        json!({}),
+        json!({"due": "soon"}),
+        json!({"extend_by": "1h", "fire_now": true}),
+    ] {
+        let (status, p) = post_json(&c, timer_url.clone(), bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {p}");
+    }
+    let (status, p) = post_json(
+        &c,
+        format!("{}/instances/{id}/timers/nope", s.url),
+        json!({"fire_now": true}),
+    )
+    .await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (StatusCode::NOT_FOUND, Some("/problems/unknown-timer")),
+        "{p}"
+    );
+    let (status, fired) = post_json(&c, timer_url.clone(), json!({"fire_now": true})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{fired}");
+    assert_eq!(instance_done(&c, &s.url, &id).await["status"], "completed");
+    let (status, p) = post_json(&c, timer_url, json!({"fire_now": true})).await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (StatusCode::NOT_FOUND, Some("/problems/unknown-timer")),
+        "a finished instance has no timers to move: {p}"
+    );
 }

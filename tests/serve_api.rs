@@ -83,6 +83,8 @@ async fn an_order_completes_and_an_over_limit_order_is_compensated() {
         json!({"reserve": 1, "pay": 1, "ship": 1})
     );
     assert_eq!(stats["orders"]["o-2"], json!({"reserve": 1, "release": 1}));
+    // without a fault, every call went out once: no key came twice
+    common::nothing_was_sent_twice(&c, &s.url).await;
     let (_, listed) = get_json(
         &c,
         format!("{}/instances?workflow=order&consistent=true", s.url),
