@@ -50,7 +50,7 @@ enum Command {
     #[command(
         after_help = "Logs go to stderr: SAGAFLOW_LOG filters them (e.g. `info`, `debug`), SAGAFLOW_LOG_FORMAT=json writes JSON lines. SAGAFLOW_OTLP_ENDPOINT (e.g. http://collector:4318) exports spans over OTLP/HTTP."
     )]
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
     /// Run the demo inventory, payment and shipping services on their own.
     DemoServices(commands::demo::DemoArgs),
     /// Read models: `rebuild` replays the event log into fresh ones.
@@ -60,6 +60,9 @@ enum Command {
     },
     /// Measure the order-saga workload: throughput, latency, memory (one JSON line).
     Bench(commands::bench::BenchArgs),
+    /// The template sandbox: evaluates jq expressions sent by a server on stdin.
+    #[command(hide = true)]
+    Sandbox,
 }
 
 #[derive(Subcommand)]
@@ -99,9 +102,12 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|r| r.block_on(commands::openapi::run(format)))
             .map(|()| ExitCode::SUCCESS),
-        Command::Serve(args) => serve(commands::serve::run(args)),
+        Command::Serve(args) => serve(commands::serve::run(*args)),
         Command::DemoServices(args) => serve(commands::demo::run(args)),
         Command::Bench(args) => serve(commands::bench::run(args)),
+        Command::Sandbox => sagaflow_engine::dsl::sandbox::process::serve(Default::default())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
         Command::Projections {
             action: ProjectionsAction::Rebuild(args),
         } => serve(commands::projections::rebuild(args)),

@@ -21,5 +21,6 @@ pub mod dsl;
 pub mod projection;
 pub mod runtime;
 pub mod saga;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;

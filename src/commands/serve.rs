@@ -14,6 +14,7 @@ use sagaflow_engine::projection::Projections;
 use sagaflow_engine::runtime::cluster::PARTITIONS;
 use sagaflow_engine::runtime::{ClusterConfig, Runtime, RuntimeConfig, RuntimeError};
 use sagaflow_engine::saga::SystemClock;
+use sagaflow_engine::secrets::Secrets;
 use sagaflow_engine::store::sqlite::SqliteStore;
 use sagaflow_engine::store::EventStore;
 
@@ -55,9 +56,12 @@ pub struct ServeArgs {
     /// Workflow files (*.yaml) published at start; a missing folder is skipped.
     #[arg(long, env = "SAGAFLOW_WORKFLOWS", default_value = "workflows")]
     pub workflows: PathBuf,
-    /// Override a workflow `env` value, e.g. `demo_url=http://10.0.0.5/demo` (repeatable).
-    #[arg(long = "workflow-env", env = "SAGAFLOW_WORKFLOW_ENV", value_delimiter = ',', value_parser = parse_pair)]
+    /// Override a workflow `env` value, e.g. `api_key=...` (repeatable). These values are secrets: templates may send them to a service, and they are masked as *** everywhere else.
+    #[arg(long = "workflow-env", env = "SAGAFLOW_WORKFLOW_ENV", value_delimiter = ',', value_parser = parse_pair, hide_env_values = true)]
     pub workflow_env: Vec<(String, String)>,
+    /// A file of `NAME=VALUE` lines (blank lines and `#` comments skipped) read like --workflow-env.
+    #[arg(long = "workflow-env-file", env = "SAGAFLOW_WORKFLOW_ENV_FILE")]
+    pub workflow_env_file: Option<PathBuf>,
     /// Do not serve the demo services under /demo.
     #[arg(long, env = "SAGAFLOW_NO_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_demo: bool,
@@ -173,6 +177,31 @@ pub fn parse_pair(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
+fn read_env_file(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the workflow env file {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(i, l)| {
+            parse_pair(l).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Templates of published workflows run in child processes of this binary
+/// (`sagaflow sandbox`): a memory and time limit, no environment.
+fn install_sandbox() -> anyhow::Result<()> {
+    use sagaflow_engine::dsl::sandbox::{self, process::ProcessPool, Budget};
+    let exe =
+        std::env::current_exe().context("cannot find this program for the template sandbox")?;
+    let pool = ProcessPool::new(exe, vec!["sandbox".into()], Budget::default());
+    pool.check().context("the template sandbox does not work")?;
+    sandbox::install(Arc::new(pool));
+    Ok(())
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.stores.data_dir).with_context(|| {
         format!(
@@ -187,12 +216,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
+    install_sandbox()?;
     let (store, projections, shared) = open_stores(&args.stores).await?;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     if !args.no_demo {
         env.insert("demo_url".into(), format!("{url}/demo"));
     }
-    env.extend(args.workflow_env.iter().cloned());
+    let mut given = args.workflow_env.clone();
+    if let Some(file) = &args.workflow_env_file {
+        given.extend(read_env_file(file)?);
+    }
+    // what the server is given is secret; the workflows' own defaults are not
+    let secrets = Secrets::new(
+        given
+            .iter()
+            .map(|(_, v)| v.clone())
+            .chain(args.admin_token.clone()),
+    );
+    env.extend(given);
     if shared && args.lease_ttl < Duration::from_millis(500) {
         bail!("--lease-ttl must be at least 500ms");
     }
@@ -206,6 +247,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| advertised(addr));
             ClusterConfig::new(args.lease_ttl, Some(url.trim_end_matches('/').to_string()))
         }),
+        secrets: Arc::new(secrets),
         ..RuntimeConfig::default()
     };
     let rt = Runtime::new(

@@ -8,7 +8,7 @@ use crate::diagnostic::{did_you_mean, Diagnostic, DocPath};
 use crate::dsl::spec::{
     ActionSpec, CompensateSpec, FailureKind, MaxAttempts, RetrySpec, StepSpec, WorkflowSpec,
 };
-use crate::dsl::template::{Reference, Template, ValueTemplate, ROOTS};
+use crate::dsl::template::{Reference, Template, TemplateError, ValueTemplate, ROOTS};
 
 use super::model::{Action, Backoff, HttpCall, RetryPolicy, Role, Step, TaskCall, Wait};
 
@@ -612,6 +612,12 @@ impl<'a> Checker<'a> {
     fn template(&mut self, text: &str, path: DocPath, scope: Scope) -> Option<Template> {
         let t = match Template::parse(text) {
             Ok(t) => t,
+            Err(e @ TemplateError::Forbidden { .. }) => {
+                self.error("forbidden-function", path, e.to_string()).help = Some(
+                    "templates are pure jq: they see the saga's context (`.input`, `.steps`, `.env`, `.instance`) and nothing of the server".into(),
+                );
+                return None;
+            }
             Err(e) => {
                 self.error("bad-template", path, e.to_string());
                 return None;

@@ -145,6 +145,7 @@ fn compile_spec(parsed: &Parsed) -> Checked {
                 output,
                 graph,
                 triggers,
+                secrets: Default::default(),
             });
         }
     }

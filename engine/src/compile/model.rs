@@ -26,6 +26,8 @@ pub struct Machine {
     pub pivot: Option<usize>,
     pub graph: DiGraph<State, Transition>,
     pub triggers: Vec<CronTrigger>,
+    /// The server's secret values: masked in what the saga shows (its output).
+    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
 }
 
 /// A compiled `triggers:` entry.

@@ -8,6 +8,7 @@
 //! typed spec. Meaning (references, templates, durations, pivots) is the
 //! compiler's job.
 
+pub mod sandbox;
 pub mod spec;
 mod structure;
 pub mod template;

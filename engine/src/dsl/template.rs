@@ -6,11 +6,9 @@
 //! text (strings as they are, other values as JSON).
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use jaq_core::load::{parse::Def, Arena, File, Loader};
-use jaq_core::{data, Compiler, Ctx, Vars};
-use jaq_json::Val;
+use super::sandbox::{self, CompileError, Compiled, EvalError};
 
 /// The top-level names a template's context holds.
 pub const ROOTS: [&str; 4] = ["input", "steps", "env", "instance"];
@@ -19,13 +17,27 @@ pub const ROOTS: [&str; 4] = ["input", "steps", "env", "instance"];
 enum Part {
     Text(String),
     /// The expression's text and its compiled filter (compiled once, run many times).
-    Expr(String, Arc<Filter>),
+    Expr(String, Arc<Compiled>),
+    /// An expression that is only a path (`.input.order_id`): read directly,
+    /// without jq. Most templates are these.
+    /// The compiled filter is used when the path meets a value of another
+    /// type, so that the answer is always jq's.
+    Path(String, Vec<Segment>, Arc<Compiled>),
+}
+
+/// A step of a path expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment {
+    Key(String),
+    Index(i64),
 }
 
 impl PartialEq for Part {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Part::Text(a), Part::Text(b)) | (Part::Expr(a, _), Part::Expr(b, _)) => a == b,
+            (Part::Text(a), Part::Text(b))
+            | (Part::Expr(a, _), Part::Expr(b, _))
+            | (Part::Path(a, ..), Part::Path(b, ..)) => a == b,
             _ => false,
         }
     }
@@ -36,6 +48,7 @@ impl fmt::Debug for Part {
         match self {
             Part::Text(t) => f.debug_tuple("Text").field(t).finish(),
             Part::Expr(e, _) => f.debug_tuple("Expr").field(e).finish(),
+            Part::Path(e, ..) => f.debug_tuple("Path").field(e).finish(),
         }
     }
 }
@@ -53,8 +66,19 @@ pub enum TemplateError {
     Unclosed(usize),
     #[error("expression `{expr}` does not parse: {reason}")]
     Syntax { expr: String, reason: String },
+    #[error("expression `{expr}` uses `{name}`, which templates may not use: it {why}")]
+    Forbidden {
+        expr: String,
+        name: String,
+        why: &'static str,
+    },
     #[error("expression `{expr}` failed: {reason}")]
     Eval { expr: String, reason: String },
+    #[error("expression `{expr}` was stopped: {exceeded} (see the template budget)")]
+    Budget {
+        expr: String,
+        exceeded: sandbox::Exceeded,
+    },
 }
 
 /// A reference from a template to an earlier step's data (`.steps.NAME`) or an env value.
@@ -81,7 +105,10 @@ impl Template {
                 closing_brace(&rest[body_start..]).ok_or(TemplateError::Unclosed(offset + open))?;
             let expr = rest[body_start..body_start + len].trim().to_string();
             let filter = Arc::new(compile(&expr)?);
-            parts.push(Part::Expr(expr, filter));
+            parts.push(match path_of(&expr) {
+                Some(path) => Part::Path(expr, path, filter),
+                None => Part::Expr(expr, filter),
+            });
             let consumed = body_start + len + 1;
             offset += consumed;
             rest = &rest[consumed..];
@@ -100,7 +127,7 @@ impl Template {
     /// The expressions, in order.
     pub fn expressions(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
-            Part::Expr(e, _) => Some(e.as_str()),
+            Part::Expr(e, _) | Part::Path(e, ..) => Some(e.as_str()),
             Part::Text(_) => None,
         })
     }
@@ -112,14 +139,16 @@ impl Template {
 
     /// Evaluates the template against `ctx`.
     pub fn render(&self, ctx: &Context) -> Result<serde_json::Value, TemplateError> {
-        if let [Part::Expr(e, filter)] = self.parts.as_slice() {
-            return eval(e, filter, ctx);
+        if let [part] = self.parts.as_slice() {
+            if !matches!(part, Part::Text(_)) {
+                return eval(part, ctx);
+            }
         }
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Expr(e, filter) => match eval(e, filter, ctx)? {
+                _ => match eval(part, ctx)? {
                     serde_json::Value::String(s) => out.push_str(&s),
                     other => out.push_str(&other.to_string()),
                 },
@@ -134,24 +163,23 @@ impl fmt::Display for Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => f.write_str(t)?,
-                Part::Expr(e, _) => write!(f, "${{ {e} }}")?,
+                Part::Expr(e, _) | Part::Path(e, ..) => write!(f, "${{ {e} }}")?,
             }
         }
         Ok(())
     }
 }
 
-/// The data templates are evaluated against, converted once for all of a render's expressions.
-pub struct Context(Val);
+/// The data templates are evaluated against.
+pub struct Context(serde_json::Value);
 
 impl Context {
     pub fn new(value: &serde_json::Value) -> Result<Self, TemplateError> {
-        jaq_json::read::parse_single(value.to_string().as_bytes())
-            .map(Context)
-            .map_err(|e| TemplateError::Eval {
-                expr: String::new(),
-                reason: format!("the context is not JSON: {e}"),
-            })
+        Ok(Self(value.clone()))
+    }
+
+    pub fn owned(value: serde_json::Value) -> Self {
+        Self(value)
     }
 }
 
@@ -259,98 +287,107 @@ fn closing_brace(s: &str) -> Option<usize> {
     None
 }
 
-type Filter = jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>;
-
-fn compile(expr: &str) -> Result<Filter, TemplateError> {
-    let syntax = |reason: String| TemplateError::Syntax {
-        expr: expr.to_string(),
-        reason,
-    };
+fn compile(expr: &str) -> Result<Compiled, TemplateError> {
     if expr.is_empty() {
-        return Err(syntax("the expression is empty".into()));
+        return Err(TemplateError::Syntax {
+            expr: String::new(),
+            reason: "the expression is empty".into(),
+        });
     }
-    let defs = std_defs().iter().cloned();
-    let funs = jaq_core::funs()
-        .chain(jaq_std::funs())
-        .chain(jaq_json::funs());
-    let arena = Arena::default();
-    let modules = Loader::new(defs)
-        .load(
-            &arena,
-            File {
-                code: expr,
-                path: (),
-            },
-        )
-        .map_err(|errs| syntax(load_errors(expr, &errs)))?;
-    Compiler::default()
-        .with_funs(funs)
-        .compile(modules)
-        .map_err(|errs| {
-            let names: Vec<String> = errs
-                .iter()
-                .flat_map(|(_, es)| {
-                    es.iter()
-                        .map(|(name, kind)| format!("undefined {kind:?} `{name}`").to_lowercase())
-                })
-                .collect();
-            syntax(names.join(", "))
-        })
-}
-
-/// jq's standard definitions, parsed once.
-fn std_defs() -> &'static [Def<&'static str>] {
-    static DEFS: OnceLock<Vec<Def<&'static str>>> = OnceLock::new();
-    DEFS.get_or_init(|| {
-        jaq_core::defs()
-            .chain(jaq_std::defs())
-            .chain(jaq_json::defs())
-            .collect()
+    Compiled::new(expr).map_err(|e| match e {
+        CompileError::Syntax(reason) => TemplateError::Syntax {
+            expr: expr.to_string(),
+            reason,
+        },
+        CompileError::Forbidden { name, why } => TemplateError::Forbidden {
+            expr: expr.to_string(),
+            name,
+            why,
+        },
     })
 }
 
-fn load_errors(expr: &str, errs: &jaq_core::load::Errors<&str, ()>) -> String {
-    use jaq_core::load::Error;
-    let at = |s: &str| {
-        let pos = (s.as_ptr() as usize).saturating_sub(expr.as_ptr() as usize);
-        if s.is_empty() || pos >= expr.len() {
-            "at the end".to_string()
-        } else {
-            format!("at `{}`", s.chars().take(12).collect::<String>())
-        }
-    };
-    let msgs: Vec<String> = errs
-        .iter()
-        .flat_map(|(_, e)| match e {
-            Error::Io(es) => es.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
-            Error::Lex(es) => es
-                .iter()
-                .map(|(want, s)| format!("expected {} {}", want.as_str(), at(s)))
-                .collect(),
-            Error::Parse(es) => es
-                .iter()
-                .map(|(want, s)| format!("expected {} {}", want.as_str(), at(s)))
-                .collect(),
-        })
-        .collect();
-    msgs.join("; ")
+fn eval(part: &Part, ctx: &Context) -> Result<serde_json::Value, TemplateError> {
+    match part {
+        Part::Text(t) => Ok(serde_json::Value::String(t.clone())),
+        Part::Path(expr, path, compiled) => match read_path(&ctx.0, path) {
+            Some(v) => Ok(v),
+            None => eval(&Part::Expr(expr.clone(), compiled.clone()), ctx),
+        },
+        Part::Expr(expr, compiled) => sandbox::eval(expr, compiled, &ctx.0).map_err(|e| match e {
+            EvalError::Failed(reason) => TemplateError::Eval {
+                expr: expr.clone(),
+                reason,
+            },
+            EvalError::Exceeded(exceeded) => TemplateError::Budget {
+                expr: expr.clone(),
+                exceeded,
+            },
+        }),
+    }
 }
 
-fn eval(expr: &str, filter: &Filter, ctx: &Context) -> Result<serde_json::Value, TemplateError> {
-    let fail = |reason: String| TemplateError::Eval {
-        expr: expr.to_string(),
-        reason,
-    };
-    let input = ctx.0.clone();
-    let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
-    let mut out = filter.id.run((ctx, input)).map(jaq_core::unwrap_valr);
-    let value = match out.next() {
-        None => return Ok(serde_json::Value::Null),
-        Some(Err(e)) => return Err(fail(e.to_string())),
-        Some(Ok(v)) => v,
-    };
-    serde_json::from_str(&value.to_string())
-        .map_err(|e| fail(format!("the result is not JSON: {e}")))
+/// The segments of an expression that is only a path of plain names and
+/// indexes (`.a.b`, `.a["b-c"]`, `.a[0]`), else `None` (jq evaluates it).
+fn path_of(expr: &str) -> Option<Vec<Segment>> {
+    let mut rest = expr.strip_prefix('.')?;
+    let mut path = Vec::new();
+    let mut first = true;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("[\"") {
+            let end = r.find('"')?;
+            let key = &r[..end];
+            if key.contains('\\') {
+                return None;
+            }
+            path.push(Segment::Key(key.to_string()));
+            rest = r[end + 1..].strip_prefix(']')?;
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            let digits = &r[..end];
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 9
+            {
+                return None;
+            }
+            path.push(Segment::Index(digits.parse().ok()?));
+            rest = &r[end + 1..];
+        } else {
+            let r = if first { rest } else { rest.strip_prefix('.')? };
+            let len = r
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(r.len());
+            let name = &r[..len];
+            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            path.push(Segment::Key(name.to_string()));
+            rest = &r[len..];
+        }
+        first = false;
+    }
+    (!path.is_empty()).then_some(path)
+}
+
+/// What jq gives for a path through objects, arrays and nulls; `None` when
+/// it meets a value of another type (jq decides what that means).
+fn read_path(value: &serde_json::Value, path: &[Segment]) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let mut at = value;
+    for seg in path {
+        at = match (at, seg) {
+            (Value::Null, _) => return Some(Value::Null),
+            (Value::Object(map), Segment::Key(k)) => match map.get(k) {
+                Some(v) => v,
+                None => return Some(Value::Null),
+            },
+            (Value::Array(items), Segment::Index(i)) => match items.get(*i as usize) {
+                Some(v) => v,
+                None => return Some(Value::Null),
+            },
+            _ => return None,
+        };
+    }
+    Some(at.clone())
 }
 
 /// `.steps.NAME`, `.steps["NAME"]` and `.env.NAME` in an expression, and an unknown first root.
@@ -495,10 +532,87 @@ mod tests {
 }
 
 #[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn context() -> serde_json::Value {
+        json!({"input": {"order_id": "o-1", "n": 3, "items": [{"sku": "a"}, null], "s": "text"},
+               "steps": {"pay": {"output": {"id": 7}}}, "env": {}, "instance": {"id": "i"}})
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "input", "steps", "order_id", "items", "sku", "pay", "output", "id", "s", "n",
+                "missing"
+            ])
+            .prop_map(|k| format!(".{k}")),
+            prop::sample::select(vec!["input", "a b", "order_id"])
+                .prop_map(|k| format!("[\"{k}\"]")),
+            (0u8..3).prop_map(|i| format!("[{i}]")),
+        ]
+    }
+
+    proptest! {
+        /// A path read without jq gives what jq gives (value or error).
+        #[test]
+        fn fast_paths_agree_with_jq(segs in prop::collection::vec(segment(), 1..5)) {
+            let mut expr = segs.concat();
+            if !expr.starts_with('.') {
+                expr.insert(0, '.');
+            }
+            let Some(path) = path_of(&expr) else { return Ok(()) };
+            let ctx = context();
+            let Some(fast) = read_path(&ctx, &path) else { return Ok(()) };
+            let jq = Compiled::new(&expr)
+                .map_err(|e| format!("{e:?}"))
+                .and_then(|c| c.run(&ctx, &sandbox::Budget::default()).map_err(|e| format!("{e:?}")));
+            prop_assert_eq!(Ok(fast), jq, "{}", expr);
+        }
+
+        /// Any text as a template: parse and render never panic, and every
+        /// evaluation ends within its budget.
+        #[test]
+        fn any_text_is_safe_to_parse_and_render(expr in "[ -~]{0,40}") {
+            let text = format!("${{ {expr} }}");
+            if let Ok(t) = Template::parse(&text) {
+                let _ = t.render(&Context::owned(context()));
+            }
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Programs built from jq's looping and growing parts end within the
+        /// budget in process. (Single operations that build huge values, like
+        /// `tostring` of a value shared 2^50 times, are only bounded by the
+        /// process sandbox: tests/template_sandbox.rs.)
+        #[test]
+        fn generated_programs_end_within_the_budget(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "range(.input.n)", "repeat(.)", "[.,.]", ". + .", "recurse", "..", "limit(3; repeat(1))",
+                "length", "[.[]?]", "def f: f; f", "def g: [g]; g", "\"x\" * 1000",
+                "reduce range(50) as $i (.; [., .])", "until(false; .)", "while(true; .)", "keys?", "add?",
+                "to_entries?", "paths", "getpath([\"a\"])", "splits(\"x\")?",
+            ]), 1..5)
+        ) {
+            let expr = parts.join(" | ");
+            if let Ok(t) = Template::parse(&format!("${{ {expr} }}")) {
+                let _ = t.render(&Context::owned(context()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod send_check {
     fn is_send_sync<T: Send + Sync>() {}
     #[test]
     fn filters_can_be_shared() {
-        is_send_sync::<super::Filter>();
+        is_send_sync::<super::Compiled>();
+        is_send_sync::<super::Template>();
     }
 }

@@ -40,6 +40,7 @@ use crate::projection::{Cursor, InstanceFilter, InstanceRow, OrderRow, Page, Pro
 use crate::saga::{
     self, context, decide_to, fold, Action, Clock, Input, Phase, SagaState, Timestamp,
 };
+use crate::secrets::Secrets;
 use crate::store::{EventStore, Expected, NewEvent, RecordedEvent};
 
 use registry::Registry;
@@ -66,6 +67,8 @@ pub struct RuntimeConfig {
     /// Share the instances with other replicas on the same store (`None`: this
     /// process drives every instance).
     pub cluster: Option<ClusterConfig>,
+    /// Values masked wherever text leaves the template engine.
+    pub secrets: Arc<Secrets>,
 }
 
 impl Default for RuntimeConfig {
@@ -74,6 +77,7 @@ impl Default for RuntimeConfig {
             env: BTreeMap::new(),
             default_http_timeout: Duration::from_secs(30),
             cluster: None,
+            secrets: Arc::default(),
         }
     }
 }
@@ -183,7 +187,7 @@ impl Runtime {
         clock: Arc<dyn Clock>,
         config: RuntimeConfig,
     ) -> Result<Self, RuntimeError> {
-        let registry = Registry::new(config.env.clone());
+        let registry = Registry::new(config.env.clone(), config.secrets.clone());
         let cluster = config.cluster.clone().map(cluster::Cluster::new);
         let loaded = registry.load(store.as_ref()).await?;
         tracing::info!(versions = loaded, "workflows loaded from the store");
@@ -1112,6 +1116,7 @@ impl Runtime {
     /// Decides and records what `input` does to instance `id`, then performs
     /// the actions; true if anything changed.
     async fn apply(&self, id: Uuid, input: Input) -> Result<bool, RuntimeError> {
+        let input = self.redacted(input);
         let live = self.live(id).await?;
         for _ in 0..CONFLICT_ROUNDS {
             let mut st = live.state.lock().await;
@@ -1271,6 +1276,7 @@ impl Runtime {
                             async move {
                                 let outcome = http::execute(&client, req).await;
                                 if let http::Outcome::Failed(kind, error) = &outcome {
+                                    let error = rt.0.config.secrets.redact(error);
                                     tracing::info!(?kind, %error, "attempt failed");
                                 }
                                 rt.feed(id, outcome_input(step, attempt, phase, outcome))
@@ -1484,6 +1490,28 @@ fn task_id(instance: Uuid, s: &crate::compile::Step, f: saga::InFlight) -> Strin
         attempt: f.attempt,
     }
     .to_string()
+}
+
+impl Runtime {
+    /// A failure's text with the server's secrets masked: it becomes an event.
+    fn redacted(&self, input: Input) -> Input {
+        match input {
+            Input::Failed {
+                step,
+                attempt,
+                phase,
+                kind,
+                error,
+            } => Input::Failed {
+                step,
+                attempt,
+                phase,
+                kind,
+                error: self.0.config.secrets.redact(&error).into_owned(),
+            },
+            other => other,
+        }
+    }
 }
 
 fn outcome_input(step: usize, attempt: u32, phase: Phase, outcome: http::Outcome) -> Input {

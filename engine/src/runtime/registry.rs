@@ -12,6 +12,7 @@ use serde_json::json;
 use super::error::{InputError, RuntimeError};
 use crate::compile::{check, Machine};
 use crate::saga::{Clock, Timestamp};
+use crate::secrets::Secrets;
 use crate::store::{EventStore, Expected, NewEvent};
 
 pub const CATALOGUE_STREAM: &str = "workflows";
@@ -67,13 +68,15 @@ pub struct Registry {
     workflows: RwLock<HashMap<String, BTreeMap<u32, Arc<Published>>>>,
     /// Values that override the workflows' `env` defaults.
     env: BTreeMap<String, String>,
+    secrets: Arc<Secrets>,
 }
 
 impl Registry {
-    pub fn new(env: BTreeMap<String, String>) -> Self {
+    pub fn new(env: BTreeMap<String, String>, secrets: Arc<Secrets>) -> Self {
         Self {
             workflows: RwLock::default(),
             env,
+            secrets,
         }
     }
 
@@ -87,6 +90,7 @@ impl Registry {
                 machine.env.insert(k.clone(), v.clone());
             }
         }
+        machine.secrets = self.secrets.clone();
         let input_schema = match &machine.input_schema {
             Some(s) => Some(
                 jsonschema::validator_for(s)

@@ -754,9 +754,13 @@ impl Decider<'_> {
     fn output(&self) -> Value {
         let ctx = context(self.m, self.instance, &self.s);
         match &self.m.output {
-            Some(t) => Context::new(&ctx)
-                .and_then(|c| t.render(&c))
-                .unwrap_or_else(|e| json!({ "error": e.to_string() })),
+            Some(t) => {
+                let mut out = Context::new(&ctx)
+                    .and_then(|c| t.render(&c))
+                    .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+                self.m.secrets.redact_value(&mut out);
+                out
+            }
             None => ctx["steps"].clone(),
         }
     }
@@ -773,7 +777,7 @@ pub fn context(m: &Machine, instance: &str, s: &SagaState) -> Value {
         "input": s.input,
         "steps": steps,
         "env": m.env,
-        "instance": { "id": instance, "workflow": m.name, "version": m.version },
+        "instance": { "id": instance, "workflow": m.name, "version": m.version, "started_at": s.started_at },
     })
 }
 
