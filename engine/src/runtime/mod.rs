@@ -1120,13 +1120,20 @@ impl Runtime {
         let live = self.live(id).await?;
         for _ in 0..CONFLICT_ROUNDS {
             let mut st = live.state.lock().await;
-            let (d, next) = decide_to(
-                &live.published.machine,
-                &live.key,
-                &st,
-                input.clone(),
-                self.now(),
-            )?;
+            let machine = &live.published.machine;
+            let now = self.now();
+            // A panic deciding for one saga fails that saga, not the server.
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decide_to(machine, &live.key, &st, input.clone(), now)
+            }));
+            let (d, next) = match decided {
+                Ok(d) => d?,
+                Err(panic) => {
+                    let reason = fault("deciding", &panic);
+                    tracing::error!(instance_id = %id, %reason, "the saga is failed by a fault");
+                    decide_to(machine, &live.key, &st, Input::Fault { reason }, now)?
+                }
+            };
             if d.events.is_empty() {
                 return Ok(false);
             }
@@ -1147,7 +1154,12 @@ impl Runtime {
                         live.ended.send_replace(false);
                         self.lock_live().insert(id, live.clone());
                     }
-                    self.perform(&live, &st, d.actions);
+                    let performed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.perform(&live, &st, d.actions)
+                    }));
+                    if let Err(panic) = performed {
+                        self.fail_by_fault(id, fault("performing", &panic));
+                    }
                     return Ok(true);
                 }
                 Err(e) if e.is_conflict() => {
@@ -1433,8 +1445,15 @@ impl Runtime {
             }
             let live = match self.live(id).await {
                 Ok(l) => l,
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     tracing::error!(instance_id = %id, error = %e, "cannot resume");
+                    continue;
+                }
+                Err(e) => {
+                    // It would fail the same way on every start: it stops, failed,
+                    // and the server starts anyway.
+                    tracing::error!(instance_id = %id, error = %e, "cannot resume; the saga is failed");
+                    self.fail_unresumable(id, &e).await;
                     continue;
                 }
             };
@@ -1459,6 +1478,42 @@ impl Runtime {
         reissuing.join_all().await;
         tracing::info!(resumed, "unfinished sagas resumed");
         Ok(resumed)
+    }
+
+    /// Fails a saga whose actions could not be performed, from a task of its own.
+    fn fail_by_fault(&self, id: Uuid, reason: String) {
+        tracing::error!(instance_id = %id, %reason, "the saga is failed by a fault");
+        let rt = self.clone();
+        self.0.tracker.spawn(async move {
+            rt.feed(id, Input::Fault { reason }).await;
+        });
+    }
+
+    /// Records `SagaFailed` for an instance that cannot even be loaded (its
+    /// definition no longer compiles, its history does not decode).
+    async fn fail_unresumable(&self, id: Uuid, e: &RuntimeError) {
+        let event = saga::Event::SagaFailed {
+            reason: self
+                .0
+                .config
+                .secrets
+                .redact(&format!("cannot resume: {e}"))
+                .into_owned(),
+            at: self.now(),
+        };
+        let stream = format!("saga-{id}");
+        if let Err(err) = self
+            .0
+            .store
+            .append(
+                &stream,
+                Expected::StreamExists,
+                vec![NewEvent::from(&event)],
+            )
+            .await
+        {
+            tracing::error!(instance_id = %id, error = %err, "could not record the failure");
+        }
     }
 
     /// Sends an instance's attempt in flight again with its key, its timeout
@@ -1512,6 +1567,16 @@ impl Runtime {
             other => other,
         }
     }
+}
+
+/// Why a saga was failed by a panic, for its `SagaFailed` event.
+fn fault(doing: &str, panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("internal error while {doing}: {what}")
 }
 
 fn outcome_input(step: usize, attempt: u32, phase: Phase, outcome: http::Outcome) -> Input {

@@ -64,6 +64,12 @@ pub enum Input {
     /// The runtime resumed the saga (a restart, a replica taking it over):
     /// send the attempt in flight again, its timeout counting from now.
     Reissue,
+    /// The runtime could not decide, render or perform for this saga (a bug,
+    /// or a workflow that breaks the engine): it stops, failed, for an
+    /// operator to retry or cancel. Other sagas are untouched.
+    Fault {
+        reason: String,
+    },
 }
 
 /// An effect for the runtime to carry out.
@@ -259,6 +265,15 @@ impl Decider<'_> {
             Input::Resume => self.resume()?,
             Input::Retry => self.retry()?,
             Input::Reissue => self.reissue(),
+            Input::Fault { reason } => {
+                if self.s.at.is_some() && !self.s.is_terminal() {
+                    self.emit(Event::SagaFailed {
+                        reason,
+                        at: self.now,
+                    });
+                    self.act(Action::Finished);
+                }
+            }
         }
         Ok(())
     }

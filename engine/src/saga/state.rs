@@ -282,6 +282,10 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
         Event::SagaCompensated { at } => end(&mut s, State::Compensated, *at),
         Event::SagaFailed { reason, at } => {
             s.error = Some(reason.clone());
+            // a saga stopped by a fault is retried from the attempt it had in flight
+            if let Some(f) = s.in_flight {
+                s.last_failure = Some(f);
+            }
             end(&mut s, State::Failed, *at);
         }
         Event::SagaCancelled { at } => end(&mut s, State::Cancelled, *at),

@@ -985,3 +985,33 @@ fn a_reissue_with_nothing_in_flight_records_nothing() {
     let d = s.ok(Input::Reissue);
     assert_eq!(d, Decision::default());
 }
+
+#[test]
+fn a_fault_fails_the_saga_and_a_retry_resends_the_attempt_in_flight() {
+    let mut s = Saga::given(ORDER).start(order_input(10.0));
+    s.succeed(0, Phase::Forward, json!({"reservation_id": "r-1"}));
+    let d = s.ok(Input::Fault {
+        reason: "internal error while performing: boom".into(),
+    });
+    assert_eq!(types(&d.events), ["SagaFailed"]);
+    assert!(d.actions.contains(&Action::Finished));
+    assert_eq!(s.status(), "failed");
+    assert_eq!(
+        s.state().error.as_deref(),
+        Some("internal error while performing: boom")
+    );
+    // a fault of an ended saga changes nothing
+    let d = s.ok(Input::Fault {
+        reason: "again".into(),
+    });
+    assert!(d.events.is_empty());
+    let d = s.ok(Input::Retry);
+    assert!(d.actions.contains(&Action::Perform {
+        step: 1,
+        attempt: 2,
+        phase: Phase::Forward
+    }));
+    s.succeed(1, Phase::Forward, json!({"payment_id": "p-1"}));
+    s.succeed(2, Phase::Forward, json!({"shipment_id": "s-1"}));
+    assert_eq!(s.status(), "completed");
+}
