@@ -80,6 +80,10 @@ fn compose_starts_sagaflow_after_healthy_stores() {
         replicas,
         "a host port per replica: {ports}"
     );
+    assert_eq!(
+        sf["environment"]["SAGAFLOW_NO_DEMO"], "true",
+        "the demo services (no token, an in-memory ledger) are off in production"
+    );
     let known = serve_variables();
     for var in sf["environment"].as_object().unwrap().keys() {
         assert!(

@@ -30,7 +30,12 @@ async fn spans_of_attempts_reach_an_otlp_collector() {
     let app = Route::new()
         .at("/v1/traces", post(traces))
         .data(bodies.clone());
-    tokio::spawn(sagaflow_api::serve(listener, app, std::future::pending()));
+    tokio::spawn(sagaflow_api::serve(
+        listener,
+        app,
+        std::future::pending(),
+        Default::default(),
+    ));
 
     let dir = common::temp_dir("otel");
     let endpoint = format!("http://{addr}");

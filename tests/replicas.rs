@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 
 const PARTITIONS: usize = 64;
 
-/// A saga that waits (a timer), then hands a task to a worker.
+/// A saga that waits (a timer), then hands a task to a worker. The queue's
+/// name holds a `/`: relays between replicas must keep it one path segment.
 const TIMER_WORKFLOW: &str = "\
 name: replica-timer
 version: 1
@@ -25,7 +26,7 @@ steps:
   - name: pause
     wait: { duration: 4s }
   - name: handoff
-    task: { queue: replica-q, heartbeat: 1s }
+    task: { queue: replica/q, heartbeat: 1s }
     timeout: 1m
     compensate: none
 ";
@@ -268,7 +269,7 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
         let from = &survivors[0].url;
         let to = &survivors[survivors.len() - 1].url;
         let r = worker
-            .post(format!("{from}/tasks/replica-q/poll?wait=500ms"))
+            .post(format!("{from}/tasks/replica%2Fq/poll?wait=500ms"))
             .send()
             .await
             .unwrap();

@@ -104,6 +104,8 @@ pub fn generate() -> String {
 /// Who is calling: the token's role and, for workers, the queues it may serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The token's id (never the token itself): what per-caller limits count by.
+    pub token: String,
     pub role: Role,
     /// `None`: every queue.
     pub queues: Option<Vec<String>>,
@@ -185,6 +187,7 @@ impl Tokens {
                     == 0;
             if same {
                 Some(Caller {
+                    token: e.id.clone(),
                     role: e.role,
                     queues: e.queues.clone(),
                 })

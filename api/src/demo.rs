@@ -7,7 +7,7 @@
 //! done and how often each key was seen, so tests can check effects happen once.
 //! They can run inside `sagaflow serve` or as their own process (`sagaflow demo-services`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub struct DemoConfig {
     pub payment_limit: f64,
     /// Every call takes this long (to make sagas overlap in tests and demos).
     pub latency: Duration,
+    /// How many idempotency keys (and orders) the ledger remembers; the oldest go first.
+    pub ledger_size: usize,
 }
 
 impl Default for DemoConfig {
@@ -30,12 +32,21 @@ impl Default for DemoConfig {
         Self {
             payment_limit: 1000.0,
             latency: Duration::ZERO,
+            ledger_size: LEDGER_SIZE,
         }
     }
 }
 
+/// The keys and orders the demo remembers by default: enough for any test or
+/// bench, and a bound on its memory however long it runs.
+pub const LEDGER_SIZE: usize = 100_000;
+
 #[derive(Default)]
 struct Ledger {
+    /// Keys in the order first seen, to forget the oldest.
+    key_order: VecDeque<String>,
+    /// Orders in the order first seen.
+    order_order: VecDeque<String>,
     /// The first answer to each idempotency key.
     answers: HashMap<String, (u16, Value)>,
     /// How many times each key was seen.
@@ -77,8 +88,19 @@ fn once(
         .ledger
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let size = demo.config.ledger_size.max(1);
     if let Some(k) = &key {
-        *l.seen.entry(k.clone()).or_default() += 1;
+        let seen = l.seen.entry(k.clone()).or_default();
+        *seen += 1;
+        if *seen == 1 {
+            l.key_order.push_back(k.clone());
+            while l.key_order.len() > size {
+                if let Some(old) = l.key_order.pop_front() {
+                    l.seen.remove(&old);
+                    l.answers.remove(&old);
+                }
+            }
+        }
         if let Some((status, body)) = l.answers.get(k).cloned() {
             return reply(status, body);
         }
@@ -88,6 +110,14 @@ fn once(
     if (200..300).contains(&status) {
         *l.effects.entry(kind.to_string()).or_default() += 1;
         if let Some(o) = order {
+            if !l.orders.contains_key(o) {
+                l.order_order.push_back(o.to_string());
+                while l.order_order.len() > size {
+                    if let Some(old) = l.order_order.pop_front() {
+                        l.orders.remove(&old);
+                    }
+                }
+            }
             *l.orders
                 .entry(o.to_string())
                 .or_default()
@@ -233,4 +263,39 @@ pub fn routes(config: DemoConfig) -> impl poem::Endpoint {
         .at("/stats", get(stats))
         .at("/*path", post(create_record).delete(delete_record))
         .data(demo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_forgets_the_oldest_keys_and_orders() {
+        let demo = Demo {
+            config: DemoConfig {
+                ledger_size: 3,
+                ..DemoConfig::default()
+            },
+            ledger: Mutex::default(),
+        };
+        for i in 0..10 {
+            let mut headers = HeaderMap::new();
+            headers.insert("Idempotency-Key", format!("k-{i}").parse().unwrap());
+            let order = format!("o-{i}");
+            once(&demo, &headers, "pay", Some(&order), |n| {
+                (200, json!({"n": n}))
+            });
+            // a repeat within the window is still answered from the ledger
+            once(&demo, &headers, "pay", Some(&order), |_| {
+                panic!("applied twice")
+            });
+        }
+        let l = demo.ledger.lock().unwrap();
+        assert_eq!(l.seen.len(), 3);
+        assert_eq!(l.answers.len(), 3);
+        assert_eq!(l.orders.len(), 3);
+        assert_eq!(l.seen.get("k-9"), Some(&2));
+        assert!(!l.seen.contains_key("k-0"));
+        assert_eq!(l.effects.get("pay"), Some(&10));
+    }
 }

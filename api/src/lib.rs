@@ -15,6 +15,7 @@
 //! - [`demo`]: inventory, payment and shipping services for the examples.
 
 pub mod auth;
+pub mod connections;
 pub mod demo;
 pub mod instances;
 mod limit;
@@ -83,7 +84,10 @@ pub fn openapi(
             workflows::WorkflowsApi { rt: rt.clone() },
             instances::InstancesApi { rt: rt.clone() },
             orders::OrdersApi { rt: rt.clone() },
-            tasks::TasksApi { rt: rt.clone() },
+            tasks::TasksApi {
+                rt: rt.clone(),
+                polls: tasks::PollSlots::default(),
+            },
             tokens::TokensApi {
                 rt: rt.clone(),
                 tokens: config.tokens.clone(),
@@ -127,10 +131,11 @@ pub async fn serve(
     listener: std::net::TcpListener,
     app: impl Endpoint + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: connections::ConnectionLimits,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let acceptor = connections::LimitedAcceptor::new(TcpAcceptor::from_tokio(listener)?, limits);
     tracing::debug!(addr = ?acceptor.local_addr(), "serving");
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(10)))

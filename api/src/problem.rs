@@ -71,6 +71,9 @@ pub enum ApiError {
     /// The request is well-formed but its content is invalid.
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(Json<Problem>),
+    /// A limit on what one caller may hold at once (concurrent polls, queues) was reached; retry later.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>),
     /// A fault of the server.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -108,6 +111,7 @@ impl ApiError {
             413 => ApiError::TooLarge(p),
             415 => ApiError::UnsupportedMediaType(p),
             422 => ApiError::Unprocessable(p),
+            429 => ApiError::TooManyRequests(p),
             503 => ApiError::Unavailable(p),
             _ => ApiError::Internal(p),
         }
@@ -124,6 +128,9 @@ impl From<RuntimeError> for ApiError {
         let p = match &e {
             RuntimeError::UnknownWorkflow(_) => {
                 problem(404, "unknown-workflow", "Unknown workflow", detail, false)
+            }
+            RuntimeError::Overloaded(_) => {
+                problem(429, "too-many", "Too many at once", detail, true)
             }
             RuntimeError::UnknownVersion(..) => problem(
                 404,

@@ -1,5 +1,7 @@
 //! The worker protocol: long-poll a queue, heartbeat, complete or fail.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use poem_openapi::param::{Path, Query};
@@ -8,7 +10,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::runtime::{Runtime, RELAYED_HEADER};
 
 use crate::auth::{Auth, Need};
-use crate::problem::ApiError;
+use crate::problem::{problem, ApiError};
 use crate::Tag;
 
 const MAX_POLL: Duration = Duration::from_secs(60);
@@ -77,6 +79,60 @@ pub enum HeartbeatResponse {
 
 pub struct TasksApi {
     pub rt: Runtime,
+    pub polls: PollSlots,
+}
+
+/// How many polls one token may have waiting at once; more answer 429.
+pub const POLLS_PER_TOKEN: usize = 64;
+
+/// The polls each token has waiting.
+#[derive(Clone, Default)]
+pub struct PollSlots(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One poll's place, given back when the poll ends however it ends.
+struct PollSlot {
+    slots: PollSlots,
+    token: String,
+}
+
+impl PollSlots {
+    fn take(&self, token: &str) -> Result<PollSlot, ApiError> {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = held.entry(token.to_string()).or_default();
+        if *n >= POLLS_PER_TOKEN {
+            return Err(ApiError::from_problem(problem(
+                429,
+                "too-many-polls",
+                "Too many polls",
+                format!("this token has {POLLS_PER_TOKEN} polls waiting already; poll again when one ends"),
+                true,
+            )));
+        }
+        *n += 1;
+        Ok(PollSlot {
+            slots: self.clone(),
+            token: token.to_string(),
+        })
+    }
+}
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .slots
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.token);
+            }
+        }
+    }
 }
 
 impl TasksApi {
@@ -121,6 +177,7 @@ impl TasksApi {
     ) -> Result<PollResponse, ApiError> {
         auth.require(Need::Work)?;
         auth.require_queue(&queue)?;
+        let _slot = self.polls.take(&auth.0.token)?;
         let wait = match wait.0.as_deref().filter(|w| !w.is_empty()) {
             Some(w) => humantime::parse_duration(w)
                 .map_err(|e| ApiError::bad_request("bad-wait", format!("wait `{w}`: {e}")))?,
@@ -129,7 +186,7 @@ impl TasksApi {
         let relayed = req.headers().contains_key(RELAYED_HEADER);
         if self.rt.is_replica() && !relayed && !wait.is_zero() {
             // with replicas: a task waiting here, else one waiting on another replica, else wait here
-            if let Some(t) = self.rt.poll_task(&queue, Duration::ZERO).await {
+            if let Some(t) = self.rt.poll_task(&queue, Duration::ZERO).await? {
                 return Ok(PollResponse::Task(Json(Box::new(worker_task(t)))));
             }
             let authorization = req
@@ -142,7 +199,7 @@ impl TasksApi {
                 }
             }
         }
-        Ok(match self.rt.poll_task(&queue, wait.min(MAX_POLL)).await {
+        Ok(match self.rt.poll_task(&queue, wait.min(MAX_POLL)).await? {
             Some(t) => PollResponse::Task(Json(Box::new(worker_task(t)))),
             None => PollResponse::Empty,
         })

@@ -29,7 +29,7 @@ impl Secrets {
             .into_iter()
             .filter(|v| v.chars().count() >= MIN_LEN)
             .flat_map(|v| {
-                let encoded = percent_encoded(&v);
+                let encoded = crate::runtime::http::percent_encode(&v);
                 [v, encoded]
             })
             .collect();
@@ -75,19 +75,6 @@ impl Secrets {
             _ => {}
         }
     }
-}
-
-/// Every byte outside RFC 3986's unreserved set as `%XX`.
-fn percent_encoded(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

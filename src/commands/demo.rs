@@ -29,10 +29,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             routes(DemoConfig {
                 payment_limit: args.payment_limit,
                 latency: args.latency,
+                ..DemoConfig::default()
             }),
         )
         .catch_all_error(sagaflow_api::problem::from_poem_error);
     println!("sagaflow demo services listening on {url}");
-    sagaflow_api::serve(listener, app, super::serve::shutdown_signal()).await?;
+    sagaflow_api::serve(
+        listener,
+        app,
+        super::serve::shutdown_signal(),
+        Default::default(),
+    )
+    .await?;
     Ok(())
 }

@@ -71,6 +71,12 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SAGAFLOW_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, env = "SAGAFLOW_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Time a client has, from connecting, to send its first request's headers.
+    #[arg(long, env = "SAGAFLOW_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
     /// The admin token. Without it, one is generated on the first start, printed once, and its hash kept in the data directory.
     #[arg(long, env = "SAGAFLOW_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -306,7 +312,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     println!("  {token_note}");
-    sagaflow_api::serve(listener, app, shutdown_signal()).await?;
+    let limits = sagaflow_api::connections::ConnectionLimits {
+        max_connections: args.max_connections,
+        header_timeout: args.header_timeout,
+    };
+    sagaflow_api::serve(listener, app, shutdown_signal(), limits).await?;
     tracing::info!("shutting down");
     rt.shutdown(Duration::from_secs(10)).await;
     Ok(())

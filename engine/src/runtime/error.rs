@@ -36,6 +36,10 @@ pub enum RuntimeError {
     Corrupt(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// A limit on what callers may make the server hold was reached; the
+    /// same request may succeed later.
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 /// One way an input fails its schema.
@@ -57,7 +61,7 @@ impl RuntimeError {
     pub fn is_transient(&self) -> bool {
         match self {
             RuntimeError::Store(e) => e.is_transient() || e.is_conflict(),
-            RuntimeError::ShuttingDown => true,
+            RuntimeError::ShuttingDown | RuntimeError::Overloaded(_) => true,
             _ => false,
         }
     }

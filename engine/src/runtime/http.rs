@@ -74,6 +74,21 @@ pub fn render(
     })
 }
 
+/// Every byte outside RFC 3986's unreserved set as `%XX`: a value made safe
+/// as one path segment (a queue name with `/` stays one segment).
+pub fn percent_encode(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// The longest error text kept from a response body.
 const ERROR_EXCERPT: usize = 300;
 

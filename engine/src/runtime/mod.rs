@@ -609,11 +609,20 @@ impl Runtime {
 
     // ---- tasks -----------------------------------------------------------
 
-    pub async fn poll_task(&self, queue: &str, wait: Duration) -> Option<Task> {
+    pub async fn poll_task(
+        &self,
+        queue: &str,
+        wait: Duration,
+    ) -> Result<Option<Task>, RuntimeError> {
         let stop = self.0.stop.clone();
         tokio::select! {
-            t = self.0.tasks.poll(queue, wait, self.now()) => t,
-            () = stop.cancelled() => None,
+            t = self.0.tasks.poll(queue, wait, self.now()) => t.map_err(|tasks::TooManyQueues| {
+                RuntimeError::Overloaded(format!(
+                    "workers are polling {} queues already; poll again later",
+                    tasks::MAX_QUEUES
+                ))
+            }),
+            () = stop.cancelled() => Ok(None),
         }
     }
 
@@ -638,7 +647,10 @@ impl Runtime {
     pub async fn poll_elsewhere(&self, queue: &str, authorization: Option<&str>) -> Option<Value> {
         let c = self.0.cluster.as_ref()?;
         for url in c.other_urls().await {
-            let req = self.relay(format!("{url}/tasks/{queue}/poll?wait=0s"), authorization);
+            let req = self.relay(
+                format!("{url}/tasks/{}/poll?wait=0s", http::percent_encode(queue)),
+                authorization,
+            );
             match req.send().await {
                 Ok(r) if r.status() == reqwest::StatusCode::OK => match r.json().await {
                     Ok(task) => return Some(task),
@@ -794,7 +806,10 @@ impl Runtime {
         let Some(url) = c.holder_url(task.instance).await else {
             return local;
         };
-        let req = self.relay(format!("{url}/tasks/{task_id}/heartbeat"), authorization);
+        let req = self.relay(
+            format!("{url}/tasks/{}/heartbeat", http::percent_encode(task_id)),
+            authorization,
+        );
         match req.send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => local,

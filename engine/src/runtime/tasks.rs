@@ -104,6 +104,17 @@ struct Inner {
 }
 
 impl Inner {
+    /// Drops a queue's entry once it holds no task and no live waiter: the
+    /// names workers poll must not accumulate.
+    fn tidy(&mut self, queue: &str) {
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.waiters.retain(|w| !w.is_closed());
+            if q.ready.is_empty() && q.waiters.is_empty() {
+                self.queues.remove(queue);
+            }
+        }
+    }
+
     fn forget(&mut self, task: &Task) {
         if let Some(ids) = self.by_instance.get_mut(&task.instance) {
             ids.retain(|(id, _)| *id != task.id);
@@ -113,6 +124,14 @@ impl Inner {
         }
     }
 }
+
+/// How many queues may be known at once (with a task or a waiting worker).
+/// Workers polling more distinct names than this wait their turn (429).
+pub const MAX_QUEUES: usize = 10_000;
+
+/// A poll refused: as many queues as [`MAX_QUEUES`] are known already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyQueues;
 
 #[derive(Default)]
 pub struct TaskQueues {
@@ -157,11 +176,20 @@ impl TaskQueues {
     }
 
     /// Takes the next task of `queue`, waiting up to `wait` for one.
-    pub async fn poll(&self, queue: &str, wait: Duration, now: Timestamp) -> Option<Task> {
+    pub async fn poll(
+        &self,
+        queue: &str,
+        wait: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Task>, TooManyQueues> {
         let rx = {
             let mut inner = self.lock();
-            let q = inner.queues.entry(queue.to_string()).or_default();
-            if let Some(task) = q.ready.pop_front() {
+            if let Some(task) = inner
+                .queues
+                .get_mut(queue)
+                .and_then(|q| q.ready.pop_front())
+            {
+                inner.tidy(queue);
                 inner.leases.insert(
                     task.id.clone(),
                     Lease {
@@ -169,19 +197,33 @@ impl TaskQueues {
                         last_heartbeat: now,
                     },
                 );
-                return Some(task);
+                return Ok(Some(task));
+            }
+            if wait.is_zero() {
+                return Ok(None);
+            }
+            if !inner.queues.contains_key(queue) && inner.queues.len() >= MAX_QUEUES {
+                return Err(TooManyQueues);
             }
             let (tx, rx) = oneshot::channel();
+            let q = inner.queues.entry(queue.to_string()).or_default();
             q.waiters.push_back(tx);
             rx
         };
-        let mut rx = rx;
-        let task = match tokio::time::timeout(wait, &mut rx).await {
+        let mut rx = WaiterGuard {
+            queues: self,
+            queue,
+            rx,
+        };
+        let task = match tokio::time::timeout(wait, &mut rx.rx).await {
             Ok(Ok(task)) => task,
             _ => {
                 // A task sent just as the wait ended is still ours: take it rather than lose it.
-                rx.close();
-                rx.try_recv().ok()?
+                rx.rx.close();
+                match rx.rx.try_recv() {
+                    Ok(task) => task,
+                    Err(_) => return Ok(None),
+                }
             }
         };
         let mut inner = self.lock();
@@ -190,7 +232,7 @@ impl TaskQueues {
             .get(&task.instance)
             .is_some_and(|ids| ids.iter().any(|(id, _)| *id == task.id));
         if !current {
-            return None; // withdrawn on its way to this worker
+            return Ok(None); // withdrawn on its way to this worker
         }
         inner.leases.insert(
             task.id.clone(),
@@ -199,7 +241,7 @@ impl TaskQueues {
                 last_heartbeat: now,
             },
         );
-        Some(task)
+        Ok(Some(task))
     }
 
     /// Removes a task that a worker answers: leased, or still queued (a worker
@@ -214,6 +256,7 @@ impl TaskQueues {
             }),
         }?;
         inner.forget(&task);
+        inner.tidy(&task.queue);
         Some(task)
     }
 
@@ -280,10 +323,21 @@ impl TaskQueues {
             if let Some(q) = inner.queues.get_mut(queue) {
                 q.ready.retain(|t| t.id != *id);
             }
+            inner.tidy(queue);
         }
         if !kept.is_empty() {
             inner.by_instance.insert(instance, kept);
         }
+    }
+
+    /// How many queues are known (with a task or a waiting worker).
+    pub fn queue_count(&self) -> usize {
+        self.lock().queues.len()
+    }
+
+    /// How many leases are held.
+    pub fn lease_count(&self) -> usize {
+        self.lock().leases.len()
     }
 
     /// Queued tasks per queue, for status pages.
@@ -296,6 +350,37 @@ impl TaskQueues {
             .collect();
         out.sort();
         out
+    }
+}
+
+/// Removes a poll's waiter when the poll ends, however it ends (an answer,
+/// the wait running out, or the worker hanging up and the poll being dropped).
+struct WaiterGuard<'a> {
+    queues: &'a TaskQueues,
+    queue: &'a str,
+    rx: oneshot::Receiver<Task>,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        // a task handed over after the poll gave up goes back to the front
+        if let Ok(task) = self.rx.try_recv() {
+            let mut inner = self.queues.lock();
+            let current = inner
+                .by_instance
+                .get(&task.instance)
+                .is_some_and(|ids| ids.iter().any(|(id, _)| *id == task.id));
+            if current {
+                inner
+                    .queues
+                    .entry(task.queue.clone())
+                    .or_default()
+                    .ready
+                    .push_front(task);
+            }
+        }
+        self.queues.lock().tidy(self.queue);
     }
 }
 
@@ -327,12 +412,13 @@ mod tests {
         assert_eq!(
             q.poll("q", Duration::ZERO, Timestamp(0))
                 .await
+                .unwrap()
                 .map(|t| t.id),
             Some("a".into())
         );
         assert_eq!(
             q.poll("q", Duration::from_millis(10), Timestamp(0)).await,
-            None
+            Ok(None)
         );
         assert!(q.heartbeat("a", Timestamp(5)));
         assert!(q.take("a").is_some());
@@ -349,7 +435,10 @@ mod tests {
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         q.offer(task("b"));
-        assert_eq!(poller.await.unwrap().map(|t| t.id), Some("b".into()));
+        assert_eq!(
+            poller.await.unwrap().unwrap().map(|t| t.id),
+            Some("b".into())
+        );
         assert!(
             q.heartbeat("b", Timestamp(1)),
             "the handed-over task is leased"
@@ -379,7 +468,7 @@ mod tests {
         let q = TaskQueues::default();
         q.offer(task("x"));
         q.withdraw(Uuid::nil(), None);
-        assert_eq!(q.poll("q", Duration::ZERO, Timestamp(0)).await, None);
+        assert_eq!(q.poll("q", Duration::ZERO, Timestamp(0)).await, Ok(None));
     }
 
     #[tokio::test]
@@ -403,6 +492,71 @@ mod tests {
         assert!(q.take("new").is_some());
         q.withdraw(Uuid::nil(), None);
         assert!(q.lock().by_instance.is_empty(), "nothing left indexed");
+    }
+
+    #[tokio::test]
+    async fn queues_and_waiters_go_when_their_polls_end() {
+        let q = std::sync::Arc::new(TaskQueues::default());
+        for i in 0..100 {
+            let name = format!("q-{i}");
+            assert_eq!(
+                q.poll(&name, Duration::from_millis(1), Timestamp(0)).await,
+                Ok(None)
+            );
+        }
+        assert_eq!(q.queue_count(), 0, "timed-out polls leave nothing");
+        // a poll dropped while waiting (its worker hung up) leaves nothing either
+        let poller = {
+            let q = q.clone();
+            tokio::spawn(async move { q.poll("q", Duration::from_secs(60), Timestamp(0)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(q.queue_count(), 1);
+        poller.abort();
+        let _ = poller.await;
+        assert_eq!(q.queue_count(), 0);
+        // a queue goes when its last task is taken
+        q.offer(task("t"));
+        assert_eq!(q.queue_count(), 1);
+        q.poll("q", Duration::ZERO, Timestamp(0)).await.unwrap();
+        assert_eq!(q.queue_count(), 0);
+        assert!(q.take("t").is_some());
+        assert_eq!((q.queue_count(), q.lease_count()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn polls_on_too_many_queues_are_refused() {
+        let q = std::sync::Arc::new(TaskQueues::default());
+        let mut polls = tokio::task::JoinSet::new();
+        for i in 0..MAX_QUEUES {
+            let q = q.clone();
+            polls.spawn(async move {
+                q.poll(&format!("q-{i}"), Duration::from_secs(60), Timestamp(0))
+                    .await
+            });
+        }
+        while q.queue_count() < MAX_QUEUES {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            q.poll("one-more", Duration::from_secs(1), Timestamp(0))
+                .await,
+            Err(TooManyQueues)
+        );
+        polls.abort_all();
+        while polls.join_next().await.is_some() {}
+        q.offer(Task {
+            queue: "q-0".into(),
+            ..task("t")
+        });
+        assert_eq!(
+            q.poll("q-0", Duration::ZERO, Timestamp(0))
+                .await
+                .map(|t| t.map(|t| t.id)),
+            Ok(Some("t".into()))
+        );
+        assert!(q.take("t").is_some());
+        assert_eq!(q.queue_count(), 0);
     }
 
     #[test]

@@ -42,6 +42,7 @@ async fn runtime(store: Arc<dyn EventStore>, projections: Option<Arc<Projections
 async fn take(rt: &Runtime, queue: &str) -> Task {
     rt.poll_task(queue, Duration::from_secs(5))
         .await
+        .expect("a poll")
         .unwrap_or_else(|| panic!("a task on {queue}"))
 }
 

@@ -70,6 +70,7 @@ impl Harness {
         self.rt
             .poll_task(queue, Duration::ZERO)
             .await
+            .expect("a poll")
             .unwrap_or_else(|| panic!("a task on {queue}"))
     }
 
@@ -108,7 +109,10 @@ async fn a_step_timeout_fails_the_attempt_and_the_backoff_starts_the_next() {
         "the timeout fires at 30 s"
     );
     assert!(
-        h.rt.poll_task("labels", Duration::ZERO).await.is_none(),
+        h.rt.poll_task("labels", Duration::ZERO)
+            .await
+            .expect("a poll")
+            .is_none(),
         "the next attempt waits for its backoff"
     );
     // the first attempt answers late: its task is gone, nothing happens

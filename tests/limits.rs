@@ -1,0 +1,132 @@
+//! Limits on what callers can make the server hold: half-sent requests,
+//! concurrent polls per token, and queue names (their memory stays flat).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{client_with, serve, WORKER_TOKEN};
+use reqwest::StatusCode;
+
+#[test]
+fn connections_that_never_finish_their_headers_are_closed() {
+    let (server, _dir) = serve("half-requests", &["--header-timeout", "1s"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut half: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                .expect("half a request");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    for s in &mut half {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!(
+                "a half request got an answer: {}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+        }
+    }
+    // a whole request on a new connection is served as usual, and a slow but
+    // complete one keeps its connection after the deadline
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_string(&mut answer);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_may_not_hold_more_than_64_polls() {
+    let (server, _dir) = serve("poll-cap", &[]);
+    let worker = client_with(Some(WORKER_TOKEN));
+    let mut polls = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let (w, url) = (worker.clone(), server.url.clone());
+        polls.spawn(async move {
+            w.post(format!("{url}/tasks/q-{i}/poll?wait=5s"))
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+    }
+    // wait until all 64 are held
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = worker
+            .post(format!("{}/tasks/one-more/poll?wait=1ms", server.url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+            let p: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(p["type"], "/problems/too-many-polls", "{p}");
+            assert_eq!(p["retryable"], true);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the 65th poll was never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while let Some(r) = polls.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), StatusCode::NO_CONTENT);
+    }
+    // once they end, polls are taken again
+    let r = worker
+        .post(format!("{}/tasks/q/poll?wait=1ms", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_flat_over_polls_on_20000_distinct_queue_names() {
+    let (server, _dir) = serve("queue-names", &[]);
+    let worker = client_with(Some(WORKER_TOKEN));
+    let name = "q".repeat(4000);
+    let poll_all = |from: usize, to: usize| {
+        let (worker, url, name) = (worker.clone(), server.url.clone(), name.clone());
+        async move {
+            let mut polls = tokio::task::JoinSet::new();
+            for i in from..to {
+                if polls.len() >= 32 {
+                    let r: reqwest::StatusCode = polls.join_next().await.unwrap().unwrap();
+                    assert_eq!(r, StatusCode::NO_CONTENT);
+                }
+                let (w, url) = (worker.clone(), url.clone());
+                let queue = format!("{name}-{i}");
+                polls.spawn(async move {
+                    w.post(format!("{url}/tasks/{queue}/poll?wait=1ms"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                });
+            }
+            while let Some(r) = polls.join_next().await {
+                assert_eq!(r.unwrap(), StatusCode::NO_CONTENT);
+            }
+        }
+    };
+    poll_all(0, 2_000).await;
+    let warm = server.rss_kib();
+    poll_all(2_000, 20_000).await;
+    let after = server.rss_kib();
+    // 18,000 more names of 4 KB each would be 70 MB if they were kept
+    assert!(
+        after < warm + 16 * 1024,
+        "RSS grew from {warm} KiB to {after} KiB over 18,000 queue names"
+    );
+}
