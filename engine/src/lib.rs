@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`dsl`]: YAML text -> [`dsl::WorkflowSpec`], with every syntax and
-//!   structure problem located by line, column and path.
+//!   structure problem located by line, column and path; templates and the
+//!   sandbox they run in ([`dsl::sandbox`]: pure jq, a budget, child processes).
 //! - [`compile`]: `WorkflowSpec` -> [`compile::Machine`], a petgraph state
 //!   machine of the saga, after the semantic checks (references, templates,
 //!   durations, pivot rules, reachability); DOT and Mermaid export.
@@ -14,6 +15,8 @@
 //! - [`runtime`]: runs instances: decide, append, evolve, then perform
 //!   effects (HTTP calls, worker tasks, timers); resumes on start.
 //! - [`projection`]: read models that follow the log (`saga_instances`).
+//! - [`secrets`]: the server's secret values, masked wherever text leaves
+//!   the template engine.
 
 pub mod compile;
 pub mod diagnostic;
