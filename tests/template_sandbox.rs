@@ -65,6 +65,37 @@ fn a_hostile_expression_costs_only_its_own_evaluation() {
 }
 
 #[test]
+fn many_hostile_evaluations_at_once_wait_their_turn_and_all_end() {
+    let pool = std::sync::Arc::new(pool());
+    let started = Instant::now();
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let expr = if i % 2 == 0 {
+                    "\"x\" * 1000000000000"
+                } else {
+                    "last(range(1e13))"
+                };
+                pool.eval(expr, &Compiled::new(expr).unwrap(), &json!(null))
+            })
+        })
+        .collect();
+    for t in threads {
+        assert!(matches!(
+            t.join().unwrap(),
+            Err(EvalError::Exceeded(Exceeded::Memory | Exceeded::Fuel))
+        ));
+    }
+    // twelve evaluations of up to a second each, a few at a time
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        pool.eval("1 + 1", &Compiled::new("1 + 1").unwrap(), &json!(null)),
+        Ok(json!(2))
+    );
+}
+
+#[test]
 fn the_child_sees_no_environment() {
     // `env` does not even compile; `$ENV`-like access through a user
     // definition finds nothing either, because the child's environment is empty.

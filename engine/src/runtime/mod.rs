@@ -108,6 +108,8 @@ struct Inner {
     written: Mutex<HashMap<Uuid, u64>>,
     /// The last append's failure and when it happened, until an append succeeds again.
     write_failure: Mutex<Option<(std::time::Instant, String)>>,
+    /// Fault injection: this many of the next performs panic.
+    perform_faults: std::sync::atomic::AtomicU32,
 }
 
 /// An instance that has not ended, held in memory.
@@ -212,6 +214,7 @@ impl Runtime {
             stream_events: tokio::sync::broadcast::channel(256).0,
             written: Mutex::default(),
             write_failure: Mutex::default(),
+            perform_faults: Default::default(),
         })))
     }
 
@@ -1169,12 +1172,7 @@ impl Runtime {
                         live.ended.send_replace(false);
                         self.lock_live().insert(id, live.clone());
                     }
-                    let performed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.perform(&live, &st, d.actions)
-                    }));
-                    if let Err(panic) = performed {
-                        self.fail_by_fault(id, fault("performing", &panic));
-                    }
+                    self.perform(&live, &st, d.actions);
                     return Ok(true);
                 }
                 Err(e) if e.is_conflict() => {
@@ -1210,7 +1208,38 @@ impl Runtime {
 
     /// Carries out actions whose events are durable. Called with the instance's lock held.
     /// Only the replica driving the instance acts; others have recorded the events only.
+    /// Carries out `actions`. A panic while doing so (rendering, offering,
+    /// arming) fails this saga, from a task of its own, and nothing else.
     fn perform(&self, live: &Arc<Live>, st: &SagaState, actions: Vec<Action>) {
+        let performed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.perform_unguarded(live, st, actions)
+        }));
+        if let Err(panic) = performed {
+            self.fail_by_fault(live.id, fault("performing", &panic));
+        }
+    }
+
+    /// Fault injection, for tests of isolation: the next `n` performs panic
+    /// as a bug in rendering or offering would.
+    pub fn panic_next_performs(&self, n: u32) {
+        self.0
+            .perform_faults
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn perform_unguarded(&self, live: &Arc<Live>, st: &SagaState, actions: Vec<Action>) {
+        let faults = &self.0.perform_faults;
+        if faults.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && faults
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+        {
+            panic!("injected fault");
+        }
         if !self.drives(live.id) {
             return;
         }

@@ -313,3 +313,38 @@ async fn read_models_heal_after_failed_transactions() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_performing_fails_that_saga_only_and_a_retry_resumes_it() {
+    let rt = runtime(Arc::new(MemoryStore::new()), None).await;
+    rt.publish(TRIP).await.unwrap();
+    let healthy = rt
+        .start("trip", None, json!({"trip_id": "t-1"}), None)
+        .await
+        .unwrap();
+    rt.panic_next_performs(1);
+    let faulty = rt
+        .start("trip", None, json!({"trip_id": "t-2"}), None)
+        .await
+        .unwrap();
+    let v = rt.wait(faulty.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(v.status, "failed");
+    assert!(
+        v.error
+            .as_deref()
+            .is_some_and(|e| e.contains("internal error while performing: injected fault")),
+        "{v:?}"
+    );
+    // the other saga runs on
+    let task = take(&rt, "flights").await;
+    assert_eq!(task.instance, healthy.id);
+    rt.complete_task(&task.id, json!({"ref": "F-1"}))
+        .await
+        .unwrap();
+    assert_eq!(rt.get(healthy.id).await.unwrap().status, "waiting");
+    // an operator retries the failed one: its attempt goes out again
+    rt.retry(faulty.id).await.unwrap();
+    let task = take(&rt, "flights").await;
+    assert_eq!(task.instance, faulty.id);
+    assert_eq!(task.attempt, 2);
+}

@@ -12,14 +12,14 @@ use std::io::{self, BufRead, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use serde_json::Value;
 
 use super::{Budget, Compiled, EvalError, Evaluator, Exceeded};
 
-/// Children kept waiting for work; more than this many at once are started for one evaluation.
+/// Children kept waiting for work.
 const IDLE_CHILDREN: usize = 8;
 /// Compiled expressions a child keeps.
 const CACHED_FILTERS: usize = 1024;
@@ -53,6 +53,26 @@ pub struct ProcessPool {
     args: Vec<String>,
     budget: Budget,
     idle: Mutex<Vec<Worker>>,
+    /// Evaluations running now, at most `max_children`: each child may use
+    /// the whole memory budget, so their number is what bounds the total.
+    running: Mutex<usize>,
+    freed: Condvar,
+    max_children: usize,
+}
+
+/// A place among the running evaluations, given back on drop.
+struct Slot<'a>(&'a ProcessPool);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut n = self
+            .0
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *n -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 struct Worker {
@@ -75,13 +95,27 @@ enum Reply {
 }
 
 impl ProcessPool {
+    /// At most one child per core (and at least two) evaluates at once.
     pub fn new(program: PathBuf, args: Vec<String>, budget: Budget) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             program,
             args,
             budget,
             idle: Mutex::new(Vec::new()),
+            running: Mutex::new(0),
+            freed: Condvar::new(),
+            max_children: cores.max(2),
         }
+    }
+
+    fn slot(&self) -> Slot<'_> {
+        let mut n = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        while *n >= self.max_children {
+            n = self.freed.wait(n).unwrap_or_else(PoisonError::into_inner);
+        }
+        *n += 1;
+        Slot(self)
     }
 
     /// Starts one child and evaluates `1` in it: the server refuses to start
@@ -118,6 +152,7 @@ impl ProcessPool {
         let mut line = serde_json::to_vec(&Request { expr, input })
             .map_err(|e| EvalError::Failed(format!("the context is not JSON: {e}")))?;
         line.push(b'\n');
+        let _slot = self.slot();
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut worker = match idle {
             Some(w) => w,
