@@ -130,3 +130,44 @@ async fn memory_stays_flat_over_polls_on_20000_distinct_queue_names() {
         "RSS grew from {warm} KiB to {after} KiB over 18,000 queue names"
     );
 }
+
+#[test]
+fn memory_stays_flat_over_a_20000_saga_bench_with_the_demo_on() {
+    let (server, dir) = serve("bench-rss", &["--demo-ledger-size", "2000"]);
+    let bench = |n: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+            .args([
+                "bench",
+                "--url",
+                &server.url,
+                "--token",
+                common::ADMIN_TOKEN,
+                "-n",
+                n,
+                "--serial",
+                "0",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("bench runs");
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{line}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(line.lines().last().unwrap_or_default()).expect("a JSON line");
+        assert_eq!(report["other"], 0, "{report}");
+    };
+    bench("4000");
+    let warm = server.rss_kib();
+    bench("20000");
+    let after = server.rss_kib();
+    // the old unbounded ledger alone grew about 4 KiB per saga: 80 MB here
+    assert!(
+        after < warm + 24 * 1024,
+        "RSS grew from {warm} KiB to {after} KiB over 20,000 sagas"
+    );
+    drop(dir);
+}

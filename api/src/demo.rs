@@ -39,7 +39,7 @@ impl Default for DemoConfig {
 
 /// The keys and orders the demo remembers by default: enough for any test or
 /// bench, and a bound on its memory however long it runs.
-pub const LEDGER_SIZE: usize = 100_000;
+pub const LEDGER_SIZE: usize = 20_000;
 
 #[derive(Default)]
 struct Ledger {

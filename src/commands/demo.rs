@@ -14,6 +14,9 @@ pub struct DemoArgs {
     /// Payments above this amount are declined.
     #[arg(long, env = "SAGAFLOW_DEMO_PAYMENT_LIMIT", default_value_t = 1000.0)]
     pub payment_limit: f64,
+    /// How many idempotency keys (and orders) are remembered; the oldest go first.
+    #[arg(long, default_value_t = sagaflow_api::demo::LEDGER_SIZE)]
+    pub ledger_size: usize,
     /// Added to every call, e.g. `20ms`.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub latency: Duration,
@@ -28,8 +31,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "/demo",
             routes(DemoConfig {
                 payment_limit: args.payment_limit,
+                ledger_size: args.ledger_size,
                 latency: args.latency,
-                ..DemoConfig::default()
             }),
         )
         .catch_all_error(sagaflow_api::problem::from_poem_error);

@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// The demo payment service declines amounts above this.
     #[arg(long, env = "SAGAFLOW_DEMO_PAYMENT_LIMIT", default_value_t = 1000.0)]
     pub demo_payment_limit: f64,
+    /// How many idempotency keys (and orders) the demo services remember; the oldest go first.
+    #[arg(long, env = "SAGAFLOW_DEMO_LEDGER_SIZE", default_value_t = sagaflow_api::demo::LEDGER_SIZE)]
+    pub demo_ledger_size: usize,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SAGAFLOW_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
@@ -290,6 +293,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         body_limit: args.body_limit,
         demo: (!args.no_demo).then(|| DemoConfig {
             payment_limit: args.demo_payment_limit,
+            ledger_size: args.demo_ledger_size,
             ..DemoConfig::default()
         }),
         public_url: url.clone(),
