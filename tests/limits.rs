@@ -55,14 +55,14 @@ async fn one_token_may_not_hold_more_than_64_polls() {
     for i in 0..64 {
         let (w, url) = (worker.clone(), server.url.clone());
         polls.spawn(async move {
-            w.post(format!("{url}/tasks/q-{i}/poll?wait=5s"))
+            w.post(format!("{url}/tasks/q-{i}/poll?wait=20s"))
                 .send()
                 .await
                 .map(|r| r.status())
         });
     }
-    // wait until all 64 are held
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // once all 64 are held, the next is refused
+    let deadline = Instant::now() + Duration::from_secs(18);
     loop {
         let r = worker
             .post(format!("{}/tasks/one-more/poll?wait=1ms", server.url))
@@ -76,13 +76,15 @@ async fn one_token_may_not_hold_more_than_64_polls() {
             assert_eq!(p["retryable"], true);
             break;
         }
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
         assert!(Instant::now() < deadline, "the 65th poll was never refused");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // when they end, polls are taken again (a worker that hangs up holds its
+    // place until its wait runs out: the server learns of it only then)
     while let Some(r) = polls.join_next().await {
         assert_eq!(r.unwrap().unwrap(), StatusCode::NO_CONTENT);
     }
-    // once they end, polls are taken again
     let r = worker
         .post(format!("{}/tasks/q/poll?wait=1ms", server.url))
         .send()

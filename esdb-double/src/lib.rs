@@ -563,6 +563,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     target: SocketAddr,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The forwarded connections, so a cut can wait until none runs.
+    connections: Arc<Mutex<tokio::task::JoinSet<()>>>,
 }
 
 impl Proxy {
@@ -572,18 +574,30 @@ impl Proxy {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
         Proxy {
             addr,
             target,
-            task: Mutex::new(Some(tokio::spawn(forward(listener, target)))),
+            task: Mutex::new(Some(tokio::spawn(forward(
+                listener,
+                target,
+                connections.clone(),
+            )))),
+            connections,
         }
     }
 
-    /// Drops every connection and stops listening.
-    pub fn cut(&self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
+    /// Drops every connection and stops listening; when it returns, nothing
+    /// is forwarded any more (aborting a task only asks it to stop).
+    pub async fn cut(&self) {
+        let listening = self.task.lock().unwrap().take();
+        if let Some(t) = listening {
             t.abort();
+            let _ = t.await;
         }
+        let mut open = std::mem::take(&mut *self.connections.lock().unwrap());
+        open.abort_all();
+        while open.join_next().await.is_some() {}
     }
 
     /// Listens again on the same address.
@@ -591,7 +605,11 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .expect("rebind");
-        *self.task.lock().unwrap() = Some(tokio::spawn(forward(listener, self.target)));
+        *self.task.lock().unwrap() = Some(tokio::spawn(forward(
+            listener,
+            self.target,
+            self.connections.clone(),
+        )));
     }
 
     /// The connection string for the `kurrentdb` client, through the proxy.
@@ -602,18 +620,23 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.cut();
+        if let Some(t) = self.task.lock().unwrap().take() {
+            t.abort();
+        }
+        self.connections.lock().unwrap().abort_all();
     }
 }
 
-async fn forward(listener: tokio::net::TcpListener, target: SocketAddr) {
-    // the connections die with this task (and its set) when it is aborted
-    let mut connections = tokio::task::JoinSet::new();
+async fn forward(
+    listener: tokio::net::TcpListener,
+    target: SocketAddr,
+    connections: Arc<Mutex<tokio::task::JoinSet<()>>>,
+) {
     loop {
         let Ok((mut inbound, _)) = listener.accept().await else {
             return;
         };
-        connections.spawn(async move {
+        connections.lock().unwrap().spawn(async move {
             if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             }

@@ -174,8 +174,8 @@ impl fmt::Display for Template {
 pub struct Context(serde_json::Value);
 
 impl Context {
-    pub fn new(value: &serde_json::Value) -> Result<Self, TemplateError> {
-        Ok(Self(value.clone()))
+    pub fn new(value: &serde_json::Value) -> Self {
+        Self(value.clone())
     }
 
     pub fn owned(value: serde_json::Value) -> Self {
@@ -444,10 +444,11 @@ mod tests {
     use serde_json::json;
 
     fn ctx() -> Context {
-        Context::new(&json!({"input": {"order_id": "o-1", "amount": 120.5, "items": [{"sku": "a", "qty": 2}]},
+        Context::new(
+            &json!({"input": {"order_id": "o-1", "amount": 120.5, "items": [{"sku": "a", "qty": 2}]},
                "steps": {"reserve": {"output": {"reservation_id": "r-9"}}},
-               "env": {"base": "http://127.0.0.1:8080"}}))
-        .unwrap()
+               "env": {"base": "http://127.0.0.1:8080"}}),
+        )
     }
 
     #[test]

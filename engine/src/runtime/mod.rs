@@ -1300,7 +1300,7 @@ impl Runtime {
         let id = live.id;
         let ctx = match action {
             StepAction::Wait(_) => return,
-            _ => Context::new(&context(machine, &live.key, st)),
+            _ => Context::owned(context(machine, &live.key, st)),
         };
         // Outcomes are fed back from a task of their own: the caller holds the instance's lock.
         let report = |outcome: http::Outcome| {
@@ -1312,10 +1312,6 @@ impl Runtime {
         };
         let template_failed = |e: crate::dsl::template::TemplateError| {
             http::Outcome::Failed(FailureKind::Business, format!("template: {e}"))
-        };
-        let ctx = match ctx {
-            Ok(c) => c,
-            Err(e) => return report(template_failed(e)),
         };
         // Everything logged while the attempt runs carries its instance, step and attempt.
         let span = tracing::info_span!("attempt", instance_id = %id, workflow = %machine.name, step = %s.name, attempt, phase = ?phase);

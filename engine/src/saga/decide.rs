@@ -770,8 +770,8 @@ impl Decider<'_> {
         let ctx = context(self.m, self.instance, &self.s);
         match &self.m.output {
             Some(t) => {
-                let mut out = Context::new(&ctx)
-                    .and_then(|c| t.render(&c))
+                let mut out = t
+                    .render(&Context::new(&ctx))
                     .unwrap_or_else(|e| json!({ "error": e.to_string() }));
                 self.m.secrets.redact_value(&mut out);
                 out

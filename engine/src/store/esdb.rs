@@ -328,7 +328,7 @@ mod tests {
             .append("s", Expected::NoStream, vec![event()])
             .await
             .unwrap();
-        proxy.cut();
+        proxy.cut().await;
         let away = tokio::time::timeout(
             Duration::from_secs(60),
             store.append("s", Expected::Revision(0), vec![event()]),
