@@ -22,6 +22,7 @@ mod limit;
 pub mod operations;
 pub mod orders;
 pub mod problem;
+pub mod relay;
 pub mod tasks;
 pub mod tokens;
 pub mod workflows;
@@ -87,6 +88,7 @@ pub fn openapi(
             tasks::TasksApi {
                 rt: rt.clone(),
                 polls: tasks::PollSlots::default(),
+                relay: relay::Relay::default(),
             },
             tokens::TokensApi {
                 rt: rt.clone(),

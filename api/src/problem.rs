@@ -231,9 +231,6 @@ impl From<RuntimeError> for ApiError {
                 detail,
                 true,
             ),
-            RuntimeError::ShuttingDown => {
-                problem(503, "shutting-down", "Shutting down", detail, true)
-            }
             RuntimeError::Store(_) | RuntimeError::Corrupt(_) => {
                 problem(500, "internal", "Internal error", detail, false)
             }

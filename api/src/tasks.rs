@@ -7,10 +7,11 @@ use std::time::Duration;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use sagaflow_engine::runtime::{Runtime, RELAYED_HEADER};
+use sagaflow_engine::runtime::{Heartbeat, Runtime};
 
 use crate::auth::{Auth, Need};
 use crate::problem::{problem, ApiError};
+use crate::relay::{Relay, RELAYED_HEADER};
 use crate::Tag;
 
 const MAX_POLL: Duration = Duration::from_secs(60);
@@ -80,6 +81,7 @@ pub enum HeartbeatResponse {
 pub struct TasksApi {
     pub rt: Runtime,
     pub polls: PollSlots,
+    pub relay: Relay,
 }
 
 /// How many polls one token may have waiting at once; more answer 429.
@@ -193,7 +195,8 @@ impl TasksApi {
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok());
-            if let Some(t) = self.rt.poll_elsewhere(&queue, authorization).await {
+            let replicas = self.rt.other_replicas().await;
+            if let Some(t) = self.relay.poll(&replicas, &queue, authorization).await {
                 if let Ok(t) = serde_json::from_value::<WorkerTask>(t) {
                     return Ok(PollResponse::Task(Json(Box::new(t))));
                 }
@@ -260,7 +263,9 @@ impl TasksApi {
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok());
-            self.rt.heartbeat_anywhere(&id, authorization).await?;
+            if let Heartbeat::HeldBy(holder) = self.rt.heartbeat_anywhere(&id).await? {
+                self.relay.heartbeat(&holder, &id, authorization).await?;
+            }
         }
         Ok(HeartbeatResponse::Alive)
     }

@@ -34,8 +34,6 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     #[error("stored history is unreadable: {0}")]
     Corrupt(String),
-    #[error("the engine is shutting down")]
-    ShuttingDown,
     /// A limit on what callers may make the server hold was reached; the
     /// same request may succeed later.
     #[error("{0}")]
@@ -61,7 +59,7 @@ impl RuntimeError {
     pub fn is_transient(&self) -> bool {
         match self {
             RuntimeError::Store(e) => e.is_transient() || e.is_conflict(),
-            RuntimeError::ShuttingDown | RuntimeError::Overloaded(_) => true,
+            RuntimeError::Overloaded(_) => true,
             _ => false,
         }
     }

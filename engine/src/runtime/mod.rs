@@ -49,8 +49,14 @@ use timers::Timers;
 
 /// Namespace of instance ids derived from an Idempotency-Key.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_f10e_0000_4000_8000_0000_0000_0001);
-/// Marks a request one replica relayed to another (answered locally only).
-pub const RELAYED_HEADER: &str = "x-sagaflow-relayed";
+/// Where a worker's heartbeat went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The lease is held here and was renewed.
+    Renewed,
+    /// Another replica holds the instance, at this API address.
+    HeldBy(String),
+}
 /// Reload-and-decide-again rounds before a conflict is given up on.
 const CONFLICT_ROUNDS: usize = 16;
 /// How long a refused append keeps the server "not ready" (see [`Runtime::store_write_failure`]).
@@ -629,45 +635,13 @@ impl Runtime {
         }
     }
 
-    /// A worker's request passed on to another replica: its token goes along,
-    /// and the marker keeps it from being passed on again.
-    fn relay(&self, url: String, authorization: Option<&str>) -> reqwest::RequestBuilder {
-        let req = self
-            .0
-            .http
-            .post(url)
-            .header(RELAYED_HEADER, "1")
-            .timeout(Duration::from_secs(5));
-        match authorization {
-            Some(a) => req.header("authorization", a),
-            None => req,
+    /// With replicas: the API addresses of the other replicas, in an order
+    /// that changes from call to call (so no one replica gets every relay).
+    pub async fn other_replicas(&self) -> Vec<String> {
+        match &self.0.cluster {
+            Some(c) => c.other_urls().await,
+            None => Vec::new(),
         }
-    }
-
-    /// With replicas: a task of `queue` from another replica, as that replica's
-    /// API answered it (JSON), or `None` if none had one at once. The worker's
-    /// `authorization` goes along, so each replica checks its queues itself.
-    pub async fn poll_elsewhere(&self, queue: &str, authorization: Option<&str>) -> Option<Value> {
-        let c = self.0.cluster.as_ref()?;
-        for url in c.other_urls().await {
-            let req = self.relay(
-                format!("{url}/tasks/{}/poll?wait=0s", http::percent_encode(queue)),
-                authorization,
-            );
-            match req.send().await {
-                Ok(r) if r.status() == reqwest::StatusCode::OK => match r.json().await {
-                    Ok(task) => return Some(task),
-                    Err(e) => {
-                        tracing::warn!(%url, error = %e, "unreadable task from another replica")
-                    }
-                },
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(%url, error = %e, "another replica did not answer a poll")
-                }
-            }
-        }
-        None
     }
 
     /// The task a worker answers: held here, or (after a restart, or handed
@@ -791,41 +765,20 @@ impl Runtime {
     }
 
     /// A heartbeat for a task handed out here or, with replicas, by another
-    /// replica: relayed to it (with the worker's `authorization`, marked as
-    /// relayed so it goes no further).
-    pub async fn heartbeat_anywhere(
-        &self,
-        task_id: &str,
-        authorization: Option<&str>,
-    ) -> Result<(), RuntimeError> {
+    /// replica: renewed here, or the address of the replica that holds it
+    /// (the API relays it there).
+    pub async fn heartbeat_anywhere(&self, task_id: &str) -> Result<Heartbeat, RuntimeError> {
         if self.0.tasks.heartbeat(task_id, self.now()) {
-            return Ok(());
+            return Ok(Heartbeat::Renewed);
         }
         let task = self.task_in_store(task_id).await?;
-        let local = Err(RuntimeError::UnknownTask(task_id.to_string()));
-        let Some(c) = &self.0.cluster else {
-            return local;
+        let holder = match &self.0.cluster {
+            Some(c) => c.holder_url(task.instance).await,
+            None => None,
         };
-        let Some(url) = c.holder_url(task.instance).await else {
-            return local;
-        };
-        let req = self.relay(
-            format!("{url}/tasks/{}/heartbeat", http::percent_encode(task_id)),
-            authorization,
-        );
-        match req.send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => local,
-            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
-                Err(RuntimeError::TaskGone(task_id.to_string()))
-            }
-            Ok(r) => Err(RuntimeError::Store(crate::store::StoreError::Unavailable(
-                format!("the replica holding the task answered {}", r.status()),
-            ))),
-            Err(e) => Err(RuntimeError::Store(crate::store::StoreError::Unavailable(
-                format!("the replica holding the task does not answer: {e}"),
-            ))),
-        }
+        holder
+            .map(Heartbeat::HeldBy)
+            .ok_or_else(|| RuntimeError::UnknownTask(task_id.to_string()))
     }
 
     /// The queue of a task that is waiting for a worker or leased to one
@@ -835,10 +788,6 @@ impl Runtime {
             Some(q) => Some(q),
             None => self.task_in_store(task_id).await.ok().map(|t| t.queue),
         }
-    }
-
-    pub fn queue_depths(&self) -> Vec<(String, usize)> {
-        self.0.tasks.depth()
     }
 
     /// Timers armed and not yet fired, across all instances.

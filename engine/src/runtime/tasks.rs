@@ -339,18 +339,6 @@ impl TaskQueues {
     pub fn lease_count(&self) -> usize {
         self.lock().leases.len()
     }
-
-    /// Queued tasks per queue, for status pages.
-    pub fn depth(&self) -> Vec<(String, usize)> {
-        let inner = self.lock();
-        let mut out: Vec<_> = inner
-            .queues
-            .iter()
-            .map(|(k, q)| (k.clone(), q.ready.len()))
-            .collect();
-        out.sort();
-        out
-    }
 }
 
 /// Removes a poll's waiter when the poll ends, however it ends (an answer,
