@@ -19,6 +19,7 @@ use sagaflow_engine::store::{EventStore, Expected, NewEvent, RecordedEvent, Stor
 use sha2::{Digest, Sha256};
 
 use crate::problem::{problem, ApiError};
+use crate::token_events::{TokenEvent, TokenIssued, TokenRevoked, TOKEN_SCHEMA_VERSION};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -206,7 +207,7 @@ impl Tokens {
         let events = store.read_stream(TOKEN_STREAM, 0).await?;
         let mut loaded = 0;
         for e in &events {
-            if self.apply(&e.event_type, &e.data) {
+            if self.apply_stored(e) {
                 loaded += 1;
             }
         }
@@ -216,48 +217,63 @@ impl Tokens {
     /// Takes in a token event another replica wrote (read from the log).
     pub fn learn(&self, e: &RecordedEvent) {
         if e.stream == TOKEN_STREAM {
-            self.apply(&e.event_type, &e.data);
+            self.apply_stored(e);
         }
     }
 
-    fn apply(&self, kind: &str, data: &serde_json::Value) -> bool {
-        match kind {
-            "TokenIssued" => {
-                let (Some(id), Some(name), Some(Ok(role)), Some(hash)) = (
-                    data["id"].as_str(),
-                    data["name"].as_str(),
-                    data["role"].as_str().map(str::parse::<Role>),
-                    data["hash"].as_str(),
-                ) else {
-                    tracing::error!(%data, "skipping an unreadable TokenIssued event");
+    fn apply_stored(&self, e: &RecordedEvent) -> bool {
+        match TokenEvent::from_stored(&e.event_type, e.schema_version, e.data.clone()) {
+            Ok(event) => self.apply(&event),
+            Err(err) => {
+                tracing::error!(error = %err, revision = e.revision, "skipping an unreadable token event");
+                false
+            }
+        }
+    }
+
+    /// True when a token was added.
+    fn apply(&self, event: &TokenEvent) -> bool {
+        match event {
+            TokenEvent::Issued(issued) => {
+                let Ok(role) = issued.role.parse::<Role>() else {
+                    tracing::error!(id = %issued.id, role = %issued.role, "skipping a TokenIssued event with an unknown role");
                     return false;
                 };
-                if self.read().iter().any(|e| e.managed && e.id == id) {
+                if self.read().iter().any(|e| e.managed && e.id == issued.id) {
                     return false; // issued here, then read back from the log
                 }
-                let queues = data["queues"].as_array().map(|q| {
-                    q.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                });
                 self.write().push(TokenEntry {
-                    id: id.to_string(),
-                    name: name.to_string(),
+                    id: issued.id.clone(),
+                    name: issued.name.clone(),
                     role,
-                    queues,
-                    hash: hash.to_string(),
+                    queues: issued.queues.clone(),
+                    hash: issued.hash.clone(),
                     managed: true,
-                    created_at: data["at"].as_u64().map(Timestamp),
+                    created_at: Some(issued.at),
                 });
                 true
             }
-            "TokenRevoked" => {
-                let id = data["id"].as_str().unwrap_or_default();
-                self.write().retain(|e| !(e.managed && e.id == id));
+            TokenEvent::Revoked(revoked) => {
+                self.write().retain(|e| !(e.managed && e.id == revoked.id));
                 false
             }
-            _ => false,
         }
+    }
+
+    async fn record(&self, store: &dyn EventStore, event: &TokenEvent) -> Result<(), StoreError> {
+        store
+            .append(
+                TOKEN_STREAM,
+                Expected::Any,
+                vec![NewEvent {
+                    event_type: event.type_name().into(),
+                    schema_version: TOKEN_SCHEMA_VERSION,
+                    data: event.data(),
+                }],
+            )
+            .await?;
+        self.apply(event);
+        Ok(())
     }
 
     /// Issues a token; the secret is returned once and only its hash is kept.
@@ -271,21 +287,15 @@ impl Tokens {
     ) -> Result<(TokenEntry, String), StoreError> {
         let secret = generate();
         let id = uuid::Uuid::now_v7().to_string();
-        let data = serde_json::json!({
-            "id": id, "name": name, "role": role.name(), "queues": queues, "hash": hash(&secret), "at": at.millis(),
+        let event = TokenEvent::Issued(TokenIssued {
+            id: id.clone(),
+            name: name.to_string(),
+            role: role.name().to_string(),
+            queues,
+            hash: hash(&secret),
+            at,
         });
-        store
-            .append(
-                TOKEN_STREAM,
-                Expected::Any,
-                vec![NewEvent {
-                    event_type: "TokenIssued".into(),
-                    schema_version: 1,
-                    data: data.clone(),
-                }],
-            )
-            .await?;
-        self.apply("TokenIssued", &data);
+        self.record(store, &event).await?;
         let entry = self
             .list()
             .into_iter()
@@ -304,19 +314,11 @@ impl Tokens {
         if !self.read().iter().any(|e| e.managed && e.id == id) {
             return Ok(false);
         }
-        let data = serde_json::json!({"id": id, "at": at.millis()});
-        store
-            .append(
-                TOKEN_STREAM,
-                Expected::Any,
-                vec![NewEvent {
-                    event_type: "TokenRevoked".into(),
-                    schema_version: 1,
-                    data: data.clone(),
-                }],
-            )
-            .await?;
-        self.apply("TokenRevoked", &data);
+        let event = TokenEvent::Revoked(TokenRevoked {
+            id: id.to_string(),
+            at,
+        });
+        self.record(store, &event).await?;
         Ok(true)
     }
 }

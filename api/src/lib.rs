@@ -24,6 +24,7 @@ pub mod orders;
 pub mod problem;
 pub mod relay;
 pub mod tasks;
+pub mod token_events;
 pub mod tokens;
 pub mod workflows;
 
