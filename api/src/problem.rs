@@ -132,6 +132,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Overloaded(_) => {
                 problem(429, "too-many", "Too many at once", detail, true)
             }
+            RuntimeError::NoReadModels => {
+                problem(503, "no-read-models", "No read models", detail, false)
+            }
             RuntimeError::UnknownVersion(..) => problem(
                 404,
                 "unknown-workflow-version",

@@ -111,7 +111,7 @@ async fn sqlite_transaction(
 }
 
 fn db(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    crate::store::sql_error(e)
 }
 
 pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {

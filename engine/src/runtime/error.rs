@@ -34,6 +34,9 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     #[error("stored history is unreadable: {0}")]
     Corrupt(String),
+    /// Listings and searches need the read models, and this runtime keeps none.
+    #[error("this server keeps no read models, which listings and searches need")]
+    NoReadModels,
     /// A limit on what callers may make the server hold was reached; the
     /// same request may succeed later.
     #[error("{0}")]

@@ -613,7 +613,7 @@ impl Runtime {
         self.0
             .projections
             .as_deref()
-            .ok_or_else(|| RuntimeError::Corrupt("this runtime keeps no read models".into()))
+            .ok_or(RuntimeError::NoReadModels)
     }
 
     // ---- tasks -----------------------------------------------------------

@@ -153,6 +153,53 @@ impl StoreError {
     }
 }
 
+/// A database error classified by what the caller can do: the database is
+/// away or busy (transient: retry), the stored data does not decode
+/// (corrupt), or the statement itself is wrong (a bug: retrying cannot help).
+pub(crate) fn sql_error(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        E::RowNotFound
+        | E::ColumnNotFound(_)
+        | E::ColumnIndexOutOfBounds { .. }
+        | E::ColumnDecode { .. }
+        | E::Decode(_)
+        | E::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
+        E::Database(ref d) if transient_code(d.code().as_deref()) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        E::Database(_) | E::Configuration(_) => StoreError::Invalid(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// SQLite result codes (numbers; the primary code is the low byte) and
+/// PostgreSQL SQLSTATEs that say "not now" rather than "never".
+fn transient_code(code: Option<&str>) -> bool {
+    let Some(code) = code else { return false };
+    // a SQLSTATE is five characters; SQLite's codes have at most four digits
+    if code.len() < 5 {
+        let Ok(n) = code.parse::<u32>() else {
+            return false;
+        };
+        // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL
+        return matches!(n & 0xff, 5 | 6 | 10 | 13 | 14 | 15);
+    }
+    // connection exceptions, insufficient resources, operator intervention,
+    // serialization failures and deadlocks
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || code == "40001"
+        || code == "40P01"
+}
+
 /// A failed migration as a store error; a database migrated by a newer
 /// sagaflow (a migration this one does not know) is refused in so many words.
 pub(crate) fn migration_error(e: sqlx::migrate::MigrateError, what: &str) -> StoreError {
@@ -269,4 +316,33 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// How events reach disk, for people (shown by `sagaflow bench`).
     fn durability(&self) -> String;
+}
+
+#[cfg(test)]
+mod sql_error_tests {
+    use super::*;
+
+    #[test]
+    fn database_errors_are_transient_only_when_waiting_can_help() {
+        // SQLite: BUSY, LOCKED, IOERR (and its extended codes), FULL
+        for code in ["5", "6", "10", "266", "13", "517"] {
+            assert!(transient_code(Some(code)), "{code}");
+        }
+        // SQLite: ERROR (a bad statement), CONSTRAINT, MISMATCH
+        for code in ["1", "19", "2067", "20"] {
+            assert!(!transient_code(Some(code)), "{code}");
+        }
+        // PostgreSQL: connection failure, too many connections, admin
+        // shutdown, serialization failure, deadlock
+        for code in ["08006", "53300", "57P01", "40001", "40P01"] {
+            assert!(transient_code(Some(code)), "{code}");
+        }
+        // PostgreSQL: syntax error, undefined table, unique violation
+        for code in ["42601", "42P01", "23505"] {
+            assert!(!transient_code(Some(code)), "{code}");
+        }
+        assert!(!transient_code(None));
+        assert!(sql_error(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!sql_error(sqlx::Error::RowNotFound).is_transient());
+    }
 }

@@ -44,7 +44,7 @@ impl MigrationLock {
             .bind(MIGRATION_LOCK)
             .execute(&mut *conn)
             .await
-            .map_err(|e| unavailable(format!("taking the migration lock: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("taking the migration lock: {e}")))?;
         Ok(Self(()))
     }
 
@@ -53,7 +53,7 @@ impl MigrationLock {
             .bind(MIGRATION_LOCK)
             .execute(&mut *conn)
             .await
-            .map_err(|e| unavailable(format!("releasing the migration lock: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("releasing the migration lock: {e}")))?;
         Ok(())
     }
 }
@@ -65,8 +65,8 @@ pub struct PostgresStore {
     where_: String,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn db_error(e: sqlx::Error) -> StoreError {
+    super::sql_error(e)
 }
 
 impl PostgresStore {
@@ -81,9 +81,9 @@ impl PostgresStore {
             options.get_port(),
             options.get_database().unwrap_or_default()
         );
-        let mut writer = PgConnection::connect_with(&options)
-            .await
-            .map_err(|e| unavailable(format!("cannot connect to PostgreSQL at {where_}: {e}")))?;
+        let mut writer = PgConnection::connect_with(&options).await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot connect to PostgreSQL at {where_}: {e}"))
+        })?;
         let guard = MigrationLock::take(&mut writer).await?;
         sqlx::migrate!("../migrations/postgres")
             .run(&mut writer)
@@ -95,17 +95,15 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
             .fetch_one(&reads)
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
         let (head_tx, head) = watch::channel(last.map(|p| p as u64));
         let head_tx = Arc::new(head_tx);
-        let mut listener = PgListener::connect_with(&reads)
-            .await
-            .map_err(unavailable)?;
-        listener.listen(CHANNEL).await.map_err(unavailable)?;
+        let mut listener = PgListener::connect_with(&reads).await.map_err(db_error)?;
+        listener.listen(CHANNEL).await.map_err(db_error)?;
         tokio::spawn(listen_loop(listener, head_tx.clone()));
         let (queue, rx) = mpsc::channel(4096);
         tokio::spawn(write_loop(writer, options, rx, head_tx));
@@ -168,7 +166,11 @@ async fn write_loop(
             Ok(results) => results,
             Err(Batch::Stale) => batch
                 .iter()
-                .map(|_| Err(unavailable("streams kept moving under this writer; retry")))
+                .map(|_| {
+                    Err(StoreError::Unavailable(
+                        "streams kept moving under this writer; retry".into(),
+                    ))
+                })
                 .collect(),
             Err(Batch::Failed(e)) => {
                 // the connection may be gone: every append of the batch fails (nothing was
@@ -216,16 +218,16 @@ async fn write_batch(
     batch: &[AppendRequest],
     heads: &mut HashMap<String, Option<u64>>,
 ) -> Result<Vec<Result<Appended, StoreError>>, Batch> {
-    let mut tx = conn.begin().await.map_err(unavailable)?;
+    let mut tx = conn.begin().await.map_err(db_error)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(POSITION_LOCK)
         .execute(&mut *tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
     let mut position: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
         .fetch_one(&mut *tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
     let now = SystemClock.now();
     let mut local: HashMap<String, Option<u64>> = HashMap::new();
     let mut results = Vec::with_capacity(batch.len());
@@ -249,7 +251,7 @@ async fn write_batch(
                         .bind(&req.stream)
                         .fetch_one(&mut *tx)
                         .await
-                        .map_err(unavailable)?;
+                        .map_err(db_error)?;
                 l.map(|l| l as u64)
             }
         };
@@ -287,7 +289,7 @@ async fn write_batch(
         .bind(now.millis() as i64)
         .execute(&mut *tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
         if inserted.rows_affected() != n as u64 {
             // another process wrote the stream since we cached its head; the transaction
             // (with any rows of this append that did go in) is dropped, so rolled back
@@ -307,11 +309,11 @@ async fn write_batch(
             .bind(position.to_string())
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
     }
     tx.commit()
         .await
-        .map_err(|e| unavailable(format!("commit failed: {e}")))?;
+        .map_err(|e| StoreError::Unavailable(format!("commit failed: {e}")))?;
     if heads.len() + local.len() > HEAD_CACHE {
         heads.clear();
     }
@@ -357,7 +359,7 @@ impl EventStore for PostgresStore {
         .bind(from as i64)
         .fetch_all(&self.reads)
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
         rows.iter().map(row_to_event).collect()
     }
 
@@ -373,7 +375,7 @@ impl EventStore for PostgresStore {
         .bind(limit as i64)
         .fetch_all(&self.reads)
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
         let corrupt = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
         rows.iter()
             .map(|row| {
@@ -393,7 +395,7 @@ impl EventStore for PostgresStore {
             .bind(before as i64)
             .execute(&self.reads)
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
         Ok(())
     }
 
@@ -409,7 +411,7 @@ impl EventStore for PostgresStore {
         .bind(limit as i64)
         .fetch_all(&self.reads)
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
         rows.iter().map(row_to_event).collect()
     }
 
@@ -423,7 +425,7 @@ impl EventStore for PostgresStore {
         let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
             .fetch_one(&self.reads)
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 AND event_type = ANY($3) ORDER BY position LIMIT $4"
         ))
@@ -433,7 +435,7 @@ impl EventStore for PostgresStore {
         .bind(limit as i64)
         .fetch_all(&self.reads)
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
         let events: Vec<RecordedEvent> = rows.iter().map(row_to_event).collect::<Result<_, _>>()?;
         let last = events.last().map(|e| e.position);
         let scanned = if events.len() < limit {

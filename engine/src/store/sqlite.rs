@@ -47,15 +47,15 @@ pub struct Stats {
     pub appends: AtomicU64,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn db_error(e: sqlx::Error) -> StoreError {
+    super::sql_error(e)
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in the SQLite file at `path` and runs its migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(unavailable)?
+            .map_err(db_error)?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -63,7 +63,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let mut writer = SqliteConnection::connect_with(&options)
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
         sqlx::migrate!("../migrations/sqlite")
             .run(&mut writer)
             .await
@@ -72,11 +72,11 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
             .fetch_one(&reads)
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
         let (head_tx, head) = watch::channel(last.map(|p| p as u64));
         let (queue, rx) = mpsc::channel(4096);
         let stats = Arc::new(Stats::default());
@@ -142,7 +142,10 @@ async fn write_batch(
     heads: &mut Heads,
 ) -> Vec<Result<Appended, StoreError>> {
     if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        return batch.iter().map(|_| Err(unavailable(&e))).collect();
+        return batch
+            .iter()
+            .map(|_| Err(StoreError::Unavailable(e.to_string())))
+            .collect();
     }
     let now = SystemClock.now();
     // Heads as this transaction sees them; they reach the cache only if it commits.
@@ -155,7 +158,7 @@ async fn write_batch(
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         return batch
             .iter()
-            .map(|_| Err(unavailable(format!("commit failed: {e}"))))
+            .map(|_| Err(StoreError::Unavailable(format!("commit failed: {e}"))))
             .collect();
     }
     if heads.0.len() + local.0.len() > HEAD_CACHE {
@@ -188,7 +191,7 @@ async fn append_one(
                     .bind(&req.stream)
                     .fetch_one(&mut *conn)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(db_error)?;
             let l = l.map(|l| l as u64);
             local.0.insert(req.stream.clone(), l);
             l
@@ -232,7 +235,7 @@ async fn append_one(
                 actual: None,
             });
         }
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(db_error(e)),
     };
     let revision = first_revision + req.events.len() as u64 - 1;
     local.0.insert(req.stream.clone(), Some(revision));
@@ -278,7 +281,7 @@ impl EventStore for SqliteStore {
         .bind(from as i64)
         .fetch_all(&self.reads)
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
         rows.iter().map(row_to_event).collect()
     }
 
@@ -295,7 +298,7 @@ impl EventStore for SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.reads)
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
         rows.iter().map(row_to_event).collect()
     }
 
@@ -320,7 +323,7 @@ impl EventStore for SqliteStore {
             .bind(limit as i64)
             .fetch_all(&self.reads)
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
         let events: Vec<RecordedEvent> = rows.iter().map(row_to_event).collect::<Result<_, _>>()?;
         let last = events.last().map(|e| e.position);
         let scanned = if events.len() < limit {
