@@ -84,6 +84,19 @@ async fn a_full_disk_is_refused_cleanly_and_healed_without_a_restart() {
         assert_eq!(status, StatusCode::CREATED, "{v}");
     }
 
+    // the first orders finish (and reach the read models) before the disk
+    // fills, so what is refused is the new order's write, not theirs
+    for id in ["before-1", "before-2"] {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, o) = get_json(&c, format!("{}/orders/{id}?consistent=true", server.url)).await;
+            if o["status"] == "shipped" {
+                break;
+            }
+            assert!(Instant::now() < until, "{id} never shipped: {o}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let filler = fill(&mount.0);
     let (status, p) = post_json(&c, format!("{}/orders", server.url), new_order("during")).await;
     assert_eq!(

@@ -10,9 +10,13 @@
 //! - [`orders`]: create an order, its status, a customer's orders (read model).
 //! - [`tokens`]: issue, list and revoke bearer tokens.
 //! - [`operations`]: liveness, readiness, Prometheus metrics.
-//! - [`auth`]: bearer tokens with roles and worker queues.
+//! - [`auth`]: bearer tokens with roles and worker queues;
+//!   [`token_events`]: the versioned events of the `tokens` stream.
 //! - [`problem`]: every error as RFC 9457 problem+json, mapped in one place.
-//! - [`demo`]: inventory, payment and shipping services for the examples.
+//! - [`relay`]: worker requests passed between replicas.
+//! - [`connections`]: the connection cap and the header deadline.
+//! - [`demo`]: inventory, payment and shipping services for the examples
+//!   (a bounded ledger; never exposed in production).
 
 pub mod auth;
 pub mod connections;

@@ -10,8 +10,8 @@
 //!   durations, pivot rules, reachability); DOT and Mermaid export.
 //! - [`diagnostic`]: the located problems both stages report.
 //! - [`saga`]: the pure core: events, state, `decide` and `evolve`.
-//! - [`store`]: the event store port; in-memory and SQLite adapters and
-//!   the conformance suite they pass.
+//! - [`store`]: the event store port; in-memory, SQLite, PostgreSQL and
+//!   EventStoreDB adapters and the conformance suite they pass.
 //! - [`runtime`]: runs instances: decide, append, evolve, then perform
 //!   effects (HTTP calls, worker tasks, timers); resumes on start.
 //! - [`projection`]: read models that follow the log (`saga_instances`).

@@ -5,8 +5,9 @@
 //! (optimistic concurrency); every event also gets a global position so
 //! followers (projections) can read everything in order from a checkpoint.
 //!
-//! Adapters: [`memory`] (tests), [`sqlite`] (the embedded default). The
-//! [`conformance`] suite runs against each.
+//! Adapters: [`memory`] (tests), [`sqlite`] (the embedded default),
+//! [`postgres`] (single-database deployments) and [`esdb`] (EventStoreDB, via
+//! the `kurrentdb` client). The [`conformance`] suite runs against each.
 
 pub mod conformance;
 pub mod esdb;
