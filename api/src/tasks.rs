@@ -270,3 +270,34 @@ impl TasksApi {
         Ok(HeartbeatResponse::Alive)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_holds_at_most_its_share_of_polls_and_gets_them_back() {
+        let slots = PollSlots::default();
+        let held: Vec<PollSlot> = (0..POLLS_PER_TOKEN)
+            .map(|_| slots.take("worker-a").unwrap_or_else(|_| panic!("a slot")))
+            .collect();
+        let Err(ApiError::TooManyRequests(p)) = slots.take("worker-a") else {
+            panic!("the cap did not hold")
+        };
+        assert_eq!(p.0.kind, "/problems/too-many-polls");
+        assert!(p.0.retryable);
+        assert!(
+            slots.take("worker-b").is_ok(),
+            "other tokens are not counted"
+        );
+        drop(held);
+        assert!(
+            slots.take("worker-a").is_ok(),
+            "ended polls give their places back"
+        );
+        assert!(
+            slots.0.lock().unwrap().is_empty(),
+            "nothing kept for idle tokens"
+        );
+    }
+}

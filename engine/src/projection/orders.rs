@@ -1,0 +1,155 @@
+//! The `orders` read model: one row per instance of the [`ORDER_WORKFLOW`],
+//! keyed by its input's `order_id`, with customer, amount, items and an
+//! order status that follows the steps `reserve`, `pay` and `ship`.
+//!
+//! It is the demo domain's knowledge (the workflow `order`, its steps), kept
+//! here: the generic projection only hands it each event ([`order_update`])
+//! and empties its table on a rebuild.
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::sql::{corrupt, Columns, Stmt};
+use super::{json_column, page_end, stmt, Cursor, Page, Projections};
+use crate::saga::{Event, Timestamp};
+use crate::store::StoreError;
+
+/// The workflow whose instances are orders.
+pub const ORDER_WORKFLOW: &str = "order";
+/// The order status each step's success brings.
+const ORDER_STEPS: [(&str, &str); 3] = [
+    ("reserve", "reserved"),
+    ("pay", "paid"),
+    ("ship", "shipped"),
+];
+
+/// A row of `orders`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderRow {
+    pub order_id: String,
+    pub instance_id: Uuid,
+    pub customer_id: String,
+    pub amount: f64,
+    pub items: serde_json::Value,
+    /// `pending`, `reserved`, `paid`, `shipped`, `compensated`, `failed` or `cancelled`.
+    pub status: String,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Projections {
+    /// An order by its id.
+    pub async fn order(&self, order_id: &str) -> Result<Option<OrderRow>, StoreError> {
+        let rows = self
+            .db
+            .fetch(
+                &format!("{ORDER_COLUMNS} WHERE order_id = $1"),
+                &[order_id.into()],
+                order_row,
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// A customer's orders, newest first, one page at a time.
+    pub async fn customer_orders(
+        &self,
+        customer_id: &str,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Page<OrderRow>, StoreError> {
+        let (sql, args) = match after {
+            None => (
+                format!("{ORDER_COLUMNS} WHERE customer_id = $1 ORDER BY created_at DESC, order_id DESC LIMIT $2"),
+                vec![customer_id.into(), (i64::from(limit) + 1).into()],
+            ),
+            Some(c) => (
+                format!(
+                    "{ORDER_COLUMNS} WHERE customer_id = $1 AND (created_at < $2 OR (created_at = $2 AND order_id < $3)) \
+                     ORDER BY created_at DESC, order_id DESC LIMIT $4"
+                ),
+                vec![
+                    customer_id.into(),
+                    (c.at as i64).into(),
+                    (&c.id).into(),
+                    (i64::from(limit) + 1).into(),
+                ],
+            ),
+        };
+        let mut items = self.db.fetch(&sql, &args, order_row).await?;
+        let next = page_end(&mut items, limit, |o| Cursor {
+            at: o.created_at.millis(),
+            id: o.order_id.clone(),
+        });
+        Ok(Page { items, next })
+    }
+}
+
+const ORDER_COLUMNS: &str = "SELECT order_id, instance_id, customer_id, amount, items, status, error, created_at, updated_at FROM orders";
+
+fn order_row(r: &dyn Columns) -> Result<OrderRow, StoreError> {
+    Ok(OrderRow {
+        order_id: r.text("order_id")?,
+        instance_id: Uuid::parse_str(&r.text("instance_id")?).map_err(corrupt)?,
+        customer_id: r.text("customer_id")?,
+        amount: r.real("amount")?,
+        items: json_column(r, "items")?,
+        status: r.text("status")?,
+        error: r.opt_text("error")?,
+        created_at: Timestamp(r.int("created_at")? as u64),
+        updated_at: Timestamp(r.int("updated_at")? as u64),
+    })
+}
+
+/// The `orders` row's share of an event of instance `id`.
+pub(super) fn order_update(stmts: &mut Vec<Stmt>, id: &str, pos: i64, event: &Event) {
+    let (status, error, at): (&str, Option<&str>, Timestamp) = match event {
+        Event::SagaStarted {
+            workflow,
+            input,
+            started_at,
+            ..
+        } if workflow == ORDER_WORKFLOW => {
+            let (Some(order_id), Some(customer_id), Some(amount)) = (
+                input["order_id"].as_str(),
+                input["customer_id"].as_str(),
+                input["amount"].as_f64(),
+            ) else {
+                return;
+            };
+            // the first instance of an order id keeps it
+            stmts.push(stmt(
+                "INSERT INTO orders (order_id, instance_id, customer_id, amount, items, status, created_at, updated_at, last_position) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7) ON CONFLICT DO NOTHING",
+                vec![
+                    order_id.into(),
+                    id.into(),
+                    customer_id.into(),
+                    amount.into(),
+                    input["items"].to_string().into(),
+                    (started_at.millis() as i64).into(),
+                    pos.into(),
+                ],
+            ));
+            return;
+        }
+        Event::StepSucceeded { name, at, .. } => {
+            match ORDER_STEPS.iter().find(|(step, _)| step == name) {
+                Some((_, status)) => (*status, None, *at),
+                None => return,
+            }
+        }
+        Event::StepFailed { error, at, .. } => ("", Some(error.as_str()), *at),
+        Event::SagaCompleted { at, .. } => ("shipped", None, *at),
+        Event::SagaCompensated { at } => ("compensated", None, *at),
+        Event::SagaFailed { reason, at } => ("failed", Some(reason.as_str()), *at),
+        Event::SagaCancelled { at } => ("cancelled", None, *at),
+        _ => return,
+    };
+    stmts.push(stmt(
+        "UPDATE orders SET status = CASE WHEN $1 = '' THEN status ELSE $1 END, error = COALESCE($2, error), \
+         updated_at = $3, last_position = $4 WHERE instance_id = $5 AND last_position < $4",
+        vec![status.into(), error.into(), (at.millis() as i64).into(), pos.into(), id.into()],
+    ));
+}
