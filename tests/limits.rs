@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{client_with, serve, WORKER_TOKEN};
 use reqwest::StatusCode;

@@ -412,7 +412,13 @@ fn describe(e: Exn<'_, Val>) -> String {
     match e.get_err() {
         // `error("text")` reads as the text, not as a JSON string
         Ok(err) => {
-            let text = err.to_string();
+            // The message may quote the value: one shared 2^50 times is cut, not written out.
+            use std::fmt::Write;
+            let mut text = Bounded(String::new(), ERROR_TEXT);
+            if write!(text, "{err}").is_err() {
+                return format!("{}…", text.0);
+            }
+            let text = text.0;
             serde_json::from_str::<String>(&text).unwrap_or(text)
         }
         Err(_) => "the expression stopped without a value".into(),
@@ -439,12 +445,21 @@ fn to_json(value: &Val, limit: usize) -> Result<Value, EvalError> {
         .map_err(|e| EvalError::Failed(format!("the result is not JSON: {e}")))
 }
 
-/// Text that refuses to grow past its limit, so a huge result is never written out whole.
+/// The longest error message kept from an evaluation.
+const ERROR_TEXT: usize = 1024;
+
+/// Text that refuses to grow past its limit, so a huge result is never
+/// written out whole (it keeps what fitted, up to a character boundary).
 struct Bounded(String, usize);
 
 impl std::fmt::Write for Bounded {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         if self.0.len() + s.len() > self.1 {
+            let mut room = self.1 - self.0.len();
+            while !s.is_char_boundary(room) {
+                room -= 1;
+            }
+            self.0.push_str(&s[..room]);
             return Err(std::fmt::Error);
         }
         self.0.push_str(s);

@@ -110,6 +110,17 @@ fn errors_and_halts_are_values_not_exits() {
 }
 
 #[test]
+fn an_error_quoting_a_huge_value_is_cut_not_written_out() {
+    // `.input` of an array names the array in its message: 2^50 leaves, shared
+    let Err(EvalError::Failed(text)) = run("reduce range(50) as $i (.; [., .]) | .input", json!(1))
+    else {
+        panic!("expected a failure")
+    };
+    assert!(text.len() <= ERROR_TEXT + '…'.len_utf8(), "{}", text.len());
+    assert!(text.ends_with('…'), "{text}");
+}
+
+#[test]
 fn a_budget_is_per_evaluation() {
     let c = Compiled::new("[range(10)] | length").unwrap();
     let tight = Budget {
