@@ -181,6 +181,49 @@ async fn publishing_is_recorded_and_versions_are_immutable() {
     assert_eq!(again.workflow("trip", Some(1)).unwrap().machine.version, 1);
 }
 
+#[tokio::test]
+async fn a_restart_without_read_models_resumes_from_the_log() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let first = runtime(store.clone(), None).await;
+    first.publish(TRIP).await.unwrap();
+    let mut ids = Vec::new();
+    for trip in ["t-a", "t-b", "t-c"] {
+        let started = first
+            .start("trip", None, json!({"trip_id": trip}), None)
+            .await
+            .unwrap();
+        ids.push(started.id);
+    }
+    // one ends (compensated after a business failure), two stay in flight
+    let task = take(&first, "flights").await;
+    first
+        .fail_task(&task.id, "no seats".into(), false)
+        .await
+        .unwrap();
+    let ended = task.instance;
+    first.shutdown(Duration::from_secs(1)).await;
+    drop(first);
+
+    let mut unfinished = executor::unfinished_in_store(store.as_ref()).await.unwrap();
+    unfinished.sort();
+    let mut expected: Vec<Uuid> = ids.iter().copied().filter(|id| *id != ended).collect();
+    expected.sort();
+    assert_eq!(unfinished, expected);
+
+    let second = runtime(store, None).await;
+    assert_eq!(
+        second.live_instances(),
+        2,
+        "both unfinished sagas are resumed"
+    );
+    let mut offered = vec![
+        take(&second, "flights").await.instance,
+        take(&second, "flights").await.instance,
+    ];
+    offered.sort();
+    assert_eq!(offered, expected, "their attempts are offered again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_and_reoffers_the_same_task() {
     let dir = std::env::temp_dir().join(format!("sagaflow-rt-{}", std::process::id()));

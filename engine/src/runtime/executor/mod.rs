@@ -1,0 +1,450 @@
+//! The executor: the only code that calls `decide` and appends a saga's events.
+//!
+//! For each input it takes the instance's lock, asks [`decide`](crate::saga::decide)
+//! what happens, appends the events with the expected revision (a conflict
+//! means reload and decide again), folds them into the in-memory state, and
+//! only then performs the actions: HTTP calls, tasks for workers, timers.
+//! Live instances stay in memory until they end; no stream is re-read per step.
+
+mod resume;
+
+#[cfg(test)]
+pub(crate) use resume::unfinished_in_store;
+
+use super::*;
+
+/// An instance that has not ended, held in memory.
+pub(crate) struct Live {
+    pub(crate) id: Uuid,
+    pub(crate) key: String,
+    pub(crate) stream: String,
+    pub(crate) published: Arc<Published>,
+    pub(crate) state: tokio::sync::Mutex<SagaState>,
+    pub(crate) ended: watch::Sender<bool>,
+    /// The attempts this process has performed, so an attempt learnt again
+    /// from the log (written by another replica) is not performed twice.
+    pub(crate) performed: Mutex<HashSet<(usize, u32, Phase)>>,
+}
+
+impl Live {
+    pub(crate) fn new(id: Uuid, published: Arc<Published>, st: SagaState) -> Self {
+        let ended = st.is_terminal();
+        Self {
+            id,
+            key: id.to_string(),
+            stream: format!("saga-{id}"),
+            published,
+            state: tokio::sync::Mutex::new(st),
+            ended: watch::channel(ended).0,
+            performed: Mutex::default(),
+        }
+    }
+
+    /// True the first time an attempt is seen.
+    pub(crate) fn first_performance(&self, step: usize, attempt: u32, phase: Phase) -> bool {
+        self.performed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((step, attempt, phase))
+    }
+}
+
+impl Runtime {
+    pub(crate) fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Live>>> {
+        self.0
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) async fn read_events(&self, id: Uuid) -> Result<Vec<saga::Event>, RuntimeError> {
+        let recorded = self.0.store.read_stream(&format!("saga-{id}"), 0).await?;
+        recorded
+            .iter()
+            .map(|r| r.to_event().map_err(RuntimeError::from))
+            .collect()
+    }
+
+    /// The live instance, loaded from the store if it is not in memory.
+    pub(crate) async fn live(&self, id: Uuid) -> Result<Arc<Live>, RuntimeError> {
+        let known = self.lock_live().get(&id).cloned();
+        if let Some(l) = known {
+            return Ok(l);
+        }
+        let events = self.read_events(id).await?;
+        if events.is_empty() {
+            return Err(RuntimeError::UnknownInstance(id));
+        }
+        let st = fold(&events);
+        let published = self.0.registry.get(&st.workflow, Some(st.version))?;
+        if published.machine.hash != st.definition_hash {
+            return Err(RuntimeError::Corrupt(format!(
+                "instance {id} ran {} v{} with hash {}, the catalogue has {}",
+                st.workflow, st.version, st.definition_hash, published.machine.hash
+            )));
+        }
+        let terminal = st.is_terminal();
+        let live = Arc::new(Live::new(id, published, st));
+        if terminal || !self.drives(id) {
+            // Not kept: another replica drives it, or it has ended.
+            return Ok(live);
+        }
+        Ok(self.lock_live().entry(id).or_insert(live).clone())
+    }
+
+    /// Decides and records what `input` does to instance `id`, then performs
+    /// the actions; true if anything changed.
+    pub(crate) async fn apply(&self, id: Uuid, input: Input) -> Result<bool, RuntimeError> {
+        let input = self.redacted(input);
+        let live = self.live(id).await?;
+        for _ in 0..CONFLICT_ROUNDS {
+            let mut st = live.state.lock().await;
+            let machine = &live.published.machine;
+            let now = self.now();
+            // A panic deciding for one saga fails that saga, not the server.
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decide_to(machine, &live.key, &st, input.clone(), now)
+            }));
+            let (d, next) = match decided {
+                Ok(d) => d?,
+                Err(panic) => {
+                    let reason = fault("deciding", &panic);
+                    tracing::error!(instance_id = %id, %reason, "the saga is failed by a fault");
+                    decide_to(machine, &live.key, &st, Input::Fault { reason }, now)?
+                }
+            };
+            if d.events.is_empty() {
+                return Ok(false);
+            }
+            let new: Vec<NewEvent> = d.events.iter().map(NewEvent::from).collect();
+            match self.noted(
+                self.0
+                    .store
+                    .append(&live.stream, Expected::after(st.events), new)
+                    .await,
+            ) {
+                Ok(a) => {
+                    self.wrote(id, a.revision);
+                    crate::telemetry::observe(&live.published.machine.name, &st, &d.events);
+                    let revived = st.is_terminal() && !next.is_terminal();
+                    *st = next;
+                    if revived && self.drives(id) {
+                        // a retried instance is live again
+                        live.ended.send_replace(false);
+                        self.lock_live().insert(id, live.clone());
+                    }
+                    self.perform(&live, &st, d.actions);
+                    return Ok(true);
+                }
+                Err(e) if e.is_conflict() => {
+                    tracing::debug!(instance_id = %id, "another writer moved the stream; reloading");
+                    self.take_in(&live, &mut st).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RuntimeError::Store(crate::store::StoreError::Unavailable(
+            format!("instance {id}: the stream kept moving under us"),
+        )))
+    }
+
+    /// Feeds an outcome back, retrying while the store is unavailable.
+    pub(crate) async fn feed(&self, id: Uuid, input: Input) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.apply(id, input.clone()).await {
+                Ok(_) => return,
+                Err(e) if e.is_transient() && !self.0.stop.is_cancelled() => {
+                    tracing::warn!(instance_id = %id, error = %e, "could not record an outcome; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(instance_id = %id, error = %e, "dropped an outcome; it is re-issued when the instance resumes");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Carries out actions whose events are durable. Called with the instance's lock held.
+    /// Only the replica driving the instance acts; others have recorded the events only.
+    /// Carries out `actions`. A panic while doing so (rendering, offering,
+    /// arming) fails this saga, from a task of its own, and nothing else.
+    pub(crate) fn perform(&self, live: &Arc<Live>, st: &SagaState, actions: Vec<Action>) {
+        let performed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.perform_unguarded(live, st, actions)
+        }));
+        if let Err(panic) = performed {
+            self.fail_by_fault(live.id, fault("performing", &panic));
+        }
+    }
+
+    /// Fault injection, for tests of isolation: the next `n` performs panic
+    /// as a bug in rendering or offering would.
+    pub fn panic_next_performs(&self, n: u32) {
+        self.0
+            .perform_faults
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn perform_unguarded(&self, live: &Arc<Live>, st: &SagaState, actions: Vec<Action>) {
+        let faults = &self.0.perform_faults;
+        if faults.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && faults
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+        {
+            panic!("injected fault");
+        }
+        if !self.drives(live.id) {
+            return;
+        }
+        self.0
+            .timers
+            .set(live.id, st.timers.iter().map(|(id, t)| (id.clone(), t.due)));
+        let machine = &live.published.machine;
+        // A task lives as long as its attempt: any other of this instance has ended.
+        let current_task = st.in_flight.and_then(|f| {
+            let s = machine.steps.get(f.step)?;
+            let action = match f.phase {
+                Phase::Forward => Some(&s.action),
+                Phase::Compensation => s.compensation.as_ref(),
+            };
+            matches!(action, Some(StepAction::Task(_))).then(|| task_id(live.id, s, f))
+        });
+        self.0.tasks.withdraw(live.id, current_task.as_deref());
+        for action in actions {
+            match action {
+                Action::Perform {
+                    step,
+                    attempt,
+                    phase,
+                } => self.perform_attempt(live, machine, st, step, attempt, phase),
+                // The timer set mirrors the state's pending timers, set below.
+                Action::ArmTimer { .. } => {}
+                Action::Finished => {
+                    self.lock_live().remove(&live.id);
+                    self.0.tasks.withdraw(live.id, None);
+                    live.ended.send_replace(true);
+                    tracing::debug!(instance_id = %live.id, status = st.status(), "saga ended");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn perform_attempt(
+        &self,
+        live: &Arc<Live>,
+        machine: &Machine,
+        st: &SagaState,
+        step: usize,
+        attempt: u32,
+        phase: Phase,
+    ) {
+        if !live.first_performance(step, attempt, phase) {
+            return;
+        }
+        let s = &machine.steps[step];
+        let action = match phase {
+            Phase::Forward => &s.action,
+            Phase::Compensation => match &s.compensation {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let key = s.effect_key(&live.key, phase == Phase::Compensation, attempt);
+        let id = live.id;
+        let ctx = match action {
+            StepAction::Wait(_) => return,
+            _ => Context::owned(context(machine, &live.key, st)),
+        };
+        // Outcomes are fed back from a task of their own: the caller holds the instance's lock.
+        let report = |outcome: http::Outcome| {
+            let rt = self.clone();
+            self.0.tracker.spawn(async move {
+                rt.feed(id, outcome_input(step, attempt, phase, outcome))
+                    .await
+            });
+        };
+        let template_failed = |e: crate::dsl::template::TemplateError| {
+            http::Outcome::Failed(FailureKind::Business, format!("template: {e}"))
+        };
+        // Everything logged while the attempt runs carries its instance, step and attempt.
+        let span = tracing::info_span!("attempt", instance_id = %id, workflow = %machine.name, step = %s.name, attempt, phase = ?phase);
+        tracing::debug!(parent: &span, "performing");
+        match action {
+            StepAction::Http(call) => {
+                let timeout = s.timeout.unwrap_or(self.0.config.default_http_timeout);
+                let rt = self.clone();
+                match http::render(call, &ctx, timeout, key, attempt) {
+                    Ok(req) => {
+                        let client = self.0.http.clone();
+                        let attempt_span = span.clone();
+                        self.0.tracker.spawn(tracing::Instrument::instrument(
+                            async move {
+                                let outcome = http::execute(&client, req).await;
+                                if let http::Outcome::Failed(kind, error) = &outcome {
+                                    let error = rt.0.config.secrets.redact(error);
+                                    tracing::info!(?kind, %error, "attempt failed");
+                                }
+                                rt.feed(id, outcome_input(step, attempt, phase, outcome))
+                                    .await;
+                            },
+                            attempt_span,
+                        ));
+                    }
+                    Err(outcome) => report(outcome),
+                }
+            }
+            StepAction::Task(call) => {
+                let input = match &call.input {
+                    Some(t) => t.render(&ctx),
+                    None => Ok(st.input.clone()),
+                };
+                let input = match input {
+                    Ok(v) => v,
+                    Err(e) => return report(template_failed(e)),
+                };
+                // (`perform` has withdrawn every other task of the instance)
+                self.0.tasks.offer(Task {
+                    id: task_id(
+                        id,
+                        s,
+                        saga::InFlight {
+                            step,
+                            attempt,
+                            phase,
+                        },
+                    ),
+                    idempotency_key: key,
+                    queue: call.queue.clone(),
+                    instance: id,
+                    workflow: machine.name.clone(),
+                    step: s.name.clone(),
+                    step_index: step,
+                    attempt,
+                    phase,
+                    input,
+                    heartbeat_seconds: call.heartbeat.map(|h| h.as_secs()),
+                });
+            }
+            StepAction::Wait(_) => {}
+        }
+    }
+
+    /// Fails a saga whose actions could not be performed, from a task of its own.
+    pub(crate) fn fail_by_fault(&self, id: Uuid, reason: String) {
+        tracing::error!(instance_id = %id, %reason, "the saga is failed by a fault");
+        let rt = self.clone();
+        self.0.tracker.spawn(async move {
+            rt.feed(id, Input::Fault { reason }).await;
+        });
+    }
+
+    /// Remembers whether the store took the last append (a conflict is an answer, not a refusal).
+    pub(crate) fn noted<T>(
+        &self,
+        r: Result<T, crate::store::StoreError>,
+    ) -> Result<T, crate::store::StoreError> {
+        let failure = match &r {
+            Err(e) if !e.is_conflict() => Some((std::time::Instant::now(), e.to_string())),
+            _ => None,
+        };
+        *self
+            .0
+            .write_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+        r
+    }
+
+    /// Folds an instance's stream again (another writer moved it) and acts on
+    /// what it now says: forgets it if it ended, else performs what is in
+    /// flight (attempts this process already performed are skipped).
+    pub(crate) async fn take_in(
+        &self,
+        live: &Arc<Live>,
+        st: &mut SagaState,
+    ) -> Result<(), RuntimeError> {
+        *st = fold(&self.read_events(live.id).await?);
+        if st.is_terminal() {
+            if self.lock_live().remove(&live.id).is_some() {
+                self.0.timers.set(live.id, []);
+                self.0.tasks.withdraw(live.id, None);
+            }
+            live.ended.send_replace(true);
+        } else {
+            self.perform(live, st, saga::resume(st));
+        }
+        Ok(())
+    }
+
+    /// A failure's text with the server's secrets masked: it becomes an event.
+    pub(crate) fn redacted(&self, input: Input) -> Input {
+        match input {
+            Input::Failed {
+                step,
+                attempt,
+                phase,
+                kind,
+                error,
+            } => Input::Failed {
+                step,
+                attempt,
+                phase,
+                kind,
+                error: self.0.config.secrets.redact(&error).into_owned(),
+            },
+            other => other,
+        }
+    }
+}
+
+/// The handle of a task for attempt `f` of step `s`.
+pub(crate) fn task_id(instance: Uuid, s: &crate::compile::Step, f: saga::InFlight) -> String {
+    TaskId {
+        instance,
+        step: s.name.clone(),
+        phase: f.phase,
+        attempt: f.attempt,
+    }
+    .to_string()
+}
+
+/// Why a saga was failed by a panic, for its `SagaFailed` event.
+pub(crate) fn fault(doing: &str, panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("internal error while {doing}: {what}")
+}
+
+pub(crate) fn outcome_input(
+    step: usize,
+    attempt: u32,
+    phase: Phase,
+    outcome: http::Outcome,
+) -> Input {
+    match outcome {
+        http::Outcome::Succeeded(output) => Input::Succeeded {
+            step,
+            attempt,
+            phase,
+            output,
+        },
+        http::Outcome::Failed(kind, error) => Input::Failed {
+            step,
+            attempt,
+            phase,
+            kind,
+            error,
+        },
+    }
+}
