@@ -29,4 +29,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests"
-cargo nextest run --workspace --locked --no-fail-fast
+cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(simulation)'
+
+# The deterministic simulation prints how many seeds it ran and what it injected.
+echo "== simulation"
+cargo nextest run -p sagaflow-engine --test simulation --locked --no-capture

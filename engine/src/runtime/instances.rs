@@ -79,13 +79,23 @@ impl Runtime {
             Ok(a) => self.wrote(id, a.revision),
             Err(e) if e.is_conflict() && idempotency_key.is_some() => {
                 let existing = self.get(id).await?;
-                return if existing.input == input && existing.workflow == workflow {
-                    Ok(Started { id, created: false })
-                } else {
-                    Err(RuntimeError::IdempotencyMismatch(id))
-                };
+                if existing.input != input || existing.workflow != workflow {
+                    return Err(RuntimeError::IdempotencyMismatch(id));
+                }
+                // The first request may have recorded the start and never heard
+                // back: then nothing drives the instance yet.
+                if self.drives(id) && !self.lock_live().contains_key(&id) {
+                    self.catch_up(id).await?;
+                }
+                return Ok(Started { id, created: false });
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if e.is_transient() {
+                    // it may have been recorded with its answer lost
+                    self.catch_up_later(id);
+                }
+                return Err(e.into());
+            }
         }
         tracing::debug!(instance_id = %id, workflow, "saga started");
         crate::telemetry::saga_started(workflow);

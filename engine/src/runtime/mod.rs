@@ -106,7 +106,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     registry: Registry,
     live: Mutex<HashMap<Uuid, Arc<executor::Live>>>,
-    http: reqwest::Client,
+    /// Built on the first `http` step: loading the system's root
+    /// certificates costs milliseconds a runtime without HTTP steps need not pay.
+    http: std::sync::OnceLock<reqwest::Client>,
     tasks: TaskQueues,
     timers: Timers,
     config: RuntimeConfig,
@@ -122,6 +124,8 @@ struct Inner {
     written: Mutex<HashMap<Uuid, u64>>,
     /// The last append's failure and when it happened, until an append succeeds again.
     write_failure: Mutex<Option<(std::time::Instant, String)>>,
+    /// Instances with a catch-up task (after an append of unknown outcome).
+    catching_up: Mutex<HashSet<Uuid>>,
     /// Fault injection: this many of the next performs panic.
     perform_faults: std::sync::atomic::AtomicU32,
 }
@@ -138,17 +142,14 @@ impl Runtime {
         let cluster = config.cluster.clone().map(cluster::Cluster::new);
         let loaded = registry.load(store.as_ref()).await?;
         tracing::info!(versions = loaded, "workflows loaded from the store");
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .map_err(|e| RuntimeError::Corrupt(format!("HTTP client: {e}")))?;
+
         Ok(Self(Arc::new(Inner {
             store,
             projections,
             clock,
             registry,
             live: Mutex::default(),
-            http,
+            http: std::sync::OnceLock::new(),
             tasks: TaskQueues::default(),
             timers: Timers::default(),
             config,
@@ -159,6 +160,7 @@ impl Runtime {
             stream_events: tokio::sync::broadcast::channel(256).0,
             written: Mutex::default(),
             write_failure: Mutex::default(),
+            catching_up: Mutex::default(),
             perform_faults: Default::default(),
         })))
     }

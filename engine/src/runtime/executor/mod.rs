@@ -140,12 +140,88 @@ impl Runtime {
                     tracing::debug!(instance_id = %id, "another writer moved the stream; reloading");
                     self.take_in(&live, &mut st).await?;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    if e.is_transient() {
+                        // The append may have been recorded with its answer lost.
+                        self.catch_up_later(id);
+                    }
+                    return Err(e.into());
+                }
             }
         }
         Err(RuntimeError::Store(crate::store::StoreError::Unavailable(
             format!("instance {id}: the stream kept moving under us"),
         )))
+    }
+
+    /// Brings an instance in memory in line with its stream and performs what
+    /// it asks that this process has not performed (attempts performed before
+    /// are skipped): after an append whose answer was lost, or a start
+    /// recorded by a request that never heard back.
+    pub(crate) async fn catch_up(&self, id: Uuid) -> Result<(), RuntimeError> {
+        let known = self.lock_live().get(&id).cloned();
+        let Some(live) = known else {
+            let live = self.live(id).await?;
+            let st = live.state.lock().await;
+            if !st.is_terminal() && self.drives(id) {
+                self.perform(&live, &st, saga::resume(&st));
+            }
+            return Ok(());
+        };
+        let mut st = live.state.lock().await;
+        self.take_in(&live, &mut st).await
+    }
+
+    /// [`catch_up`](Self::catch_up) from a task of its own, retried while the
+    /// store is unavailable (one such task per instance at a time).
+    pub(crate) fn catch_up_later(&self, id: Uuid) {
+        let first = self
+            .0
+            .catching_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id);
+        if !first {
+            return;
+        }
+        let rt = self.clone();
+        self.0.tracker.spawn(async move {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                tokio::select! {
+                    () = rt.0.stop.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match rt.catch_up(id).await {
+                    Err(e) if e.is_transient() => {
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(RuntimeError::UnknownInstance(_)) | Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(instance_id = %id, error = %e, "could not catch up with the stream");
+                        break;
+                    }
+                }
+            }
+            rt.0.catching_up
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+        });
+    }
+
+    /// The HTTP client of `http` steps, built on first use.
+    fn http_client(&self) -> Result<reqwest::Client, http::Outcome> {
+        if let Some(c) = self.0.http.get() {
+            return Ok(c.clone());
+        }
+        let built = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| {
+                http::Outcome::Failed(FailureKind::Transient, format!("HTTP client: {e}"))
+            })?;
+        Ok(self.0.http.get_or_init(|| built).clone())
     }
 
     /// Feeds an outcome back, retrying while the store is unavailable.
@@ -283,7 +359,10 @@ impl Runtime {
                 let rt = self.clone();
                 match http::render(call, &ctx, timeout, key, attempt) {
                     Ok(req) => {
-                        let client = self.0.http.clone();
+                        let client = match self.http_client() {
+                            Ok(c) => c,
+                            Err(e) => return report(e),
+                        };
                         let attempt_span = span.clone();
                         self.0.tracker.spawn(tracing::Instrument::instrument(
                             async move {

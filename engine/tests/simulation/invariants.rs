@@ -1,0 +1,183 @@
+//! What must hold after every simulated run, per acknowledged instance.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sagaflow_engine::runtime::Runtime;
+use sagaflow_engine::saga::{Event, Phase};
+use uuid::Uuid;
+
+use crate::workflows::Generated;
+use crate::world::{Delivery, Downstream};
+
+const ENDINGS: [&str; 4] = [
+    "SagaCompleted",
+    "SagaCompensated",
+    "SagaFailed",
+    "SagaCancelled",
+];
+
+/// Checks one instance once the run has calmed down; the first broken invariant.
+pub async fn check(
+    rt: &Runtime,
+    id: Uuid,
+    wf: &Generated,
+    downstream: &Downstream,
+) -> Result<(), String> {
+    let view = rt.get(id).await.map_err(|e| format!("reading it: {e}"))?;
+    // every acknowledged instance ends
+    if view.finished_at.is_none() {
+        return Err(format!(
+            "did not end: {} at {:?}",
+            view.status, view.current_step
+        ));
+    }
+    let history = rt
+        .history(id, 0)
+        .await
+        .map_err(|e| format!("its history: {e}"))?;
+    // gap-free, one start, one end (one more per operator retry)
+    for (i, e) in history.iter().enumerate() {
+        if e.revision != i as u64 {
+            return Err(format!(
+                "history has a gap: revision {} at index {i}",
+                e.revision
+            ));
+        }
+    }
+    let types: Vec<&str> = history.iter().map(|e| e.event_type.as_str()).collect();
+    if types.first() != Some(&"SagaStarted")
+        || types.iter().filter(|t| **t == "SagaStarted").count() != 1
+    {
+        return Err(format!("not exactly one start, first: {types:?}"));
+    }
+    let endings = types.iter().filter(|t| ENDINGS.contains(t)).count();
+    let retried = types.iter().filter(|t| **t == "SagaRetried").count();
+    if endings != retried + 1 || !types.last().is_some_and(|t| ENDINGS.contains(t)) {
+        return Err(format!(
+            "{endings} endings after {retried} retries, last {:?}",
+            types.last()
+        ));
+    }
+    let events: Vec<Event> = history
+        .iter()
+        .map(|r| r.to_event().map_err(|e| format!("undecodable event: {e}")))
+        .collect::<Result<_, _>>()?;
+    // state_at(N) is the fold of the first N events
+    let last = history.len() as u64 - 1;
+    let at_end = rt
+        .state_at(id, last)
+        .await
+        .map_err(|e| format!("state_at: {e}"))?;
+    if at_end.status != view.status || at_end.events != history.len() as u64 {
+        return Err(format!(
+            "state_at({last}) is {} with {} events, the instance {}",
+            at_end.status, at_end.events, view.status
+        ));
+    }
+    let mid = last / 2;
+    let at_mid = rt
+        .state_at(id, mid)
+        .await
+        .map_err(|e| format!("state_at: {e}"))?;
+    if at_mid.events != mid + 1 {
+        return Err(format!("state_at({mid}) folded {} events", at_mid.events));
+    }
+    let mut compensated: BTreeMap<usize, usize> = BTreeMap::new();
+    for e in &events {
+        if let Event::StepCompensated { step, .. } = e {
+            *compensated.entry(*step).or_default() += 1;
+        }
+    }
+    if let Some((step, n)) = compensated.iter().find(|(_, n)| **n > 1) {
+        return Err(format!("step {step} compensated {n} times"));
+    }
+
+    let mine: Vec<&Delivery> = downstream
+        .deliveries
+        .iter()
+        .filter(|d| d.instance == id)
+        .collect();
+    // one key per effect, the same on every delivery, different between effects
+    let mut keys: HashMap<(usize, Phase), &str> = HashMap::new();
+    for d in &mine {
+        let k = keys.entry((d.step, d.phase)).or_insert(&d.key);
+        if *k != d.key {
+            return Err(format!(
+                "step {} {:?} delivered with keys {k} and {}",
+                d.step, d.phase, d.key
+            ));
+        }
+    }
+    let mut seen: HashMap<&str, (usize, Phase)> = HashMap::new();
+    for (effect, key) in &keys {
+        if let Some(other) = seen.insert(key, *effect) {
+            return Err(format!(
+                "effects {other:?} and {effect:?} share the key {key}"
+            ));
+        }
+    }
+    // nothing of a step after its compensation began; compensations newest first
+    let mut compensation_order = Vec::new();
+    for (i, d) in mine.iter().enumerate() {
+        match d.phase {
+            Phase::Forward => {
+                if mine[..i]
+                    .iter()
+                    .any(|p| p.step == d.step && p.phase == Phase::Compensation)
+                {
+                    return Err(format!(
+                        "step {} attempt {} handed out after its compensation",
+                        d.step, d.attempt
+                    ));
+                }
+            }
+            Phase::Compensation => {
+                if !compensation_order.contains(&d.step) {
+                    compensation_order.push(d.step);
+                }
+            }
+        }
+        if d.while_paused {
+            return Err(format!(
+                "step {} attempt {} {:?} handed out while paused",
+                d.step, d.attempt, d.phase
+            ));
+        }
+    }
+    if compensation_order.windows(2).any(|w| w[0] <= w[1]) {
+        return Err(format!(
+            "compensations out of order: {compensation_order:?}"
+        ));
+    }
+    let done =
+        |step: usize, phase: Phase| keys.get(&(step, phase)).is_some_and(|k| downstream.done(k));
+    // the end its effects' answers imply
+    match view.status {
+        "completed" => {
+            for (step, wait) in wf.waits.iter().enumerate() {
+                if wait.is_none() && !done(step, Phase::Forward) {
+                    return Err(format!(
+                        "completed, but step {step}'s effect never took place"
+                    ));
+                }
+            }
+            if !compensation_order.is_empty() {
+                return Err(format!(
+                    "completed, yet compensations ran: {compensation_order:?}"
+                ));
+            }
+        }
+        "compensated" | "cancelled" => {
+            for (step, can) in wf.compensable.iter().enumerate() {
+                if *can && done(step, Phase::Forward) && !done(step, Phase::Compensation) {
+                    return Err(format!(
+                        "{}, but step {step}'s effect stands uncompensated",
+                        view.status
+                    ));
+                }
+            }
+        }
+        _ => {} // failed: it waits for an operator
+    }
+    Ok(())
+}
