@@ -46,6 +46,11 @@ fn a_hostile_expression_costs_only_its_own_evaluation() {
             "reduce range(60) as $i (1; [., .]) | tostring",
             &[Exceeded::Memory, Exceeded::Time],
         ),
+        // `catch` turns the error into text first, and that text quotes the value
+        (
+            "reduce range(60) as $i (1; [., .]) | try .a catch \"caught\"",
+            &[Exceeded::Memory, Exceeded::Time],
+        ),
         ("last(range(.n))", &[Exceeded::Fuel]),
         ("def f: f; f", &[Exceeded::Fuel]),
         ("def f: 1 + f; f", &[Exceeded::Depth]),
