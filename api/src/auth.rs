@@ -12,13 +12,12 @@ use std::sync::{Arc, RwLock};
 
 use poem::Request;
 use poem_openapi::auth::Bearer;
-use poem_openapi::payload::Json;
 use poem_openapi::SecurityScheme;
 use sagaflow_engine::saga::Timestamp;
 use sagaflow_engine::store::{EventStore, Expected, NewEvent, RecordedEvent, StoreError};
 use sha2::{Digest, Sha256};
 
-use crate::problem::{problem, ApiError};
+use crate::problem::ApiError;
 use crate::token_events::{TokenEvent, TokenIssued, TokenRevoked, TOKEN_SCHEMA_VERSION};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,25 +328,12 @@ impl Tokens {
 pub struct Auth(pub Caller);
 
 async fn check(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
-    let tokens = req.data::<Arc<Tokens>>().ok_or_else(|| {
-        poem::Error::from(ApiError::from_problem(problem(
-            500,
-            "internal",
-            "Internal error",
-            "no token store",
-            false,
-        )))
-    })?;
-    tokens.caller(&bearer.token).ok_or_else(|| {
-        ApiError::from_problem(problem(
-            401,
-            "unauthorized",
-            "Unauthorized",
-            "the bearer token is not valid",
-            false,
-        ))
-        .into()
-    })
+    let tokens = req
+        .data::<Arc<Tokens>>()
+        .ok_or_else(|| poem::Error::from(ApiError::internal("no token store")))?;
+    tokens
+        .caller(&bearer.token)
+        .ok_or_else(|| ApiError::unauthorized().into())
 }
 
 impl Auth {
@@ -357,22 +343,18 @@ impl Auth {
             return Ok(());
         }
         let detail = format!("the {} role may not do this ({need:?})", self.0.role.name());
-        Err(forbidden(detail))
+        Err(ApiError::forbidden(detail))
     }
 
     /// Refuses (403) a worker whose token does not serve `queue`.
     pub fn require_queue(&self, queue: &str) -> Result<(), ApiError> {
         match &self.0.queues {
-            Some(qs) if !qs.iter().any(|q| q == queue) => Err(forbidden(format!(
+            Some(qs) if !qs.iter().any(|q| q == queue) => Err(ApiError::forbidden(format!(
                 "this token serves the queues {qs:?}, not `{queue}`"
             ))),
             _ => Ok(()),
         }
     }
-}
-
-fn forbidden(detail: String) -> ApiError {
-    ApiError::Forbidden(Json(problem(403, "forbidden", "Forbidden", detail, false)))
 }
 
 #[cfg(test)]

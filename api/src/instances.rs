@@ -11,7 +11,7 @@ use sagaflow_engine::saga::{Timestamp, MAX_DURATION};
 use uuid::Uuid;
 
 use crate::auth::{Auth, Need};
-use crate::problem::{problem, ApiError};
+use crate::problem::ApiError;
 use crate::Tag;
 
 /// The longest a request may wait for an instance to end.
@@ -527,17 +527,7 @@ impl InstancesApi {
                 old_due
                     .checked_plus(d)
                     .filter(|_| d <= MAX_DURATION)
-                    .ok_or_else(|| {
-                        ApiError::from_problem(problem(
-                            422,
-                            "duration-too-long",
-                            "Duration too long",
-                            format!(
-                                "extend_by `{by}` is longer than the longest allowed, 100 years"
-                            ),
-                            false,
-                        ))
-                    })?
+                    .ok_or_else(|| ApiError::duration_too_long(&format!("extend_by `{by}`")))?
             }
             (None, None, true) => self.rt.now(),
             _ => {

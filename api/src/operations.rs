@@ -5,7 +5,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::runtime::Runtime;
 
 use crate::auth::{Auth, Need};
-use crate::problem::{problem, ApiError};
+use crate::problem::ApiError;
 use crate::Tag;
 
 #[derive(Object)]
@@ -87,15 +87,8 @@ impl OperationsApi {
     /// models keep up (they are migrated before the server listens).
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> ReadyResponse {
-        let not_ready = |detail: String| {
-            ReadyResponse::NotReady(Json(crate::problem::problem(
-                503,
-                "not-ready",
-                "Not ready",
-                detail,
-                true,
-            )))
-        };
+        let not_ready =
+            |detail: String| ReadyResponse::NotReady(Json(crate::problem::not_ready(detail)));
         if let Err(e) = self.rt.store_reachable().await {
             return not_ready(format!("the event store does not answer: {e}"));
         }
@@ -125,13 +118,7 @@ impl OperationsApi {
     async fn metrics(&self, auth: Auth) -> Result<MetricsResponse, ApiError> {
         auth.require(Need::Observe)?;
         let Some(handle) = &self.metrics else {
-            return Err(ApiError::from_problem(problem(
-                404,
-                "metrics-off",
-                "No metrics",
-                "this server was started without a metrics recorder",
-                false,
-            )));
+            return Err(ApiError::metrics_off());
         };
         use sagaflow_engine::telemetry as t;
         if let Some(lag) = self.rt.read_model_lag() {

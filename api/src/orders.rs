@@ -10,7 +10,7 @@ use sagaflow_engine::projection::{Cursor, OrderRow, ORDER_WORKFLOW};
 use sagaflow_engine::runtime::{Runtime, RuntimeError};
 
 use crate::auth::{Auth, Need};
-use crate::problem::{problem, ApiError};
+use crate::problem::ApiError;
 use crate::Tag;
 
 /// How long a request that asks for its own writes waits for the read models.
@@ -131,13 +131,7 @@ pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<Option<Cursor>, ApiEr
 pub(crate) async fn read_your_writes(rt: &Runtime, wanted: bool) -> Result<(), ApiError> {
     {
         if wanted && !rt.catch_up_read_models(CONSISTENCY_WAIT).await? {
-            return Err(ApiError::from_problem(problem(
-                503,
-                "read-model-behind",
-                "Read model behind",
-                "the read models did not catch up in time; retry",
-                true,
-            )));
+            return Err(ApiError::read_model_behind());
         }
         Ok(())
     }
@@ -167,18 +161,7 @@ impl OrdersApi {
             "amount": order.amount,
         });
         let location = format!("/orders/{}", order.order_id);
-        let taken = || {
-            ApiError::from_problem(problem(
-                409,
-                "order-exists",
-                "Order id taken",
-                format!(
-                    "order `{}` exists with other content; use another order id",
-                    order.order_id
-                ),
-                false,
-            ))
-        };
+        let taken = || ApiError::order_exists(&order.order_id);
         // An order id in use by any instance (whatever started it) is not started again.
         read_your_writes(&self.rt, true).await?;
         if let Some(row) = self.rt.order(&order.order_id).await? {
@@ -231,13 +214,7 @@ impl OrdersApi {
         read_your_writes(&self.rt, consistent.0).await?;
         match self.rt.order(&order_id).await? {
             Some(o) => Ok(Json(o.into())),
-            None => Err(ApiError::from_problem(problem(
-                404,
-                "unknown-order",
-                "Unknown order",
-                format!("no order `{}`", order_id.0),
-                false,
-            ))),
+            None => Err(ApiError::unknown_order(&order_id)),
         }
     }
 

@@ -82,6 +82,11 @@ pub enum ApiError {
     Unavailable(Json<Problem>),
 }
 
+/// The server is not ready to take traffic, and why (`/ready`).
+pub fn not_ready(detail: String) -> Problem {
+    problem(503, "not-ready", "Not ready", detail, true)
+}
+
 pub fn problem(
     status: u16,
     kind: &str,
@@ -119,6 +124,114 @@ impl ApiError {
 
     pub fn bad_request(kind: &str, detail: impl Into<String>) -> Self {
         Self::from_problem(problem(400, kind, "Bad request", detail, false))
+    }
+
+    pub fn internal(detail: &str) -> Self {
+        Self::from_problem(problem(500, "internal", "Internal error", detail, false))
+    }
+
+    pub fn unauthorized() -> Self {
+        let detail = "the bearer token is not valid";
+        Self::from_problem(problem(401, "unauthorized", "Unauthorized", detail, false))
+    }
+
+    pub fn forbidden(detail: String) -> Self {
+        Self::from_problem(problem(403, "forbidden", "Forbidden", detail, false))
+    }
+
+    /// A duration (`what`, as the caller wrote it) past the longest allowed.
+    pub fn duration_too_long(what: &str) -> Self {
+        let detail = format!("{what} is longer than the longest allowed, 100 years");
+        Self::from_problem(problem(
+            422,
+            "duration-too-long",
+            "Duration too long",
+            detail,
+            false,
+        ))
+    }
+
+    pub fn metrics_off() -> Self {
+        let detail = "this server was started without a metrics recorder";
+        Self::from_problem(problem(404, "metrics-off", "No metrics", detail, false))
+    }
+
+    pub fn read_model_behind() -> Self {
+        let detail = "the read models did not catch up in time; retry";
+        Self::from_problem(problem(
+            503,
+            "read-model-behind",
+            "Read model behind",
+            detail,
+            true,
+        ))
+    }
+
+    pub fn order_exists(order_id: &str) -> Self {
+        let detail = format!("order `{order_id}` exists with other content; use another order id");
+        Self::from_problem(problem(
+            409,
+            "order-exists",
+            "Order id taken",
+            detail,
+            false,
+        ))
+    }
+
+    pub fn unknown_order(order_id: &str) -> Self {
+        let detail = format!("no order `{order_id}`");
+        Self::from_problem(problem(
+            404,
+            "unknown-order",
+            "Unknown order",
+            detail,
+            false,
+        ))
+    }
+
+    /// Another replica, which holds what the request is about, did not answer.
+    pub fn replica_unavailable(detail: String) -> Self {
+        Self::from_problem(problem(
+            503,
+            "replica-unavailable",
+            "Replica unavailable",
+            detail,
+            true,
+        ))
+    }
+
+    pub fn too_many_polls(per_token: usize) -> Self {
+        let detail =
+            format!("this token has {per_token} polls waiting already; poll again when one ends");
+        Self::from_problem(problem(
+            429,
+            "too-many-polls",
+            "Too many polls",
+            detail,
+            true,
+        ))
+    }
+
+    pub fn configured_token() -> Self {
+        let detail = "this token is set in the server's configuration; remove it there";
+        Self::from_problem(problem(
+            409,
+            "configured-token",
+            "Configured token",
+            detail,
+            false,
+        ))
+    }
+
+    pub fn unknown_token(id: &str) -> Self {
+        let detail = format!("no token `{id}`");
+        Self::from_problem(problem(
+            404,
+            "unknown-token",
+            "Unknown token",
+            detail,
+            false,
+        ))
     }
 }
 

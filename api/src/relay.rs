@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::problem::{problem, ApiError};
+use crate::problem::ApiError;
 
 /// Marks a request one replica relayed to another (answered locally only, so
 /// it is never passed on again).
@@ -70,15 +70,7 @@ impl Relay {
         authorization: Option<&str>,
     ) -> Result<(), ApiError> {
         let route = format!("{holder}/tasks/{}/heartbeat", segment(task_id));
-        let unreachable = |detail: String| {
-            ApiError::from_problem(problem(
-                503,
-                "replica-unavailable",
-                "Replica unavailable",
-                detail,
-                true,
-            ))
-        };
+        let unreachable = ApiError::replica_unavailable;
         match self.post(route, authorization).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Err(ApiError::from(

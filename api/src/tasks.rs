@@ -10,7 +10,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::runtime::{Heartbeat, Runtime};
 
 use crate::auth::{Auth, Need};
-use crate::problem::{problem, ApiError};
+use crate::problem::ApiError;
 use crate::relay::{Relay, RELAYED_HEADER};
 use crate::Tag;
 
@@ -105,13 +105,7 @@ impl PollSlots {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = held.entry(token.to_string()).or_default();
         if *n >= POLLS_PER_TOKEN {
-            return Err(ApiError::from_problem(problem(
-                429,
-                "too-many-polls",
-                "Too many polls",
-                format!("this token has {POLLS_PER_TOKEN} polls waiting already; poll again when one ends"),
-                true,
-            )));
+            return Err(ApiError::too_many_polls(POLLS_PER_TOKEN));
         }
         *n += 1;
         Ok(PollSlot {

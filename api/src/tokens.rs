@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::runtime::Runtime;
 
 use crate::auth::{Auth, Need, Role, TokenEntry, Tokens};
-use crate::problem::{problem, ApiError};
+use crate::problem::ApiError;
 use crate::Tag;
 
 /// A token to issue for a `role`: `admin`, `operator`, `client` or `worker`.
@@ -160,13 +160,7 @@ impl TokensApi {
     async fn revoke(&self, auth: Auth, id: Path<String>) -> Result<RevokeResponse, ApiError> {
         auth.require(Need::ManageTokens)?;
         if id.0.starts_with("config-") {
-            return Err(ApiError::from_problem(problem(
-                409,
-                "configured-token",
-                "Configured token",
-                "this token is set in the server's configuration; remove it there",
-                false,
-            )));
+            return Err(ApiError::configured_token());
         }
         let revoked = self
             .tokens
@@ -174,13 +168,7 @@ impl TokensApi {
             .await
             .map_err(sagaflow_engine::runtime::RuntimeError::from)?;
         if !revoked {
-            return Err(ApiError::from_problem(problem(
-                404,
-                "unknown-token",
-                "Unknown token",
-                format!("no token `{}`", id.0),
-                false,
-            )));
+            return Err(ApiError::unknown_token(&id));
         }
         tracing::info!(token_id = %id.0, "token revoked");
         Ok(RevokeResponse::Revoked)

@@ -12,8 +12,11 @@
 //! - [`saga`]: the pure core: events, state, `decide` and `evolve`.
 //! - [`store`]: the event store port; in-memory, SQLite, PostgreSQL and
 //!   EventStoreDB adapters and the conformance suite they pass.
-//! - [`runtime`]: runs instances: decide, append, evolve, then perform
-//!   effects (HTTP calls, worker tasks, timers); resumes on start.
+//! - [`runtime`]: runs instances: a facade over the executor (decide,
+//!   append, evolve, then perform HTTP calls, worker tasks, timers; resume on
+//!   start), the scheduler (timers, cron), the task queues and the cluster
+//!   (replicas' lease and log follower). `tests/simulation/` runs these
+//!   parts under injected faults from a seed (ADR 12).
 //! - [`projection`]: read models that follow the log (`saga_instances`).
 //! - [`secrets`]: the server's secret values, masked wherever text leaves
 //!   the template engine.

@@ -391,3 +391,63 @@ async fn a_panic_performing_fails_that_saga_only_and_a_retry_resumes_it() {
     assert_eq!(task.instance, faulty.id);
     assert_eq!(task.attempt, 2);
 }
+
+/// Records each new span's name and its parent's name.
+#[derive(Clone, Default)]
+struct SpanParents(Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>);
+
+impl<S> tracing_subscriber::Layer<S> for SpanParents
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        _: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let span = ctx.span(id).expect("a new span");
+        let parent = span.parent().map(|p| p.name().to_string());
+        self.0
+            .lock()
+            .unwrap()
+            .push((span.name().to_string(), parent));
+    }
+}
+
+#[tokio::test]
+async fn every_attempt_is_a_child_of_its_saga_not_of_the_attempt_before() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = SpanParents::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                .await;
+        }
+    });
+    let workflow = format!(
+        "name: chain\nsteps:\n{}",
+        ["a", "b", "c"]
+            .map(|s| format!("  - name: {s}\n    http: {{ method: POST, url: '{url}/{s}' }}\n    compensate: none\n"))
+            .concat()
+    );
+    let rt = runtime(Arc::new(MemoryStore::new()), None).await;
+    rt.publish(&workflow).await.unwrap();
+    let id = rt.start("chain", None, json!({}), None).await.unwrap().id;
+    let view = rt.wait(id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(view.status, "completed");
+    let spans = spans.0.lock().unwrap().clone();
+    let attempts: Vec<_> = spans.iter().filter(|(n, _)| n == "attempt").collect();
+    assert_eq!(attempts.len(), 3, "{spans:?}");
+    for (_, parent) in attempts {
+        assert_eq!(parent.as_deref(), Some("saga"), "{spans:?}");
+    }
+}

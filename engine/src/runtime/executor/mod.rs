@@ -24,11 +24,15 @@ pub(crate) struct Live {
     /// The attempts this process has performed, so an attempt learnt again
     /// from the log (written by another replica) is not performed twice.
     pub(crate) performed: Mutex<HashSet<(usize, u32, Phase)>>,
+    /// The saga's span: every attempt's span is a child of it (not of the
+    /// attempt whose outcome led to it).
+    pub(crate) span: tracing::Span,
 }
 
 impl Live {
     pub(crate) fn new(id: Uuid, published: Arc<Published>, st: SagaState) -> Self {
         let ended = st.is_terminal();
+        let span = tracing::info_span!(parent: None, "saga", instance_id = %id, workflow = %published.machine.name);
         Self {
             id,
             key: id.to_string(),
@@ -37,6 +41,7 @@ impl Live {
             state: tokio::sync::Mutex::new(st),
             ended: watch::channel(ended).0,
             performed: Mutex::default(),
+            span,
         }
     }
 
@@ -351,7 +356,7 @@ impl Runtime {
             http::Outcome::Failed(FailureKind::Business, format!("template: {e}"))
         };
         // Everything logged while the attempt runs carries its instance, step and attempt.
-        let span = tracing::info_span!("attempt", instance_id = %id, workflow = %machine.name, step = %s.name, attempt, phase = ?phase);
+        let span = tracing::info_span!(parent: &live.span, "attempt", instance_id = %id, workflow = %machine.name, step = %s.name, attempt, phase = ?phase);
         tracing::debug!(parent: &span, "performing");
         match action {
             StepAction::Http(call) => {
