@@ -392,9 +392,12 @@ async fn a_panic_performing_fails_that_saga_only_and_a_retry_resumes_it() {
     assert_eq!(task.attempt, 2);
 }
 
+/// A span's name and its parent's.
+type NameAndParent = (String, Option<String>);
+
 /// Records each new span's name and its parent's name.
 #[derive(Clone, Default)]
-struct SpanParents(Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>);
+struct SpanParents(Arc<std::sync::Mutex<Vec<NameAndParent>>>);
 
 impl<S> tracing_subscriber::Layer<S> for SpanParents
 where
