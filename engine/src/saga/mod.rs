@@ -4,6 +4,7 @@
 //! appends the events `decide` returns, then carries out its actions.
 
 pub mod decide;
+mod decision;
 pub mod event;
 pub mod state;
 pub mod time;
