@@ -122,7 +122,8 @@ impl Runtime {
     /// The instance as it stands.
     pub async fn get(&self, id: Uuid) -> Result<InstanceView, RuntimeError> {
         let live = self.lock_live().get(&id).cloned();
-        if let Some(live) = live {
+        // (a stale instance is shown as its stream has it)
+        if let Some(live) = live.filter(|l| !l.stale.load(std::sync::atomic::Ordering::SeqCst)) {
             let st = live.state.lock().await;
             return Ok(view(id, &live.published.machine, &st));
         }

@@ -27,6 +27,9 @@ pub(crate) struct Live {
     /// The saga's span: every attempt's span is a child of it (not of the
     /// attempt whose outcome led to it).
     pub(crate) span: tracing::Span,
+    /// An append's answer was lost: the stream may hold more than the state,
+    /// so nothing is decided or shown from memory until it is read again.
+    pub(crate) stale: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -42,6 +45,7 @@ impl Live {
             ended: watch::channel(ended).0,
             performed: Mutex::default(),
             span,
+            stale: Default::default(),
         }
     }
 
@@ -104,6 +108,9 @@ impl Runtime {
         let live = self.live(id).await?;
         for _ in 0..CONFLICT_ROUNDS {
             let mut st = live.state.lock().await;
+            if live.stale.load(std::sync::atomic::Ordering::SeqCst) {
+                self.take_in(&live, &mut st).await?;
+            }
             let machine = &live.published.machine;
             let now = self.now();
             // A panic deciding for one saga fails that saga, not the server.
@@ -148,6 +155,7 @@ impl Runtime {
                 Err(e) => {
                     if e.is_transient() {
                         // The append may have been recorded with its answer lost.
+                        live.stale.store(true, std::sync::atomic::Ordering::SeqCst);
                         self.catch_up_later(id);
                     }
                     return Err(e.into());
@@ -456,6 +464,7 @@ impl Runtime {
         st: &mut SagaState,
     ) -> Result<(), RuntimeError> {
         *st = fold(&self.read_events(live.id).await?);
+        live.stale.store(false, std::sync::atomic::Ordering::SeqCst);
         if st.is_terminal() {
             if self.lock_live().remove(&live.id).is_some() {
                 self.0.timers.set(live.id, []);
