@@ -62,25 +62,29 @@ pub async fn check(
         .iter()
         .map(|r| r.to_event().map_err(|e| format!("undecodable event: {e}")))
         .collect::<Result<_, _>>()?;
-    // state_at(N) is the fold of the first N events
-    let last = history.len() as u64 - 1;
-    let at_end = rt
-        .state_at(id, last)
-        .await
-        .map_err(|e| format!("state_at: {e}"))?;
-    if at_end.status != view.status || at_end.events != history.len() as u64 {
+    // the instance is the fold of its history, and state_at(N) the fold of its first N + 1 events
+    let folded = sagaflow_engine::saga::fold(&events);
+    if folded.status() != view.status || folded.events != history.len() as u64 {
         return Err(format!(
-            "state_at({last}) is {} with {} events, the instance {}",
-            at_end.status, at_end.events, view.status
+            "the fold is {} with {} events, the instance {}",
+            folded.status(),
+            folded.events,
+            view.status
         ));
     }
-    let mid = last / 2;
+    let mid = (history.len() as u64 - 1) / 2;
     let at_mid = rt
         .state_at(id, mid)
         .await
         .map_err(|e| format!("state_at: {e}"))?;
-    if at_mid.events != mid + 1 {
-        return Err(format!("state_at({mid}) folded {} events", at_mid.events));
+    let upto = sagaflow_engine::saga::fold(&events[..=mid as usize]);
+    if at_mid.events != mid + 1 || at_mid.status != upto.status() {
+        return Err(format!(
+            "state_at({mid}) is {} with {} events, the fold {}",
+            at_mid.status,
+            at_mid.events,
+            upto.status()
+        ));
     }
     let mut compensated: BTreeMap<usize, usize> = BTreeMap::new();
     for e in &events {

@@ -6,8 +6,11 @@ use std::fmt::Write;
 
 /// A generated workflow: its YAML, and per step the signal it waits for
 /// (`None` for a task step).
+#[derive(Clone)]
 pub struct Generated {
     pub name: String,
+    /// The steps' names, in order.
+    pub steps: Vec<String>,
     pub yaml: String,
     pub waits: Vec<Option<String>>,
     /// Per step: whether it has a compensation task.
@@ -69,8 +72,67 @@ pub fn generate(rng: &mut fastrand::Rng, name: &str) -> Generated {
     }
     Generated {
         name: name.to_string(),
+        steps: (0..steps).map(|i| format!("s{i}")).collect(),
         yaml,
         waits,
         compensable,
     }
+}
+
+/// The example workflows of `workflows/`, with every effect made a worker
+/// task (HTTP calls need sockets, which the simulation has none of) and no
+/// input schema (the simulation starts instances with `{}`): the same
+/// steps, waits, pivots, retries, timeouts and deadlines.
+pub fn examples() -> Vec<Generated> {
+    use serde_json::{json, Value};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the example workflows")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let as_task = |action: &mut Value, queue: &str| {
+        let Some(map) = action.as_object_mut() else {
+            return;
+        };
+        if map.remove("http").is_some() {
+            map.insert("task".into(), json!({ "queue": queue }));
+        } else if let Some(task) = map.get_mut("task").and_then(Value::as_object_mut) {
+            task.insert("queue".into(), json!(queue));
+        }
+    };
+    files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).expect("readable");
+            let tree = sagaflow_engine::dsl::yaml::parse(&text, Default::default())
+                .expect("an example parses");
+            let mut doc = tree.to_json();
+            doc.as_object_mut().expect("a mapping").remove("input");
+            let mut waits = Vec::new();
+            let mut compensable = Vec::new();
+            let steps = doc["steps"].as_array_mut().expect("steps");
+            for (i, step) in steps.iter_mut().enumerate() {
+                as_task(step, ["q0", "q1"][i % 2]);
+                if let Some(c) = step.get_mut("compensate") {
+                    as_task(c, "undo");
+                }
+                waits.push(step["wait"]["signal"].as_str().map(str::to_string));
+                compensable.push(step["compensate"].is_object());
+            }
+            let names = steps
+                .iter()
+                .map(|s| s["name"].as_str().expect("a step name").to_string())
+                .collect();
+            Generated {
+                name: doc["name"].as_str().expect("a name").to_string(),
+                steps: names,
+                // JSON is YAML
+                yaml: doc.to_string(),
+                waits,
+                compensable,
+            }
+        })
+        .collect()
 }
