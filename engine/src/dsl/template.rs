@@ -601,7 +601,8 @@ mod properties {
                 "to_entries?", "paths", "getpath([\"a\"])", "splits(\"x\")?",
             ]), 1..5)
         ) {
-            // one doubling at most: two make 2^32 leaves, which an error message quotes
+            // one doubling at most: two make 2^32 leaves, which one native
+            // operation (an error message) writes out whole, between two terms
             prop_assume!(parts.iter().filter(|p| p.starts_with("reduce")).count() <= 1);
             let expr = parts.join(" | ");
             if let Ok(t) = Template::parse(&format!("${{ {expr} }}")) {

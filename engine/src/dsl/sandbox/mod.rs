@@ -90,7 +90,8 @@ pub struct Budget {
     pub stack_bytes: usize,
     /// The result, as JSON text.
     pub output_bytes: usize,
-    /// Wall-clock time of one evaluation (enforced by the process sandbox).
+    /// Wall-clock time of one evaluation: checked between terms in process,
+    /// and enforced by the process sandbox also within a native operation.
     pub time: Duration,
     /// Memory of an evaluator process (address space; enforced by the process sandbox).
     pub memory_bytes: u64,
@@ -212,10 +213,17 @@ impl<'a> HasLut<'a, Metered> for MeteredData<'a> {
 
 struct Meter {
     fuel: Cell<u64>,
+    /// When the evaluation must have ended: looked at every [`CLOCK_EVERY`]
+    /// terms, so a loop around a costly native operation (`splits` on a huge
+    /// value writes it out) ends in process too.
+    deadline: std::time::Instant,
     /// The address of a local of the evaluation's first frame.
     stack_top: usize,
     stack_bytes: usize,
 }
+
+/// Terms between two looks at the clock.
+const CLOCK_EVERY: u64 = 1024;
 
 /// The unwinding payload that stops an evaluation (never printed: `resume_unwind`
 /// skips the panic hook).
@@ -228,6 +236,9 @@ impl Meter {
             resume_unwind(Box::new(Stop(Exceeded::Fuel)));
         }
         self.fuel.set(left - 1);
+        if left % CLOCK_EVERY == 0 && std::time::Instant::now() > self.deadline {
+            resume_unwind(Box::new(Stop(Exceeded::Time)));
+        }
         let here = 0u8;
         let depth = self
             .stack_top
@@ -373,6 +384,7 @@ impl Compiled {
         let top = 0u8;
         let meter = Meter {
             fuel: Cell::new(budget.fuel),
+            deadline: std::time::Instant::now() + budget.time,
             stack_top: std::ptr::addr_of!(top) as usize,
             stack_bytes: budget.stack_bytes,
         };

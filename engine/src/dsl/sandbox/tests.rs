@@ -121,6 +121,23 @@ fn an_error_quoting_a_huge_value_is_cut_not_written_out() {
 }
 
 #[test]
+fn a_loop_around_a_costly_native_operation_runs_out_of_time_in_process() {
+    // each `splits` writes the 2^16-leaf array out in its error: few terms, much work
+    let c =
+        Compiled::new("reduce range(16) as $i (.; [., .]) | repeat(.) | splits(\"x\")?").unwrap();
+    let short = Budget {
+        time: std::time::Duration::from_millis(50),
+        ..Budget::default()
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(
+        c.run(&json!(null), &short),
+        Err(EvalError::Exceeded(Exceeded::Time))
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
 fn a_budget_is_per_evaluation() {
     let c = Compiled::new("[range(10)] | length").unwrap();
     let tight = Budget {
