@@ -236,7 +236,7 @@ impl Meter {
             resume_unwind(Box::new(Stop(Exceeded::Fuel)));
         }
         self.fuel.set(left - 1);
-        if left % CLOCK_EVERY == 0 && std::time::Instant::now() > self.deadline {
+        if left.is_multiple_of(CLOCK_EVERY) && std::time::Instant::now() > self.deadline {
             resume_unwind(Box::new(Stop(Exceeded::Time)));
         }
         let here = 0u8;
