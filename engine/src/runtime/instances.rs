@@ -85,7 +85,7 @@ impl Runtime {
                 // The first request may have recorded the start and never heard
                 // back: then nothing drives the instance yet.
                 if self.drives(id) && !self.lock_live().contains_key(&id) {
-                    self.catch_up(id).await?;
+                    self.catch_up(id, None).await?;
                 }
                 return Ok(Started { id, created: false });
             }

@@ -88,6 +88,15 @@ impl TimerPurpose {
     }
 }
 
+/// The types of the events that end a saga (a retry after `SagaFailed`
+/// appends more).
+pub const ENDINGS: [&str; 4] = [
+    "SagaCompleted",
+    "SagaCompensated",
+    "SagaFailed",
+    "SagaCancelled",
+];
+
 /// Something that happened to a saga instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]

@@ -11,7 +11,7 @@ pub mod time;
 
 pub use decide::{context, decide, decide_to, resume, Action, Decision, Input, Rejection};
 pub use event::{
-    ActionKind, CompensationReason, Event, EventError, Phase, TimerPurpose, SCHEMA_VERSION,
+    ActionKind, CompensationReason, Event, EventError, Phase, TimerPurpose, ENDINGS, SCHEMA_VERSION,
 };
 pub use state::{evolve, fold, InFlight, SagaState};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, MAX_DURATION};

@@ -3,18 +3,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sagaflow_engine::runtime::Runtime;
-use sagaflow_engine::saga::{Event, Phase};
+use sagaflow_engine::saga::{Event, Phase, ENDINGS};
 use uuid::Uuid;
 
 use crate::workflows::Generated;
 use crate::world::{Delivery, Downstream};
-
-const ENDINGS: [&str; 4] = [
-    "SagaCompleted",
-    "SagaCompensated",
-    "SagaFailed",
-    "SagaCancelled",
-];
 
 /// Checks one instance once the run has calmed down; the first broken invariant.
 pub async fn check(

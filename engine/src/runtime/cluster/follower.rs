@@ -202,32 +202,9 @@ impl Runtime {
             }
         }
         for (id, revision) in moved {
-            if let Err(e) = self.refresh(id, revision).await {
+            if let Err(e) = self.catch_up(id, Some(revision)).await {
                 tracing::warn!(instance_id = %id, error = %e, "could not take in another replica's events");
             }
         }
-    }
-
-    /// Brings a driven instance up to `revision` (written by another replica)
-    /// and performs what it now asks for that this process has not performed.
-    pub(crate) async fn refresh(&self, id: Uuid, revision: u64) -> Result<(), RuntimeError> {
-        let known = self.lock_live().get(&id).cloned();
-        let held = known.is_some();
-        let live = match known {
-            Some(l) => l,
-            None => self.live(id).await?,
-        };
-        let mut st = live.state.lock().await;
-        if !held {
-            // just loaded: the whole stream is in
-            if !st.is_terminal() {
-                self.perform(&live, &st, saga::resume(&st));
-            }
-            return Ok(());
-        }
-        if st.events > revision {
-            return Ok(()); // already taken in
-        }
-        self.take_in(&live, &mut st).await
     }
 }

@@ -170,8 +170,13 @@ impl Runtime {
     /// Brings an instance in memory in line with its stream and performs what
     /// it asks that this process has not performed (attempts performed before
     /// are skipped): after an append whose answer was lost, or a start
-    /// recorded by a request that never heard back.
-    pub(crate) async fn catch_up(&self, id: Uuid) -> Result<(), RuntimeError> {
+    /// recorded by a request that never heard back; or (with `revision`)
+    /// after another replica wrote up to that revision, unless it is in already.
+    pub(crate) async fn catch_up(
+        &self,
+        id: Uuid,
+        revision: Option<u64>,
+    ) -> Result<(), RuntimeError> {
         let known = self.lock_live().get(&id).cloned();
         let Some(live) = known else {
             let live = self.live(id).await?;
@@ -182,6 +187,9 @@ impl Runtime {
             return Ok(());
         };
         let mut st = live.state.lock().await;
+        if revision.is_some_and(|r| st.events > r) {
+            return Ok(()); // already taken in
+        }
         self.take_in(&live, &mut st).await
     }
 
@@ -205,7 +213,7 @@ impl Runtime {
                     () = rt.0.stop.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
                 }
-                match rt.catch_up(id).await {
+                match rt.catch_up(id, None).await {
                     Err(e) if e.is_transient() => {
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }

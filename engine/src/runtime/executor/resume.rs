@@ -102,14 +102,6 @@ impl Runtime {
     }
 }
 
-/// The events that end a saga (a retry after `SagaFailed` appends more).
-const ENDINGS: [&str; 4] = [
-    "SagaCompleted",
-    "SagaCompensated",
-    "SagaFailed",
-    "SagaCancelled",
-];
-
 /// The instances whose last event does not end them, read from the whole
 /// log: how a runtime without read models finds what to resume. It reads
 /// event headers only, but all of them; the read model's list is the fast way.
@@ -127,7 +119,7 @@ pub(crate) async fn unfinished_in_store(
                 continue;
             };
             if let Ok(id) = Uuid::parse_str(id) {
-                last.insert(id, ENDINGS.contains(&e.event_type.as_str()));
+                last.insert(id, saga::ENDINGS.contains(&e.event_type.as_str()));
             }
         }
     }
