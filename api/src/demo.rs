@@ -1,6 +1,9 @@
 //! Demo services so the example workflows run out of the box: inventory,
 //! payments (declining amounts over a limit), shipping, and a generic
-//! record service for the travel and ledger examples.
+//! record service for the travel, fulfilment and ledger examples
+//! (`POST /demo/{any/path}` creates a record, `DELETE` removes one; a path
+//! segment or a top-level body text starting with `unavailable` is refused
+//! with 409, to try failure paths).
 //!
 //! Each effect honours the `Idempotency-Key` header: a repeated key gets the
 //! first answer again and changes nothing. `GET /demo/stats` shows what was
@@ -207,13 +210,31 @@ async fn ship(Data(demo): Data<&Shared>, headers: &HeaderMap, Json(o): Json<Orde
 
 /// `POST /demo/{collection path}`: creates a record, e.g. `POST /demo/ledger/holds`
 /// answers `{"id": "hold-1", "hold_id": "hold-1"}`.
+/// Whether a request asks the demo to refuse it: a path segment, or a
+/// top-level text field of the body, that starts with `unavailable` (how
+/// examples and tests reach a failure path).
+fn unavailable(path: &str, body: Option<&Value>) -> bool {
+    let marked = |s: &str| s.starts_with("unavailable");
+    path.split('/').any(marked)
+        || body
+            .and_then(Value::as_object)
+            .is_some_and(|o| o.values().filter_map(Value::as_str).any(marked))
+}
+
 #[handler]
 async fn create_record(
     Data(demo): Data<&Shared>,
     headers: &HeaderMap,
     Path(path): Path<String>,
+    body: Option<Json<Value>>,
 ) -> Response {
     pause(demo).await;
+    if unavailable(&path, body.as_ref().map(|b| &b.0)) {
+        return reply(
+            409,
+            json!({"error": "unavailable", "detail": format!("{path} is not available")}),
+        );
+    }
     let collection = path.rsplit('/').next().unwrap_or_default();
     let singular = collection
         .strip_suffix('s')

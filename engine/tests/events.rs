@@ -25,6 +25,7 @@ fn samples() -> Vec<Event> {
         },
         Event::StepStarted {
             step: 1,
+            index: None,
             name: "pay".into(),
             attempt: 2,
             phase: Phase::Forward,
@@ -33,6 +34,7 @@ fn samples() -> Vec<Event> {
         },
         Event::StepSucceeded {
             step: 1,
+            index: None,
             name: "pay".into(),
             attempt: 2,
             output: json!({"payment_id": "pay-7"}),
@@ -41,6 +43,7 @@ fn samples() -> Vec<Event> {
         },
         Event::StepFailed {
             step: 1,
+            index: None,
             name: "pay".into(),
             attempt: 1,
             kind: FailureKind::Transient,
@@ -50,6 +53,7 @@ fn samples() -> Vec<Event> {
         },
         Event::RetryScheduled {
             step: 1,
+            index: None,
             name: "pay".into(),
             attempt: 2,
             phase: Phase::Forward,
@@ -59,6 +63,7 @@ fn samples() -> Vec<Event> {
             timer: "timeout:1:f:2".into(),
             purpose: TimerPurpose::StepTimeout {
                 step: 1,
+                index: None,
                 attempt: 2,
                 phase: Phase::Forward,
             },
@@ -90,6 +95,7 @@ fn samples() -> Vec<Event> {
         },
         Event::StepCompensated {
             step: 0,
+            index: None,
             name: "reserve".into(),
             attempt: 1,
             output: json!({"released": true}),
@@ -97,6 +103,7 @@ fn samples() -> Vec<Event> {
         },
         Event::CompensationFailed {
             step: 0,
+            index: None,
             name: "reserve".into(),
             attempt: 3,
             kind: FailureKind::Transient,
@@ -121,6 +128,7 @@ fn samples() -> Vec<Event> {
         Event::SagaResumed { at },
         Event::StepHeld {
             step: 1,
+            index: None,
             name: "pay".into(),
             attempt: 1,
             phase: Phase::Forward,
@@ -134,10 +142,116 @@ fn samples() -> Vec<Event> {
         },
         Event::AttemptReissued {
             step: 1,
+            index: None,
             name: "pay".into(),
             attempt: 2,
             phase: Phase::Forward,
             timeout_due: Some(Timestamp(1_800_000_005_000)),
+            at,
+        },
+        // version 2: attempts of branches and elements, and the group events
+        Event::StepStarted {
+            step: 2,
+            index: Some(1),
+            name: "hotel".into(),
+            attempt: 1,
+            phase: Phase::Forward,
+            action: ActionKind::Http,
+            at,
+        },
+        Event::StepSucceeded {
+            step: 3,
+            index: Some(0),
+            name: "reserve_items".into(),
+            attempt: 1,
+            output: json!({"reservation": "r-1"}),
+            signal: None,
+            at,
+        },
+        Event::StepFailed {
+            step: 3,
+            index: Some(2),
+            name: "reserve_items".into(),
+            attempt: 1,
+            kind: FailureKind::Business,
+            error: "reserve_items[2]: HTTP 409: out of stock".into(),
+            retryable: false,
+            at,
+        },
+        Event::RetryScheduled {
+            step: 2,
+            index: Some(0),
+            name: "flight".into(),
+            attempt: 2,
+            phase: Phase::Forward,
+            due: Timestamp(1_800_000_000_100),
+        },
+        Event::TimerArmed {
+            timer: "timeout:2.0:f:1".into(),
+            purpose: TimerPurpose::StepTimeout {
+                step: 2,
+                index: Some(0),
+                attempt: 1,
+                phase: Phase::Forward,
+            },
+            due: Timestamp(1_800_000_005_000),
+        },
+        Event::StepCompensated {
+            step: 3,
+            index: Some(1),
+            name: "reserve_items".into(),
+            attempt: 1,
+            output: json!({"released": true}),
+            at,
+        },
+        Event::CompensationFailed {
+            step: 2,
+            index: Some(1),
+            name: "hotel".into(),
+            attempt: 1,
+            kind: FailureKind::Transient,
+            error: "hotel: HTTP 503".into(),
+            retryable: true,
+            at,
+        },
+        Event::StepHeld {
+            step: 3,
+            index: Some(4),
+            name: "reserve_items".into(),
+            attempt: 1,
+            phase: Phase::Forward,
+            at,
+        },
+        Event::AttemptReissued {
+            step: 2,
+            index: Some(0),
+            name: "flight".into(),
+            attempt: 1,
+            phase: Phase::Forward,
+            timeout_due: None,
+            at,
+        },
+        Event::StepSkipped {
+            step: 1,
+            name: "insure".into(),
+            at,
+        },
+        Event::BranchesStarted {
+            step: 2,
+            name: "book".into(),
+            branches: vec!["flight".into(), "hotel".into()],
+            at,
+        },
+        Event::ElementsListed {
+            step: 3,
+            name: "reserve_items".into(),
+            items: vec![json!({"sku": "a", "qty": 1}), json!({"sku": "b", "qty": 2})],
+            at,
+        },
+        Event::UnitsToCompensate {
+            step: 3,
+            name: "reserve_items".into(),
+            units: vec![0, 1],
             at,
         },
     ]
@@ -168,7 +282,11 @@ fn every_variant_has_a_sample(e: &Event) {
         | Event::SagaResumed { .. }
         | Event::StepHeld { .. }
         | Event::SagaRetried { .. }
-        | Event::AttemptReissued { .. } => {}
+        | Event::AttemptReissued { .. }
+        | Event::StepSkipped { .. }
+        | Event::BranchesStarted { .. }
+        | Event::ElementsListed { .. }
+        | Event::UnitsToCompensate { .. } => {}
     }
 }
 
@@ -179,13 +297,15 @@ fn dir(version: u16) -> PathBuf {
 #[test]
 fn every_event_type_has_a_fixture_and_matches_it() {
     assert_eq!(
-        SCHEMA_VERSION, 1,
+        SCHEMA_VERSION, 2,
         "a new schema version needs its own fixtures directory and upcasters"
     );
     for event in samples() {
-        let path = dir(1).join(format!("{}.json", event.type_name()));
+        let version = event.schema_version();
+        let path = dir(version).join(format!("{}.json", event.type_name()));
         let data = event.data();
         if !path.exists() && std::env::var("UPDATE_GOLDEN").is_ok() {
+            std::fs::create_dir_all(dir(version)).unwrap();
             std::fs::write(&path, serde_json::to_string_pretty(&data).unwrap() + "\n").unwrap();
         }
         let golden: serde_json::Value = serde_json::from_str(
@@ -193,10 +313,33 @@ fn every_event_type_has_a_fixture_and_matches_it() {
                 .unwrap_or_else(|_| panic!("missing {}", path.display())),
         )
         .unwrap();
-        assert_eq!(data, golden, "{} no longer serializes as its v1 fixture: a stored-shape change needs a new schema version", event.type_name());
+        assert_eq!(data, golden, "{} no longer serializes as its v{version} fixture: a stored-shape change needs a new schema version", event.type_name());
         assert_eq!(
-            Event::from_stored(event.type_name(), 1, golden).unwrap(),
+            Event::from_stored(event.type_name(), version, golden).unwrap(),
             event
+        );
+    }
+}
+
+/// A plain step's events keep version 1, so an older sagaflow still reads
+/// the history of a workflow without parallel, when or for-each steps.
+#[test]
+fn a_plain_steps_events_keep_version_1() {
+    for event in samples() {
+        let has_index = event.data().get("index").is_some()
+            || event.data().pointer("/purpose/index").is_some();
+        let new_type = matches!(
+            event,
+            Event::StepSkipped { .. }
+                | Event::BranchesStarted { .. }
+                | Event::ElementsListed { .. }
+                | Event::UnitsToCompensate { .. }
+        );
+        assert_eq!(
+            event.schema_version(),
+            if has_index || new_type { 2 } else { 1 },
+            "{}",
+            event.type_name()
         );
     }
 }

@@ -10,13 +10,19 @@ use crate::dsl::spec::{
 };
 use crate::dsl::template::{Reference, Template, TemplateError, ValueTemplate, ROOTS};
 
-use super::model::{Action, Backoff, HttpCall, RetryPolicy, Role, Step, TaskCall, Wait};
+use super::model::{
+    Action, Backoff, ForEach, HttpCall, RetryPolicy, Role, Step, TaskCall, Wait, MAX_ELEMENTS,
+};
 
 pub(crate) struct Checker<'a> {
     spec: &'a WorkflowSpec,
     pub diags: Vec<Diagnostic>,
     /// The workflow's compiled `output`.
     pub output: Option<ValueTemplate>,
+    /// The branch whose templates are being checked: (step, branch).
+    branch: Option<(usize, usize)>,
+    /// Whether the templates being checked belong to a for-each step.
+    in_for_each: bool,
 }
 
 /// Which step names a template at some place may refer to.
@@ -36,6 +42,8 @@ impl<'a> Checker<'a> {
             spec,
             diags: Vec::new(),
             output: None,
+            branch: None,
+            in_for_each: false,
         }
     }
 
@@ -122,9 +130,17 @@ impl<'a> Checker<'a> {
         if let Some(output) = &spec.output {
             self.output = self.value_template(output, DocPath::root().key("output"), Scope::All);
         }
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (i, step) in spec.steps.iter().enumerate() {
-            let path = DocPath::root().key("steps").index(i).key("name");
+        let mut seen: HashMap<&str, String> = HashMap::new();
+        let named = spec.steps.iter().enumerate().flat_map(|(i, step)| {
+            let here = DocPath::root().key("steps").index(i);
+            let branches = step.parallel.iter().flatten().enumerate().map(move |(b, br)| {
+                (here.clone().key("parallel").index(b), format!("steps[{i}].parallel[{b}]"), br)
+            });
+            std::iter::once((DocPath::root().key("steps").index(i), format!("steps[{i}]"), step))
+                .chain(branches)
+        });
+        for (at, label, step) in named {
+            let path = at.key("name");
             let ident = step
                 .name
                 .starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
@@ -146,13 +162,15 @@ impl<'a> Checker<'a> {
                     step.name.replace(['-', ' ', '.'], "_")
                 ));
             }
-            if let Some(first) = seen.insert(&step.name, i) {
+            if let Some(first) = seen.insert(&step.name, label) {
                 self.error(
                     "duplicate-step",
                     path,
                     format!("step name `{}` is used twice", step.name),
                 )
-                .help = Some(format!("first used by steps[{first}]"));
+                .help = Some(format!(
+                    "first used by {first}; step and branch names are unique across the workflow"
+                ));
                 seen.insert(&step.name, first);
             }
         }
@@ -163,6 +181,38 @@ impl<'a> Checker<'a> {
             .filter(|(_, s)| s.pivot)
             .map(|(i, _)| i)
             .collect();
+        for (i, step) in spec.steps.iter().enumerate() {
+            let path = DocPath::root().key("steps").index(i);
+            if step.pivot {
+                for (key, what) in [
+                    (step.when.is_some(), "when"),
+                    (step.for_each.is_some(), "for_each"),
+                    (step.parallel.is_some(), "parallel"),
+                ]
+                .into_iter()
+                .filter_map(|(on, k)| on.then_some((k, k)))
+                {
+                    let d = self.error(
+                        "group-pivot",
+                        path.key(key),
+                        format!("the pivot `{}` cannot have `{what}`: the point of no return is one effect that happens", step.name),
+                    );
+                    d.anchor = crate::diagnostic::Anchor::Key;
+                    d.help = Some("make a plain step the pivot".into());
+                }
+            }
+            for (b, br) in step.parallel.iter().flatten().enumerate() {
+                if br.pivot {
+                    let d = self.error(
+                        "group-pivot",
+                        path.key("parallel").index(b).key("pivot"),
+                        format!("branch `{}` cannot be the pivot: branches run at once and are undone together", br.name),
+                    );
+                    d.anchor = crate::diagnostic::Anchor::Key;
+                    d.help = Some("make a plain step after the parallel step the pivot".into());
+                }
+            }
+        }
         for &extra in pivots.iter().skip(1) {
             self.error(
                 "many-pivots",
@@ -316,7 +366,163 @@ impl<'a> Checker<'a> {
         default_retry: &RetryPolicy,
     ) -> Option<Step> {
         let path = DocPath::root().key("steps").index(i);
-        let before = self.diags.iter().filter(|d| d.is_error()).count();
+        let before = self.errors();
+        self.branch = None;
+        self.in_for_each = false;
+        let when = s
+            .when
+            .as_ref()
+            .and_then(|w| self.template(w, path.key("when"), Scope::Before(i)));
+        let for_each = s.for_each.as_ref().and_then(|f| {
+            let items = self.template(f, path.key("for_each"), Scope::Before(i))?;
+            Some(ForEach {
+                items,
+                max_concurrency: s.max_concurrency.unwrap_or(1).clamp(1, MAX_ELEMENTS as u32),
+            })
+        });
+        if s.max_concurrency.is_some() && s.for_each.is_none() {
+            let d = self.error(
+                "concurrency-without-for-each",
+                path.key("max_concurrency"),
+                "`max_concurrency` bounds the elements of a `for_each`; this step has none",
+            );
+            d.anchor = crate::diagnostic::Anchor::Key;
+        }
+        if s.for_each.is_some() && (s.parallel.is_some() || s.wait.is_some()) {
+            let what = if s.wait.is_some() { "wait" } else { "parallel" };
+            let d = self.error(
+                "bad-for-each",
+                path.key("for_each"),
+                format!("a for-each step performs an `http` or `task` action per element, not `{what}`"),
+            );
+            d.anchor = crate::diagnostic::Anchor::Key;
+        }
+        self.in_for_each = s.for_each.is_some();
+        let step = match &s.parallel {
+            Some(branches) => self.parallel(i, s, branches, role, default_timeout, default_retry),
+            None => self.single(i, s, &path, role, default_timeout, default_retry),
+        };
+        self.in_for_each = false;
+        let mut step = step?;
+        step.when = when;
+        step.for_each = for_each;
+        (self.errors() == before).then_some(step)
+    }
+
+    fn errors(&self) -> usize {
+        self.diags.iter().filter(|d| d.is_error()).count()
+    }
+
+    /// A `parallel` step: its branches are steps of one action each, with the
+    /// parallel step's `timeout` and `retry` as their defaults.
+    fn parallel(
+        &mut self,
+        i: usize,
+        s: &StepSpec,
+        branches: &[StepSpec],
+        role: Role,
+        default_timeout: Option<Duration>,
+        default_retry: &RetryPolicy,
+    ) -> Option<Step> {
+        let path = DocPath::root().key("steps").index(i);
+        let timeout = match &s.timeout {
+            Some(t) => self.duration(t, path.key("timeout")),
+            None => default_timeout,
+        };
+        let retry = match &s.retry {
+            Some(r) => self.retry(r, path.key("retry")),
+            None => default_retry.clone(),
+        };
+        let others: Vec<&str> = s
+            .action_keys()
+            .into_iter()
+            .filter(|k| *k != "parallel")
+            .collect();
+        if let Some(other) = others.first() {
+            let d = self.error(
+                "many-actions",
+                path.key(*other),
+                format!("step `{}` runs branches in parallel; put `{other}` in a branch", s.name),
+            );
+            d.anchor = crate::diagnostic::Anchor::Key;
+        }
+        if s.compensate.is_some() {
+            let d = self.error(
+                "compensate-on-parallel",
+                path.key("compensate"),
+                "a parallel step is undone by its branches' compensations, not its own",
+            );
+            d.anchor = crate::diagnostic::Anchor::Key;
+            d.help = Some("move `compensate` into the branches".into());
+        }
+        if branches.is_empty() {
+            self.error(
+                "no-branches",
+                path.key("parallel"),
+                format!("parallel step `{}` has no branches", s.name),
+            );
+        }
+        let mut compiled = Vec::new();
+        for (b, br) in branches.iter().enumerate() {
+            let bp = path.key("parallel").index(b);
+            for (on, key) in [
+                (br.parallel.is_some(), "parallel"),
+                (br.for_each.is_some(), "for_each"),
+                (br.when.is_some(), "when"),
+                (br.wait.is_some(), "wait"),
+            ] {
+                if on {
+                    let d = self.error(
+                        "nested-group",
+                        bp.key(key),
+                        format!("branch `{}` cannot use `{key}`: a branch performs one `http` or `task` action", br.name),
+                    );
+                    d.anchor = crate::diagnostic::Anchor::Key;
+                }
+            }
+            self.branch = Some((i, b));
+            compiled.push(self.single_at(i, br, &bp, role, timeout, &retry));
+            self.branch = None;
+        }
+        let branches: Vec<Step> = compiled.into_iter().collect::<Option<_>>()?;
+        Some(Step {
+            name: s.name.clone(),
+            action: Action::Parallel,
+            compensation: None,
+            timeout: None,
+            retry: RetryPolicy::once(),
+            role,
+            idempotency: s.idempotency.unwrap_or_default(),
+            when: None,
+            for_each: None,
+            branches,
+        })
+    }
+
+    fn single(
+        &mut self,
+        i: usize,
+        s: &StepSpec,
+        path: &DocPath,
+        role: Role,
+        default_timeout: Option<Duration>,
+        default_retry: &RetryPolicy,
+    ) -> Option<Step> {
+        self.single_at(i, s, path, role, default_timeout, default_retry)
+    }
+
+    /// A step of one action (a plain step, a for-each step or a branch) at `path`.
+    fn single_at(
+        &mut self,
+        i: usize,
+        s: &StepSpec,
+        path: &DocPath,
+        role: Role,
+        default_timeout: Option<Duration>,
+        default_retry: &RetryPolicy,
+    ) -> Option<Step> {
+        let path = path.clone();
+        let before = self.errors();
         let timeout = match &s.timeout {
             Some(t) => self.duration(t, path.key("timeout")),
             None => default_timeout,
@@ -402,6 +608,9 @@ impl<'a> Checker<'a> {
             retry,
             role,
             idempotency: s.idempotency.unwrap_or_default(),
+            when: None,
+            for_each: None,
+            branches: Vec::new(),
         })
     }
 
@@ -623,31 +832,79 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
-        let names: Vec<&str> = self.spec.steps.iter().map(|s| s.name.as_str()).collect();
-        for r in t.references() {
+        // Every step and branch: (name, step index, branch position, skippable).
+        let names: Vec<(&str, usize, Option<usize>, bool)> = self
+            .spec
+            .steps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                let branches = s
+                    .parallel
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(move |(b, br)| (br.name.as_str(), i, Some(b), s.when.is_some()));
+                std::iter::once((s.name.as_str(), i, None, s.when.is_some())).chain(branches)
+            })
+            .collect();
+        for (expr, refs) in t.references_by_expression() {
+            for r in refs {
+                self.reference(r, expr, &names, &path, scope);
+            }
+        }
+        Some(t)
+    }
+
+    /// Checks one thing a template's expression reads.
+    fn reference(
+        &mut self,
+        r: Reference,
+        expr: &str,
+        names: &[(&str, usize, Option<usize>, bool)],
+        path: &DocPath,
+        scope: Scope,
+    ) {
+        {
             match r {
                 Reference::Step(name) => {
-                    let Some(at) = names.iter().position(|n| *n == name) else {
+                    let Some(&(_, at, branch, skippable)) = names.iter().find(|n| n.0 == name) else {
                         let d = self.error(
                             "unknown-step",
                             path.clone(),
                             format!("template refers to step `{name}`, which does not exist"),
                         );
-                        if let Some(s) = did_you_mean(&name, names.iter().copied()) {
+                        if let Some(s) = did_you_mean(&name, names.iter().map(|n| n.0)) {
                             d.help = Some(format!("did you mean `{s}`?"));
                         }
-                        continue;
+                        return;
                     };
+                    let own = self.branch.is_some_and(|(i, b)| at == i && branch == Some(b));
+                    if let (Some((i, _)), Some(_)) = (self.branch, branch) {
+                        if at == i && !own {
+                            self.error("sibling-branch", path.clone(), format!("template refers to branch `{name}`, which runs at the same time as this one"))
+                                .help = Some("branches start at once: read a sibling's output in a step after the parallel step".into());
+                            return;
+                        }
+                    }
                     let visible = match scope {
                         Scope::Before(i) => at < i,
-                        Scope::UpTo(i) => at <= i,
+                        Scope::UpTo(i) => at < i || (at == i && (self.branch.is_none() || own)),
                         Scope::All => true,
                     };
                     if !visible {
                         self.error("later-step", path.clone(), format!("template refers to step `{name}`, which has not run yet at this point"))
                             .help = Some("a step can read the output of the steps before it".into());
+                    } else if skippable && !expr.contains("//") && !matches!(scope, Scope::UpTo(i) if at == i) {
+                        self.warn("maybe-skipped", path.clone(), format!("template reads step `{name}`, which has a `when` and may be skipped (its output is then null)"))
+                            .help = Some(format!("give a fallback, e.g. `${{ .steps.{name}.output.id // \"none\" }}`"));
                     }
                 }
+                Reference::Element(root) if !self.in_for_each => {
+                    self.error("element-outside-for-each", path.clone(), format!("template reads `.{root}`, which only the templates of a `for_each` step see"))
+                        .help = Some("add `for_each:` to the step, or read the data from `.input` or `.steps`".into());
+                }
+                Reference::Element(_) => {}
                 Reference::Env(name) if !self.spec.env.contains_key(&name) => {
                     self.warn(
                         "undeclared-env",
@@ -658,14 +915,13 @@ impl<'a> Checker<'a> {
                 }
                 Reference::Env(_) => {}
                 Reference::UnknownRoot(root) => {
-                    let d = self.error("unknown-root", path.clone(), format!("templates see `.input`, `.steps`, `.env` and `.instance`, not `.{root}`"));
+                    let d = self.error("unknown-root", path.clone(), format!("templates see `.input`, `.steps`, `.env` and `.instance` (and `.item`, `.index` in a for-each), not `.{root}`"));
                     if let Some(s) = did_you_mean(&root, ROOTS) {
                         d.help = Some(format!("did you mean `.{s}`?"));
                     }
                 }
             }
         }
-        Some(t)
     }
 }
 

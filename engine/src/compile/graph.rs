@@ -20,7 +20,7 @@ use super::model::{step_state, Action, Role, State, Step, Transition, Wait};
 /// The highest step at or below `upto` that has a compensation.
 fn compensate_from(steps: &[Step], upto: Option<usize>) -> Option<usize> {
     let upto = upto?;
-    (0..=upto).rev().find(|&j| steps[j].compensation.is_some())
+    (0..=upto).rev().find(|&j| steps[j].undoes())
 }
 
 struct GraphBuilder {
@@ -34,6 +34,12 @@ impl GraphBuilder {
             .nodes
             .entry(s)
             .or_insert_with(|| self.graph.add_node(s))
+    }
+
+    fn has(&self, from: State, on: Transition) -> bool {
+        self.nodes
+            .get(&from)
+            .is_some_and(|&n| self.graph.edges(n).any(|e| *e.weight() == on))
     }
 
     fn edge(&mut self, from: State, on: Transition, to: State) {
@@ -62,6 +68,24 @@ pub(crate) fn build(steps: &[Step], has_deadline: bool) -> DiGraph<State, Transi
         let before = i.checked_sub(1);
         let after_pivot = step.role == Role::AfterPivot;
         match &step.action {
+            _ if step.is_group() => {
+                // Units retry by their own policies; the group fails when one
+                // of them fails for good, and is undone from itself: some
+                // units may have done their effect.
+                g.edge(here, Transition::Succeeded, next);
+                let to = if after_pivot {
+                    State::Failed
+                } else {
+                    undo(Some(i))
+                };
+                for on in [
+                    Transition::BusinessFailure,
+                    Transition::RetriesExhausted,
+                    Transition::Timeout,
+                ] {
+                    g.edge(here, on, to);
+                }
+            }
             Action::Wait(Wait::Signal(_)) => {
                 g.edge(here, Transition::SignalReceived, next);
                 if step.timeout.is_some() {
@@ -77,6 +101,7 @@ pub(crate) fn build(steps: &[Step], has_deadline: bool) -> DiGraph<State, Transi
                 }
             }
             Action::Wait(Wait::Duration(_)) => g.edge(here, Transition::TimerElapsed, next),
+            Action::Parallel => {}
             Action::Http(_) | Action::Task(_) => {
                 g.edge(here, Transition::Succeeded, next);
                 if step.retry.retries() {
@@ -103,13 +128,28 @@ pub(crate) fn build(steps: &[Step], has_deadline: bool) -> DiGraph<State, Transi
                 }
             }
         }
+        if step.when.is_some() {
+            g.edge(here, Transition::Skipped, next);
+        }
+        if step.when.is_some() || step.for_each.is_some() {
+            // `when` or `for_each` that cannot be evaluated: nothing of the
+            // step happened, so it is undone from the step before.
+            if !g.has(here, Transition::BusinessFailure) {
+                let to = if after_pivot {
+                    State::Failed
+                } else {
+                    undo(before)
+                };
+                g.edge(here, Transition::BusinessFailure, to);
+            }
+        }
         if step.role == Role::Compensable {
             g.edge(here, Transition::Cancel, cancel_to(Some(i)));
             if has_deadline {
                 g.edge(here, Transition::Deadline, undo(Some(i)));
             }
         }
-        if step.compensation.is_some() {
+        if step.undoes() {
             let comp = State::Compensating(i);
             match compensate_from(steps, before) {
                 Some(j) => g.edge(comp, Transition::Compensated, State::Compensating(j)),
@@ -118,7 +158,7 @@ pub(crate) fn build(steps: &[Step], has_deadline: bool) -> DiGraph<State, Transi
                     g.edge(comp, Transition::CancelCompensated, State::Cancelled);
                 }
             }
-            if step.retry.retries() {
+            if step.retry.retries() || step.branches.iter().any(|b| b.retry.retries()) {
                 g.edge(comp, Transition::Retry, comp);
             }
             g.edge(comp, Transition::CompensationFailed, State::Failed);

@@ -61,18 +61,62 @@ pub struct Step {
     pub retry: RetryPolicy,
     pub role: Role,
     pub idempotency: IdempotencyMode,
+    /// Evaluated when the step is reached: false or null skips it.
+    pub when: Option<Template>,
+    /// The step runs its action once per element of this array.
+    pub for_each: Option<ForEach>,
+    /// The branches of a `parallel` step (its action is [`Action::Parallel`]).
+    pub branches: Vec<Step>,
+}
+
+/// The most elements a `for_each` takes; more fail the step.
+pub const MAX_ELEMENTS: usize = 1000;
+
+/// A compiled `for_each`.
+#[derive(Debug, Clone)]
+pub struct ForEach {
+    pub items: Template,
+    pub max_concurrency: u32,
 }
 
 impl Step {
     /// The idempotency key of this step's effect (or of its compensation) in
     /// `instance`: it names the effect, not the attempt, unless the step asks
     /// for a key per attempt.
-    pub fn effect_key(&self, instance: &str, compensation: bool, attempt: u32) -> String {
+    pub fn effect_key(
+        &self,
+        instance: &str,
+        element: Option<u32>,
+        compensation: bool,
+        attempt: u32,
+    ) -> String {
         let undo = if compensation { ":compensate" } else { "" };
+        let at = element.map_or(String::new(), |i| format!(":{i}"));
         match self.idempotency {
-            IdempotencyMode::Stable => format!("{instance}:{}{undo}", self.name),
-            IdempotencyMode::PerAttempt => format!("{instance}:{}{undo}:{attempt}", self.name),
+            IdempotencyMode::Stable => format!("{instance}:{}{at}{undo}", self.name),
+            IdempotencyMode::PerAttempt => {
+                format!("{instance}:{}{at}{undo}:{attempt}", self.name)
+            }
         }
+    }
+
+    /// Whether the step runs units (branches or elements) rather than one action.
+    pub fn is_group(&self) -> bool {
+        self.for_each.is_some() || !self.branches.is_empty()
+    }
+
+    /// The step that performs unit `index` of this one: a branch of a
+    /// parallel step, or this step itself (a plain step, or a for-each element).
+    pub fn unit(&self, index: Option<u32>) -> &Step {
+        match index {
+            Some(b) if !self.branches.is_empty() => &self.branches[b as usize],
+            _ => self,
+        }
+    }
+
+    /// Whether undoing this step (or any of its branches) does anything.
+    pub fn undoes(&self) -> bool {
+        self.compensation.is_some() || self.branches.iter().any(|b| b.compensation.is_some())
     }
 }
 
@@ -81,6 +125,8 @@ pub enum Action {
     Http(HttpCall),
     Task(TaskCall),
     Wait(Wait),
+    /// Start every branch at once (the step's `branches`).
+    Parallel,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +254,8 @@ pub enum Transition {
     AllCompensated,
     /// Every compensation ran after a cancel.
     CancelCompensated,
+    /// The step's `when` was false: it is passed over.
+    Skipped,
 }
 
 impl fmt::Display for State {
@@ -253,6 +301,17 @@ impl Machine {
 
     pub fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
+    }
+
+    /// The step (or branch) named `name`: its index and, for a branch, its position.
+    pub fn unit_named(&self, name: &str) -> Option<(usize, Option<u32>)> {
+        self.steps.iter().enumerate().find_map(|(i, s)| {
+            if s.name == name {
+                return Some((i, None));
+            }
+            let b = s.branches.iter().position(|b| b.name == name)?;
+            Some((i, Some(b as u32)))
+        })
     }
 }
 

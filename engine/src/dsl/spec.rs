@@ -88,7 +88,7 @@ pub struct DefaultsSpec {
     pub retry: Option<RetrySpec>,
 }
 
-/// One step: exactly one action (`http`, `task` or `wait`), and how to undo it.
+/// One step: exactly one action (`http`, `task`, `wait` or `parallel`), and how to undo it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
@@ -106,6 +106,24 @@ pub struct StepSpec {
     /// Wait for a signal or for some time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitSpec>,
+    /// Branches that start at once, each a step with one action, its own
+    /// timeout, retry and compensation; the step succeeds when all have.
+    /// Its output is an object of the branches' outputs, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<Vec<StepSpec>>,
+    /// A condition, a template evaluated when the step is reached: `false` or
+    /// `null` skips the step (no effect, nothing to compensate, output `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// A template that yields an array: the step's action runs once per
+    /// element (at most 1,000), with `.item` and `.index` in its templates.
+    /// Its output is the array of the elements' outputs, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// How many elements of a `for_each` run at once (default 1: one after another, in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrency: Option<u32>,
     /// How long one attempt may take (for a `wait` on a signal: how long to wait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
@@ -290,6 +308,9 @@ impl StepSpec {
         }
         if self.wait.is_some() {
             keys.push("wait");
+        }
+        if self.parallel.is_some() {
+            keys.push("parallel");
         }
         keys
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::sandbox::{self, CompileError, Compiled, EvalError};
 
 /// The top-level names a template's context holds.
-pub const ROOTS: [&str; 4] = ["input", "steps", "env", "instance"];
+pub const ROOTS: [&str; 6] = ["input", "steps", "env", "instance", "item", "index"];
 
 #[derive(Clone)]
 enum Part {
@@ -88,6 +88,8 @@ pub enum Reference {
     Env(String),
     /// The expression starts with `.NAME` where NAME is not a context root.
     UnknownRoot(String),
+    /// `.item` or `.index`: the element of a for-each step.
+    Element(String),
 }
 
 impl Template {
@@ -135,6 +137,11 @@ impl Template {
     /// What the expressions read from the context: steps and env values by name.
     pub fn references(&self) -> Vec<Reference> {
         self.expressions().flat_map(references_in).collect()
+    }
+
+    /// Each expression with what it reads.
+    pub fn references_by_expression(&self) -> Vec<(&str, Vec<Reference>)> {
+        self.expressions().map(|e| (e, references_in(e))).collect()
     }
 
     /// Evaluates the template against `ctx`.
@@ -419,6 +426,26 @@ fn references_in(expr: &str) -> Vec<Reference> {
             };
             if let Some(name) = name.filter(|n| !n.is_empty()) {
                 refs.push(make(name));
+            }
+        }
+    }
+    for root in ["item", "index"] {
+        let needle = format!(".{root}");
+        let mut from = 0;
+        while let Some(i) = expr[from..].find(&needle) {
+            let start = from + i;
+            from = start + needle.len();
+            let preceded = expr[..start]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ']' || c == '"');
+            let followed = expr[from..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_');
+            if !preceded && !followed {
+                refs.push(Reference::Element(root.to_string()));
+                break;
             }
         }
     }

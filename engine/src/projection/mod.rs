@@ -530,6 +530,7 @@ mod tests {
     fn succeeded(name: &str, at: u64) -> Event {
         Event::StepSucceeded {
             step: 0,
+            index: None,
             name: name.into(),
             attempt: 1,
             output: json!({}),

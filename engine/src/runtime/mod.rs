@@ -48,7 +48,7 @@ use crate::dsl::spec::FailureKind;
 use crate::dsl::template::Context;
 use crate::projection::{Cursor, InstanceFilter, InstanceRow, OrderRow, Page, Projections};
 use crate::saga::{
-    self, context, decide_to, fold, Action, Clock, Input, Phase, SagaState, Timestamp,
+    self, decide_to, fold, Action, Clock, Input, Phase, SagaState, Timestamp,
 };
 use crate::secrets::Secrets;
 use crate::store::{EventStore, Expected, NewEvent, RecordedEvent};

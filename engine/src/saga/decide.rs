@@ -69,9 +69,10 @@ pub fn decide_to(
 /// idempotency key) and every pending timer.
 pub fn resume(state: &SagaState) -> Vec<Action> {
     let mut actions = Vec::new();
-    if let Some(f) = state.in_flight {
+    for f in &state.in_flight {
         actions.push(Action::Perform {
             step: f.step,
+            index: f.index,
             attempt: f.attempt,
             phase: f.phase,
         });
@@ -85,25 +86,25 @@ pub fn resume(state: &SagaState) -> Vec<Action> {
     actions
 }
 
-struct Decider<'a> {
-    m: &'a Machine,
-    instance: &'a str,
-    s: SagaState,
-    now: Timestamp,
-    out: Decision,
+pub(super) struct Decider<'a> {
+    pub(super) m: &'a Machine,
+    pub(super) instance: &'a str,
+    pub(super) s: SagaState,
+    pub(super) now: Timestamp,
+    pub(super) out: Decision,
 }
 
 impl Decider<'_> {
-    fn emit(&mut self, e: Event) {
+    pub(super) fn emit(&mut self, e: Event) {
         self.s = evolve(std::mem::take(&mut self.s), &e);
         self.out.events.push(e);
     }
 
-    fn act(&mut self, a: Action) {
+    pub(super) fn act(&mut self, a: Action) {
         self.out.actions.push(a);
     }
 
-    fn at(&self) -> State {
+    pub(super) fn at(&self) -> State {
         self.s.at.unwrap_or(State::Running(0))
     }
 
@@ -129,35 +130,40 @@ impl Decider<'_> {
             Input::Start { .. } => return Err(Rejection::AlreadyStarted),
             Input::Succeeded {
                 step,
+                index,
                 attempt,
                 phase,
                 output,
             } => {
-                if self.s.in_flight
-                    == Some(InFlight {
-                        step,
-                        attempt,
-                        phase,
-                    })
-                {
-                    self.succeeded(step, attempt, phase, output, None);
+                let f = InFlight {
+                    step,
+                    index,
+                    attempt,
+                    phase,
+                };
+                if self.s.in_flight.contains(&f) {
+                    match index {
+                        Some(u) => self.unit_succeeded(step, u, attempt, phase, output),
+                        None => self.succeeded(step, attempt, phase, output, None),
+                    }
                 }
             }
             Input::Failed {
                 step,
+                index,
                 attempt,
                 phase,
                 kind,
                 error,
             } => {
-                if self.s.in_flight
-                    == Some(InFlight {
-                        step,
-                        attempt,
-                        phase,
-                    })
-                {
-                    self.failed(step, attempt, phase, kind, error);
+                let f = InFlight {
+                    step,
+                    index,
+                    attempt,
+                    phase,
+                };
+                if self.s.in_flight.contains(&f) {
+                    self.failed(step, index, attempt, phase, kind, error);
                 }
             }
             Input::TimerFired { timer } => self.timer_fired(timer),
@@ -186,34 +192,38 @@ impl Decider<'_> {
     /// not been given its time, nor start another beside it.
     fn reissue(&mut self) {
         // (an ended saga has nothing in flight)
-        let Some(f) = self.s.in_flight else { return };
-        let step = &self.m.steps[f.step];
-        let timer = TimerPurpose::StepTimeout {
-            step: f.step,
-            attempt: f.attempt,
-            phase: f.phase,
+        for f in self.s.in_flight.clone() {
+            let step = self.m.steps[f.step].unit(f.index);
+            let timer = TimerPurpose::StepTimeout {
+                step: f.step,
+                index: f.index,
+                attempt: f.attempt,
+                phase: f.phase,
+            }
+            .id();
+            let timeout_due = match (step.timeout, self.s.timers.contains_key(&timer)) {
+                (Some(t), true) => Some(self.now.plus(t)),
+                _ => None,
+            };
+            self.emit(Event::AttemptReissued {
+                step: f.step,
+                index: f.index,
+                name: step.name.clone(),
+                attempt: f.attempt,
+                phase: f.phase,
+                timeout_due,
+                at: self.now,
+            });
+            if let Some(due) = timeout_due {
+                self.act(Action::ArmTimer { timer, due });
+            }
+            self.act(Action::Perform {
+                step: f.step,
+                index: f.index,
+                attempt: f.attempt,
+                phase: f.phase,
+            });
         }
-        .id();
-        let timeout_due = match (step.timeout, self.s.timers.contains_key(&timer)) {
-            (Some(t), true) => Some(self.now.plus(t)),
-            _ => None,
-        };
-        self.emit(Event::AttemptReissued {
-            step: f.step,
-            name: step.name.clone(),
-            attempt: f.attempt,
-            phase: f.phase,
-            timeout_due,
-            at: self.now,
-        });
-        if let Some(due) = timeout_due {
-            self.act(Action::ArmTimer { timer, due });
-        }
-        self.act(Action::Perform {
-            step: f.step,
-            attempt: f.attempt,
-            phase: f.phase,
-        });
     }
 
     fn pause(&mut self, reason: Option<String>) -> Result<(), Rejection> {
@@ -236,10 +246,10 @@ impl Decider<'_> {
         if !self.s.paused {
             return Err(Rejection::NotPaused);
         }
-        let held = self.s.held;
+        let held = self.s.held.clone();
         self.emit(Event::SagaResumed { at: self.now });
-        if let Some(h) = held {
-            self.start_attempt(h.step, h.attempt, h.phase);
+        for h in held {
+            self.start_attempt(h.step, h.index, h.attempt, h.phase);
         }
         Ok(())
     }
@@ -257,46 +267,28 @@ impl Decider<'_> {
             phase: f.phase,
             at: self.now,
         });
-        match (&self.m.steps[f.step].action, f.phase) {
-            (StepAction::Wait(_), Phase::Forward) => self.enter(State::Waiting(f.step)),
-            _ => self.start_attempt(f.step, f.attempt + 1, f.phase),
+        let step = &self.m.steps[f.step];
+        match (&step.action, f.phase) {
+            _ if step.is_group() && (f.index.is_some() || !self.s.units.is_empty()) => {
+                self.retry_units(f.step, f.phase)
+            }
+            // `when` or `for_each` could not be evaluated: reach the step again
+            _ if step.is_group() || step.when.is_some() && f.phase == Phase::Forward => {
+                self.reach(f.step)
+            }
+            (StepAction::Wait(_), Phase::Forward) => self.begin(f.step),
+            _ => self.start_attempt(f.step, None, f.attempt + 1, f.phase),
         }
         Ok(())
     }
 
     /// Enters a state: starts its step, arms its timers, or ends the saga.
-    fn enter(&mut self, target: State) {
+    pub(super) fn enter(&mut self, target: State) {
         match target {
-            State::Running(i) => self.start_attempt(i, 1, Phase::Forward),
-            State::Compensating(i) => self.start_attempt(i, 1, Phase::Compensation),
-            State::Waiting(i) => {
-                let step = &self.m.steps[i];
-                self.emit(Event::StepStarted {
-                    step: i,
-                    name: step.name.clone(),
-                    attempt: 1,
-                    phase: Phase::Forward,
-                    action: ActionKind::Wait,
-                    at: self.now,
-                });
-                match &step.action {
-                    StepAction::Wait(Wait::Duration(d)) => {
-                        self.arm(TimerPurpose::WaitElapsed { step: i }, self.now.plus(*d))
-                    }
-                    StepAction::Wait(Wait::Signal(name)) => {
-                        if let Some((_, payload)) =
-                            self.s.signals.iter().find(|(n, _)| n == name).cloned()
-                        {
-                            self.succeeded(i, 1, Phase::Forward, payload, Some(name.clone()));
-                            return;
-                        }
-                        if let Some(t) = step.timeout {
-                            self.arm(TimerPurpose::WaitTimeout { step: i }, self.now.plus(t));
-                        }
-                    }
-                    StepAction::Http(_) | StepAction::Task(_) => {}
-                }
-            }
+            State::Running(i) | State::Waiting(i) => self.reach(i),
+            State::Compensating(i) if self.s.skipped.contains(&i) => self.compensation_done(),
+            State::Compensating(i) if self.m.steps[i].is_group() => self.compensate_units(i),
+            State::Compensating(i) => self.start_attempt(i, None, 1, Phase::Compensation),
             State::Completed => {
                 let output = self.output();
                 self.emit(Event::SagaCompleted {
@@ -324,11 +316,57 @@ impl Decider<'_> {
         }
     }
 
-    fn start_attempt(&mut self, i: usize, attempt: u32, phase: Phase) {
+    /// Starts step `i` (its `when` already passed): its branches, its
+    /// elements, its wait or its first attempt.
+    pub(super) fn begin(&mut self, i: usize) {
         let step = &self.m.steps[i];
+        if !step.branches.is_empty() {
+            return self.start_branches(i);
+        }
+        if step.for_each.is_some() {
+            return self.start_elements(i);
+        }
+        match &step.action {
+            StepAction::Wait(_) => self.wait(i),
+            _ => self.start_attempt(i, None, 1, Phase::Forward),
+        }
+    }
+
+    fn wait(&mut self, i: usize) {
+        let step = &self.m.steps[i];
+        self.emit(Event::StepStarted {
+            step: i,
+            index: None,
+            name: step.name.clone(),
+            attempt: 1,
+            phase: Phase::Forward,
+            action: ActionKind::Wait,
+            at: self.now,
+        });
+        match &step.action {
+            StepAction::Wait(Wait::Duration(d)) => {
+                self.arm(TimerPurpose::WaitElapsed { step: i }, self.now.plus(*d))
+            }
+            StepAction::Wait(Wait::Signal(name)) => {
+                if let Some((_, payload)) = self.s.signals.iter().find(|(n, _)| n == name).cloned()
+                {
+                    self.succeeded(i, 1, Phase::Forward, payload, Some(name.clone()));
+                    return;
+                }
+                if let Some(t) = step.timeout {
+                    self.arm(TimerPurpose::WaitTimeout { step: i }, self.now.plus(t));
+                }
+            }
+            StepAction::Http(_) | StepAction::Task(_) | StepAction::Parallel => {}
+        }
+    }
+
+    pub(super) fn start_attempt(&mut self, i: usize, index: Option<u32>, attempt: u32, phase: Phase) {
+        let step = self.m.steps[i].unit(index);
         if self.s.paused {
             self.emit(Event::StepHeld {
                 step: i,
+                index,
                 name: step.name.clone(),
                 attempt,
                 phase,
@@ -343,10 +381,11 @@ impl Decider<'_> {
         let kind = match action {
             StepAction::Http(_) => ActionKind::Http,
             StepAction::Task(_) => ActionKind::Task,
-            StepAction::Wait(_) => ActionKind::Wait,
+            StepAction::Wait(_) | StepAction::Parallel => ActionKind::Wait,
         };
         self.emit(Event::StepStarted {
             step: i,
+            index,
             name: step.name.clone(),
             attempt,
             phase,
@@ -357,6 +396,7 @@ impl Decider<'_> {
             self.arm(
                 TimerPurpose::StepTimeout {
                     step: i,
+                    index,
                     attempt,
                     phase,
                 },
@@ -365,12 +405,13 @@ impl Decider<'_> {
         }
         self.act(Action::Perform {
             step: i,
+            index,
             attempt,
             phase,
         });
     }
 
-    fn arm(&mut self, purpose: TimerPurpose, due: Timestamp) {
+    pub(super) fn arm(&mut self, purpose: TimerPurpose, due: Timestamp) {
         let timer = purpose.id();
         self.emit(Event::TimerArmed {
             timer: timer.clone(),
@@ -398,6 +439,7 @@ impl Decider<'_> {
                 };
                 self.emit(Event::StepSucceeded {
                     step: i,
+                    index: None,
                     name,
                     attempt,
                     output,
@@ -409,29 +451,45 @@ impl Decider<'_> {
             Phase::Compensation => {
                 self.emit(Event::StepCompensated {
                     step: i,
+                    index: None,
                     name,
                     attempt,
                     output,
                     at: self.now,
                 });
-                let done = match self.s.reason {
-                    Some(CompensationReason::Cancel) => Transition::CancelCompensated,
-                    _ => Transition::AllCompensated,
-                };
-                let on = if self.m.next(self.at(), Transition::Compensated).is_some() {
-                    Transition::Compensated
-                } else {
-                    done
-                };
-                self.go(on);
+                self.compensation_done();
             }
         }
     }
 
-    fn failed(&mut self, i: usize, attempt: u32, phase: Phase, kind: FailureKind, error: String) {
-        let step = &self.m.steps[i];
+    /// The compensation of the step the saga is at is done: on to the one before, or the end.
+    pub(super) fn compensation_done(&mut self) {
+        let done = match self.s.reason {
+            Some(CompensationReason::Cancel) => Transition::CancelCompensated,
+            _ => Transition::AllCompensated,
+        };
+        let on = if self.m.next(self.at(), Transition::Compensated).is_some() {
+            Transition::Compensated
+        } else {
+            done
+        };
+        self.go(on);
+    }
+
+    pub(super) fn failed(
+        &mut self,
+        i: usize,
+        index: Option<u32>,
+        attempt: u32,
+        phase: Phase,
+        kind: FailureKind,
+        error: String,
+    ) {
+        let step = self.m.steps[i].unit(index);
         let name = step.name.clone();
         let retry = match phase {
+            // a branch or element retries by its own policy, the group's state unchanged
+            Phase::Forward if index.is_some() => step.retry.should_retry(attempt, kind),
             Phase::Forward => {
                 step.retry.should_retry(attempt, kind)
                     && self.m.next(self.at(), Transition::Retry).is_some()
@@ -442,10 +500,14 @@ impl Decider<'_> {
                     && step.retry.max_attempts.is_none_or(|max| attempt < max)
             }
         };
-        let error = format!("{name}: {error}");
+        let error = match index {
+            Some(u) if self.m.steps[i].for_each.is_some() => format!("{name}[{u}]: {error}"),
+            _ => format!("{name}: {error}"),
+        };
         match phase {
             Phase::Forward => self.emit(Event::StepFailed {
                 step: i,
+                index,
                 name: name.clone(),
                 attempt,
                 kind,
@@ -455,6 +517,7 @@ impl Decider<'_> {
             }),
             Phase::Compensation => self.emit(Event::CompensationFailed {
                 step: i,
+                index,
                 name: name.clone(),
                 attempt,
                 kind,
@@ -464,7 +527,7 @@ impl Decider<'_> {
             }),
         }
         if retry {
-            self.schedule_retry(i, attempt + 1, phase);
+            self.schedule_retry(i, index, attempt + 1, phase);
             return;
         }
         let transition = match (phase, kind) {
@@ -482,17 +545,18 @@ impl Decider<'_> {
         }
     }
 
-    fn schedule_retry(&mut self, i: usize, attempt: u32, phase: Phase) {
-        let step = &self.m.steps[i];
+    fn schedule_retry(&mut self, i: usize, index: Option<u32>, attempt: u32, phase: Phase) {
+        let step = self.m.steps[i].unit(index);
         let base = step.retry.delay(attempt - 1);
-        let delay = jittered(base, step.retry.jitter, self.instance, i, attempt);
+        let delay = jittered(base, step.retry.jitter, self.instance, i, index, attempt);
         if delay.is_zero() {
-            self.start_attempt(i, attempt, phase);
+            self.start_attempt(i, index, attempt, phase);
             return;
         }
         let due = self.now.plus(delay);
         self.emit(Event::RetryScheduled {
             step: i,
+            index,
             name: step.name.clone(),
             attempt,
             phase,
@@ -501,6 +565,7 @@ impl Decider<'_> {
         self.act(Action::ArmTimer {
             timer: TimerPurpose::Backoff {
                 step: i,
+                index,
                 attempt,
                 phase,
             }
@@ -510,7 +575,7 @@ impl Decider<'_> {
     }
 
     /// Follows a transition from the current state and enters where it leads.
-    fn go(&mut self, on: Transition) {
+    pub(super) fn go(&mut self, on: Transition) {
         match self.m.next(self.at(), on) {
             Some(next) => self.enter(next),
             None => {
@@ -520,7 +585,7 @@ impl Decider<'_> {
         }
     }
 
-    fn compensate(&mut self, reason: CompensationReason, step: usize, next: State) {
+    pub(super) fn compensate(&mut self, reason: CompensationReason, step: usize, next: State) {
         self.emit(Event::CompensationStarted {
             reason,
             step,
@@ -567,19 +632,22 @@ impl Decider<'_> {
         match pending.purpose {
             TimerPurpose::Backoff {
                 step,
+                index,
                 attempt,
                 phase,
-            } => self.start_attempt(step, attempt, phase),
+            } => self.start_attempt(step, index, attempt, phase),
             TimerPurpose::StepTimeout {
                 step,
+                index,
                 attempt,
                 phase,
             } => {
-                let after = self.m.steps[step].timeout.map_or(String::new(), |t| {
+                let after = self.m.steps[step].unit(index).timeout.map_or(String::new(), |t| {
                     format!(" after {}", humantime::format_duration(t))
                 });
                 self.failed(
                     step,
+                    index,
                     attempt,
                     phase,
                     FailureKind::Timeout,
@@ -592,6 +660,7 @@ impl Decider<'_> {
                     let error = format!("{name}: no signal came in time");
                     self.emit(Event::StepFailed {
                         step,
+                        index: None,
                         name,
                         attempt: 1,
                         kind: FailureKind::Timeout,
@@ -699,15 +768,25 @@ pub fn context(m: &Machine, instance: &str, s: &SagaState) -> Value {
     })
 }
 
-/// A delay with up to `jitter` of it randomised, reproducibly from the instance, step and attempt.
-fn jittered(base: Duration, jitter: f64, instance: &str, step: usize, attempt: u32) -> Duration {
+/// A delay with up to `jitter` of it randomised, reproducibly from the
+/// instance, step, branch or element, and attempt.
+fn jittered(
+    base: Duration,
+    jitter: f64,
+    instance: &str,
+    step: usize,
+    index: Option<u32>,
+    attempt: u32,
+) -> Duration {
     if base.is_zero() || jitter <= 0.0 {
         return base;
     }
     let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+    let unit = index.map(u32::to_le_bytes).unwrap_or_default();
     for b in instance
         .bytes()
         .chain(step.to_le_bytes())
+        .chain(unit.into_iter().take(if index.is_some() { 4 } else { 0 }))
         .chain(attempt.to_le_bytes())
     {
         seed = (seed ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);

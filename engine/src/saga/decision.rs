@@ -18,6 +18,8 @@ pub enum Input {
     /// An attempt answered.
     Succeeded {
         step: usize,
+        /// The branch or element, for a parallel or for-each step.
+        index: Option<u32>,
         attempt: u32,
         phase: Phase,
         output: Value,
@@ -25,6 +27,8 @@ pub enum Input {
     /// An attempt failed.
     Failed {
         step: usize,
+        /// The branch or element, for a parallel or for-each step.
+        index: Option<u32>,
         attempt: u32,
         phase: Phase,
         kind: FailureKind,
@@ -70,6 +74,7 @@ pub enum Action {
     /// Perform an attempt: call the HTTP endpoint or offer the task.
     Perform {
         step: usize,
+        index: Option<u32>,
         attempt: u32,
         phase: Phase,
     },

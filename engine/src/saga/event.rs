@@ -11,7 +11,7 @@ use super::time::Timestamp;
 use crate::dsl::spec::FailureKind;
 
 /// The schema version every event is written with today.
-pub const SCHEMA_VERSION: u16 = 1;
+pub const SCHEMA_VERSION: u16 = 2;
 
 /// Whether an attempt performs a step or undoes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,12 +46,16 @@ pub enum TimerPurpose {
     /// An attempt that has not answered by `due` times out.
     StepTimeout {
         step: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         attempt: u32,
         phase: Phase,
     },
     /// The next attempt starts at `due`.
     Backoff {
         step: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         attempt: u32,
         phase: Phase,
     },
@@ -66,6 +70,10 @@ pub enum TimerPurpose {
 impl TimerPurpose {
     /// A stable id, unique within the instance.
     pub fn id(&self) -> String {
+        let unit = |step: usize, index: Option<u32>| match index {
+            Some(i) => format!("{step}.{i}"),
+            None => step.to_string(),
+        };
         let ph = |p: &Phase| match p {
             Phase::Forward => "f",
             Phase::Compensation => "c",
@@ -73,14 +81,16 @@ impl TimerPurpose {
         match self {
             TimerPurpose::StepTimeout {
                 step,
+                index,
                 attempt,
                 phase,
-            } => format!("timeout:{step}:{}:{attempt}", ph(phase)),
+            } => format!("timeout:{}:{}:{attempt}", unit(*step, *index), ph(phase)),
             TimerPurpose::Backoff {
                 step,
+                index,
                 attempt,
                 phase,
-            } => format!("backoff:{step}:{}:{attempt}", ph(phase)),
+            } => format!("backoff:{}:{}:{attempt}", unit(*step, *index), ph(phase)),
             TimerPurpose::WaitTimeout { step } => format!("wait-timeout:{step}"),
             TimerPurpose::WaitElapsed { step } => format!("wait:{step}"),
             TimerPurpose::Deadline => "deadline".into(),
@@ -115,6 +125,9 @@ pub enum Event {
     /// An attempt of a step (or of its compensation) began.
     StepStarted {
         step: usize,
+        /// The branch of a parallel step, or the element of a for-each step, by position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         name: String,
         attempt: u32,
         phase: Phase,
@@ -123,6 +136,9 @@ pub enum Event {
     },
     StepSucceeded {
         step: usize,
+        /// The branch of a parallel step, or the element of a for-each step, by position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         name: String,
         attempt: u32,
         output: Value,
@@ -133,6 +149,9 @@ pub enum Event {
     },
     StepFailed {
         step: usize,
+        /// The branch of a parallel step, or the element of a for-each step, by position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         name: String,
         attempt: u32,
         kind: FailureKind,
@@ -144,6 +163,9 @@ pub enum Event {
     /// Another attempt starts at `due`.
     RetryScheduled {
         step: usize,
+        /// The branch of a parallel step, or the element of a for-each step, by position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         name: String,
         attempt: u32,
         phase: Phase,
@@ -183,6 +205,9 @@ pub enum Event {
     },
     StepCompensated {
         step: usize,
+        /// The branch of a parallel step, or the element of a for-each step, by position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         name: String,
         attempt: u32,
         output: Value,
@@ -190,6 +215,9 @@ pub enum Event {
     },
     CompensationFailed {
         step: usize,
+        /// The branch of a parallel step, or the element of a for-each step, by position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         name: String,
         attempt: u32,
         kind: FailureKind,
@@ -224,6 +252,9 @@ pub enum Event {
     /// An attempt that was due while the saga was paused; it starts when the saga resumes.
     StepHeld {
         step: usize,
+        /// The branch of a parallel step, or the element of a for-each step, by position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         name: String,
         attempt: u32,
         phase: Phase,
@@ -236,11 +267,43 @@ pub enum Event {
         phase: Phase,
         at: Timestamp,
     },
+    /// A step's `when` was false (or null) when the step was reached: it is
+    /// passed over, its output is null, and it is never compensated.
+    StepSkipped {
+        step: usize,
+        name: String,
+        at: Timestamp,
+    },
+    /// A parallel step started: its branches, by position, start at once.
+    BranchesStarted {
+        step: usize,
+        name: String,
+        branches: Vec<String>,
+        at: Timestamp,
+    },
+    /// A for-each step started over these elements (`.item`, by `.index`).
+    ElementsListed {
+        step: usize,
+        name: String,
+        items: Vec<Value>,
+        at: Timestamp,
+    },
+    /// The branches or elements of a step that are to be undone, by position:
+    /// those that succeeded and those whose outcome is unknown.
+    UnitsToCompensate {
+        step: usize,
+        name: String,
+        units: Vec<u32>,
+        at: Timestamp,
+    },
     /// The attempt in flight was sent again after the runtime resumed the saga
     /// (a restart, or a replica taking it over), with the same idempotency key.
     /// Its timeout counts from here: `timeout_due` is the attempt's new deadline.
     AttemptReissued {
         step: usize,
+        /// The branch of a parallel step, or the element of a for-each step, by position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
         name: String,
         attempt: u32,
         phase: Phase,
@@ -294,6 +357,37 @@ impl Event {
             Event::StepHeld { .. } => "StepHeld",
             Event::SagaRetried { .. } => "SagaRetried",
             Event::AttemptReissued { .. } => "AttemptReissued",
+            Event::StepSkipped { .. } => "StepSkipped",
+            Event::BranchesStarted { .. } => "BranchesStarted",
+            Event::ElementsListed { .. } => "ElementsListed",
+            Event::UnitsToCompensate { .. } => "UnitsToCompensate",
+        }
+    }
+
+    /// The schema version this event is written with: 2 for the shapes
+    /// version 2 brought (an attempt of a branch or element, the group
+    /// events), 1 for every other, so the history of a plain workflow stays
+    /// readable by a sagaflow that knows only version 1.
+    pub fn schema_version(&self) -> u16 {
+        match self {
+            Event::StepStarted { index, .. }
+            | Event::StepSucceeded { index, .. }
+            | Event::StepFailed { index, .. }
+            | Event::RetryScheduled { index, .. }
+            | Event::StepCompensated { index, .. }
+            | Event::CompensationFailed { index, .. }
+            | Event::StepHeld { index, .. }
+            | Event::AttemptReissued { index, .. } => 1 + u16::from(index.is_some()),
+            Event::TimerArmed {
+                purpose:
+                    TimerPurpose::StepTimeout { index, .. } | TimerPurpose::Backoff { index, .. },
+                ..
+            } => 1 + u16::from(index.is_some()),
+            Event::StepSkipped { .. }
+            | Event::BranchesStarted { .. }
+            | Event::ElementsListed { .. }
+            | Event::UnitsToCompensate { .. } => 2,
+            _ => 1,
         }
     }
 
@@ -339,10 +433,14 @@ impl Event {
 
 /// Brings an event body from `version` up to [`SCHEMA_VERSION`].
 ///
-/// Version 1 is the first published schema, so no older shape exists yet.
 /// A schema change bumps [`SCHEMA_VERSION`], adds an arm here for the old
-/// version (e.g. filling in a new field's default), and adds a golden
-/// fixture of the old shape under `engine/tests/events/`.
+/// version (e.g. filling in a new field's default), and adds golden
+/// fixtures of the new shape under `engine/tests/events/`.
+///
+/// Version 2 added the `index` of a branch or element to the attempt events
+/// and timer purposes, and the events `StepSkipped`, `BranchesStarted`,
+/// `ElementsListed` and `UnitsToCompensate`. A version 1 body is a version 2
+/// body without `index` (a plain step), so it reads unchanged.
 fn upcast(kind: &str, version: u16, data: Value) -> Result<Value, EventError> {
     match version {
         0 => Err(EventError::TooNew(kind.to_string(), version)),

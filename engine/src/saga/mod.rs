@@ -5,6 +5,7 @@
 
 pub mod decide;
 mod decision;
+mod group;
 pub mod event;
 pub mod state;
 pub mod time;
@@ -13,7 +14,8 @@ pub use decide::{context, decide, decide_to, resume, Action, Decision, Input, Re
 pub use event::{
     ActionKind, CompensationReason, Event, EventError, Phase, TimerPurpose, ENDINGS, SCHEMA_VERSION,
 };
-pub use state::{evolve, fold, InFlight, SagaState};
+pub use group::unit_context;
+pub use state::{evolve, fold, InFlight, SagaState, Unit, UnitStatus};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, MAX_DURATION};
 
 #[cfg(test)]

@@ -1,21 +1,60 @@
 //! The state of one saga instance, folded from its events by [`evolve`].
 //! No decisions here: `evolve` only records what the events say.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::event::{ActionKind, CompensationReason, Event, Phase, TimerPurpose};
+use crate::dsl::spec::FailureKind;
 use super::time::Timestamp;
 use crate::compile::State;
 
-/// The attempt currently waiting for an outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// An attempt waiting for an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct InFlight {
     pub step: usize,
+    /// The branch or element, for an attempt of a parallel or for-each step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
     pub attempt: u32,
     pub phase: Phase,
+}
+
+/// Where a branch or element of the step the saga is at stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitStatus {
+    /// Not started yet.
+    Pending,
+    /// An attempt is in flight, due (backoff) or held.
+    Active,
+    Succeeded,
+    /// Failed for good (forward: its `kind` says whether its effect may have happened).
+    Failed(FailureKind),
+    Compensated,
+}
+
+/// A branch of a parallel step or an element of a for-each step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unit {
+    pub status: UnitStatus,
+    /// Its last attempt's number (0 before the first).
+    pub attempt: u32,
+    /// An element's output (a branch's is in `outputs`, by name).
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub output: Value,
+}
+
+impl Unit {
+    fn pending() -> Self {
+        Self {
+            status: UnitStatus::Pending,
+            attempt: 0,
+            output: Value::Null,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,15 +77,17 @@ pub struct SagaState {
     pub deadline: Option<Timestamp>,
     /// Where the saga is in its machine (`None` before it starts).
     pub at: Option<State>,
-    pub in_flight: Option<InFlight>,
+    /// The attempts waiting for an outcome: one for a plain step, one per
+    /// running branch or element of a parallel or for-each step.
+    pub in_flight: BTreeSet<InFlight>,
     /// The attempt number of the current step or compensation.
     pub attempt: u32,
     /// When the current attempt started.
     pub attempt_started_at: Timestamp,
     /// Paused by an operator: no new attempt starts.
     pub paused: bool,
-    /// The attempt that came due while paused, started on resume.
-    pub held: Option<InFlight>,
+    /// The attempts that came due while paused, started on resume.
+    pub held: Vec<InFlight>,
     /// The step, phase and attempt of the last failure (where a retry starts again).
     pub last_failure: Option<InFlight>,
     /// Outputs of the steps that succeeded, by step name.
@@ -59,6 +100,12 @@ pub struct SagaState {
     /// Timers armed and not yet fired or made moot, by id.
     pub timers: BTreeMap<String, PendingTimer>,
     pub output: Option<Value>,
+    /// The branches or elements of the parallel or for-each step the saga is at, by position.
+    pub units: BTreeMap<u32, Unit>,
+    /// The elements of each for-each step that started, by step.
+    pub items: BTreeMap<usize, Vec<Value>>,
+    /// The steps whose `when` was false.
+    pub skipped: BTreeSet<usize>,
     pub finished_at: Option<Timestamp>,
     /// Events folded so far (the stream's next revision).
     pub events: u64,
@@ -118,6 +165,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
         }
         Event::StepStarted {
             step,
+            index,
             attempt,
             phase,
             action,
@@ -131,15 +179,29 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             });
             s.attempt = *attempt;
             s.attempt_started_at = *at;
-            s.in_flight = (*action != ActionKind::Wait).then_some(InFlight {
+            let f = InFlight {
                 step: *step,
+                index: *index,
                 attempt: *attempt,
                 phase: *phase,
-            });
+            };
+            match index {
+                Some(u) => {
+                    s.in_flight.insert(f);
+                    activate(&mut s, *u, *attempt);
+                }
+                None => {
+                    s.in_flight.clear();
+                    if *action != ActionKind::Wait {
+                        s.in_flight.insert(f);
+                    }
+                }
+            }
             remove_timer(
                 &mut s,
                 &TimerPurpose::Backoff {
                     step: *step,
+                    index: *index,
                     attempt: *attempt,
                     phase: *phase,
                 },
@@ -148,65 +210,109 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
         }
         Event::StepSucceeded {
             step,
+            index,
             name,
             attempt,
             output,
             signal,
             at,
         } => {
-            s.outputs.insert(name.clone(), output.clone());
+            match index {
+                Some(u) => {
+                    let element = s.items.contains_key(step);
+                    if let Some(unit) = s.units.get_mut(u) {
+                        unit.status = UnitStatus::Succeeded;
+                        if element {
+                            unit.output = output.clone();
+                        }
+                    }
+                    if !element {
+                        s.outputs.insert(name.clone(), output.clone());
+                    }
+                }
+                None => {
+                    s.outputs.insert(name.clone(), output.clone());
+                    s.units.clear();
+                }
+            }
             if let Some(sig) = signal {
                 if let Some(i) = s.signals.iter().position(|(n, _)| n == sig) {
                     s.signals.remove(i);
                 }
             }
-            finish_attempt(&mut s, *step, *attempt, Phase::Forward);
+            finish_attempt(&mut s, *step, *index, *attempt, Phase::Forward);
             s.timers.retain(|_, t| !matches!(t.purpose, TimerPurpose::WaitTimeout { step: w } | TimerPurpose::WaitElapsed { step: w } if w == *step));
             s.updated_at = *at;
         }
         Event::StepFailed {
             step,
+            index,
             attempt,
+            kind,
             error,
+            retryable,
             at,
             ..
         } => {
             s.error = Some(error.clone());
             s.last_failure = Some(InFlight {
                 step: *step,
+                index: *index,
                 attempt: *attempt,
                 phase: Phase::Forward,
             });
-            finish_attempt(&mut s, *step, *attempt, Phase::Forward);
+            if let (Some(u), false) = (index, retryable) {
+                if let Some(unit) = s.units.get_mut(u) {
+                    unit.status = UnitStatus::Failed(*kind);
+                }
+            }
+            finish_attempt(&mut s, *step, *index, *attempt, Phase::Forward);
             s.timers.retain(
                 |_, t| !matches!(t.purpose, TimerPurpose::WaitTimeout { step: w } if w == *step),
             );
             s.updated_at = *at;
         }
         Event::StepCompensated {
-            step, attempt, at, ..
+            step,
+            index,
+            attempt,
+            at,
+            ..
         } => {
-            finish_attempt(&mut s, *step, *attempt, Phase::Compensation);
+            if let Some(unit) = index.and_then(|u| s.units.get_mut(&u)) {
+                unit.status = UnitStatus::Compensated;
+            }
+            finish_attempt(&mut s, *step, *index, *attempt, Phase::Compensation);
             s.updated_at = *at;
         }
         Event::CompensationFailed {
             step,
+            index,
             attempt,
+            kind,
             error,
+            retryable,
             at,
             ..
         } => {
             s.error = Some(error.clone());
             s.last_failure = Some(InFlight {
                 step: *step,
+                index: *index,
                 attempt: *attempt,
                 phase: Phase::Compensation,
             });
-            finish_attempt(&mut s, *step, *attempt, Phase::Compensation);
+            if let (Some(u), false) = (index, retryable) {
+                if let Some(unit) = s.units.get_mut(u) {
+                    unit.status = UnitStatus::Failed(*kind);
+                }
+            }
+            finish_attempt(&mut s, *step, *index, *attempt, Phase::Compensation);
             s.updated_at = *at;
         }
         Event::RetryScheduled {
             step,
+            index,
             attempt,
             phase,
             due,
@@ -214,6 +320,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
         } => {
             let purpose = TimerPurpose::Backoff {
                 step: *step,
+                index: *index,
                 attempt: *attempt,
                 phase: *phase,
             };
@@ -259,7 +366,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             if *reason == CompensationReason::Deadline {
                 s.error = Some("the saga's deadline passed".into());
             }
-            s.in_flight = None;
+            s.in_flight.clear();
             // Forward work is abandoned: its timers are moot, the deadline too.
             s.timers.retain(|_, t| {
                 matches!(
@@ -283,8 +390,8 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
         Event::SagaFailed { reason, at } => {
             s.error = Some(reason.clone());
             // a saga stopped by a fault is retried from the attempt it had in flight
-            if let Some(f) = s.in_flight {
-                s.last_failure = Some(f);
+            if let Some(f) = s.in_flight.first() {
+                s.last_failure = Some(*f);
             }
             end(&mut s, State::Failed, *at);
         }
@@ -295,11 +402,12 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
         }
         Event::SagaResumed { at } => {
             s.paused = false;
-            s.held = None;
+            s.held.clear();
             s.updated_at = *at;
         }
         Event::StepHeld {
             step,
+            index,
             attempt,
             phase,
             at,
@@ -310,8 +418,12 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                 Phase::Compensation => State::Compensating(*step),
             });
             s.attempt = *attempt;
-            s.held = Some(InFlight {
+            if let Some(u) = index {
+                activate(&mut s, *u, *attempt);
+            }
+            s.held.push(InFlight {
                 step: *step,
+                index: *index,
                 attempt: *attempt,
                 phase: *phase,
             });
@@ -329,6 +441,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
         }
         Event::AttemptReissued {
             step,
+            index,
             attempt,
             phase,
             timeout_due,
@@ -337,6 +450,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
         } => {
             let timeout = TimerPurpose::StepTimeout {
                 step: *step,
+                index: *index,
                 attempt: *attempt,
                 phase: *phase,
             };
@@ -346,28 +460,63 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             s.attempt_started_at = *at;
             s.updated_at = *at;
         }
+        Event::StepSkipped { step, name, at } => {
+            s.skipped.insert(*step);
+            s.outputs.insert(name.clone(), Value::Null);
+            s.updated_at = *at;
+        }
+        Event::BranchesStarted {
+            step, branches, at, ..
+        } => {
+            s.at = Some(State::Running(*step));
+            s.units = (0..branches.len() as u32)
+                .map(|u| (u, Unit::pending()))
+                .collect();
+            s.updated_at = *at;
+        }
+        Event::ElementsListed {
+            step, items, at, ..
+        } => {
+            s.at = Some(State::Running(*step));
+            s.units = (0..items.len() as u32)
+                .map(|u| (u, Unit::pending()))
+                .collect();
+            s.items.insert(*step, items.clone());
+            s.updated_at = *at;
+        }
+        Event::UnitsToCompensate {
+            step, units, at, ..
+        } => {
+            s.at = Some(State::Compensating(*step));
+            s.units = units.iter().map(|&u| (u, Unit::pending())).collect();
+            s.updated_at = *at;
+        }
     }
     s
+}
+
+fn activate(s: &mut SagaState, unit: u32, attempt: u32) {
+    let u = s.units.entry(unit).or_insert_with(Unit::pending);
+    u.status = UnitStatus::Active;
+    u.attempt = attempt;
 }
 
 fn remove_timer(s: &mut SagaState, purpose: &TimerPurpose) {
     s.timers.remove(&purpose.id());
 }
 
-fn finish_attempt(s: &mut SagaState, step: usize, attempt: u32, phase: Phase) {
-    if s.in_flight
-        == Some(InFlight {
-            step,
-            attempt,
-            phase,
-        })
-    {
-        s.in_flight = None;
-    }
+fn finish_attempt(s: &mut SagaState, step: usize, index: Option<u32>, attempt: u32, phase: Phase) {
+    s.in_flight.remove(&InFlight {
+        step,
+        index,
+        attempt,
+        phase,
+    });
     remove_timer(
         s,
         &TimerPurpose::StepTimeout {
             step,
+            index,
             attempt,
             phase,
         },
@@ -376,7 +525,7 @@ fn finish_attempt(s: &mut SagaState, step: usize, attempt: u32, phase: Phase) {
 
 fn end(s: &mut SagaState, state: State, at: Timestamp) {
     s.at = Some(state);
-    s.in_flight = None;
+    s.in_flight.clear();
     s.timers.clear();
     s.finished_at = Some(at);
     s.updated_at = at;

@@ -71,6 +71,7 @@ impl Saga {
         let attempt = self.state().attempt;
         self.ok(Input::Succeeded {
             step,
+            index: None,
             attempt,
             phase,
             output,
@@ -81,6 +82,7 @@ impl Saga {
         let attempt = self.state().attempt;
         self.ok(Input::Failed {
             step,
+            index: None,
             attempt,
             phase,
             kind,
@@ -137,6 +139,7 @@ fn start_records_the_start_and_performs_the_first_step() {
             },
             Action::Perform {
                 step: 0,
+                index: None,
                 attempt: 1,
                 phase: Phase::Forward
             },
@@ -208,6 +211,7 @@ fn a_declined_payment_releases_the_reservation_only() {
         d.actions.last(),
         Some(&Action::Perform {
             step: 0,
+            index: None,
             attempt: 1,
             phase: Phase::Compensation
         })
@@ -235,7 +239,7 @@ fn transient_failures_retry_after_a_backoff_then_give_up() {
             && due <= T0.plus(std::time::Duration::from_millis(100)),
         "{due:?}"
     );
-    assert_eq!(s.state().in_flight, None);
+    assert!(s.state().in_flight.is_empty());
     let d = s.fire("backoff:0:f:2");
     assert_eq!(
         types(&d.events),
@@ -245,6 +249,7 @@ fn transient_failures_retry_after_a_backoff_then_give_up() {
         d.actions.last(),
         Some(&Action::Perform {
             step: 0,
+            index: None,
             attempt: 2,
             phase: Phase::Forward
         })
@@ -266,6 +271,7 @@ fn transient_failures_retry_after_a_backoff_then_give_up() {
         d.actions.last(),
         Some(&Action::Perform {
             step: 0,
+            index: None,
             attempt: 1,
             phase: Phase::Compensation
         })
@@ -287,6 +293,7 @@ fn a_timeout_fails_the_attempt_and_a_late_answer_is_ignored() {
     // the first attempt answers after all: too late, nothing happens
     let late = s.ok(Input::Succeeded {
         step: 1,
+        index: None,
         attempt: 1,
         phase: Phase::Forward,
         output: json!({}),
@@ -603,6 +610,7 @@ fn resume_reissues_the_attempt_in_flight_with_its_number() {
     let actions = resume(&s.state());
     assert!(actions.contains(&Action::Perform {
         step: 0,
+        index: None,
         attempt: 2,
         phase: Phase::Forward
     }));
@@ -675,7 +683,7 @@ mod properties {
                     continue;
                 }
             }
-            if let Some(f) = st.in_flight {
+            if let Some(&f) = st.in_flight.first() {
                 let o = outcomes.get(answered).copied().unwrap_or(Outcome::Ok);
                 answered += 1;
                 match o {
@@ -829,12 +837,14 @@ fn decide_to_returns_the_state_its_events_fold_into() {
         },
         Input::Succeeded {
             step: 0,
+            index: None,
             attempt: 1,
             phase: Phase::Forward,
             output: json!({"reservation_id": "r"}),
         },
         Input::Failed {
             step: 1,
+            index: None,
             attempt: 1,
             phase: Phase::Forward,
             kind: FailureKind::Business,
@@ -842,6 +852,7 @@ fn decide_to_returns_the_state_its_events_fold_into() {
         },
         Input::Failed {
             step: 0,
+            index: None,
             attempt: 1,
             phase: Phase::Compensation,
             kind: FailureKind::Business,
@@ -886,6 +897,7 @@ fn a_paused_saga_holds_its_next_attempt_until_it_resumes() {
     );
     assert!(d.actions.contains(&Action::Perform {
         step: 1,
+        index: None,
         attempt: 1,
         phase: Phase::Forward
     }));
@@ -917,6 +929,7 @@ fn a_failed_saga_is_retried_from_the_compensation_that_failed() {
     assert!(
         d.actions.contains(&Action::Perform {
             step: 0,
+            index: None,
             attempt: attempt_before + 1,
             phase: Phase::Compensation
         }),
@@ -940,6 +953,7 @@ fn a_reissue_after_an_outage_restarts_the_timeout_and_keeps_the_attempt() {
     assert_eq!(types(&d.events), ["AttemptReissued"]);
     let timeout = TimerPurpose::StepTimeout {
         step: 0,
+        index: None,
         attempt: 1,
         phase: Phase::Forward,
     }
@@ -954,6 +968,7 @@ fn a_reissue_after_an_outage_restarts_the_timeout_and_keeps_the_attempt() {
             },
             Action::Perform {
                 step: 0,
+                index: None,
                 attempt: 1,
                 phase: Phase::Forward
             }
@@ -969,7 +984,7 @@ fn a_reissue_after_an_outage_restarts_the_timeout_and_keeps_the_attempt() {
     let d = s.succeed(0, Phase::Forward, json!({"reservation_id": "r-1"}));
     assert_eq!(types(&d.events)[0], "StepSucceeded");
     assert_eq!(
-        s.state().in_flight.map(|f| (f.step, f.attempt)),
+        s.state().in_flight.first().map(|f| (f.step, f.attempt)),
         Some((1, 1))
     );
 }
@@ -979,7 +994,7 @@ fn a_reissue_with_nothing_in_flight_records_nothing() {
     let mut s = Saga::given(ORDER).start(order_input(10.0));
     s.fail(0, Phase::Forward, FailureKind::Transient);
     assert!(
-        s.state().in_flight.is_none(),
+        s.state().in_flight.is_empty(),
         "a backoff is pending instead"
     );
     let d = s.ok(Input::Reissue);
@@ -1008,6 +1023,7 @@ fn a_fault_fails_the_saga_and_a_retry_resends_the_attempt_in_flight() {
     let d = s.ok(Input::Retry);
     assert!(d.actions.contains(&Action::Perform {
         step: 1,
+        index: None,
         attempt: 2,
         phase: Phase::Forward
     }));

@@ -66,7 +66,7 @@ impl From<&Event> for NewEvent {
     fn from(e: &Event) -> Self {
         Self {
             event_type: e.type_name().to_string(),
-            schema_version: crate::saga::SCHEMA_VERSION,
+            schema_version: e.schema_version(),
             data: e.data(),
         }
     }

@@ -131,7 +131,7 @@ impl Runtime {
         };
         for l in &gone {
             self.0.timers.set(l.id, []);
-            self.0.tasks.withdraw(l.id, None);
+            self.0.tasks.withdraw(l.id, &[]);
         }
         tracing::info!(
             partitions = partitions.count_ones(),

@@ -23,7 +23,7 @@ pub(crate) struct Live {
     pub(crate) ended: watch::Sender<bool>,
     /// The attempts this process has performed, so an attempt learnt again
     /// from the log (written by another replica) is not performed twice.
-    pub(crate) performed: Mutex<HashSet<(usize, u32, Phase)>>,
+    pub(crate) performed: Mutex<HashSet<saga::InFlight>>,
     /// The saga's span: every attempt's span is a child of it (not of the
     /// attempt whose outcome led to it).
     pub(crate) span: tracing::Span,
@@ -50,11 +50,11 @@ impl Live {
     }
 
     /// True the first time an attempt is seen.
-    pub(crate) fn first_performance(&self, step: usize, attempt: u32, phase: Phase) -> bool {
+    pub(crate) fn first_performance(&self, attempt: saga::InFlight) -> bool {
         self.performed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((step, attempt, phase))
+            .insert(attempt)
     }
 }
 
@@ -306,27 +306,41 @@ impl Runtime {
             .set(live.id, st.timers.iter().map(|(id, t)| (id.clone(), t.due)));
         let machine = &live.published.machine;
         // A task lives as long as its attempt: any other of this instance has ended.
-        let current_task = st.in_flight.and_then(|f| {
-            let s = machine.steps.get(f.step)?;
-            let action = match f.phase {
-                Phase::Forward => Some(&s.action),
-                Phase::Compensation => s.compensation.as_ref(),
-            };
-            matches!(action, Some(StepAction::Task(_))).then(|| task_id(live.id, s, f))
-        });
-        self.0.tasks.withdraw(live.id, current_task.as_deref());
+        let current_tasks: Vec<String> = st
+            .in_flight
+            .iter()
+            .filter_map(|&f| {
+                let s = machine.steps.get(f.step)?;
+                let unit = s.unit(f.index);
+                let action = match f.phase {
+                    Phase::Forward => Some(&unit.action),
+                    Phase::Compensation => unit.compensation.as_ref(),
+                };
+                matches!(action, Some(StepAction::Task(_))).then(|| task_id(live.id, s, f))
+            })
+            .collect();
+        self.0.tasks.withdraw(live.id, &current_tasks);
         for action in actions {
             match action {
                 Action::Perform {
                     step,
+                    index,
                     attempt,
                     phase,
-                } => self.perform_attempt(live, machine, st, step, attempt, phase),
+                } => {
+                    let f = saga::InFlight {
+                        step,
+                        index,
+                        attempt,
+                        phase,
+                    };
+                    self.perform_attempt(live, machine, st, f)
+                }
                 // The timer set mirrors the state's pending timers, set below.
                 Action::ArmTimer { .. } => {}
                 Action::Finished => {
                     self.lock_live().remove(&live.id);
-                    self.0.tasks.withdraw(live.id, None);
+                    self.0.tasks.withdraw(live.id, &[]);
                     live.ended.send_replace(true);
                     tracing::debug!(instance_id = %live.id, status = st.status(), "saga ended");
                 }
@@ -339,14 +353,18 @@ impl Runtime {
         live: &Arc<Live>,
         machine: &Machine,
         st: &SagaState,
-        step: usize,
-        attempt: u32,
-        phase: Phase,
+        f: saga::InFlight,
     ) {
-        if !live.first_performance(step, attempt, phase) {
+        if !live.first_performance(f) {
             return;
         }
-        let s = &machine.steps[step];
+        let saga::InFlight {
+            step,
+            index,
+            attempt,
+            phase,
+        } = f;
+        let s = machine.steps[step].unit(index);
         let action = match phase {
             Phase::Forward => &s.action,
             Phase::Compensation => match &s.compensation {
@@ -354,19 +372,19 @@ impl Runtime {
                 None => return,
             },
         };
-        let key = s.effect_key(&live.key, phase == Phase::Compensation, attempt);
+        let element = index.filter(|_| machine.steps[step].for_each.is_some());
+        let key = s.effect_key(&live.key, element, phase == Phase::Compensation, attempt);
         let id = live.id;
         let ctx = match action {
-            StepAction::Wait(_) => return,
-            _ => Context::owned(context(machine, &live.key, st)),
+            StepAction::Wait(_) | StepAction::Parallel => return,
+            _ => Context::owned(saga::unit_context(machine, &live.key, st, step, index)),
         };
         // Outcomes are fed back from a task of their own: the caller holds the instance's lock.
         let report = |outcome: http::Outcome| {
             let rt = self.clone();
-            self.0.tracker.spawn(async move {
-                rt.feed(id, outcome_input(step, attempt, phase, outcome))
-                    .await
-            });
+            self.0
+                .tracker
+                .spawn(async move { rt.feed(id, outcome_input(f, outcome)).await });
         };
         let template_failed = |e: crate::dsl::template::TemplateError| {
             http::Outcome::Failed(FailureKind::Business, format!("template: {e}"))
@@ -392,8 +410,7 @@ impl Runtime {
                                     let error = rt.0.config.secrets.redact(error);
                                     tracing::info!(?kind, %error, "attempt failed");
                                 }
-                                rt.feed(id, outcome_input(step, attempt, phase, outcome))
-                                    .await;
+                                rt.feed(id, outcome_input(f, outcome)).await;
                             },
                             attempt_span,
                         ));
@@ -412,28 +429,21 @@ impl Runtime {
                 };
                 // (`perform` has withdrawn every other task of the instance)
                 self.0.tasks.offer(Task {
-                    id: task_id(
-                        id,
-                        s,
-                        saga::InFlight {
-                            step,
-                            attempt,
-                            phase,
-                        },
-                    ),
+                    id: task_id(id, &machine.steps[step], f),
                     idempotency_key: key,
                     queue: call.queue.clone(),
                     instance: id,
                     workflow: machine.name.clone(),
                     step: s.name.clone(),
                     step_index: step,
+                    index,
                     attempt,
                     phase,
                     input,
                     heartbeat_seconds: call.heartbeat.map(|h| h.as_secs()),
                 });
             }
-            StepAction::Wait(_) => {}
+            StepAction::Wait(_) | StepAction::Parallel => {}
         }
     }
 
@@ -476,7 +486,7 @@ impl Runtime {
         if st.is_terminal() {
             if self.lock_live().remove(&live.id).is_some() {
                 self.0.timers.set(live.id, []);
-                self.0.tasks.withdraw(live.id, None);
+                self.0.tasks.withdraw(live.id, &[]);
             }
             live.ended.send_replace(true);
         } else {
@@ -490,12 +500,14 @@ impl Runtime {
         match input {
             Input::Failed {
                 step,
+                index,
                 attempt,
                 phase,
                 kind,
                 error,
             } => Input::Failed {
                 step,
+                index,
                 attempt,
                 phase,
                 kind,
@@ -506,11 +518,12 @@ impl Runtime {
     }
 }
 
-/// The handle of a task for attempt `f` of step `s`.
+/// The handle of a task for attempt `f` of step `s` (of its branch or element).
 pub(crate) fn task_id(instance: Uuid, s: &crate::compile::Step, f: saga::InFlight) -> String {
     TaskId {
         instance,
-        step: s.name.clone(),
+        step: s.unit(f.index).name.clone(),
+        element: f.index.filter(|_| s.for_each.is_some()),
         phase: f.phase,
         attempt: f.attempt,
     }
@@ -527,21 +540,24 @@ pub(crate) fn fault(doing: &str, panic: &Box<dyn std::any::Any + Send>) -> Strin
     format!("internal error while {doing}: {what}")
 }
 
-pub(crate) fn outcome_input(
-    step: usize,
-    attempt: u32,
-    phase: Phase,
-    outcome: http::Outcome,
-) -> Input {
+pub(crate) fn outcome_input(f: saga::InFlight, outcome: http::Outcome) -> Input {
+    let saga::InFlight {
+        step,
+        index,
+        attempt,
+        phase,
+    } = f;
     match outcome {
         http::Outcome::Succeeded(output) => Input::Succeeded {
             step,
+            index,
             attempt,
             phase,
             output,
         },
         http::Outcome::Failed(kind, error) => Input::Failed {
             step,
+            index,
             attempt,
             phase,
             kind,

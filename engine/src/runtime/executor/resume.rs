@@ -43,7 +43,7 @@ impl Runtime {
                 continue;
             }
             resumed += 1;
-            if st.in_flight.is_none() {
+            if st.in_flight.is_empty() {
                 self.perform(&live, &st, saga::resume(&st));
                 continue;
             }

@@ -88,6 +88,7 @@ impl Runtime {
                     task.instance,
                     Input::Failed {
                         step: task.step_index,
+                        index: task.index,
                         attempt: task.attempt,
                         phase: task.phase,
                         kind: FailureKind::Timeout,

@@ -48,15 +48,12 @@ impl Runtime {
         }
         let st = fold(&events);
         let published = self.0.registry.get(&st.workflow, Some(st.version))?;
-        let Some((index, s)) = published
-            .machine
-            .steps
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.name == tid.step)
-        else {
+        let machine = &published.machine;
+        let Some((index, branch)) = machine.unit_named(&tid.step) else {
             return Err(unknown());
         };
+        let unit = branch.or(tid.element);
+        let s = machine.steps[index].unit(unit);
         let action = match tid.phase {
             Phase::Forward => &s.action,
             Phase::Compensation => s.compensation.as_ref().ok_or_else(unknown)?,
@@ -66,16 +63,18 @@ impl Runtime {
         };
         let in_flight = saga::InFlight {
             step: index,
+            index: unit,
             attempt: tid.attempt,
             phase: tid.phase,
         };
-        if st.in_flight != Some(in_flight) {
+        if !st.in_flight.contains(&in_flight) {
             return Err(gone());
         }
         Ok(Task {
             id: task_id.to_string(),
             idempotency_key: s.effect_key(
                 &tid.instance.to_string(),
+                tid.element,
                 tid.phase == Phase::Compensation,
                 tid.attempt,
             ),
@@ -84,6 +83,7 @@ impl Runtime {
             workflow: st.workflow.clone(),
             step: tid.step,
             step_index: index,
+            index: unit,
             attempt: tid.attempt,
             phase: tid.phase,
             input: Value::Null,
@@ -97,6 +97,7 @@ impl Runtime {
         let task = self.answered_task(task_id).await?;
         let input = Input::Succeeded {
             step: task.step_index,
+            index: task.index,
             attempt: task.attempt,
             phase: task.phase,
             output,
@@ -121,6 +122,7 @@ impl Runtime {
         };
         let input = Input::Failed {
             step: task.step_index,
+            index: task.index,
             attempt: task.attempt,
             phase: task.phase,
             kind,

@@ -16,25 +16,29 @@ use uuid::Uuid;
 use crate::saga::{Phase, Timestamp};
 
 /// Names one attempt of a step (or of its compensation) of an instance:
-/// `{instance}:{step}:{attempt}` or `{instance}:{step}:compensate:{attempt}`.
+/// `{instance}:{step}:{attempt}` or `{instance}:{step}:compensate:{attempt}`,
+/// where `{step}` is `{name}.{index}` for an element of a for-each step.
 /// A worker answers the attempt it was handed by this id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TaskId {
     pub instance: Uuid,
+    /// The step's or branch's name.
     pub step: String,
+    /// The element, for a for-each step.
+    pub element: Option<u32>,
     pub phase: Phase,
     pub attempt: u32,
 }
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.instance, self.step)?;
+        if let Some(e) = self.element {
+            write!(f, ".{e}")?;
+        }
         match self.phase {
-            Phase::Forward => write!(f, "{}:{}:{}", self.instance, self.step, self.attempt),
-            Phase::Compensation => write!(
-                f,
-                "{}:{}:compensate:{}",
-                self.instance, self.step, self.attempt
-            ),
+            Phase::Forward => write!(f, ":{}", self.attempt),
+            Phase::Compensation => write!(f, ":compensate:{}", self.attempt),
         }
     }
 }
@@ -51,12 +55,17 @@ impl std::str::FromStr for TaskId {
             Some(step) => (step, Phase::Compensation),
             None => (rest, Phase::Forward),
         };
+        let (step, element) = match step.split_once('.') {
+            Some((name, e)) => (name, Some(e.parse().map_err(|_| ())?)),
+            None => (step, None),
+        };
         if step.is_empty() {
             return Err(());
         }
         Ok(TaskId {
             instance,
             step: step.to_string(),
+            element,
             phase,
             attempt,
         })
@@ -77,6 +86,9 @@ pub struct Task {
     pub step: String,
     #[serde(skip)]
     pub step_index: usize,
+    /// The branch or element, by position (an element's is in its `step` id too).
+    #[serde(skip)]
+    pub index: Option<u32>,
     pub attempt: u32,
     pub phase: Phase,
     pub input: Value,
@@ -310,14 +322,14 @@ impl TaskQueues {
 
     /// Withdraws the tasks of an instance other than `keep`, queued or leased:
     /// their attempts have ended, so no worker is handed them or may answer them.
-    pub fn withdraw(&self, instance: Uuid, keep: Option<&str>) {
+    pub fn withdraw(&self, instance: Uuid, keep: &[String]) {
         let mut inner = self.lock();
         let Some(ids) = inner.by_instance.remove(&instance) else {
             return;
         };
         let (kept, gone): (Vec<_>, Vec<_>) = ids
             .into_iter()
-            .partition(|(id, _)| Some(id.as_str()) == keep);
+            .partition(|(id, _)| keep.contains(id));
         for (id, queue) in &gone {
             inner.leases.remove(id);
             if let Some(q) = inner.queues.get_mut(queue) {
@@ -385,6 +397,7 @@ mod tests {
             workflow: "w".into(),
             step: "s".into(),
             step_index: 0,
+            index: None,
             attempt: 1,
             phase: Phase::Forward,
             input: Value::Null,
@@ -455,7 +468,7 @@ mod tests {
     async fn withdrawn_tasks_are_not_handed_out() {
         let q = TaskQueues::default();
         q.offer(task("x"));
-        q.withdraw(Uuid::nil(), None);
+        q.withdraw(Uuid::nil(), &[]);
         assert_eq!(q.poll("q", Duration::ZERO, Timestamp(0)).await, Ok(None));
     }
 
@@ -468,7 +481,7 @@ mod tests {
         });
         q.poll("q", Duration::ZERO, Timestamp(0)).await.unwrap();
         q.offer(task("new"));
-        q.withdraw(Uuid::nil(), Some("new"));
+        q.withdraw(Uuid::nil(), &["new".to_string()]);
         assert!(!q.heartbeat("old", Timestamp(10)));
         assert!(q.expired(Timestamp(60_000)).is_empty());
         assert!(q.take("old").is_none());
@@ -478,7 +491,7 @@ mod tests {
             "the kept task stays"
         );
         assert!(q.take("new").is_some());
-        q.withdraw(Uuid::nil(), None);
+        q.withdraw(Uuid::nil(), &[]);
         assert!(q.lock().by_instance.is_empty(), "nothing left indexed");
     }
 
@@ -553,10 +566,19 @@ mod tests {
             let id = TaskId {
                 instance: Uuid::from_u128(7),
                 step: "take:payment".into(),
+                element: None,
                 phase,
                 attempt: 3,
             };
             assert_eq!(id.to_string().parse::<TaskId>(), Ok(id));
+            let element = TaskId {
+                instance: Uuid::from_u128(7),
+                step: "reserve_items".into(),
+                element: Some(12),
+                phase,
+                attempt: 1,
+            };
+            assert_eq!(element.to_string().parse::<TaskId>(), Ok(element));
         }
         assert!("nope".parse::<TaskId>().is_err());
         assert!("00000000-0000-0000-0000-000000000007::1"
