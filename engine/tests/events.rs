@@ -326,8 +326,8 @@ fn every_event_type_has_a_fixture_and_matches_it() {
 #[test]
 fn a_plain_steps_events_keep_version_1() {
     for event in samples() {
-        let has_index = event.data().get("index").is_some()
-            || event.data().pointer("/purpose/index").is_some();
+        let has_index =
+            event.data().get("index").is_some() || event.data().pointer("/purpose/index").is_some();
         let new_type = matches!(
             event,
             Event::StepSkipped { .. }

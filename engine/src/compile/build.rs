@@ -133,11 +133,24 @@ impl<'a> Checker<'a> {
         let mut seen: HashMap<&str, String> = HashMap::new();
         let named = spec.steps.iter().enumerate().flat_map(|(i, step)| {
             let here = DocPath::root().key("steps").index(i);
-            let branches = step.parallel.iter().flatten().enumerate().map(move |(b, br)| {
-                (here.clone().key("parallel").index(b), format!("steps[{i}].parallel[{b}]"), br)
-            });
-            std::iter::once((DocPath::root().key("steps").index(i), format!("steps[{i}]"), step))
-                .chain(branches)
+            let branches = step
+                .parallel
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(move |(b, br)| {
+                    (
+                        here.clone().key("parallel").index(b),
+                        format!("steps[{i}].parallel[{b}]"),
+                        br,
+                    )
+                });
+            std::iter::once((
+                DocPath::root().key("steps").index(i),
+                format!("steps[{i}]"),
+                step,
+            ))
+            .chain(branches)
         });
         for (at, label, step) in named {
             let path = at.key("name");
@@ -393,7 +406,9 @@ impl<'a> Checker<'a> {
             let d = self.error(
                 "bad-for-each",
                 path.key("for_each"),
-                format!("a for-each step performs an `http` or `task` action per element, not `{what}`"),
+                format!(
+                    "a for-each step performs an `http` or `task` action per element, not `{what}`"
+                ),
             );
             d.anchor = crate::diagnostic::Anchor::Key;
         }
@@ -442,7 +457,10 @@ impl<'a> Checker<'a> {
             let d = self.error(
                 "many-actions",
                 path.key(*other),
-                format!("step `{}` runs branches in parallel; put `{other}` in a branch", s.name),
+                format!(
+                    "step `{}` runs branches in parallel; put `{other}` in a branch",
+                    s.name
+                ),
             );
             d.anchor = crate::diagnostic::Anchor::Key;
         }
@@ -868,7 +886,8 @@ impl<'a> Checker<'a> {
         {
             match r {
                 Reference::Step(name) => {
-                    let Some(&(_, at, branch, skippable)) = names.iter().find(|n| n.0 == name) else {
+                    let Some(&(_, at, branch, skippable)) = names.iter().find(|n| n.0 == name)
+                    else {
                         let d = self.error(
                             "unknown-step",
                             path.clone(),
@@ -879,7 +898,9 @@ impl<'a> Checker<'a> {
                         }
                         return;
                     };
-                    let own = self.branch.is_some_and(|(i, b)| at == i && branch == Some(b));
+                    let own = self
+                        .branch
+                        .is_some_and(|(i, b)| at == i && branch == Some(b));
                     if let (Some((i, _)), Some(_)) = (self.branch, branch) {
                         if at == i && !own {
                             self.error("sibling-branch", path.clone(), format!("template refers to branch `{name}`, which runs at the same time as this one"))
@@ -895,7 +916,10 @@ impl<'a> Checker<'a> {
                     if !visible {
                         self.error("later-step", path.clone(), format!("template refers to step `{name}`, which has not run yet at this point"))
                             .help = Some("a step can read the output of the steps before it".into());
-                    } else if skippable && !expr.contains("//") && !matches!(scope, Scope::UpTo(i) if at == i) {
+                    } else if skippable
+                        && !expr.contains("//")
+                        && !matches!(scope, Scope::UpTo(i) if at == i)
+                    {
                         self.warn("maybe-skipped", path.clone(), format!("template reads step `{name}`, which has a `when` and may be skipped (its output is then null)"))
                             .help = Some(format!("give a fallback, e.g. `${{ .steps.{name}.output.id // \"none\" }}`"));
                     }

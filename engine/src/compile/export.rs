@@ -13,7 +13,10 @@ fn label(m: &Machine, s: State) -> String {
         }
         State::Running(i) => match &m.steps[i].for_each {
             Some(f) if f.max_concurrency > 1 => {
-                format!("for each {} ({} at a time)", m.steps[i].name, f.max_concurrency)
+                format!(
+                    "for each {} ({} at a time)",
+                    m.steps[i].name, f.max_concurrency
+                )
             }
             Some(_) => format!("for each {}", m.steps[i].name),
             None if m.steps[i].when.is_some() => format!("{} (when)", m.steps[i].name),
@@ -70,7 +73,12 @@ fn branches(m: &Machine) -> Vec<(String, String, String, String)> {
         .enumerate()
         .flat_map(|(i, s)| {
             s.branches.iter().enumerate().map(move |(b, br)| {
-                (format!("run_{i}_{b}"), br.name.clone(), format!("run_{i}"), format!("join_{i}"))
+                (
+                    format!("run_{i}_{b}"),
+                    br.name.clone(),
+                    format!("run_{i}"),
+                    format!("join_{i}"),
+                )
             })
         })
         .collect()
@@ -118,7 +126,12 @@ pub fn dot(m: &Machine) -> String {
         } else {
             ""
         };
-        let _ = writeln!(s, "  {} -> {} [label=\"{t}\"{style}];", source_id(m, a, t), id(b));
+        let _ = writeln!(
+            s,
+            "  {} -> {} [label=\"{t}\"{style}];",
+            source_id(m, a, t),
+            id(b)
+        );
     }
     s.push_str("}\n");
     s

@@ -313,11 +313,17 @@ fn effect_keys_name_the_effect_unless_a_step_asks_for_one_per_attempt() {
         "name: keys\nsteps:\n  - name: pay\n    http: { url: 'http://x' }\n    compensate: { http: { url: 'http://x' } }\n  - name: notify\n    idempotency: per_attempt\n    http: { url: 'http://x' }\n    compensate: none\n",
     );
     let (pay, notify) = (&m.steps[0], &m.steps[1]);
-    assert_eq!(pay.effect_key("i", None, false, 1), pay.effect_key("i", None, false, 7));
+    assert_eq!(
+        pay.effect_key("i", None, false, 1),
+        pay.effect_key("i", None, false, 7)
+    );
     assert_eq!(pay.effect_key("i", None, false, 3), "i:pay");
     assert_eq!(pay.effect_key("i", None, true, 2), "i:pay:compensate");
     assert_eq!(notify.effect_key("i", None, false, 3), "i:notify:3");
-    assert_eq!(notify.effect_key("i", None, true, 2), "i:notify:compensate:2");
+    assert_eq!(
+        notify.effect_key("i", None, true, 2),
+        "i:notify:compensate:2"
+    );
 }
 
 #[test]

@@ -286,7 +286,7 @@ impl Decider<'_> {
     pub(super) fn enter(&mut self, target: State) {
         match target {
             State::Running(i) | State::Waiting(i) => self.reach(i),
-            State::Compensating(i) if self.s.skipped.contains(&i) => self.compensation_done(),
+            State::Compensating(i) if self.s.skipped.contains(&i) => self.compensation_done(i),
             State::Compensating(i) if self.m.steps[i].is_group() => self.compensate_units(i),
             State::Compensating(i) => self.start_attempt(i, None, 1, Phase::Compensation),
             State::Completed => {
@@ -361,7 +361,13 @@ impl Decider<'_> {
         }
     }
 
-    pub(super) fn start_attempt(&mut self, i: usize, index: Option<u32>, attempt: u32, phase: Phase) {
+    pub(super) fn start_attempt(
+        &mut self,
+        i: usize,
+        index: Option<u32>,
+        attempt: u32,
+        phase: Phase,
+    ) {
         let step = self.m.steps[i].unit(index);
         if self.s.paused {
             self.emit(Event::StepHeld {
@@ -457,23 +463,29 @@ impl Decider<'_> {
                     output,
                     at: self.now,
                 });
-                self.compensation_done();
+                self.compensation_done(i);
             }
         }
     }
 
     /// The compensation of the step the saga is at is done: on to the one before, or the end.
-    pub(super) fn compensation_done(&mut self) {
+    pub(super) fn compensation_done(&mut self, i: usize) {
+        let here = State::Compensating(i);
         let done = match self.s.reason {
             Some(CompensationReason::Cancel) => Transition::CancelCompensated,
             _ => Transition::AllCompensated,
         };
-        let on = if self.m.next(self.at(), Transition::Compensated).is_some() {
-            Transition::Compensated
-        } else {
-            done
-        };
-        self.go(on);
+        let next = self
+            .m
+            .next(here, Transition::Compensated)
+            .or_else(|| self.m.next(here, done));
+        match next {
+            Some(next) => self.enter(next),
+            None => {
+                self.s.error = Some(format!("no `{done}` transition from {here}"));
+                self.enter(State::Failed);
+            }
+        }
     }
 
     pub(super) fn failed(
@@ -642,9 +654,12 @@ impl Decider<'_> {
                 attempt,
                 phase,
             } => {
-                let after = self.m.steps[step].unit(index).timeout.map_or(String::new(), |t| {
-                    format!(" after {}", humantime::format_duration(t))
-                });
+                let after = self.m.steps[step]
+                    .unit(index)
+                    .timeout
+                    .map_or(String::new(), |t| {
+                        format!(" after {}", humantime::format_duration(t))
+                    });
                 self.failed(
                     step,
                     index,

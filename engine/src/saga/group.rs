@@ -193,7 +193,7 @@ impl Decider<'_> {
                     output: Value::Null,
                     at: self.now,
                 });
-                self.compensation_done();
+                self.compensation_done(i);
             }
         }
     }

@@ -5,8 +5,8 @@
 
 pub mod decide;
 mod decision;
-mod group;
 pub mod event;
+mod group;
 pub mod state;
 pub mod time;
 
@@ -18,5 +18,7 @@ pub use group::unit_context;
 pub use state::{evolve, fold, InFlight, SagaState, Unit, UnitStatus};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, MAX_DURATION};
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod tests;

@@ -7,9 +7,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::event::{ActionKind, CompensationReason, Event, Phase, TimerPurpose};
-use crate::dsl::spec::FailureKind;
 use super::time::Timestamp;
 use crate::compile::State;
+use crate::dsl::spec::FailureKind;
 
 /// An attempt waiting for an outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -367,6 +367,8 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                 s.error = Some("the saga's deadline passed".into());
             }
             s.in_flight.clear();
+            // (an attempt held while paused is abandoned too)
+            s.held.retain(|h| h.phase == Phase::Compensation);
             // Forward work is abandoned: its timers are moot, the deadline too.
             s.timers.retain(|_, t| {
                 matches!(
@@ -418,9 +420,13 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                 Phase::Compensation => State::Compensating(*step),
             });
             s.attempt = *attempt;
-            if let Some(u) = index {
-                activate(&mut s, *u, *attempt);
+            match index {
+                Some(u) => activate(&mut s, *u, *attempt),
+                // a plain step has one attempt at a time
+                None => s.held.clear(),
             }
+            s.held
+                .retain(|h| (h.step, h.index, h.phase) != (*step, *index, *phase));
             s.held.push(InFlight {
                 step: *step,
                 index: *index,
@@ -526,6 +532,7 @@ fn finish_attempt(s: &mut SagaState, step: usize, index: Option<u32>, attempt: u
 fn end(s: &mut SagaState, state: State, at: Timestamp) {
     s.at = Some(state);
     s.in_flight.clear();
+    s.held.clear();
     s.timers.clear();
     s.finished_at = Some(at);
     s.updated_at = at;

@@ -8,11 +8,11 @@ use crate::dsl::spec::FailureKind;
 
 const ORDER: &str = include_str!("../../../workflows/order.yaml");
 const APPROVAL: &str = include_str!("../../../workflows/refund-approval.yaml");
-const ID: &str = "0190d7a4-0000-7000-8000-000000000001";
-const T0: Timestamp = Timestamp(1_800_000_000_000);
+pub(super) const ID: &str = "0190d7a4-0000-7000-8000-000000000001";
+pub(super) const T0: Timestamp = Timestamp(1_800_000_000_000);
 
 /// Compiled once per test thread: compiling templates is the slow part.
-fn machine(text: &'static str) -> Machine {
+pub(super) fn machine(text: &'static str) -> Machine {
     thread_local! {
         static CACHE: std::cell::RefCell<std::collections::HashMap<&'static str, Machine>> = Default::default();
     }
@@ -29,14 +29,14 @@ fn order_input(amount: f64) -> serde_json::Value {
 }
 
 /// A saga under test: its machine, its history, and the clock.
-struct Saga {
-    m: Machine,
-    events: Vec<Event>,
-    now: Timestamp,
+pub(super) struct Saga {
+    pub(super) m: Machine,
+    pub(super) events: Vec<Event>,
+    pub(super) now: Timestamp,
 }
 
 impl Saga {
-    fn given(text: &'static str) -> Self {
+    pub(super) fn given(text: &'static str) -> Self {
         Self {
             m: machine(text),
             events: Vec::new(),
@@ -44,22 +44,22 @@ impl Saga {
         }
     }
 
-    fn state(&self) -> SagaState {
+    pub(super) fn state(&self) -> SagaState {
         fold(&self.events)
     }
 
     /// Decides and appends; returns the decision.
-    fn when(&mut self, input: Input) -> Result<Decision, Rejection> {
+    pub(super) fn when(&mut self, input: Input) -> Result<Decision, Rejection> {
         let d = decide(&self.m, ID, &self.state(), input, self.now)?;
         self.events.extend(d.events.iter().cloned());
         Ok(d)
     }
 
-    fn ok(&mut self, input: Input) -> Decision {
+    pub(super) fn ok(&mut self, input: Input) -> Decision {
         self.when(input).expect("accepted")
     }
 
-    fn start(mut self, input: serde_json::Value) -> Self {
+    pub(super) fn start(mut self, input: serde_json::Value) -> Self {
         self.ok(Input::Start {
             input,
             idempotency_key: Some("k".into()),
@@ -67,7 +67,12 @@ impl Saga {
         self
     }
 
-    fn succeed(&mut self, step: usize, phase: Phase, output: serde_json::Value) -> Decision {
+    pub(super) fn succeed(
+        &mut self,
+        step: usize,
+        phase: Phase,
+        output: serde_json::Value,
+    ) -> Decision {
         let attempt = self.state().attempt;
         self.ok(Input::Succeeded {
             step,
@@ -78,7 +83,7 @@ impl Saga {
         })
     }
 
-    fn fail(&mut self, step: usize, phase: Phase, kind: FailureKind) -> Decision {
+    pub(super) fn fail(&mut self, step: usize, phase: Phase, kind: FailureKind) -> Decision {
         let attempt = self.state().attempt;
         self.ok(Input::Failed {
             step,
@@ -90,7 +95,7 @@ impl Saga {
         })
     }
 
-    fn fire(&mut self, timer: &str) -> Decision {
+    pub(super) fn fire(&mut self, timer: &str) -> Decision {
         let due = self
             .state()
             .timers
@@ -103,12 +108,12 @@ impl Saga {
         })
     }
 
-    fn status(&self) -> &'static str {
+    pub(super) fn status(&self) -> &'static str {
         self.state().status()
     }
 }
 
-fn types(events: &[Event]) -> Vec<&'static str> {
+pub(super) fn types(events: &[Event]) -> Vec<&'static str> {
     events.iter().map(Event::type_name).collect()
 }
 

@@ -79,14 +79,27 @@ pub async fn check(
             upto.status()
         ));
     }
-    let mut compensated: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut compensated: BTreeMap<(usize, Option<u32>), usize> = BTreeMap::new();
+    // per step: how many branches or elements it started with (0: a plain step)
+    let mut units: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut skipped = Vec::new();
     for e in &events {
-        if let Event::StepCompensated { step, .. } = e {
-            *compensated.entry(*step).or_default() += 1;
+        match e {
+            Event::StepCompensated { step, index, .. } => {
+                *compensated.entry((*step, *index)).or_default() += 1;
+            }
+            Event::BranchesStarted { step, branches, .. } => {
+                units.insert(*step, branches.len() as u32);
+            }
+            Event::ElementsListed { step, items, .. } => {
+                units.insert(*step, items.len() as u32);
+            }
+            Event::StepSkipped { step, .. } => skipped.push(*step),
+            _ => {}
         }
     }
     if let Some((step, n)) = compensated.iter().find(|(_, n)| **n > 1) {
-        return Err(format!("step {step} compensated {n} times"));
+        return Err(format!("step {step:?} compensated {n} times"));
     }
 
     let mine: Vec<&Delivery> = downstream
@@ -95,17 +108,17 @@ pub async fn check(
         .filter(|d| d.instance == id)
         .collect();
     // one key per effect, the same on every delivery, different between effects
-    let mut keys: HashMap<(usize, Phase), &str> = HashMap::new();
+    let mut keys: HashMap<(usize, Option<u32>, Phase), &str> = HashMap::new();
     for d in &mine {
-        let k = keys.entry((d.step, d.phase)).or_insert(&d.key);
+        let k = keys.entry((d.step, d.unit, d.phase)).or_insert(&d.key);
         if *k != d.key {
             return Err(format!(
-                "step {} {:?} delivered with keys {k} and {}",
-                d.step, d.phase, d.key
+                "step {} {:?} {:?} delivered with keys {k} and {}",
+                d.step, d.unit, d.phase, d.key
             ));
         }
     }
-    let mut seen: HashMap<&str, (usize, Phase)> = HashMap::new();
+    let mut seen: HashMap<&str, (usize, Option<u32>, Phase)> = HashMap::new();
     for (effect, key) in &keys {
         if let Some(other) = seen.insert(key, *effect) {
             return Err(format!(
@@ -118,13 +131,14 @@ pub async fn check(
     for (i, d) in mine.iter().enumerate() {
         match d.phase {
             Phase::Forward => {
+                // (a group is undone once all its units have stopped)
                 if mine[..i]
                     .iter()
                     .any(|p| p.step == d.step && p.phase == Phase::Compensation)
                 {
                     return Err(format!(
-                        "step {} attempt {} handed out after its compensation",
-                        d.step, d.attempt
+                        "step {} {:?} attempt {} handed out after its compensation",
+                        d.step, d.unit, d.attempt
                     ));
                 }
             }
@@ -146,16 +160,30 @@ pub async fn check(
             "compensations out of order: {compensation_order:?}"
         ));
     }
-    let done =
-        |step: usize, phase: Phase| keys.get(&(step, phase)).is_some_and(|k| downstream.done(k));
+    let done = |step: usize, unit: Option<u32>, phase: Phase| {
+        keys.get(&(step, unit, phase))
+            .is_some_and(|k| downstream.done(k))
+    };
+    // a plain step is its one effect; a group, each of its units'
+    let effects = |step: usize| -> Vec<Option<u32>> {
+        match units.get(&step) {
+            Some(n) => (0..*n).map(Some).collect(),
+            None => vec![None],
+        }
+    };
     // the end its effects' answers imply
     match view.status {
         "completed" => {
             for (step, wait) in wf.waits.iter().enumerate() {
-                if wait.is_none() && !done(step, Phase::Forward) {
-                    return Err(format!(
-                        "completed, but step {step}'s effect never took place"
-                    ));
+                if wait.is_some() || skipped.contains(&step) {
+                    continue;
+                }
+                for unit in effects(step) {
+                    if !done(step, unit, Phase::Forward) {
+                        return Err(format!(
+                            "completed, but step {step} {unit:?}'s effect never took place"
+                        ));
+                    }
                 }
             }
             if !compensation_order.is_empty() {
@@ -166,11 +194,16 @@ pub async fn check(
         }
         "compensated" | "cancelled" => {
             for (step, can) in wf.compensable.iter().enumerate() {
-                if *can && done(step, Phase::Forward) && !done(step, Phase::Compensation) {
-                    return Err(format!(
-                        "{}, but step {step}'s effect stands uncompensated",
-                        view.status
-                    ));
+                for unit in effects(step) {
+                    if *can
+                        && done(step, unit, Phase::Forward)
+                        && !done(step, unit, Phase::Compensation)
+                    {
+                        return Err(format!(
+                            "{}, but step {step} {unit:?}'s effect stands uncompensated",
+                            view.status
+                        ));
+                    }
                 }
             }
         }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sagaflow_engine::runtime::{Runtime, RuntimeConfig, RuntimeError};
-use sagaflow_engine::saga::{Clock, Phase};
+use sagaflow_engine::saga::Clock;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -163,8 +163,8 @@ struct Sim {
     unanswered: Vec<(usize, String)>,
     starts: u64,
     held: Vec<Held>,
-    /// Instances paused (acknowledged) → the attempt in flight then: (step, attempt, phase).
-    paused: HashMap<Uuid, Option<(usize, u32, Phase)>>,
+    /// Instances paused (acknowledged) → the attempts in flight then (they may finish).
+    paused: HashMap<Uuid, Vec<sagaflow_engine::saga::InFlight>>,
     published: bool,
     trace: bool,
     /// What happened, line by line (printed as it happens when tracing).
@@ -391,10 +391,12 @@ impl Sim {
             Ok(Some(t)) => t,
             _ => return,
         };
-        let while_paused = self
-            .paused
-            .get(&task.instance)
-            .is_some_and(|at| *at != Some((task.step_index, task.attempt, task.phase)));
+        let while_paused = self.paused.get(&task.instance).is_some_and(|flying| {
+            !flying.iter().any(|f| {
+                (f.step, f.index, f.attempt, f.phase)
+                    == (task.step_index, task.index, task.attempt, task.phase)
+            })
+        });
         let answer = self
             .downstream
             .deliver(&task, while_paused, &mut self.rng, turbulent);
@@ -461,7 +463,7 @@ impl Sim {
     }
 
     async fn steer(&mut self, rt: &Runtime, what: &str) {
-        let Some((id, w)) = self.pick() else { return };
+        let Some((id, _)) = self.pick() else { return };
         let r = match what {
             "cancel" => rt.cancel(id, None).await,
             "pause" => rt.pause(id, None).await,
@@ -491,19 +493,27 @@ impl Sim {
         });
         if let (Ok(v), "pause") = (&r, what) {
             if v.paused {
-                let at = v
-                    .current_step
-                    .as_deref()
-                    .and_then(|n| self.step_index(w, n))
-                    .map(|s| {
-                        let phase = if v.status == "compensating" {
-                            Phase::Compensation
-                        } else {
-                            Phase::Forward
-                        };
-                        (s, v.attempt, phase)
-                    });
-                self.paused.insert(id, at);
+                // what was in flight when the pause was recorded, from the
+                // history (read again while the store fails; if it never
+                // answers, this pause is not checked)
+                let mut flying = None;
+                for _ in 0..8 {
+                    if let Ok(h) = rt.history(id, 0).await {
+                        let events: Vec<_> = h.iter().filter_map(|r| r.to_event().ok()).collect();
+                        flying = Some(
+                            sagaflow_engine::saga::fold(&events)
+                                .in_flight
+                                .into_iter()
+                                .collect(),
+                        );
+                        break;
+                    }
+                }
+                let Some(flying) = flying else {
+                    self.paused.remove(&id);
+                    return;
+                };
+                self.paused.insert(id, flying);
             }
         }
     }

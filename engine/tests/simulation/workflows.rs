@@ -1,6 +1,7 @@
 //! Workflows for the simulation: generated from the seed (random step
-//! counts, pivots, waits and retry policies), all of whose effects are
-//! worker tasks, so the simulated downstream sees every one.
+//! counts, pivots, waits, retry policies, parallel branches, for-each
+//! elements and `when` conditions), all of whose effects are worker tasks,
+//! so the simulated downstream sees every one.
 
 use std::fmt::Write;
 
@@ -41,6 +42,42 @@ pub fn generate(rng: &mut fastrand::Rng, name: &str) -> Generated {
         }
         waits.push(None);
         let mut undo = false;
+        let group = if pivot == Some(i) {
+            99
+        } else {
+            rng.u32(0..100)
+        };
+        if group < 12 {
+            // a condition that holds for about half of the instances
+            yaml.push_str("    when: ${ .instance.id | test(\"[0-7]$\") }\n");
+        }
+        if (12..24).contains(&group) {
+            let _ = writeln!(yaml, "    for_each: ${{ [range({})] }}", rng.u32(0..5));
+            let _ = writeln!(yaml, "    max_concurrency: {}", rng.u32(1..4));
+        }
+        if (24..36).contains(&group) {
+            yaml.push_str("    parallel:\n");
+            let undo = before_pivot && rng.u32(0..100) < 80;
+            for b in 0..rng.u32(2..4) {
+                let _ = writeln!(yaml, "      - name: s{i}b{b}");
+                let _ = writeln!(yaml, "        task: {{ queue: q{} }}", b % 2);
+                let _ = writeln!(yaml, "        timeout: {}s", [1, 3, 10][rng.usize(0..3)]);
+                let _ =
+                    writeln!(
+                    yaml,
+                    "        retry: {{ max_attempts: {}, backoff: {{ initial: {}ms, max: 2s }} }}",
+                    if after_pivot { "unlimited".to_string() } else { rng.u32(1..=3).to_string() },
+                    rng.u32(1..10) * 100
+                );
+                if undo {
+                    yaml.push_str("        compensate:\n          task: { queue: undo }\n");
+                } else if before_pivot {
+                    yaml.push_str("        compensate: none\n");
+                }
+            }
+            compensable.push(undo);
+            continue;
+        }
         let _ = writeln!(yaml, "    task: {{ queue: q{} }}", i % 2);
         let _ = writeln!(yaml, "    timeout: {}s", [1, 3, 10][rng.usize(0..3)]);
         if pivot == Some(i) {
@@ -118,8 +155,21 @@ pub fn examples() -> Vec<Generated> {
                 if let Some(c) = step.get_mut("compensate") {
                     as_task(c, "undo");
                 }
+                let mut undoes = step["compensate"].is_object();
+                for (b, branch) in step["parallel"]
+                    .as_array_mut()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    as_task(branch, ["q0", "q1"][b % 2]);
+                    if let Some(c) = branch.get_mut("compensate") {
+                        as_task(c, "undo");
+                        undoes |= c.is_object();
+                    }
+                }
                 waits.push(step["wait"]["signal"].as_str().map(str::to_string));
-                compensable.push(step["compensate"].is_object());
+                compensable.push(undoes);
             }
             let names = steps
                 .iter()

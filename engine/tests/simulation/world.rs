@@ -190,6 +190,8 @@ pub enum Answer {
 pub struct Delivery {
     pub instance: uuid::Uuid,
     pub step: usize,
+    /// The branch or element of a parallel or for-each step.
+    pub unit: Option<u32>,
     pub attempt: u32,
     pub phase: Phase,
     pub key: String,
@@ -216,6 +218,7 @@ impl Downstream {
         self.deliveries.push(Delivery {
             instance: task.instance,
             step: task.step_index,
+            unit: task.index,
             attempt: task.attempt,
             phase: task.phase,
             key: task.idempotency_key.clone(),

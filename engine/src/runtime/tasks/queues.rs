@@ -327,9 +327,7 @@ impl TaskQueues {
         let Some(ids) = inner.by_instance.remove(&instance) else {
             return;
         };
-        let (kept, gone): (Vec<_>, Vec<_>) = ids
-            .into_iter()
-            .partition(|(id, _)| keep.contains(id));
+        let (kept, gone): (Vec<_>, Vec<_>) = ids.into_iter().partition(|(id, _)| keep.contains(id));
         for (id, queue) in &gone {
             inner.leases.remove(id);
             if let Some(q) = inner.queues.get_mut(queue) {
