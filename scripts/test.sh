@@ -31,6 +31,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(simulation)'
 
+# The example workflows' own tests (workflows/*.test.yaml), on the pure core.
+echo "== sagaflow test workflows"
+cargo run --quiet --locked -- test workflows
+
 # The deterministic simulation prints how many seeds it ran and what it injected.
 echo "== simulation"
 cargo nextest run -p sagaflow-engine --test simulation --locked --no-capture

@@ -39,8 +39,20 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// Run workflow tests (`*.test.yaml`, or the test files in folders) on the pure core.
+    Test {
+        /// Test files, or folders whose *.test.yaml files are run.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
+        format: ReportFormat,
+    },
     /// Print the JSON Schema of the workflow language (for editors).
-    Schema,
+    Schema {
+        /// The schema of workflow test files instead.
+        #[arg(long)]
+        tests: bool,
+    },
     /// Print the HTTP API's OpenAPI document (docs/openapi.json is this output).
     Openapi {
         #[arg(long, value_enum, default_value_t = SpecFormat::Json)]
@@ -95,7 +107,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { files, format } => commands::validate::run(&files, format),
         Command::Graph { file, format } => commands::graph::run(&file, format),
-        Command::Schema => commands::schema::run(),
+        Command::Test { paths, format } => commands::test::run(&paths, format),
+        Command::Schema { tests } => commands::schema::run(tests),
         Command::Openapi { format } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

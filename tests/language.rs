@@ -68,7 +68,7 @@ async fn start(c: &reqwest::Client, url: &str, run: &str) -> Started {
         "{:?}",
         published.text().await
     );
-    let mut go = |workflow: &'static str, input: Value| {
+    let go = |workflow: &'static str, input: Value| {
         let url = format!("{url}/workflows/{workflow}/instances");
         async move {
             let (status, body) = post_json(c, url, input).await;

@@ -39,6 +39,7 @@ fn core(c: &mut Criterion) {
                 }
                 input = Input::Succeeded {
                     step,
+                    index: None,
                     attempt: 1,
                     phase: Phase::Forward,
                     output: json!({"id": step}),

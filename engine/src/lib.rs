@@ -18,6 +18,8 @@
 //!   (replicas' lease and log follower). `tests/simulation/` runs these
 //!   parts under injected faults from a seed (ADR 12).
 //! - [`projection`]: read models that follow the log (`saga_instances`).
+//! - [`testing`]: workflow tests (`sagaflow test`): cases run on the pure
+//!   core with a manual clock, their effects and end compared.
 //! - [`secrets`]: the server's secret values, masked wherever text leaves
 //!   the template engine.
 
@@ -30,3 +32,4 @@ pub mod saga;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod testing;

@@ -8,4 +8,5 @@ pub mod projections;
 pub mod report;
 pub mod schema;
 pub mod serve;
+pub mod test;
 pub mod validate;

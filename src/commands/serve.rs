@@ -441,6 +441,7 @@ async fn publish_folder(rt: &Runtime, dir: &Path) -> anyhow::Result<()> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .filter(|p| !sagaflow_engine::testing::is_test_file(p))
         .collect();
     files.sort();
     for file in files {

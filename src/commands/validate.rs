@@ -67,15 +67,27 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-/// Files as given, and the YAML files inside folders, sorted.
+/// Files as given, and the workflow files inside folders (not their
+/// `*.test.yaml` test files), sorted.
 fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    expand_where(paths, |f| {
+        f.extension().is_some_and(|x| x == "yaml" || x == "yml")
+            && !sagaflow_engine::testing::is_test_file(f)
+    })
+}
+
+/// Files as given, and the files inside folders that `keep` keeps, sorted.
+pub fn expand_where(
+    paths: &[PathBuf],
+    keep: impl Fn(&Path) -> bool,
+) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
             let mut inside: Vec<PathBuf> = std::fs::read_dir(p)
                 .with_context(|| format!("cannot list {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .filter(|f| keep(f))
                 .collect();
             inside.sort();
             out.extend(inside);

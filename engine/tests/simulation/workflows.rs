@@ -127,6 +127,7 @@ pub fn examples() -> Vec<Generated> {
         .expect("the example workflows")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .filter(|p| !sagaflow_engine::testing::is_test_file(p))
         .collect();
     files.sort();
     let as_task = |action: &mut Value, queue: &str| {
