@@ -21,7 +21,7 @@ const MAX_POLL: Duration = Duration::from_secs(60);
 #[oai(skip_serializing_if_is_none)]
 pub struct WorkerTask {
     /// This attempt's handle, to complete, fail or heartbeat it with
-    /// (`{instance}:{step}[:compensate]:{attempt}`).
+    /// (`{instance}:{step}[.{element}][:compensate]:{attempt}`).
     pub id: String,
     /// The effect's idempotency key: the same on every attempt of the step
     /// (unless it sets `idempotency: per_attempt`). Do the effect once per key.
@@ -29,7 +29,11 @@ pub struct WorkerTask {
     pub queue: String,
     pub instance_id: String,
     pub workflow: String,
+    /// The step's name, or the branch's for a branch of a parallel step.
     pub step: String,
+    /// The element's position, for an element of a for-each step (its
+    /// `.item` is whatever the step's `task.input` puts in `input`).
+    pub element: Option<u32>,
     pub attempt: u32,
     /// `forward`, or `compensation` when the task undoes its step.
     pub phase: String,
@@ -150,6 +154,7 @@ fn worker_task(t: sagaflow_engine::runtime::Task) -> WorkerTask {
         instance_id: t.instance.to_string(),
         workflow: t.workflow,
         step: t.step,
+        element: t.element,
         attempt: t.attempt,
         phase: match t.phase {
             sagaflow_engine::saga::Phase::Forward => "forward".into(),

@@ -342,3 +342,60 @@ fn durations_past_a_hundred_years_are_refused() {
     let ok = "name: long\ndeadline: 99y\nsteps:\n  - name: a\n    http: { url: 'http://x' }\n    compensate: none\n";
     assert!(machine(ok).deadline.is_some());
 }
+
+#[test]
+fn the_graph_shows_forks_joins_skips_and_for_each() {
+    let m = machine(include_str!("../../../workflows/trip-booking.yaml"));
+    let mermaid = export::mermaid(&m);
+    for line in [
+        "run_0: fork book",
+        "state join_0 <<join>>",
+        "run_0_1: hotel",
+        "run_0 --> run_0_1",
+        "run_0_1 --> join_0",
+        "join_0 --> completed: succeeded",
+        "run_0 --> undo_0: business_failure (compensation)",
+        "undo_0 --> compensated: all_compensated (compensation)",
+    ] {
+        assert!(mermaid.contains(line), "{line}\n{mermaid}");
+    }
+    let dot = export::dot(&m);
+    assert!(
+        dot.contains("run_0 -> run_0_2;")
+            && dot.contains("join_0 -> completed [label=\"succeeded\"];"),
+        "{dot}"
+    );
+    let json = export::json(&m);
+    assert_eq!(json["branches"].as_array().map(Vec::len), Some(3));
+
+    let m = machine(include_str!("../../../workflows/fulfilment.yaml"));
+    let mermaid = export::mermaid(&m);
+    for line in [
+        "run_0: for each reserve_items (4 at a time)",
+        "run_1: insure (when)",
+        "run_1 --> run_2: skipped",
+        "run_1 --> run_2: succeeded",
+    ] {
+        assert!(mermaid.contains(line), "{line}\n{mermaid}");
+    }
+    // every state still reaches an end
+    assert!(graph::dead_ends(&m.graph).is_empty());
+}
+
+#[test]
+fn element_keys_carry_the_index() {
+    let m = machine(include_str!("../../../workflows/fulfilment.yaml"));
+    let reserve = &m.steps[0];
+    assert_eq!(
+        reserve.effect_key("i", Some(3), false, 1),
+        "i:reserve_items:3"
+    );
+    assert_eq!(
+        reserve.effect_key("i", Some(3), true, 2),
+        "i:reserve_items:3:compensate"
+    );
+    let m = machine(include_str!("../../../workflows/trip-booking.yaml"));
+    let hotel = m.steps[0].unit(Some(1));
+    assert_eq!(hotel.effect_key("i", None, false, 1), "i:hotel");
+    assert_eq!(m.unit_named("car"), Some((0, Some(2))));
+}

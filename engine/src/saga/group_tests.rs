@@ -449,3 +449,56 @@ proptest! {
         prop_assert!(started.len() <= n);
     }
 }
+
+/// A history written before version 2 (every event version 1, as stored)
+/// replays unchanged, and the instance in flight across the upgrade finishes
+/// writing version 1 events only.
+#[test]
+fn a_version_1_history_replays_and_its_saga_finishes() {
+    let m = super::tests::machine(super::tests::ORDER);
+    let at = "2027-01-15T08:00:00.000Z";
+    let stored = [
+        (
+            "SagaStarted",
+            json!({"workflow": "order", "version": 1, "definition_hash": m.hash, "input": {"order_id": "o-1", "customer_id": "c", "items": [], "amount": 5}, "started_at": at}),
+        ),
+        (
+            "StepStarted",
+            json!({"step": 0, "name": "reserve", "attempt": 1, "phase": "forward", "action": "http", "at": at}),
+        ),
+        (
+            "TimerArmed",
+            json!({"timer": "timeout:0:f:1", "purpose": {"kind": "step_timeout", "step": 0, "attempt": 1, "phase": "forward"}, "due": "2027-01-15T08:00:05.000Z"}),
+        ),
+        (
+            "StepSucceeded",
+            json!({"step": 0, "name": "reserve", "attempt": 1, "output": {"reservation_id": "r"}, "at": at}),
+        ),
+        (
+            "StepStarted",
+            json!({"step": 1, "name": "pay", "attempt": 1, "phase": "forward", "action": "http", "at": at}),
+        ),
+    ];
+    let events: Vec<Event> = stored
+        .into_iter()
+        .map(|(kind, data)| Event::from_stored(kind, 1, data).expect("a v1 event reads"))
+        .collect();
+    let st = fold(&events);
+    assert_eq!(st.status(), "running");
+    assert_eq!(
+        st.in_flight.iter().copied().collect::<Vec<_>>(),
+        [InFlight {
+            step: 1,
+            index: None,
+            attempt: 1,
+            phase: Phase::Forward
+        }]
+    );
+    assert_eq!(resume(&st).len(), 1, "the payment in flight is re-issued");
+    let mut s = Saga::given(super::tests::ORDER);
+    s.events = events;
+    s.succeed(1, Phase::Forward, json!({"payment_id": "p"}));
+    s.succeed(2, Phase::Forward, json!({"shipment_id": "s"}));
+    assert_eq!(s.status(), "completed");
+    assert!(s.events.iter().all(|e| e.schema_version() == 1));
+}

@@ -6,7 +6,7 @@ use super::*;
 use crate::compile::{check, Machine, State};
 use crate::dsl::spec::FailureKind;
 
-const ORDER: &str = include_str!("../../../workflows/order.yaml");
+pub(super) const ORDER: &str = include_str!("../../../workflows/order.yaml");
 const APPROVAL: &str = include_str!("../../../workflows/refund-approval.yaml");
 pub(super) const ID: &str = "0190d7a4-0000-7000-8000-000000000001";
 pub(super) const T0: Timestamp = Timestamp(1_800_000_000_000);

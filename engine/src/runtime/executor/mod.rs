@@ -437,6 +437,7 @@ impl Runtime {
                     step: s.name.clone(),
                     step_index: step,
                     index,
+                    element,
                     attempt,
                     phase,
                     input,

@@ -84,6 +84,7 @@ impl Runtime {
             step: tid.step,
             step_index: index,
             index: unit,
+            element: tid.element,
             attempt: tid.attempt,
             phase: tid.phase,
             input: Value::Null,

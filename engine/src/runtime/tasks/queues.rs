@@ -86,9 +86,12 @@ pub struct Task {
     pub step: String,
     #[serde(skip)]
     pub step_index: usize,
-    /// The branch or element, by position (an element's is in its `step` id too).
+    /// The branch or element, by position.
     #[serde(skip)]
     pub index: Option<u32>,
+    /// The element of a for-each step, by position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub element: Option<u32>,
     pub attempt: u32,
     pub phase: Phase,
     pub input: Value,
@@ -396,6 +399,7 @@ mod tests {
             step: "s".into(),
             step_index: 0,
             index: None,
+            element: None,
             attempt: 1,
             phase: Phase::Forward,
             input: Value::Null,
