@@ -32,7 +32,10 @@ use sql::{corrupt, Arg, Columns, Db, Dialect, Stmt};
 
 const NAME: &str = "saga_instances";
 /// The events that change a row; the others are not even read.
-const TYPES: [&str; 12] = [
+const TYPES: [&str; 15] = [
+    "BranchesStarted",
+    "ElementsListed",
+    "UnitsToCompensate",
     "SagaPaused",
     "SagaResumed",
     "SagaRetried",
@@ -447,6 +450,29 @@ fn instance_update(id: &str, pos: i64, event: &Event) -> Option<Stmt> {
              VALUES ($1, $2, $3, $4, 'running', $5, $5, $6) ON CONFLICT (id) DO NOTHING",
             vec![id.into(), pos.into(), workflow.into(), i64::from(*version).into(), at(started_at), input.to_string().into()],
         ),
+        // a branch or element: the row shows its step (the group), set when it started
+        Event::StepStarted { index: Some(_), phase, at: t, .. } => {
+            let status = match phase {
+                Phase::Compensation => "compensating",
+                Phase::Forward => "running",
+            };
+            stmt(
+                &format!("UPDATE saga_instances SET status = $3, updated_at = $4, last_position = $2 {NEWER}"),
+                vec![id.into(), pos.into(), status.into(), at(t)],
+            )
+        }
+        Event::BranchesStarted { name, at: t, .. }
+        | Event::ElementsListed { name, at: t, .. }
+        | Event::UnitsToCompensate { name, at: t, .. } => {
+            let status = match event {
+                Event::UnitsToCompensate { .. } => "compensating",
+                _ => "running",
+            };
+            stmt(
+                &format!("UPDATE saga_instances SET status = $3, current_step = $4, attempts = 1, updated_at = $5, last_position = $2 {NEWER}"),
+                vec![id.into(), pos.into(), status.into(), name.into(), at(t)],
+            )
+        }
         Event::StepStarted { name, attempt, phase, action, at: t, .. } => {
             let status = match (phase, action) {
                 (Phase::Compensation, _) => "compensating",
@@ -562,6 +588,74 @@ mod tests {
     #[tokio::test]
     async fn orders_follow_the_steps_and_end_states_in_postgres() {
         orders_case(open_postgres("orders").await).await;
+    }
+
+    /// A parallel step shows as itself, not as whichever branch started last.
+    #[tokio::test]
+    async fn a_group_shows_as_its_step() {
+        let p = open("groups").await;
+        let store = MemoryStore::default();
+        let t = Timestamp(1_800_000_000_000);
+        let branch = |index: u32, name: &str, phase: Phase| Event::StepStarted {
+            step: 0,
+            index: Some(index),
+            name: name.into(),
+            attempt: 1,
+            phase,
+            action: crate::saga::ActionKind::Http,
+            at: t,
+        };
+        let filter = InstanceFilter {
+            workflow: Some("trip".into()),
+            status: None,
+            started_from: None,
+            started_until: None,
+            input: Vec::new(),
+            after: None,
+            limit: 10,
+        };
+        append(
+            &store,
+            1,
+            &[
+                started("trip", json!({}), t.0),
+                Event::BranchesStarted {
+                    step: 0,
+                    name: "book".into(),
+                    branches: vec!["flight".into(), "hotel".into()],
+                    at: t,
+                },
+                branch(0, "flight", Phase::Forward),
+                branch(1, "hotel", Phase::Forward),
+            ],
+        )
+        .await;
+        p.catch_up(&store).await.unwrap();
+        let r = p.search(&filter).await.unwrap().items.remove(0);
+        assert_eq!(
+            (r.status.as_str(), r.current_step.as_deref()),
+            ("running", Some("book"))
+        );
+        append(
+            &store,
+            1,
+            &[
+                Event::UnitsToCompensate {
+                    step: 0,
+                    name: "book".into(),
+                    units: vec![1],
+                    at: t,
+                },
+                branch(1, "hotel", Phase::Compensation),
+            ],
+        )
+        .await;
+        p.catch_up(&store).await.unwrap();
+        let r = p.search(&filter).await.unwrap().items.remove(0);
+        assert_eq!(
+            (r.status.as_str(), r.current_step.as_deref()),
+            ("compensating", Some("book"))
+        );
     }
 
     #[tokio::test]
