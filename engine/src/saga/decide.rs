@@ -269,13 +269,9 @@ impl Decider<'_> {
         });
         let step = &self.m.steps[f.step];
         match (&step.action, f.phase) {
-            _ if step.is_group() && (f.index.is_some() || !self.s.units.is_empty()) => {
-                self.retry_units(f.step, f.phase)
-            }
-            // `when` or `for_each` could not be evaluated: reach the step again
-            _ if step.is_group() || step.when.is_some() && f.phase == Phase::Forward => {
-                self.reach(f.step)
-            }
+            // `when` or `for_each` could not be evaluated (attempt 0): reach the step again
+            (_, Phase::Forward) if f.attempt == 0 => self.reach(f.step),
+            _ if step.is_group() => self.retry_units(f.step, f.phase),
             (StepAction::Wait(_), Phase::Forward) => self.begin(f.step),
             _ => self.start_attempt(f.step, None, f.attempt + 1, f.phase),
         }

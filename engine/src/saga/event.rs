@@ -370,6 +370,8 @@ impl Event {
     /// readable by a sagaflow that knows only version 1.
     pub fn schema_version(&self) -> u16 {
         match self {
+            // attempt 0: a step that failed before any attempt (`when`, `for_each`)
+            Event::StepFailed { attempt: 0, .. } => 2,
             Event::StepStarted { index, .. }
             | Event::StepSucceeded { index, .. }
             | Event::StepFailed { index, .. }

@@ -45,14 +45,16 @@ impl Decider<'_> {
     }
 
     /// Step `i` could not start (its `when` or `for_each` failed): nothing
-    /// of it happened, so the steps before it are undone.
+    /// of it happened, so the steps before it are undone. Its `StepFailed`
+    /// has attempt 0: no attempt was made (an operator's retry reaches the
+    /// step again).
     fn fail_unreached(&mut self, i: usize, error: String) {
         let step = &self.m.steps[i];
         self.emit(Event::StepFailed {
             step: i,
             index: None,
             name: step.name.clone(),
-            attempt: 1,
+            attempt: 0,
             kind: FailureKind::Business,
             error: format!("{}: {error}", step.name),
             retryable: false,

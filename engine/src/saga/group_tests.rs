@@ -502,3 +502,30 @@ fn a_version_1_history_replays_and_its_saga_finishes() {
     assert_eq!(s.status(), "completed");
     assert!(s.events.iter().all(|e| e.schema_version() == 1));
 }
+
+#[test]
+fn a_retry_after_an_unevaluable_for_each_reaches_the_step_again() {
+    // after the pivot nothing is undone: the saga fails for an operator
+    const AFTER: &str = "
+name: after
+steps:
+  - name: pay
+    pivot: true
+    http: { url: 'http://x/pay' }
+  - name: ship
+    for_each: ${ .input.items }
+    http: { url: 'http://x/ship/${ .item }' }
+    retry: { max_attempts: unlimited, backoff: { initial: 1s } }
+";
+    let mut s = Saga::given(AFTER).start(json!({"items": "not a list"}));
+    let d = s.succeed(0, Phase::Forward, json!({}));
+    assert!(d
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::StepFailed { attempt: 0, .. })));
+    assert_eq!(s.status(), "failed");
+    let d = s.ok(Input::Retry);
+    // evaluated again (still not a list), never an attempt of nothing
+    assert!(performs(&d).is_empty());
+    assert_eq!(s.status(), "failed");
+}
