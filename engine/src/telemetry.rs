@@ -92,19 +92,37 @@ pub(crate) fn saga_started(workflow: &str) {
 pub(crate) fn observe(workflow: &str, before: &SagaState, events: &[Event]) {
     for e in events {
         match e {
-            Event::StepSucceeded { name, at, .. } | Event::StepFailed { name, at, .. } => {
+            Event::StepSucceeded {
+                name, index, at, ..
+            }
+            | Event::StepFailed {
+                name, index, at, ..
+            } => {
                 let outcome = if matches!(e, Event::StepSucceeded { .. }) {
                     "succeeded"
                 } else {
                     "failed"
                 };
-                step_duration(workflow, name, "forward", outcome, before, *at);
+                step_duration(
+                    workflow,
+                    name,
+                    "forward",
+                    outcome,
+                    started(before, *index),
+                    *at,
+                );
             }
-            Event::StepCompensated { name, at, .. } => {
-                step_duration(workflow, name, "compensation", "succeeded", before, *at);
+            Event::StepCompensated {
+                name, index, at, ..
+            } => {
+                let from = started(before, *index);
+                step_duration(workflow, name, "compensation", "succeeded", from, *at);
             }
-            Event::CompensationFailed { name, at, .. } => {
-                step_duration(workflow, name, "compensation", "failed", before, *at);
+            Event::CompensationFailed {
+                name, index, at, ..
+            } => {
+                let from = started(before, *index);
+                step_duration(workflow, name, "compensation", "failed", from, *at);
             }
             Event::RetryScheduled { name, .. } => {
                 counter!(STEP_RETRIES, "workflow" => workflow.to_string(), "step" => name.clone())
@@ -133,12 +151,19 @@ pub(crate) fn observe(workflow: &str, before: &SagaState, events: &[Event]) {
     }
 }
 
+/// When the attempt that ends started: a branch's or element's own, or the step's.
+fn started(before: &SagaState, index: Option<u32>) -> crate::saga::Timestamp {
+    index
+        .and_then(|u| before.units.get(&u))
+        .map_or(before.attempt_started_at, |u| u.started_at)
+}
+
 fn step_duration(
     workflow: &str,
     step: &str,
     phase: &'static str,
     outcome: &'static str,
-    before: &SagaState,
+    started: crate::saga::Timestamp,
     at: crate::saga::Timestamp,
 ) {
     histogram!(
@@ -148,7 +173,7 @@ fn step_duration(
         "phase" => phase,
         "outcome" => outcome
     )
-    .record(before.attempt_started_at.until(at).as_secs_f64());
+    .record(started.until(at).as_secs_f64());
 }
 
 pub(crate) fn store_commit(seconds: f64, appends: usize) {

@@ -42,6 +42,8 @@ pub struct Unit {
     pub status: UnitStatus,
     /// Its last attempt's number (0 before the first).
     pub attempt: u32,
+    /// When its last attempt started.
+    pub started_at: Timestamp,
     /// An element's output (a branch's is in `outputs`, by name).
     #[serde(skip_serializing_if = "Value::is_null")]
     pub output: Value,
@@ -52,6 +54,7 @@ impl Unit {
         Self {
             status: UnitStatus::Pending,
             attempt: 0,
+            started_at: Timestamp::default(),
             output: Value::Null,
         }
     }
@@ -189,6 +192,9 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                 Some(u) => {
                     s.in_flight.insert(f);
                     activate(&mut s, *u, *attempt);
+                    if let Some(unit) = s.units.get_mut(u) {
+                        unit.started_at = *at;
+                    }
                 }
                 None => {
                     s.in_flight.clear();
