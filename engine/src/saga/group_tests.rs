@@ -529,3 +529,54 @@ steps:
     assert!(performs(&d).is_empty());
     assert_eq!(s.status(), "failed");
 }
+
+#[test]
+fn a_retry_after_a_branch_compensation_failed_restarts_only_what_is_not_undone() {
+    let mut s = Saga::given(TRIP).start(json!({}));
+    s.succeed(0, Phase::Forward, json!({}));
+    s.answer(1, 0, Phase::Forward, Ok(json!({"ref": "f"})));
+    s.answer(1, 1, Phase::Forward, Ok(json!({})));
+    s.answer(1, 2, Phase::Forward, Err(FailureKind::Business));
+    // the hotel is undone; the flight's undo is refused: the saga needs an operator
+    s.answer(1, 1, Phase::Compensation, Ok(json!({})));
+    s.answer(1, 0, Phase::Compensation, Err(FailureKind::Business));
+    assert_eq!(s.status(), "failed");
+    let d = s.ok(Input::Retry);
+    // only the flight's undo starts again, as its next attempt
+    assert_eq!(performs(&d), [(1, Some(0), Phase::Compensation)]);
+    assert!(d.events.iter().any(|e| matches!(
+        e,
+        Event::StepStarted {
+            index: Some(0),
+            attempt: 2,
+            ..
+        }
+    )));
+    s.answer(1, 0, Phase::Compensation, Ok(json!({})));
+    s.succeed(0, Phase::Compensation, json!({}));
+    assert_eq!(s.status(), "compensated");
+    assert_eq!(compensated_units(&s.events, 1), [1, 0, 0]);
+}
+
+#[test]
+fn the_deadline_in_a_for_each_undoes_what_ran() {
+    const TIMED: &str = "
+name: timed
+deadline: 1m
+steps:
+  - name: lines
+    for_each: ${ .input.items }
+    max_concurrency: 2
+    http: { url: 'http://x/${ .item.sku }' }
+    compensate: { http: { url: 'http://x/undo/${ .item.sku }' } }
+";
+    let mut s = Saga::given(TIMED).start(json!({"items": items(4)}));
+    s.answer(0, 0, Phase::Forward, Ok(json!({})));
+    let d = s.fire("deadline");
+    assert!(types(&d.events).contains(&"CompensationStarted"));
+    // elements 0 (done) and 1, 2 (in flight); 3 never started
+    assert!(d
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::UnitsToCompensate { units, .. } if *units == [0, 1, 2])));
+}
