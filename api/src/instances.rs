@@ -280,6 +280,7 @@ impl InstancesApi {
         started_until: Query<Option<String>>,
         /// Input fields that must match, as `path=value` (repeatable), e.g.
         /// `customer_id=c-42` or `address.city=Oslo`; numbers and text compare as text.
+        #[oai(default)]
         input: Query<Vec<String>>,
         /// From `next_cursor` of the previous page.
         cursor: Query<Option<String>>,

@@ -55,7 +55,7 @@ def until(what, fetch, done, seconds=30):
 
 def main():
     sf = generate()
-    from sagaflow_client.api.instances import get_instance, get_instance_events, start_instance
+    from sagaflow_client.api.instances import get_instance, get_instance_events, list_instances, start_instance
     from sagaflow_client.api.orders import create_order, get_order, list_customer_orders
     from sagaflow_client.api.tasks import complete_task, poll_task
     from sagaflow_client.api.workflows import list_workflows, publish_workflow
@@ -112,6 +112,9 @@ def main():
     assert "StepCompensated" in kinds, kinds
     page = list_customer_orders.sync("py-customer", client=client, consistent=True)
     assert sorted(o.order_id for o in page.items) == ["py-1", "py-2"], page
+    # every filter of the listing is optional: no `input_=[]` needed
+    everything = list_instances.sync(client=client, consistent=True)
+    assert str(trip.parsed.id) in [str(i.id) for i in everything.items], everything
     print(f"python client: orders {shipped} / {undone}, trip {done.status}, {len(kinds)} events")
 
 
