@@ -415,7 +415,7 @@ impl<'a> Checker<'a> {
         self.in_for_each = s.for_each.is_some();
         let step = match &s.parallel {
             Some(branches) => self.parallel(i, s, branches, role, default_timeout, default_retry),
-            None => self.single(i, s, &path, role, default_timeout, default_retry),
+            None => self.single_at(i, s, &path, role, default_timeout, default_retry),
         };
         self.in_for_each = false;
         let mut step = step?;
@@ -515,18 +515,6 @@ impl<'a> Checker<'a> {
             for_each: None,
             branches,
         })
-    }
-
-    fn single(
-        &mut self,
-        i: usize,
-        s: &StepSpec,
-        path: &DocPath,
-        role: Role,
-        default_timeout: Option<Duration>,
-        default_retry: &RetryPolicy,
-    ) -> Option<Step> {
-        self.single_at(i, s, path, role, default_timeout, default_retry)
     }
 
     /// A step of one action (a plain step, a for-each step or a branch) at `path`.

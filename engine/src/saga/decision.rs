@@ -68,6 +68,38 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// The answer to attempt `f`: its output, or how it failed.
+    pub fn answer(
+        f: super::state::InFlight,
+        result: Result<Value, (FailureKind, String)>,
+    ) -> Input {
+        let super::state::InFlight {
+            step,
+            index,
+            attempt,
+            phase,
+        } = f;
+        match result {
+            Ok(output) => Input::Succeeded {
+                step,
+                index,
+                attempt,
+                phase,
+                output,
+            },
+            Err((kind, error)) => Input::Failed {
+                step,
+                index,
+                attempt,
+                phase,
+                kind,
+                error,
+            },
+        }
+    }
+}
+
 /// An effect for the runtime to carry out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {

@@ -322,29 +322,7 @@ impl World<'_> {
     }
 
     fn answered(&mut self, f: InFlight, result: Outcome) {
-        let InFlight {
-            step,
-            index,
-            attempt,
-            phase,
-        } = f;
-        self.apply(match result {
-            Ok(output) => Input::Succeeded {
-                step,
-                index,
-                attempt,
-                phase,
-                output,
-            },
-            Err((kind, error)) => Input::Failed {
-                step,
-                index,
-                attempt,
-                phase,
-                kind,
-                error,
-            },
-        });
+        self.apply(Input::answer(f, result));
     }
 }
 

@@ -542,27 +542,11 @@ pub(crate) fn fault(doing: &str, panic: &Box<dyn std::any::Any + Send>) -> Strin
 }
 
 pub(crate) fn outcome_input(f: saga::InFlight, outcome: http::Outcome) -> Input {
-    let saga::InFlight {
-        step,
-        index,
-        attempt,
-        phase,
-    } = f;
-    match outcome {
-        http::Outcome::Succeeded(output) => Input::Succeeded {
-            step,
-            index,
-            attempt,
-            phase,
-            output,
+    Input::answer(
+        f,
+        match outcome {
+            http::Outcome::Succeeded(output) => Ok(output),
+            http::Outcome::Failed(kind, error) => Err((kind, error)),
         },
-        http::Outcome::Failed(kind, error) => Input::Failed {
-            step,
-            index,
-            attempt,
-            phase,
-            kind,
-            error,
-        },
-    }
+    )
 }
