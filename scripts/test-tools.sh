@@ -2,7 +2,7 @@
 # Installs what the end-to-end client tests drive (tests/clients.rs):
 #   - a Python virtualenv with tests/clients/requirements.txt
 #     (openapi-python-client, schemathesis, selenium), from PyPI;
-#   - Debian's chromium and chromium-driver, for the Swagger UI test.
+#   - Debian's chromium and chromium-driver, for the Swagger UI and console tests.
 # Idempotent: a second run only checks. SAGAFLOW_TEST_VENV overrides the venv path.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -102,8 +102,21 @@ pub enum GraphFormat {
     Json,
 }
 
+/// The command line, with `--help` naming each option's environment
+/// variable but never showing its value (unset ones showed as `NAME=`, and
+/// set ones may be secrets).
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    fn hide_env_values(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| a.hide_env_values(true))
+            .mut_subcommands(hide_env_values)
+    }
+    let matches = hide_env_values(Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command {
         Command::Validate { files, format } => commands::validate::run(&files, format),
         Command::Graph { file, format } => commands::graph::run(&file, format),

@@ -264,7 +264,11 @@ async fn an_order_id_in_use_is_never_started_again() {
         "{same}"
     );
     for n in [1, 2] {
-        let (_, page) = get_json(&c, format!("{}/instances?input=order_id=o-{n}", s.url)).await;
+        let (_, page) = get_json(
+            &c,
+            format!("{}/instances?input_field=order_id=o-{n}", s.url),
+        )
+        .await;
         assert_eq!(
             page["items"].as_array().unwrap().len(),
             1,

@@ -56,7 +56,7 @@ async fn orders_run_on_the_eventstoredb_double_and_survive_a_restart() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["type"].as_str().unwrap())
+        .map(|e| e["event_type"].as_str().unwrap())
         .collect();
     assert_eq!(
         (kinds.first(), kinds.last()),

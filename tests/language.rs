@@ -119,7 +119,9 @@ async fn history(c: &reqwest::Client, url: &str, id: &str) -> Vec<Value> {
 fn started(h: &[Value], step: u64, phase: &str) -> BTreeSet<u64> {
     h.iter()
         .filter(|e| {
-            e["type"] == "StepStarted" && e["data"]["step"] == step && e["data"]["phase"] == phase
+            e["event_type"] == "StepStarted"
+                && e["data"]["step"] == step
+                && e["data"]["phase"] == phase
         })
         .filter_map(|e| e["data"]["index"].as_u64())
         .collect()
@@ -141,7 +143,7 @@ async fn check(c: &reqwest::Client, url: &str, demo: &str, s: &Started) {
         "{trip}"
     );
     let h = history(c, url, &s.trip).await;
-    assert!(h.iter().any(|e| e["type"] == "BranchesStarted"));
+    assert!(h.iter().any(|e| e["event_type"] == "BranchesStarted"));
     assert_eq!(started(&h, 0, "forward"), BTreeSet::from([0, 1, 2]));
 
     // a branch fails: its siblings (in flight or done) and the quote are undone
@@ -155,7 +157,7 @@ async fn check(c: &reqwest::Client, url: &str, demo: &str, s: &Started) {
     );
     let undone: Vec<&str> = h
         .iter()
-        .filter(|e| e["type"] == "StepCompensated")
+        .filter(|e| e["event_type"] == "StepCompensated")
         .map(|e| e["data"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(
@@ -172,10 +174,10 @@ async fn check(c: &reqwest::Client, url: &str, demo: &str, s: &Started) {
     let h = history(c, url, &s.skipped).await;
     assert!(h
         .iter()
-        .any(|e| e["type"] == "StepSkipped" && e["data"]["name"] == "insure"));
+        .any(|e| e["event_type"] == "StepSkipped" && e["data"]["name"] == "insure"));
     assert!(!h
         .iter()
-        .any(|e| e["type"] == "StepStarted" && e["data"]["name"] == "insure"));
+        .any(|e| e["event_type"] == "StepStarted" && e["data"]["name"] == "insure"));
 
     // a later element fails: exactly the elements that ran are undone
     let elements = ended(c, url, &s.elements).await;
@@ -273,7 +275,7 @@ async fn parallel_when_and_for_each_across_a_kill_9() {
         reissued += history(&c, &server.url, id)
             .await
             .iter()
-            .filter(|e| e["type"] == "AttemptReissued")
+            .filter(|e| e["event_type"] == "AttemptReissued")
             .count();
     }
     assert!(

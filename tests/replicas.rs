@@ -333,7 +333,7 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["type"] == "TimerFired")
+            .filter(|e| e["event_type"] == "TimerFired")
             .count();
         assert_eq!(fired, 1, "{id}: {history}");
     }

@@ -17,7 +17,9 @@ fn allowed(operation: &str) -> &'static [&'static str] {
     const OPERATE: &[&str] = &["admin", "operator"];
     const WORK: &[&str] = &["admin", "worker"];
     const ADMIN: &[&str] = &["admin"];
+    const ANY: &[&str] = &["admin", "operator", "client", "worker"];
     match operation {
+        "whoami" => ANY,
         "publish_workflow" | "issue_token" | "list_tokens" | "revoke_token" => ADMIN,
         "list_workflows"
         | "get_workflow"
@@ -28,6 +30,7 @@ fn allowed(operation: &str) -> &'static [&'static str] {
         | "get_instance_state"
         | "get_order"
         | "list_customer_orders"
+        | "watch_changes"
         | "start_instance"
         | "create_order" => READ,
         "pause_instance" | "resume_instance" | "retry_instance" | "signal_instance"

@@ -19,7 +19,7 @@ fn types(history: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["type"].as_str().unwrap().to_string())
+        .map(|e| e["event_type"].as_str().unwrap().to_string())
         .collect()
 }
 
@@ -68,7 +68,7 @@ async fn an_order_completes_and_an_over_limit_order_is_compensated() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["type"] == "StepCompensated")
+        .find(|e| e["event_type"] == "StepCompensated")
         .expect("the release is in the history");
     assert_eq!(release["data"]["name"], "reserve");
     assert!(history
@@ -266,12 +266,14 @@ async fn bad_requests_get_problems_and_write_nothing() {
             .unwrap();
         (r.status(), r.json::<Value>().await.unwrap())
     };
-    let e = &bad_wf["errors"][0];
+    // the misspelt field, and what it does not hide: the step has no action
+    let e = &bad_wf["errors"][1];
     assert_eq!(
         (e["code"].as_str(), e["line"].as_u64(), e["column"].as_u64()),
         (Some("unknown-field"), Some(4), Some(5)),
         "{bad_wf}"
     );
+    assert_eq!(bad_wf["errors"][0]["code"], "missing-action", "{bad_wf}");
 
     // a signal to an instance that has ended
     let (_, done) = post(
@@ -615,21 +617,26 @@ async fn the_first_start_generates_and_prints_an_admin_token() {
     });
     let mut url = String::new();
     let mut token = String::new();
-    // the banner is a few lines; stop once both are seen (the server keeps running), or after 30 s
+    let mut console = String::new();
+    // the banner is a few lines; stop once all are seen (the server keeps running), or after 30 s
     while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) {
         if let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://")) {
             if url.is_empty() {
                 url = u.to_string();
             }
         }
+        if let Some(c) = line.split("Console: ").nth(1) {
+            console = c.split_whitespace().next().unwrap_or_default().to_string();
+        }
         if let Some(t) = line.split_whitespace().find(|w| w.starts_with("sf_")) {
             token = t.to_string();
         }
-        if !url.is_empty() && !token.is_empty() {
+        if !url.is_empty() && !token.is_empty() && !console.is_empty() {
             break;
         }
     }
     assert!(token.len() > 40, "a generated token was printed");
+    assert_eq!(console, format!("{url}/ui"), "the banner links the console");
     let stored = std::fs::read_to_string(data.join("admin-token.sha256")).unwrap();
     assert!(!stored.contains(&token), "only its hash is stored");
     let ok = client_with(Some(&token))
@@ -699,7 +706,7 @@ async fn orders_are_created_followed_and_listed_per_customer() {
     let (_, found) = get_json(
         &c,
         format!(
-            "{}/instances?input=customer_id=c-9&input=amount=5000&consistent=true",
+            "{}/instances?input_field=customer_id=c-9&input_field=amount=5000&consistent=true",
             s.url
         ),
     )
@@ -715,12 +722,12 @@ async fn orders_are_created_followed_and_listed_per_customer() {
             "/problems/unknown-order",
         ),
         (
-            format!("{}/instances?input=customer_id", s.url),
+            format!("{}/instances?input_field=customer_id", s.url),
             StatusCode::BAD_REQUEST,
             "/problems/bad-input-filter",
         ),
         (
-            format!("{}/instances?input=a;drop=1", s.url),
+            format!("{}/instances?input_field=a;drop=1", s.url),
             StatusCode::BAD_REQUEST,
             "/problems/bad-input-filter",
         ),
@@ -732,7 +739,7 @@ async fn orders_are_created_followed_and_listed_per_customer() {
         (
             format!("{}/instances?started_from=yesterday", s.url),
             StatusCode::BAD_REQUEST,
-            "/problems/bad-started-from",
+            "/problems/bad-parameter",
         ),
     ] {
         let (status, p) = get_json(&c, url.clone()).await;
@@ -1040,7 +1047,10 @@ async fn operators_pause_resume_and_retry_and_read_any_past_state() {
     assert_eq!(page["next_from"], 5);
     let (_, all) = get_json(&c, format!("{instance}/events")).await;
     let all = all["items"].as_array().unwrap().clone();
-    let kinds: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = all
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
     for kind in [
         "SagaPaused",
         "StepHeld",

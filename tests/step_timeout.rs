@@ -96,14 +96,14 @@ async fn a_payment_that_never_answers_is_compensated_after_its_timeout() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["type"] == "StepFailed")
+        .find(|e| e["event_type"] == "StepFailed")
         .expect("pay failed");
     assert_eq!(failed["data"]["kind"], "timeout", "{failed}");
     let undone: Vec<&str> = history
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["type"] == "StepCompensated")
+        .filter(|e| e["event_type"] == "StepCompensated")
         .map(|e| e["data"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use futures_util::stream::{BoxStream, StreamExt};
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::projection::InstanceFilter;
 use sagaflow_engine::runtime::{InstanceView, Runtime};
@@ -12,6 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
+use crate::types::{InstanceStatus, Time};
 use crate::Tag;
 
 /// The longest a request may wait for an instance to end.
@@ -21,11 +24,10 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
 pub struct Instance {
-    pub id: String,
+    pub id: Uuid,
     pub workflow: String,
     pub version: u32,
-    /// `running`, `waiting`, `compensating`, `completed`, `compensated`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: InstanceStatus,
     /// The step being performed, waited on or compensated.
     pub current_step: Option<String>,
     /// The attempt number of the current step.
@@ -34,9 +36,9 @@ pub struct Instance {
     pub output: Option<serde_json::Value>,
     /// The last failure, or why the saga compensated, failed or was cancelled.
     pub error: Option<String>,
-    pub started_at: String,
-    pub updated_at: String,
-    pub finished_at: Option<String>,
+    pub started_at: Time,
+    pub updated_at: Time,
+    pub finished_at: Option<Time>,
     /// Events in the instance's history (its newest revision plus one).
     pub events: u64,
     /// Paused by an operator: no new attempt starts until it is resumed.
@@ -55,15 +57,15 @@ pub struct PendingTimer {
     pub timer: String,
     /// What it is for: `step_timeout`, `backoff`, `wait_timeout`, `wait_elapsed`, `deadline`.
     pub kind: String,
-    pub due: String,
+    pub due: Time,
 }
 
 /// Where to move a timer: exactly one of the three.
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
 pub struct MoveTimer {
-    /// A new due time (RFC 3339).
-    pub due: Option<String>,
+    /// A new due time.
+    pub due: Option<Time>,
     /// Push the due time back by this much (e.g. `1h`).
     pub extend_by: Option<String>,
     /// Fire it now.
@@ -71,21 +73,23 @@ pub struct MoveTimer {
     pub fire_now: bool,
 }
 
-impl From<InstanceView> for Instance {
-    fn from(v: InstanceView) -> Self {
-        Self {
-            id: v.id.to_string(),
+impl TryFrom<InstanceView> for Instance {
+    type Error = ApiError;
+
+    fn try_from(v: InstanceView) -> Result<Self, ApiError> {
+        Ok(Self {
+            id: v.id,
             workflow: v.workflow,
             version: v.version,
-            status: v.status.to_string(),
+            status: InstanceStatus::parse(v.status)?,
             current_step: v.current_step,
             attempt: v.attempt,
             input: v.input,
             output: v.output,
             error: v.error,
-            started_at: v.started_at.to_string(),
-            updated_at: v.updated_at.to_string(),
-            finished_at: v.finished_at.map(|t| t.to_string()),
+            started_at: v.started_at.into(),
+            updated_at: v.updated_at.into(),
+            finished_at: v.finished_at.map(Time),
             events: v.events,
             paused: v.paused,
             outputs: v.outputs,
@@ -98,10 +102,10 @@ impl From<InstanceView> for Instance {
                         .ok()
                         .and_then(|p| p["kind"].as_str().map(str::to_string))
                         .unwrap_or_default(),
-                    due: due.to_string(),
+                    due: due.into(),
                 })
                 .collect(),
-        }
+        })
     }
 }
 
@@ -109,16 +113,18 @@ impl From<InstanceView> for Instance {
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
 pub struct InstanceSummary {
-    pub id: String,
+    pub id: Uuid,
     pub workflow: String,
     pub version: u32,
-    pub status: String,
+    pub status: InstanceStatus,
+    /// The step being performed, waited on or compensated.
     pub current_step: Option<String>,
-    pub attempts: u32,
+    /// The attempt number of the current step.
+    pub attempt: u32,
     pub error: Option<String>,
-    pub started_at: String,
-    pub updated_at: String,
-    pub finished_at: Option<String>,
+    pub started_at: Time,
+    pub updated_at: Time,
+    pub finished_at: Option<Time>,
     pub input: serde_json::Value,
     pub paused: bool,
 }
@@ -139,10 +145,9 @@ pub struct HistoryEvent {
     pub revision: u64,
     pub position: u64,
     /// The event type, e.g. `StepSucceeded` (docs/events.md).
-    #[oai(rename = "type")]
     pub event_type: String,
     pub schema_version: u16,
-    pub recorded_at: String,
+    pub recorded_at: Time,
     pub data: serde_json::Value,
 }
 
@@ -164,7 +169,7 @@ pub struct PauseRequest {
 #[oai(skip_serializing_if_is_none)]
 pub struct EventPage {
     pub items: Vec<HistoryEvent>,
-    /// Pass as `from` for the next page; absent on the last page.
+    /// Pass as `from_revision` for the next page; absent on the last page.
     pub next_from: Option<u64>,
 }
 
@@ -185,7 +190,7 @@ pub enum AcceptedResponse {
     Accepted(Json<Instance>),
 }
 
-fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
+pub(crate) fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
     wait.filter(|w| !w.is_empty())
         .map(|w| {
             humantime::parse_duration(w)
@@ -215,6 +220,18 @@ pub(crate) fn parse_time(what: &str, t: &str) -> Result<Timestamp, ApiError> {
         .as_millis();
     Ok(Timestamp(u64::try_from(ms).unwrap_or(u64::MAX)))
 }
+
+/// The log moved: instances were started or changed.
+#[derive(Object)]
+pub struct Change {
+    /// The position of the newest event in the log.
+    pub position: u64,
+}
+
+/// How often the change stream may tell of a change.
+const CHANGE_EVERY: Duration = Duration::from_millis(250);
+/// How long one change stream lasts; the client connects again.
+const CHANGE_STREAM_FOR: Duration = Duration::from_secs(300);
 
 pub struct InstancesApi {
     pub rt: Runtime,
@@ -259,9 +276,9 @@ impl InstancesApi {
         let view = self.rt.get(started.id).await?;
         let location = format!("/instances/{}", started.id);
         Ok(if started.created {
-            StartResponse::Created(Json(view.into()), location)
+            StartResponse::Created(Json(view.try_into()?), location)
         } else {
-            StartResponse::Existing(Json(view.into()), location)
+            StartResponse::Existing(Json(view.try_into()?), location)
         })
     }
 
@@ -272,16 +289,15 @@ impl InstancesApi {
         &self,
         auth: Auth,
         workflow: Query<Option<String>>,
-        /// `running`, `waiting`, `compensating`, `completed`, `compensated`, `failed` or `cancelled`.
-        status: Query<Option<String>>,
-        /// Started at or after this time (RFC 3339).
-        started_from: Query<Option<String>>,
-        /// Started before this time (RFC 3339).
-        started_until: Query<Option<String>>,
+        status: Query<Option<InstanceStatus>>,
+        /// Started at or after this time.
+        started_from: Query<Option<Time>>,
+        /// Started before this time.
+        started_until: Query<Option<Time>>,
         /// Input fields that must match, as `path=value` (repeatable), e.g.
         /// `customer_id=c-42` or `address.city=Oslo`; numbers and text compare as text.
         #[oai(default)]
-        input: Query<Vec<String>>,
+        input_field: Query<Vec<String>>,
         /// From `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
         /// At most this many (default 100).
@@ -293,7 +309,7 @@ impl InstancesApi {
     ) -> Result<Json<InstancePage>, ApiError> {
         auth.require(Need::Read)?;
         let mut fields = Vec::new();
-        for f in &input.0 {
+        for f in &input_field.0 {
             let bad = || {
                 ApiError::bad_request(
                     "bad-input-filter",
@@ -315,17 +331,9 @@ impl InstancesApi {
         }
         let filter = InstanceFilter {
             workflow: workflow.0,
-            status: status.0,
-            started_from: started_from
-                .0
-                .as_deref()
-                .map(|t| parse_time("started_from", t))
-                .transpose()?,
-            started_until: started_until
-                .0
-                .as_deref()
-                .map(|t| parse_time("started_until", t))
-                .transpose()?,
+            status: status.0.map(|s| s.as_str().to_string()),
+            started_from: started_from.0.map(|t| t.0),
+            started_until: started_until.0.map(|t| t.0),
             input: fields,
             after: crate::orders::parse_cursor(cursor.0.as_deref())?,
             limit: limit.0.unwrap_or(100),
@@ -337,42 +345,72 @@ impl InstancesApi {
             items: page
                 .items
                 .into_iter()
-                .map(|r| InstanceSummary {
-                    id: r.id.to_string(),
-                    workflow: r.workflow,
-                    version: r.version,
-                    status: r.status,
-                    current_step: r.current_step,
-                    attempts: r.attempts,
-                    error: r.error,
-                    started_at: r.started_at.to_string(),
-                    updated_at: r.updated_at.to_string(),
-                    finished_at: r.finished_at.map(|t| t.to_string()),
-                    input: r.input,
-                    paused: r.paused,
+                .map(|r| {
+                    Ok(InstanceSummary {
+                        id: r.id,
+                        workflow: r.workflow,
+                        version: r.version,
+                        status: InstanceStatus::parse(&r.status)?,
+                        current_step: r.current_step,
+                        attempt: r.attempts,
+                        error: r.error,
+                        started_at: r.started_at.into(),
+                        updated_at: r.updated_at.into(),
+                        finished_at: r.finished_at.map(Time),
+                        input: r.input,
+                        paused: r.paused,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, ApiError>>()?,
         }))
     }
 
     /// Get an instance.
     ///
     /// With `wait` (e.g. `30s`, at most `5m`), the answer comes as soon as the
-    /// instance has ended, or when the wait is over: no polling needed.
+    /// instance has ended, or when the wait is over: no polling needed. With
+    /// `after_revision` too, it comes as soon as the history has grown past
+    /// that revision (pass the `events` of the last answer minus one to see the
+    /// next change); with `until_status`, as soon as the status is one of those
+    /// given (e.g. `waiting`, to send a signal once the instance waits for it).
     #[oai(path = "/instances/:id", method = "get", operation_id = "get_instance")]
     async fn get(
         &self,
         auth: Auth,
         id: Path<Uuid>,
         wait: Query<Option<String>>,
+        /// With `wait`: answer once the newest revision is past this one.
+        after_revision: Query<Option<u64>>,
+        /// With `wait`: answer once the status is one of these (repeatable).
+        #[oai(default)]
+        until_status: Query<Vec<InstanceStatus>>,
     ) -> Result<Json<Instance>, ApiError> {
         auth.require(Need::Read)?;
         let id = id.0;
-        let view = match parse_wait(wait.0.as_deref())? {
-            Some(d) => self.rt.wait(id, d).await?,
+        let wait = parse_wait(wait.0.as_deref())?;
+        if wait.is_none() && (after_revision.0.is_some() || !until_status.0.is_empty()) {
+            return Err(ApiError::bad_request(
+                "bad-wait",
+                "`after_revision` and `until_status` say what to wait for: give `wait` too (e.g. `wait=30s`)",
+            ));
+        }
+        let view = match wait {
             None => self.rt.get(id).await?,
+            Some(d) if after_revision.0.is_none() && until_status.0.is_empty() => {
+                self.rt.wait(id, d).await?
+            }
+            Some(d) => {
+                let after = after_revision.0;
+                let statuses: Vec<&str> = until_status.0.iter().map(|s| s.as_str()).collect();
+                self.rt
+                    .wait_until(id, d, |v| {
+                        after.is_some_and(|r| v.events > r.saturating_add(1))
+                            || statuses.contains(&v.status)
+                    })
+                    .await?
+            }
         };
-        Ok(Json(view.into()))
+        Ok(Json(view.try_into()?))
     }
 
     /// An instance's event history, in order, a page at a time.
@@ -386,13 +424,13 @@ impl InstancesApi {
         auth: Auth,
         id: Path<Uuid>,
         /// The first revision to return (default 0).
-        from: Query<Option<u64>>,
+        from_revision: Query<Option<u64>>,
         /// At most this many (default 1000).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
     ) -> Result<Json<EventPage>, ApiError> {
         auth.require(Need::Read)?;
-        let mut events = self.rt.history(id.0, from.0.unwrap_or(0)).await?;
+        let mut events = self.rt.history(id.0, from_revision.0.unwrap_or(0)).await?;
         let limit = limit.0.unwrap_or(1000) as usize;
         let next_from = (events.len() > limit).then(|| events[limit].revision);
         events.truncate(limit);
@@ -405,7 +443,7 @@ impl InstancesApi {
                     position: e.position,
                     event_type: e.event_type,
                     schema_version: e.schema_version,
-                    recorded_at: e.recorded_at.to_string(),
+                    recorded_at: e.recorded_at.into(),
                     data: e.data,
                 })
                 .collect(),
@@ -428,7 +466,7 @@ impl InstancesApi {
         revision: Query<u64>,
     ) -> Result<Json<Instance>, ApiError> {
         auth.require(Need::Read)?;
-        Ok(Json(self.rt.state_at(id.0, revision.0).await?.into()))
+        Ok(Json(self.rt.state_at(id.0, revision.0).await?.try_into()?))
     }
 
     /// Pause an instance: attempts in flight finish and are recorded, no new one starts until it is resumed.
@@ -445,7 +483,7 @@ impl InstancesApi {
     ) -> Result<AcceptedResponse, ApiError> {
         auth.require(Need::Operate)?;
         let view = self.rt.pause(id.0, body.0.and_then(|b| b.reason)).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.into())))
+        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
     }
 
     /// Resume a paused instance; an attempt that came due meanwhile starts now.
@@ -457,7 +495,7 @@ impl InstancesApi {
     async fn resume(&self, auth: Auth, id: Path<Uuid>) -> Result<AcceptedResponse, ApiError> {
         auth.require(Need::Operate)?;
         let view = self.rt.resume_paused(id.0).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.into())))
+        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
     }
 
     /// Retry a failed instance from the step (or compensation) that failed, with a new attempt.
@@ -471,7 +509,7 @@ impl InstancesApi {
     async fn retry(&self, auth: Auth, id: Path<Uuid>) -> Result<AcceptedResponse, ApiError> {
         auth.require(Need::Operate)?;
         let view = self.rt.retry(id.0).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.into())))
+        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
     }
 
     /// Send a signal (e.g. an approval); the body is its payload.
@@ -493,7 +531,7 @@ impl InstancesApi {
         auth.require(Need::Operate)?;
         let id = id.0;
         let view = self.rt.signal(id, name.0, payload.0).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.into())))
+        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
     }
 
     /// Move a pending timer: extend a deadline, give an approval more time, or fire a wait now.
@@ -520,7 +558,7 @@ impl InstancesApi {
             ));
         };
         let due = match (&body.due, &body.extend_by, body.fire_now) {
-            (Some(d), None, false) => parse_time("due", d)?,
+            (Some(d), None, false) => d.0,
             (None, Some(by), false) => {
                 let d = humantime::parse_duration(by).map_err(|e| {
                     ApiError::bad_request("bad-extend-by", format!("extend_by `{by}`: {e}"))
@@ -539,7 +577,7 @@ impl InstancesApi {
             }
         };
         let view = self.rt.move_timer(id, timer.0, due).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.into())))
+        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
     }
 
     /// Cancel an instance: the steps done so far are compensated.
@@ -559,6 +597,35 @@ impl InstancesApi {
         auth.require(Need::Operate)?;
         let id = id.0;
         let view = self.rt.cancel(id, body.0.and_then(|b| b.reason)).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.into())))
+        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
+    }
+    /// A server-sent event stream (`text/event-stream`) that tells when
+    /// instances change: one `change` event, with the log's newest position,
+    /// at most every 250 ms while the log moves, and a comment every 15 s to
+    /// keep the connection open. The stream ends after 5 minutes; connect
+    /// again. A listing refreshes on each event instead of polling.
+    #[oai(path = "/changes", method = "get", operation_id = "watch_changes")]
+    async fn changes(
+        &self,
+        auth: Auth,
+    ) -> Result<EventStream<BoxStream<'static, Change>>, ApiError> {
+        auth.require(Need::Read)?;
+        let head = self.rt.store().head();
+        let until = tokio::time::Instant::now() + CHANGE_STREAM_FOR;
+        let stream =
+            futures_util::stream::unfold((head, true), move |(mut head, first)| async move {
+                if !first {
+                    tokio::time::sleep(CHANGE_EVERY).await;
+                    tokio::time::timeout_at(until, head.changed())
+                        .await
+                        .ok()?
+                        .ok()?;
+                }
+                let position = (*head.borrow_and_update()).unwrap_or(0);
+                Some((Change { position }, (head, false)))
+            });
+        Ok(EventStream::new(stream.boxed())
+            .keep_alive(Duration::from_secs(15))
+            .to_event(|c| poem::web::sse::Event::message(c.to_json_string()).event_type("change")))
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! - [`workflows`]: publish, list, get, graph.
 //! - [`instances`]: start (Idempotency-Key), get (with `wait`), history,
-//!   signal, cancel, search with cursor pages.
+//!   signal, cancel, search with cursor pages, the change stream.
 //! - [`tasks`]: the worker protocol: poll, complete, fail, heartbeat.
 //! - [`orders`]: create an order, its status, a customer's orders (read model).
 //! - [`tokens`]: issue, list and revoke bearer tokens.
@@ -15,11 +15,13 @@
 //! - [`problem`]: every error as RFC 9457 problem+json, mapped in one place.
 //! - [`relay`]: worker requests passed between replicas.
 //! - [`connections`]: the connection cap and the header deadline.
+//! - [`console`]: the operator console at `/ui` (embedded static files).
 //! - [`demo`]: inventory, payment and shipping services for the examples
 //!   (a bounded ledger; never exposed in production).
 
 pub mod auth;
 pub mod connections;
+pub mod console;
 pub mod demo;
 pub mod instances;
 mod limit;
@@ -30,6 +32,7 @@ pub mod relay;
 pub mod tasks;
 pub mod token_events;
 pub mod tokens;
+pub mod types;
 pub mod workflows;
 
 use std::future::Future;
@@ -120,6 +123,7 @@ pub fn app(rt: Runtime, config: &ApiConfig) -> impl Endpoint {
     let mut route = Route::new()
         .nest("/", api)
         .nest("/docs", ui)
+        .nest("/ui", console::routes())
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml);
     if let Some(d) = &config.demo {

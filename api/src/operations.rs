@@ -39,6 +39,20 @@ pub struct Readiness {
     pub read_model_lag: Option<u64>,
 }
 
+/// Who a token belongs to and what it may do.
+#[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct Me {
+    /// `admin`, `operator`, `client` or `worker`.
+    pub role: String,
+    /// What the role allows: `read`, `start`, `operate` (signal, cancel, pause,
+    /// resume, retry, move timers), `observe` (metrics), `publish`,
+    /// `manage_tokens`, `work` (take tasks).
+    pub may: Vec<String>,
+    /// For a worker token limited to some queues: those queues.
+    pub queues: Option<Vec<String>>,
+}
+
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
     /// Ready: the store answers and the migrations have run.
@@ -110,6 +124,30 @@ impl OperationsApi {
             store: "reachable".into(),
             read_model_lag: self.rt.read_model_lag(),
         }))
+    }
+
+    /// The calling token's role and what it may do (any valid token).
+    #[oai(path = "/me", method = "get", operation_id = "whoami")]
+    async fn me(&self, auth: Auth) -> Json<Me> {
+        use crate::auth::Need as N;
+        let needs = [
+            (N::Read, "read"),
+            (N::Start, "start"),
+            (N::Operate, "operate"),
+            (N::Observe, "observe"),
+            (N::Publish, "publish"),
+            (N::ManageTokens, "manage_tokens"),
+            (N::Work, "work"),
+        ];
+        Json(Me {
+            role: auth.0.role.name().into(),
+            may: needs
+                .into_iter()
+                .filter(|(n, _)| auth.0.role.allows(*n))
+                .map(|(_, name)| name.to_string())
+                .collect(),
+            queues: auth.0.queues.clone(),
+        })
     }
 
     /// Prometheus metrics: sagas by outcome, step latency, retries, timer

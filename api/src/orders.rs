@@ -11,6 +11,7 @@ use sagaflow_engine::runtime::{Runtime, RuntimeError};
 
 use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
+use crate::types::{OrderStatus, Time};
 use crate::Tag;
 
 /// How long a request that asks for its own writes waits for the read models.
@@ -61,32 +62,33 @@ pub struct OrderItem {
 pub struct Order {
     pub order_id: String,
     /// The saga instance that runs the order (`/instances/{id}`).
-    pub instance_id: String,
+    pub instance_id: uuid::Uuid,
     pub customer_id: String,
     pub amount: f64,
     pub items: Vec<OrderItem>,
-    /// `pending`, `reserved`, `paid`, `shipped`, `compensated`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: OrderStatus,
     /// Why the order did not go through, or the last failure.
     pub error: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
+    pub created_at: Time,
+    pub updated_at: Time,
 }
 
-impl From<OrderRow> for Order {
-    fn from(o: OrderRow) -> Self {
-        Self {
+impl TryFrom<OrderRow> for Order {
+    type Error = ApiError;
+
+    fn try_from(o: OrderRow) -> Result<Self, ApiError> {
+        Ok(Self {
             order_id: o.order_id,
-            instance_id: o.instance_id.to_string(),
+            instance_id: o.instance_id,
             customer_id: o.customer_id,
             amount: o.amount,
             // the order workflow's input schema guarantees the shape
             items: serde_json::from_value(o.items).unwrap_or_default(),
-            status: o.status,
+            status: OrderStatus::parse(&o.status)?,
             error: o.error,
-            created_at: o.created_at.to_string(),
-            updated_at: o.updated_at.to_string(),
-        }
+            created_at: o.created_at.into(),
+            updated_at: o.updated_at.into(),
+        })
     }
 }
 
@@ -167,7 +169,10 @@ impl OrdersApi {
         if let Some(row) = self.rt.order(&order.order_id).await? {
             let existing = self.rt.get(row.instance_id).await?;
             return if existing.input == input {
-                Ok(CreateOrderResponse::Existing(Json(row.into()), location))
+                Ok(CreateOrderResponse::Existing(
+                    Json(row.try_into()?),
+                    location,
+                ))
             } else {
                 Err(taken())
             };
@@ -194,13 +199,17 @@ impl OrdersApi {
             .filter(|row| row.instance_id == started.id)
             .ok_or_else(taken)?;
         Ok(if started.created {
-            CreateOrderResponse::Created(Json(row.into()), location)
+            CreateOrderResponse::Created(Json(row.try_into()?), location)
         } else {
-            CreateOrderResponse::Existing(Json(row.into()), location)
+            CreateOrderResponse::Existing(Json(row.try_into()?), location)
         })
     }
 
     /// Get an order's status.
+    ///
+    /// With `wait` (e.g. `30s`, at most `5m`), the answer comes once the
+    /// order's saga has ended and the read model shows it (`shipped`,
+    /// `compensated`, `failed` or `cancelled`), or when the wait is over.
     #[oai(path = "/orders/:order_id", method = "get", operation_id = "get_order")]
     async fn get(
         &self,
@@ -209,13 +218,26 @@ impl OrdersApi {
         /// Wait until the read model holds every write made before this request.
         #[oai(default)]
         consistent: Query<bool>,
+        wait: Query<Option<String>>,
     ) -> Result<Json<Order>, ApiError> {
         auth.require(Need::Read)?;
-        read_your_writes(&self.rt, consistent.0).await?;
-        match self.rt.order(&order_id).await? {
-            Some(o) => Ok(Json(o.into())),
-            None => Err(ApiError::unknown_order(&order_id)),
+        let wait = crate::instances::parse_wait(wait.0.as_deref())?;
+        read_your_writes(&self.rt, consistent.0 || wait.is_some()).await?;
+        let Some(mut order) = self.rt.order(&order_id).await? else {
+            return Err(ApiError::unknown_order(&order_id));
+        };
+        if let Some(d) = wait {
+            let ended = self.rt.wait(order.instance_id, d).await?;
+            if ended.finished_at.is_some() {
+                read_your_writes(&self.rt, true).await?;
+                order = self
+                    .rt
+                    .order(&order_id)
+                    .await?
+                    .ok_or_else(|| ApiError::unknown_order(&order_id))?;
+            }
         }
+        Ok(Json(order.try_into()?))
     }
 
     /// A customer's orders, newest first.
@@ -245,7 +267,11 @@ impl OrdersApi {
             .customer_orders(&customer_id, after.as_ref(), limit.0.unwrap_or(50))
             .await?;
         Ok(Json(OrderPage {
-            items: page.items.into_iter().map(Order::from).collect(),
+            items: page
+                .items
+                .into_iter()
+                .map(Order::try_from)
+                .collect::<Result<_, _>>()?,
             next_cursor: page.next.map(|c| c.encode()),
         }))
     }

@@ -403,11 +403,17 @@ pub async fn from_poem_error(err: poem::Error) -> Response {
     } else {
         (kind, Vec::new())
     };
+    let detail = if err.is::<poem_openapi::error::AuthorizationError>() {
+        // no `Authorization` header, or not a bearer token
+        "the request carries no bearer token: send `Authorization: Bearer TOKEN` (`sagaflow serve` prints an admin token at start)".to_string()
+    } else {
+        err.to_string()
+    };
     let p = problem(
         status.as_u16(),
         kind,
         title,
-        err.to_string(),
+        detail,
         status.is_server_error(),
     );
     let mut body = problem_body(&p);

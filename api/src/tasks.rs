@@ -27,7 +27,7 @@ pub struct WorkerTask {
     /// (unless it sets `idempotency: per_attempt`). Do the effect once per key.
     pub idempotency_key: String,
     pub queue: String,
-    pub instance_id: String,
+    pub instance_id: uuid::Uuid,
     pub workflow: String,
     /// The step's name, or the branch's for a branch of a parallel step.
     pub step: String,
@@ -151,7 +151,7 @@ fn worker_task(t: sagaflow_engine::runtime::Task) -> WorkerTask {
         id: t.id,
         idempotency_key: t.idempotency_key,
         queue: t.queue,
-        instance_id: t.instance.to_string(),
+        instance_id: t.instance,
         workflow: t.workflow,
         step: t.step,
         element: t.element,

@@ -55,7 +55,7 @@ pub struct TokenInfo {
     pub queues: Option<Vec<String>>,
     /// `api` for tokens issued here (revocable here), `config` for those set at start.
     pub source: String,
-    pub created_at: Option<String>,
+    pub created_at: Option<crate::types::Time>,
 }
 
 /// A token just issued: the only time its secret is shown.
@@ -76,7 +76,7 @@ impl From<TokenEntry> for TokenInfo {
             role: e.role.name().into(),
             queues: e.queues,
             source: if e.managed { "api" } else { "config" }.into(),
-            created_at: e.created_at.map(|t| t.to_string()),
+            created_at: e.created_at.map(crate::types::Time),
         }
     }
 }

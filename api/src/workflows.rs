@@ -8,6 +8,7 @@ use sagaflow_engine::runtime::{PublishOutcome, Published, Runtime};
 
 use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
+use crate::types::Time;
 use crate::Tag;
 
 /// A workflow definition in YAML (the language: docs/workflow-language.md).
@@ -48,11 +49,11 @@ pub enum GraphFormat {
 pub struct WorkflowVersion {
     pub name: String,
     pub version: u32,
-    /// sha256 of the definition.
-    pub hash: String,
+    /// The sha256 of the definition, hex.
+    pub sha256: String,
     pub description: Option<String>,
     pub steps: Vec<String>,
-    pub published_at: String,
+    pub published_at: Time,
 }
 
 #[derive(Object)]
@@ -111,10 +112,10 @@ pub(crate) fn version_of(p: &Published) -> WorkflowVersion {
     WorkflowVersion {
         name: p.machine.name.clone(),
         version: p.machine.version,
-        hash: p.machine.hash.clone(),
+        sha256: p.machine.hash.clone(),
         description: p.machine.description.clone(),
         steps: p.machine.steps.iter().map(|s| s.name.clone()).collect(),
-        published_at: p.published_at.to_string(),
+        published_at: p.published_at.into(),
     }
 }
 

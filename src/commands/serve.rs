@@ -302,7 +302,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let app = sagaflow_api::app(rt.clone(), &api);
     println!("sagaflow listening on {url}");
-    println!("  Swagger UI: {url}/docs    OpenAPI: {url}/openapi.json");
+    println!("  Console: {url}/ui    Swagger UI: {url}/docs    OpenAPI: {url}/openapi.json");
     println!(
         "  data: {}    events: {}    resumed sagas: {resumed}",
         args.stores.data_dir.display(),

@@ -207,7 +207,7 @@ pub async fn histories_are_whole(
                 .all(|(r, e)| e["revision"] == r as u64),
             "order {i}: revisions have gaps"
         );
-        let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+        let count = |t: &str| events.iter().filter(|e| e["event_type"] == t).count();
         assert_eq!(count("SagaStarted"), 1, "order {i}");
         assert_eq!(
             count("SagaCompleted") + count("SagaCompensated"),
@@ -216,7 +216,7 @@ pub async fn histories_are_whole(
         );
         let mut succeeded: Vec<&str> = events
             .iter()
-            .filter(|e| e["type"] == "StepSucceeded")
+            .filter(|e| e["event_type"] == "StepSucceeded")
             .map(|e| e["data"]["name"].as_str().unwrap())
             .collect();
         let total = succeeded.len();
@@ -292,12 +292,12 @@ pub async fn reissued_without_timeouts<'a>(
         let events = history["items"].as_array().unwrap();
         reissued += events
             .iter()
-            .filter(|e| e["type"] == "AttemptReissued")
+            .filter(|e| e["event_type"] == "AttemptReissued")
             .count();
         assert!(
             !events
                 .iter()
-                .any(|e| e["type"] == "StepFailed" && e["data"]["kind"] == "timeout"),
+                .any(|e| e["event_type"] == "StepFailed" && e["data"]["kind"] == "timeout"),
             "{id}: the outage failed an attempt: {history}"
         );
     }

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use petgraph::visit::EdgeRef;
 
-use super::model::{Machine, State, Transition};
+use super::model::{Action, Machine, State, Transition, Wait};
 
 fn label(m: &Machine, s: State) -> String {
     match s {
@@ -182,7 +182,15 @@ pub fn json(m: &Machine) -> serde_json::Value {
     let states: Vec<_> = m
         .graph
         .node_weights()
-        .map(|s| serde_json::json!({"id": id(*s), "label": label(m, *s), "terminal": s.is_terminal()}))
+        .map(|s| {
+            let mut state = serde_json::json!({"id": id(*s), "label": label(m, *s), "terminal": s.is_terminal()});
+            if let State::Waiting(i) = s {
+                if let Action::Wait(Wait::Signal(name)) = &m.steps[*i].action {
+                    state["signal"] = name.clone().into();
+                }
+            }
+            state
+        })
         .collect();
     let transitions: Vec<_> = edges(m)
         .into_iter()

@@ -95,7 +95,7 @@ pub fn compile(parsed: &Parsed) -> Checked {
         checked.machine = None;
         checked
             .diagnostics
-            .retain(|d| !parsed.removed.iter().any(|r| dsl::related(r, &d.path)));
+            .retain(|d| !parsed.problems.iter().any(|p| dsl::knock_on(p, d)));
         checked.diagnostics.extend(parsed.problems.iter().cloned());
         checked
             .diagnostics

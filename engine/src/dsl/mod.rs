@@ -65,12 +65,12 @@ pub fn parse_with_limits(text: &str, limits: yaml::Limits) -> Result<Parsed, Vec
         }
         removed.extend(round.iter().map(|d| d.path.clone()));
         round = structure::check(&json);
-        problems.extend(
-            round
-                .iter()
-                .filter(|d| !removed.iter().any(|r| related(r, &d.path)))
-                .cloned(),
-        );
+        let fresh: Vec<Diagnostic> = round
+            .iter()
+            .filter(|d| !problems.iter().any(|p| knock_on(p, d)))
+            .cloned()
+            .collect();
+        problems.extend(fresh);
     }
     if !round.is_empty() {
         locate(&mut problems, &tree);
@@ -122,9 +122,31 @@ fn remove(json: &mut serde_json::Value, path: &DocPath) -> bool {
     node.as_object_mut().and_then(|o| o.remove(last)).is_some()
 }
 
-/// Whether a problem at `b` may be a knock-on effect of setting `a` aside:
-/// one path lies inside the other (the document itself excepted).
-pub fn related(a: &DocPath, b: &DocPath) -> bool {
+/// Whether the problem `d` is only a knock-on effect of setting aside the
+/// field `set_aside` complained of: it lies inside that field, repeats it,
+/// or lies around it and names the field it was probably meant to be (a
+/// misspelt `htp` makes the step lack `http`; a misspelt `retires` does not
+/// hide that the step lacks an action).
+pub fn knock_on(set_aside: &Diagnostic, d: &Diagnostic) -> bool {
+    let (a, b) = (&set_aside.path, &d.path);
+    if b.0.len() >= a.0.len() && b.0[..a.0.len()] == a.0[..] {
+        return true;
+    }
+    if !related(a, b) {
+        return false;
+    }
+    let meant = set_aside
+        .help
+        .as_deref()
+        .and_then(|h| h.split('`').nth(1))
+        .map(|f| format!("`{f}`"));
+    meant.is_some_and(|f| {
+        d.message.contains(&f) || d.help.as_deref().is_some_and(|h| h.contains(&f))
+    })
+}
+
+/// Whether one path lies inside the other (the document itself excepted).
+fn related(a: &DocPath, b: &DocPath) -> bool {
     let n = a.0.len().min(b.0.len());
     n > 0 && a.0[..n] == b.0[..n]
 }
@@ -218,6 +240,26 @@ mod tests {
             "{errs:#?}"
         );
         assert!(errs[0].contains("did you mean `http`"), "{errs:#?}");
+    }
+
+    #[test]
+    fn a_misspelt_field_hides_no_other_problem_of_its_step() {
+        let text = "name: w\nsteps:\n  - name: a\n    retires: 3\n";
+        let parsed = parse(text).unwrap();
+        let checked = crate::compile::compile(&parsed);
+        let codes: Vec<&str> = checked.diagnostics.iter().map(|d| d.code).collect();
+        assert_eq!(
+            codes,
+            ["missing-action", "unknown-field"],
+            "{:?}",
+            checked.diagnostics
+        );
+        // a misspelt action is one problem, not two
+        let text =
+            "name: w\nsteps:\n  - name: a\n    htp: {url: 'http://x'}\n    compensate: none\n";
+        let checked = crate::compile::compile(&parse(text).unwrap());
+        let codes: Vec<&str> = checked.diagnostics.iter().map(|d| d.code).collect();
+        assert_eq!(codes, ["unknown-field"], "{:?}", checked.diagnostics);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub enum RuntimeError {
     UnknownTask(String),
     #[error("task {0} belongs to an attempt that has ended (answered, timed out, cancelled, paused or compensated); its answer is not used")]
     TaskGone(String),
-    #[error("the workflow is invalid ({} errors)", .0.iter().filter(|d| d.is_error()).count())]
+    #[error("the workflow is invalid: {}", invalid_summary(.0))]
     InvalidWorkflow(Vec<Diagnostic>),
     #[error("version {version} of `{name}` is already published with a different definition; publish it as a new version")]
     VersionConflict { name: String, version: u32 },
@@ -41,6 +41,23 @@ pub enum RuntimeError {
     /// same request may succeed later.
     #[error("{0}")]
     Overloaded(String),
+}
+
+/// The first error's message, with the count of the others.
+fn invalid_summary(diagnostics: &[Diagnostic]) -> String {
+    let mut errors = diagnostics.iter().filter(|d| d.is_error());
+    let Some(first) = errors.next() else {
+        return "no error reported".into();
+    };
+    let at = first
+        .span
+        .map(|s| format!(" (line {}, column {})", s.line, s.column))
+        .unwrap_or_default();
+    match errors.count() {
+        0 => format!("{}{at}", first.message),
+        1 => format!("{}{at}, and 1 more error", first.message),
+        n => format!("{}{at}, and {n} more errors", first.message),
+    }
 }
 
 /// One way an input fails its schema.

@@ -158,6 +158,31 @@ impl Runtime {
         Ok(view(id, &live.published.machine, &st))
     }
 
+    /// The instance as soon as `done` holds for it or it has ended, or as it
+    /// stands when `timeout` passes: a wait for a revision or a status
+    /// without polling. Reads it again whenever the log moves (at most every
+    /// 10 ms), so it also sees instances another replica drives.
+    pub async fn wait_until(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+        done: impl Fn(&InstanceView) -> bool,
+    ) -> Result<InstanceView, RuntimeError> {
+        let mut head = self.0.store.head();
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            head.borrow_and_update();
+            let view = self.get(id).await?;
+            if view.finished_at.is_some() || done(&view) {
+                return Ok(view);
+            }
+            match tokio::time::timeout_at(until, head.changed()).await {
+                Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(10)).await,
+                _ => return self.get(id).await,
+            }
+        }
+    }
+
     /// Like [`wait`](Self::wait) for an instance this process does not hold:
     /// reads it again whenever the log moves.
     pub(crate) async fn wait_in_store(

@@ -33,9 +33,19 @@ impl Published {
         };
         let errors: Vec<InputError> = v
             .iter_errors(input)
-            .map(|e| InputError {
-                pointer: e.instance_path().to_string(),
-                message: e.to_string(),
+            .map(|e| {
+                let mut pointer = e.instance_path().to_string();
+                // a missing property is reported at its parent: name the property
+                if let jsonschema::error::ValidationErrorKind::Required {
+                    property: serde_json::Value::String(p),
+                } = e.kind()
+                {
+                    pointer = format!("{pointer}/{}", p.replace('~', "~0").replace('/', "~1"));
+                }
+                InputError {
+                    pointer,
+                    message: e.to_string(),
+                }
             })
             .collect();
         if errors.is_empty() {
