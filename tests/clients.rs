@@ -11,26 +11,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{serve, ADMIN_TOKEN, CLIENT_TOKEN};
-
-fn venv_bin(tool: &str) -> PathBuf {
-    let venv = std::env::var_os("SAGAFLOW_TEST_VENV").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/target/test-tools/venv"
-            ))
-        },
-        PathBuf::from,
-    );
-    let bin = venv.join("bin").join(tool);
-    assert!(
-        bin.exists(),
-        "{} is missing: run ./scripts/test-tools.sh (the test command does)",
-        bin.display()
-    );
-    bin
-}
+use common::{serve, venv_bin, ADMIN_TOKEN, CLIENT_TOKEN};
 
 fn script(name: &str) -> String {
     format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))

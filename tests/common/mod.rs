@@ -372,3 +372,24 @@ pub async fn start_orders(
     }
     ids
 }
+
+/// A tool of the test virtualenv (`scripts/test-tools.sh` makes it;
+/// `SAGAFLOW_TEST_VENV` points elsewhere).
+pub fn venv_bin(tool: &str) -> PathBuf {
+    let venv = std::env::var_os("SAGAFLOW_TEST_VENV").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/test-tools/venv"
+            ))
+        },
+        PathBuf::from,
+    );
+    let bin = venv.join("bin").join(tool);
+    assert!(
+        bin.exists(),
+        "{} is missing: run ./scripts/test-tools.sh (the test command does)",
+        bin.display()
+    );
+    bin
+}
