@@ -124,10 +124,12 @@ fn remove(json: &mut serde_json::Value, path: &DocPath) -> bool {
 
 /// Whether the problem `d` is only a knock-on effect of setting aside the
 /// field `set_aside` complained of: it lies inside that field, repeats it,
-/// or lies around it and names the field it was probably meant to be (a
-/// misspelt `htp` makes the step lack `http`; a misspelt `retires` does not
-/// hide that the step lacks an action).
+/// or lies around it and names that field or the field it was probably
+/// meant to be (a mistyped `max_attempts` is then missing; a misspelt `htp`
+/// makes the step lack `http`; but a misspelt `retires` does not hide that
+/// the step lacks an action).
 pub fn knock_on(set_aside: &Diagnostic, d: &Diagnostic) -> bool {
+    use crate::diagnostic::PathSeg;
     let (a, b) = (&set_aside.path, &d.path);
     if b.0.len() >= a.0.len() && b.0[..a.0.len()] == a.0[..] {
         return true;
@@ -135,14 +137,21 @@ pub fn knock_on(set_aside: &Diagnostic, d: &Diagnostic) -> bool {
     if !related(a, b) {
         return false;
     }
+    let field = match a.0.last() {
+        Some(PathSeg::Key(k)) => Some(k.as_str()),
+        _ => None,
+    };
     let meant = set_aside
         .help
         .as_deref()
-        .and_then(|h| h.split('`').nth(1))
-        .map(|f| format!("`{f}`"));
-    meant.is_some_and(|f| {
-        d.message.contains(&f) || d.help.as_deref().is_some_and(|h| h.contains(&f))
-    })
+        .and_then(|h| h.split('`').nth(1));
+    let says = |text: &str| {
+        [field, meant]
+            .into_iter()
+            .flatten()
+            .any(|n| text.contains(&format!("`{n}`")) || text.contains(&format!("`{n}:")))
+    };
+    says(&d.message) || d.help.as_deref().is_some_and(says)
 }
 
 /// Whether one path lies inside the other (the document itself excepted).
