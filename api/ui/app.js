@@ -358,10 +358,29 @@ function pathOf(events, graph) {
   return seq;
 }
 
+// Where each unit (a branch or element: step and index) stands after `events`.
+function unitStates(events) {
+  const st = {};
+  for (const e of events) {
+    const d = e.data || {};
+    if (d.index === undefined || d.index === null) continue;
+    const k = `${d.step}:${d.index}`;
+    switch (e.event_type) {
+      case "StepStarted": st[k] = d.phase === "compensation" ? "undoing" : "running"; break;
+      case "StepSucceeded": st[k] = "ok"; break;
+      case "StepFailed": if (!d.retryable) st[k] = "failed"; break;
+      case "StepCompensated": st[k] = "compensated"; break;
+      case "CompensationFailed": if (!d.retryable) st[k] = "failed"; break;
+      default: break;
+    }
+  }
+  return st;
+}
+
 // Draws the compiled state machine as SVG: forward steps down the left,
 // their compensations beside them, the ends of a compensation on top and
 // `completed` at the bottom. `path` colours the states and transitions taken.
-function drawGraph(graph, path, current) {
+function drawGraph(graph, path, current, units = {}) {
   const W = 210, H = 38, GX = 90, GY = 34, PAD = 20;
   const col = { fwd: PAD, undo: PAD + W + GX };
   const byId = Object.fromEntries(graph.states.map((s) => [s.id, s]));
@@ -447,7 +466,9 @@ function drawGraph(graph, path, current) {
     const bs = branches[id];
     if (bs) {
       const bw = (p.w - 12) / bs.length;
-      bs.forEach((b, i) => g.append(h("g", { class: "branch", "data-branch": b.label },
+      const step = stepIdx(id);
+      bs.forEach((b, i) => g.append(h("g", { class: `branch u-${units[`${step}:${i}`] || "idle"}`, "data-branch": b.label },
+        h("title", {}, `${b.label}: ${units[`${step}:${i}`] || "not started"}`),
         h("rect", { x: p.x + 6 + i * bw, y: p.y + H - 6, width: bw - 4, height: 26, rx: 4 }),
         h("text", { x: p.x + 6 + i * bw + (bw - 4) / 2, y: p.y + H + 12, "text-anchor": "middle" }, b.label))));
     }
@@ -459,7 +480,7 @@ function drawGraph(graph, path, current) {
 }
 
 // One bar per attempt of each step and compensation, with retries' backoff and timers.
-function drawTimeline(events, ended) {
+function drawTimeline(events, ended, branchNames = new Set()) {
   const at = (e) => Date.parse((e.data && e.data.at) || e.recorded_at);
   if (!events.length) return h("p", { class: "muted" }, "No events.");
   const t0 = at(events[0]);
@@ -469,7 +490,7 @@ function drawTimeline(events, ended) {
   const unit = (d, phase) => {
     const key = `${phase}:${d.step}:${d.index ?? ""}`;
     if (!rows.has(key)) {
-      const idx = d.index !== undefined && d.index !== null ? `[${d.index}]` : "";
+      const idx = d.index !== undefined && d.index !== null && !branchNames.has(d.name) ? `[${d.index}]` : "";
       rows.set(key, { label: `${phase === "compensation" ? "undo " : ""}${d.name}${idx}`, bars: [], marks: [] });
     }
     return rows.get(key);
@@ -496,6 +517,16 @@ function drawTimeline(events, ended) {
         }
         break;
       }
+      case "CompensationStarted": case "UnitsToCompensate":
+      case "SagaCompleted": case "SagaCompensated": case "SagaFailed": case "SagaCancelled":
+        // attempts still out when the saga turned back or ended: their outcome is unknown
+        for (const [k, bar] of open) {
+          if (bar.end === null && (k.startsWith("forward:") || e.event_type.startsWith("Saga"))) {
+            bar.end = t;
+            bar.outcome = "stopped";
+          }
+        }
+        break;
       case "RetryScheduled":
         unit(d, phase).marks.push({ t, due: Date.parse(d.due), what: `retry ${d.attempt} due ${fmtTime(d.due)}` });
         break;
@@ -532,7 +563,8 @@ function drawTimeline(events, ended) {
   return h("div", { class: "timeline-wrap", id: "timeline" }, svg,
     h("p", { class: "legend" }, h("span", { class: "key ok" }, "succeeded"), h("span", { class: "key transient" }, "transient failure"),
       h("span", { class: "key business" }, "business failure"), h("span", { class: "key timeout" }, "timed out"),
-      h("span", { class: "key running" }, "in flight"), " ─ backoff  │ timer fired"));
+      h("span", { class: "key running" }, "in flight"), h("span", { class: "key stopped" }, "stopped, outcome unknown (undone)"),
+      " ─ backoff  │ timer fired"));
 }
 
 async function instanceView(id) {
@@ -586,7 +618,7 @@ async function instanceView(id) {
       following && may("operate") ? actions(v) : null,
       h("div", { class: "card" }, h("h2", {}, "Time travel"), slider, " ", sliderLabel),
       h("div", { class: "cols" },
-        h("div", { class: "card" }, h("h2", {}, "State machine"), drawGraph(graph, path, currentState(v, events))),
+        h("div", { class: "card" }, h("h2", {}, "State machine"), drawGraph(graph, path, currentState(v, events), unitStates(events))),
         h("div", { class: "card details" },
           h("h2", {}, "Details"),
           h("dl", {},
@@ -597,7 +629,8 @@ async function instanceView(id) {
           v.output !== undefined ? [h("h3", {}, "Output"), h("pre", { id: "detail-output" }, json(v.output))] : null,
           h("h3", {}, "Step outputs"), h("pre", {}, json(v.outputs)),
           h("h3", {}, "Pending timers"), timers(v))),
-      h("div", { class: "card" }, h("h2", {}, "Timeline"), drawTimeline(events, !!v.finished_at || !following)),
+      h("div", { class: "card" }, h("h2", {}, "Timeline"),
+        drawTimeline(events, !!v.finished_at || !following, new Set((graph.branches || []).map((b) => b.label)))),
       h("details", { class: "card" }, h("summary", {}, `History (${events.length} events)`),
         h("table", { class: "list" }, h("tbody", {}, events.map((ev) => h("tr", {},
           h("td", { class: "num" }, ev.revision), h("td", {}, ev.event_type), h("td", {}, fmtTime(ev.recorded_at)),
@@ -868,7 +901,7 @@ async function overviewView() {
         h("div", { class: "tile" }, h("b", { id: "read-model-lag" }, ready.read_model_lag ?? gauge("sagaflow_projection_lag_events")), "read-model lag (events)")),
       h("div", { class: "card" }, h("h2", {}, "Sagas per minute"), chart,
         h("p", { class: "legend" }, h("span", { class: "key started" }, "started"), h("span", { class: "key ok" }, "completed"),
-          h("span", { class: "key compensation" }, "compensated"), h("span", { class: "key running" }, "cancelled"), h("span", { class: "key failure" }, "failed"))),
+          h("span", { class: "key compensation" }, "compensated"), h("span", { class: "key stopped" }, "cancelled"), h("span", { class: "key failure" }, "failed"))),
       h("div", { class: "card" }, h("h2", {}, "Sagas since the server started"),
         h("table", { class: "list" }, h("thead", {}, h("tr", {}, ["workflow", "started", "completed", "compensated", "failed", "cancelled"].map((c) => h("th", {}, c)))),
           h("tbody", {}, totals))),

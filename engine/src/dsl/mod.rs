@@ -141,10 +141,7 @@ pub fn knock_on(set_aside: &Diagnostic, d: &Diagnostic) -> bool {
         Some(PathSeg::Key(k)) => Some(k.as_str()),
         _ => None,
     };
-    let meant = set_aside
-        .help
-        .as_deref()
-        .and_then(|h| h.split('`').nth(1));
+    let meant = set_aside.help.as_deref().and_then(|h| h.split('`').nth(1));
     let says = |text: &str| {
         [field, meant]
             .into_iter()
