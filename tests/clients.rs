@@ -74,6 +74,7 @@ fn the_console_shows_and_drives_sagas_in_headless_chromium() {
         .arg(&s.url)
         .arg(&shots)
         .env("SAGAFLOW_TOKEN", ADMIN_TOKEN)
+        .env("SAGAFLOW_CLIENT_TOKEN", CLIENT_TOKEN)
         .env("HOME", &dir);
     let out = run(cmd, "the console test");
     assert!(out.contains("approval sent, paused and resumed"), "{out}");

@@ -128,7 +128,7 @@ impl OperationsApi {
 
     /// The calling token's role and what it may do (any valid token).
     #[oai(path = "/me", method = "get", operation_id = "whoami")]
-    async fn me(&self, auth: Auth) -> Json<Me> {
+    async fn me(&self, auth: Auth) -> Result<Json<Me>, ApiError> {
         use crate::auth::Need as N;
         let needs = [
             (N::Read, "read"),
@@ -139,7 +139,7 @@ impl OperationsApi {
             (N::ManageTokens, "manage_tokens"),
             (N::Work, "work"),
         ];
-        Json(Me {
+        Ok(Json(Me {
             role: auth.0.role.name().into(),
             may: needs
                 .into_iter()
@@ -147,7 +147,7 @@ impl OperationsApi {
                 .map(|(_, name)| name.to_string())
                 .collect(),
             queues: auth.0.queues.clone(),
-        })
+        }))
     }
 
     /// Prometheus metrics: sagas by outcome, step latency, retries, timer

@@ -230,19 +230,27 @@ function renderNav() {
   const nav = document.getElementById("nav");
   const who = document.getElementById("who");
   if (!S.me) {
-    put(nav, );
-    put(who, );
+    put(nav);
+    put(who);
     return;
   }
   const link = (href, text) => h("a", { href, class: (location.hash || "#/instances").startsWith(href) ? "active" : "" }, text);
-  put(nav, 
+  put(nav,
     link("#/instances", "Instances"),
     link("#/workflows", "Workflows"),
     may("observe") ? link("#/overview", "Overview") : null,
     h("a", { href: "/docs" }, "API"),
   );
   put(who, h("span", { class: "muted" }, `${S.me.role}`), " ",
-    h("button", { id: "signout", class: "link", onclick: () => signOut() }, "Sign out"));
+    h("button", {
+      id: "signout",
+      class: "link",
+      onclick: () => {
+        // the next person starts from the list, not from this token's page
+        history.replaceState(null, "", "#/instances");
+        signOut();
+      },
+    }, "Sign out"));
 }
 
 window.addEventListener("hashchange", () => route());
@@ -648,8 +656,10 @@ async function instanceView(id) {
   }
 
   async function act(path, body) {
+    const view = S.view.signal;
     const v = await attempt(() => api(path, { method: "POST", body }));
-    if (v) {
+    // the page may have moved on while the answer travelled
+    if (v && !view.aborted) {
       inst = v;
       notice(`Done: the instance is ${v.status}${v.paused ? " (paused)" : ""}.`, "ok");
       await attempt(refresh);
@@ -760,7 +770,7 @@ function publishForm(initial = "") {
     text, h("div", {}, h("button", {
       id: "publish-submit",
       onclick: async () => {
-        put(out, );
+        put(out);
         try {
           const v = await api("/workflows", { method: "POST", body: text.value, type: "application/yaml" });
           put(out, h("p", { class: "ok-text" }, `Published ${v.name} v${v.version}. `,
@@ -824,6 +834,9 @@ function parseMetrics(text) {
 const SAMPLES = []; // {t, started: {wf: n}, ended: {"wf|outcome": n}} since the page opened
 
 async function overviewView() {
+  if (!may("observe")) {
+    return h("p", { class: "card" }, `The overview reads the server's metrics, which a ${S.me.role} token may not; sign in as an operator or admin.`);
+  }
   const box = h("section", {}, h("h1", {}, "Overview"));
   const body = h("div");
   box.append(h("p", { class: "muted" }, "From this server's metrics (since it started); rates are measured while this page is open, every 5 s."), body);

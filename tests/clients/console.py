@@ -5,7 +5,8 @@ resumes another, publishes an invalid workflow and sees its problems, opens
 the overview, and checks the browser console stayed free of errors.
 Screenshots go to OUT_DIR.
 
-Usage: console.py BASE_URL OUT_DIR   (SAGAFLOW_TOKEN: an admin token)
+Usage: console.py BASE_URL OUT_DIR   (SAGAFLOW_TOKEN: an admin token;
+SAGAFLOW_CLIENT_TOKEN: a client token, which is offered no action)
 """
 
 import json
@@ -25,6 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 BASE, OUT = sys.argv[1], Path(sys.argv[2])
 TOKEN = os.environ["SAGAFLOW_TOKEN"]
+CLIENT_TOKEN = os.environ["SAGAFLOW_CLIENT_TOKEN"]
 
 
 def call(method, path, body=None):
@@ -180,6 +182,22 @@ def main():
         WebDriverWait(driver, 20, ignored_exceptions=[StaleElementReferenceException]).until(
             ec.presence_of_element_located((By.CSS_SELECTOR, "#per-minute rect.o-completed")))
         shot("overview")
+
+        # a client token: the page offers nothing the role may not do
+        driver.find_element(By.ID, "signout").click()
+        field = wait.until(ec.visibility_of_element_located((By.ID, "signin-token")))
+        field.send_keys(CLIENT_TOKEN)
+        driver.find_element(By.ID, "signin-submit").click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#instances tr[data-id]")))
+        nav = driver.find_element(By.ID, "nav").text
+        assert "Overview" not in nav and "Instances" in nav, nav
+        driver.get(f"{BASE}/ui/#/instances/{refunds[1]}")
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#graph svg .state")))
+        assert not driver.find_elements(By.ID, "actions"), "a client is offered actions"
+        driver.get(f"{BASE}/ui/#/workflows/order")
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "pre.source .k")))
+        assert not driver.find_elements(By.ID, "publish-source"), "a client is offered publishing"
+        shot("client")
 
         # the only error allowed since: Chromium's report of the 422 the invalid publish got
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"
