@@ -650,9 +650,19 @@ async function instanceView(id) {
     if (!v.timers || !v.timers.length) return h("p", { class: "muted" }, "none");
     return h("table", { class: "list", id: "timers" }, h("tbody", {}, v.timers.map((t) => h("tr", {},
       h("td", { class: "mono" }, t.timer), h("td", {}, t.kind), h("td", {}, fmtTime(t.due)),
-      following && may("operate") && !v.finished_at ? h("td", {},
-        h("button", { class: "small", onclick: () => act(`/instances/${id}/timers/${encodeURIComponent(t.timer)}`, { extend_by: "1h" }) }, "+1h"), " ",
-        h("button", { class: "small", "data-timer": t.timer, onclick: () => act(`/instances/${id}/timers/${encodeURIComponent(t.timer)}`, { fire_now: true }) }, "fire now")) : null))));
+      following && may("operate") && !v.finished_at ? h("td", {}, moveTimer(t)) : null))));
+  }
+
+  // +1h, fire now, or a chosen due time (UTC, as every time on the page)
+  function moveTimer(t) {
+    const path = `/instances/${id}/timers/${encodeURIComponent(t.timer)}`;
+    const due = h("input", { type: "datetime-local", class: "small", title: "new due time (UTC)", value: t.due.slice(0, 16) });
+    return [
+      h("button", { class: "small", "data-extend": t.timer, onclick: () => act(path, { extend_by: "1h" }) }, "+1h"), " ",
+      h("button", { class: "small", "data-timer": t.timer, onclick: () => act(path, { fire_now: true }) }, "fire now"), " ",
+      due, " ",
+      h("button", { class: "small", onclick: () => due.value && act(path, { due: `${due.value}:00Z` }) }, "move"),
+    ];
   }
 
   async function act(path, body) {

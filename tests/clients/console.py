@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from selenium import webdriver
@@ -154,6 +155,17 @@ def main():
         wait.until(ec.invisibility_of_element_located((By.ID, "paused-badge")))
         wait.until(ec.presence_of_element_located((By.ID, "action-pause")))
         assert call("GET", f"/instances/{refunds[1]}")["paused"] is False
+
+        # give the approval an hour more from the page
+        before = {t["timer"]: t["due"] for t in call("GET", f"/instances/{refunds[1]}")["timers"]}
+        button = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#timers button[data-extend]")))
+        timer = button.get_attribute("data-extend")
+        button.click()
+        later = lambda: {t["timer"]: t["due"] for t in call("GET", f"/instances/{refunds[1]}")["timers"]}
+        WebDriverWait(driver, 20).until(lambda d: later().get(timer) != before[timer])
+        moved = datetime.fromisoformat(later()[timer].replace("Z", "+00:00")) - \
+            datetime.fromisoformat(before[timer].replace("Z", "+00:00"))
+        assert moved == timedelta(hours=1), (timer, moved)
 
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, f"errors in the browser console: {errors}"
