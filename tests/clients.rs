@@ -11,28 +11,10 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{serve, venv_bin, ADMIN_TOKEN, CLIENT_TOKEN};
+use common::{run_tool as run, serve, venv_bin, ADMIN_TOKEN, CLIENT_TOKEN};
 
 fn script(name: &str) -> String {
     format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a tool to its end (each bounds its own time) and fails the test with its output if it fails.
-fn run(mut cmd: Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
-    text
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{serve, venv_bin, ADMIN_TOKEN};
+use common::{run_tool as run, serve, venv_bin, ADMIN_TOKEN};
 
 const README: &str = include_str!("../README.md");
 
@@ -33,21 +33,6 @@ fn local(text: &str, url: &str) -> String {
     let host = url.trim_start_matches("http://");
     text.replace("127.0.0.1:8080", host)
         .replace("localhost:8080", host)
-}
-
-fn run(mut cmd: Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
-    text
 }
 
 #[test]

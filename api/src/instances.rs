@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
-use crate::types::{InstanceStatus, Time};
+use crate::types::{status, word, InstanceStatus, Time};
 use crate::Tag;
 
 /// The longest a request may wait for an instance to end.
@@ -81,7 +81,7 @@ impl TryFrom<InstanceView> for Instance {
             id: v.id,
             workflow: v.workflow,
             version: v.version,
-            status: InstanceStatus::parse(v.status)?,
+            status: status(v.status)?,
             current_step: v.current_step,
             attempt: v.attempt,
             input: v.input,
@@ -331,7 +331,7 @@ impl InstancesApi {
         }
         let filter = InstanceFilter {
             workflow: workflow.0,
-            status: status.0.map(|s| s.as_str().to_string()),
+            status: status.0.as_ref().map(word),
             started_from: started_from.0.map(|t| t.0),
             started_until: started_until.0.map(|t| t.0),
             input: fields,
@@ -350,7 +350,7 @@ impl InstancesApi {
                         id: r.id,
                         workflow: r.workflow,
                         version: r.version,
-                        status: InstanceStatus::parse(&r.status)?,
+                        status: crate::types::status(&r.status)?,
                         current_step: r.current_step,
                         attempt: r.attempts,
                         error: r.error,
@@ -401,11 +401,11 @@ impl InstancesApi {
             }
             Some(d) => {
                 let after = after_revision.0;
-                let statuses: Vec<&str> = until_status.0.iter().map(|s| s.as_str()).collect();
+                let statuses: Vec<String> = until_status.0.iter().map(word).collect();
                 self.rt
                     .wait_until(id, d, |v| {
                         after.is_some_and(|r| v.events > r.saturating_add(1))
-                            || statuses.contains(&v.status)
+                            || statuses.iter().any(|s| s == v.status)
                     })
                     .await?
             }

@@ -11,7 +11,7 @@ use sagaflow_engine::runtime::{Runtime, RuntimeError};
 
 use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
-use crate::types::{OrderStatus, Time};
+use crate::types::{status, OrderStatus, Time};
 use crate::Tag;
 
 /// How long a request that asks for its own writes waits for the read models.
@@ -84,7 +84,7 @@ impl TryFrom<OrderRow> for Order {
             amount: o.amount,
             // the order workflow's input schema guarantees the shape
             items: serde_json::from_value(o.items).unwrap_or_default(),
-            status: OrderStatus::parse(&o.status)?,
+            status: status(&o.status)?,
             error: o.error,
             created_at: o.created_at.into(),
             updated_at: o.updated_at.into(),

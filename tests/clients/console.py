@@ -12,18 +12,17 @@ SAGAFLOW_CLIENT_TOKEN: a client token, which is offered no action)
 import json
 import os
 import sys
-import tempfile
 import threading
 import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+
+from browser import chromium  # tests/clients/browser.py
 
 BASE, OUT = sys.argv[1], Path(sys.argv[2])
 TOKEN = os.environ["SAGAFLOW_TOKEN"]
@@ -47,21 +46,6 @@ def notifications_worker(stop):
             call("POST", f"/tasks/{task['id']}/complete", {"output": {"sent": True}})
 
 
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-    for flag in [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--window-size=1500,1900",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='sagaflow-chromium-')}",
-    ]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
-    return webdriver.Chrome(service=service, options=options)
-
-
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     # The data the page will show: a declined order (the demo payment service
@@ -81,7 +65,7 @@ def main():
     stop = threading.Event()
     worker = threading.Thread(target=notifications_worker, args=(stop,), daemon=True)
     worker.start()
-    driver = browser()
+    driver = chromium(window="1500,1900", console_log=True)
     # the page re-renders as the instance moves: an element found may be replaced
     wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException])
     shots = []

@@ -7,38 +7,23 @@ Usage: swagger_ui.py BASE_URL OUT_DIR   (SAGAFLOW_TOKEN: a token that may start 
 import json
 import os
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+
+from browser import chromium  # tests/clients/browser.py
 
 BASE, OUT = sys.argv[1], Path(sys.argv[2])
 TOKEN = os.environ["SAGAFLOW_TOKEN"]
 ORDER_ID = "ui-order-1"
 
 
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-    for flag in [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--window-size=1400,2200",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='sagaflow-chromium-')}",
-    ]:
-        options.add_argument(flag)
-    service = Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
-    return webdriver.Chrome(service=service, options=options)
-
-
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    driver = browser()
+    driver = chromium()
     wait = WebDriverWait(driver, 30)
     try:
         driver.get(f"{BASE}/docs")

@@ -393,3 +393,21 @@ pub fn venv_bin(tool: &str) -> PathBuf {
     );
     bin
 }
+
+/// Runs a tool to its end (each bounds its own time) and fails the test with its output if it fails.
+pub fn run_tool(mut cmd: Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}

@@ -184,34 +184,21 @@ impl Runtime {
     }
 
     /// Like [`wait`](Self::wait) for an instance this process does not hold:
-    /// reads it again whenever the log moves.
+    /// reads it again whenever the log moves, until it ends or this process
+    /// takes it in (then waits as for its own).
     pub(crate) async fn wait_in_store(
         &self,
         id: Uuid,
         timeout: Duration,
     ) -> Result<InstanceView, RuntimeError> {
-        let mut head = self.0.store.head();
         let until = tokio::time::Instant::now() + timeout;
-        loop {
-            head.borrow_and_update();
-            let view = self.get(id).await?;
-            if view.finished_at.is_some() || self.lock_live().contains_key(&id) {
-                return if view.finished_at.is_some() {
-                    Ok(view)
-                } else {
-                    Box::pin(self.wait(
-                        id,
-                        until.saturating_duration_since(tokio::time::Instant::now()),
-                    ))
-                    .await
-                };
-            }
-            match tokio::time::timeout_at(until, head.changed()).await {
-                // under load the head moves with every commit: read again at most every 20 ms
-                Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(20)).await,
-                _ => return self.get(id).await,
-            }
+        let held_here = |_: &InstanceView| self.lock_live().contains_key(&id);
+        let view = self.wait_until(id, timeout, held_here).await?;
+        if view.finished_at.is_none() && self.lock_live().contains_key(&id) {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            return Box::pin(self.wait(id, left)).await;
         }
+        Ok(view)
     }
 
     /// The instance's stream, in order.
