@@ -91,6 +91,7 @@ async fn memory_stays_flat_over_polls_on_20000_distinct_queue_names() {
 #[test]
 fn memory_stays_flat_over_a_20000_saga_bench_with_the_demo_on() {
     let (server, dir) = serve("bench-rss", &["--demo-ledger-size", "2000"]);
+    let pid = server.pid().to_string();
     let bench = |n: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
             .args([
@@ -99,6 +100,8 @@ fn memory_stays_flat_over_a_20000_saga_bench_with_the_demo_on() {
                 &server.url,
                 "--token",
                 common::ADMIN_TOKEN,
+                "--server-pid",
+                &pid,
                 "-n",
                 n,
                 "--serial",
@@ -116,6 +119,12 @@ fn memory_stays_flat_over_a_20000_saga_bench_with_the_demo_on() {
         let report: serde_json::Value =
             serde_json::from_str(line.lines().last().unwrap_or_default()).expect("a JSON line");
         assert_eq!(report["other"], 0, "{report}");
+        // the server's CPU time per saga, read from /proc for --server-pid
+        let cpu = report["server_cpu_us_per_saga"]
+            .as_f64()
+            .expect("CPU per saga");
+        assert!(cpu > 0.0 && cpu < 1_000_000.0, "{report}");
+        assert!(report["rss_mib"].as_f64().is_some(), "{report}");
     };
     bench("4000");
     let warm = server.rss_kib();
@@ -127,4 +136,17 @@ fn memory_stays_flat_over_a_20000_saga_bench_with_the_demo_on() {
         "RSS grew from {warm} KiB to {after} KiB over 20,000 sagas"
     );
     drop(dir);
+}
+
+#[test]
+fn bench_outside_the_repository_says_what_is_missing() {
+    let dir = common::temp_dir("bench-elsewhere");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args(["bench", "-n", "1"])
+        .current_dir(&dir)
+        .output()
+        .expect("bench runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("workflows/order.yaml is missing"), "{err}");
 }

@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// A client (or admin) token for `--url`; bench sets its own server's.
     #[arg(long, env = "SAGAFLOW_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// With `--url`: the server's process id on this machine, to report its
+    /// CPU time per saga (bench measures its own server without it).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 /// One saga's result.
@@ -71,6 +75,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("the server does not answer /health")?
         .json()
         .await?;
+    let order = client.get(format!("{url}/workflows/order")).send().await?;
+    if order.status() == reqwest::StatusCode::NOT_FOUND {
+        bail!(
+            "the server at {url} has no `order` workflow: run bench from the repository's folder \
+             (its server loads ./workflows), or publish workflows/order.yaml to it"
+        );
+    }
+    order
+        .error_for_status()
+        .context("the server refused to show the `order` workflow")?;
+    let server_pid = args
+        .server_pid
+        .or_else(|| own.as_ref().map(|(child, _)| child.id()));
     let run_tag = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -91,6 +108,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("throughput: {} sagas, {} at a time", args.n, args.c);
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
+    let cpu_before = server_pid.and_then(cpu_seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.c.max(1) {
@@ -126,10 +144,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         results.extend(w.await?);
     }
     let wall = started.elapsed();
+    let server_cpu = cpu_before
+        .zip(server_pid.and_then(cpu_seconds))
+        .map(|(before, after)| after - before);
     progress.abort();
     eprintln!();
 
-    let rss_mib = own.as_ref().and_then(|(child, _)| rss_mib(child.id()));
+    let rss_mib = server_pid.and_then(rss_mib);
     let mut latencies: Vec<Duration> = results
         .iter()
         .filter(|r| r.status != "error")
@@ -151,6 +172,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "compensated": compensated,
         "other": args.n - completed - compensated,
         "rss_mib": rss_mib.map(|r| round(r, 1)),
+        // user + system time of the server's process during the throughput phase
+        "server_cpu_us_per_saga": server_cpu.map(|s| round(s * 1e6 / args.n.max(1) as f64, 1)),
         "durability": health["durability"],
     });
     if let Some((mut child, dir)) = own {
@@ -233,7 +256,26 @@ fn start_server(admin_token: &str) -> anyhow::Result<(Child, String, std::path::
     std::fs::create_dir_all(&dir)?;
     let exe = std::env::current_exe()?;
     let workflows = std::env::current_dir()?.join("workflows");
-    let mut child = Command::new(exe)
+    if !workflows.join("order.yaml").exists() {
+        bail!(
+            "{} is missing: run bench from the repository's folder, or give --url of a server with the `order` workflow",
+            workflows.join("order.yaml").display()
+        );
+    }
+    let mut command = Command::new(exe);
+    // the server ends with bench, however bench ends (Ctrl-C, kill)
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe, and the closure touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("data"))
         .arg("--workflows")
@@ -262,6 +304,34 @@ fn start_server(admin_token: &str) -> anyhow::Result<(Child, String, std::path::
     // keep draining stdout so the server never blocks on it
     std::thread::spawn(move || lines.for_each(drop));
     Ok((child, url, dir))
+}
+
+/// The CPU time (user and system, all threads) a process has used, from
+/// `/proc/PID/stat`, in seconds (at the kernel's clock-tick resolution).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_from_stat(&stat, clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime and stime (fields 14 and 15) of a `/proc/PID/stat` line; the
+/// command name (field 2) may hold spaces and parentheses, so fields are
+/// counted after its closing parenthesis.
+fn cpu_from_stat(stat: &str, ticks_per_s: f64) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some((user + system) / ticks_per_s)
 }
 
 fn rss_mib(pid: u32) -> Option<f64> {
@@ -297,6 +367,15 @@ fn round(x: f64, places: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_the_command_name() {
+        let line = "4242 (sagaflow (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(cpu_from_stat(line, 100.0), Some(3.0));
+        assert_eq!(cpu_from_stat("garbage", 100.0), None);
+        // this process has used some CPU
+        assert!(cpu_seconds(std::process::id()).is_some());
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
