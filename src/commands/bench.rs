@@ -35,6 +35,13 @@ pub struct BenchArgs {
     /// CPU time per saga (bench measures its own server without it).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// First fill the store with this many finished sagas (at concurrency
+    /// C, not measured), so the figures are those of a store that size.
+    #[arg(long, default_value_t = 0)]
+    pub fill: usize,
+    /// Times each listing is asked for, after the throughput phase.
+    #[arg(long, default_value_t = 20)]
+    pub listings: usize,
 }
 
 /// One saga's result.
@@ -105,50 +112,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         serial.push(one_saga(&client, &url, &run_tag, "s", i + 1).await?.latency);
     }
 
+    if args.fill > 0 {
+        eprintln!("fill: {} sagas, {} at a time", args.fill, args.c);
+        let (filled, _) = drive(&client, &url, &run_tag, "f", args.fill, args.c).await?;
+        let failed = filled.iter().filter(|r| r.status == "error").count();
+        if failed > 0 {
+            eprintln!("fill: {failed} sagas did not end well");
+        }
+    }
+
     eprintln!("throughput: {} sagas, {} at a time", args.n, args.c);
-    let next = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
     let cpu_before = server_pid.and_then(cpu_seconds);
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..args.c.max(1) {
-        let (client, url, tag, next, done, n) = (
-            client.clone(),
-            url.clone(),
-            run_tag.clone(),
-            next.clone(),
-            done.clone(),
-            args.n,
-        );
-        workers.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return out;
-                }
-                let r = one_saga(&client, &url, &tag, "t", i + 1)
-                    .await
-                    .unwrap_or(Outcome {
-                        latency: Duration::ZERO,
-                        status: "error".into(),
-                    });
-                done.fetch_add(1, Ordering::Relaxed);
-                out.push(r);
-            }
-        }));
-    }
-    let progress = tokio::spawn(progress_bar(done.clone(), args.n));
-    let mut results = Vec::with_capacity(args.n);
-    for w in workers {
-        results.extend(w.await?);
-    }
-    let wall = started.elapsed();
+    let (results, wall) = drive(&client, &url, &run_tag, "t", args.n, args.c).await?;
     let server_cpu = cpu_before
         .zip(server_pid.and_then(cpu_seconds))
         .map(|(before, after)| after - before);
-    progress.abort();
-    eprintln!();
+
+    eprintln!("listings: each {} times", args.listings);
+    let listings = listing_latencies(&client, &url, args.listings).await?;
+    let stored = args.warmup + args.serial + args.fill + args.n;
+    let bytes_per_saga = own
+        .as_ref()
+        .map(|(_, dir)| dir_bytes(dir) as f64 / stored.max(1) as f64);
 
     let rss_mib = server_pid.and_then(rss_mib);
     let mut latencies: Vec<Duration> = results
@@ -172,6 +157,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "compensated": compensated,
         "other": args.n - completed - compensated,
         "rss_mib": rss_mib.map(|r| round(r, 1)),
+        "stored_sagas": stored,
+        "bytes_per_saga": bytes_per_saga.map(|b| round(b, 0)),
+        "listing_ms": listings,
         // user + system time of the server's process during the throughput phase
         "server_cpu_us_per_saga": server_cpu.map(|s| round(s * 1e6 / args.n.max(1) as f64, 1)),
         "durability": health["durability"],
@@ -183,6 +171,126 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!("{line}");
     Ok(())
+}
+
+/// Runs `n` order sagas, `c` at a time; their outcomes and the wall time.
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    tag: &str,
+    phase: &'static str,
+    n: usize,
+    c: usize,
+) -> anyhow::Result<(Vec<Outcome>, Duration)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..c.max(1) {
+        let (client, url, tag, next, done) = (
+            client.clone(),
+            url.to_string(),
+            tag.to_string(),
+            next.clone(),
+            done.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return out;
+                }
+                let r = one_saga(&client, &url, &tag, phase, i + 1)
+                    .await
+                    .unwrap_or(Outcome {
+                        latency: Duration::ZERO,
+                        status: "error".into(),
+                    });
+                done.fetch_add(1, Ordering::Relaxed);
+                out.push(r);
+            }
+        }));
+    }
+    let progress = tokio::spawn(progress_bar(done.clone(), n));
+    let mut results = Vec::with_capacity(n);
+    for w in workers {
+        results.extend(w.await?);
+    }
+    let wall = started.elapsed();
+    progress.abort();
+    eprintln!();
+    Ok((results, wall))
+}
+
+/// p50 and p99 (ms) of each listing and search of the API, asked `times`
+/// times one after the other: a status with no match, a status with many,
+/// a time range, the second page through a cursor, a customer's orders.
+async fn listing_latencies(
+    client: &reqwest::Client,
+    url: &str,
+    times: usize,
+) -> anyhow::Result<Value> {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let hour_ago = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+    )
+    .to_string();
+    let first: Value = client
+        .get(format!("{url}/instances?workflow=order&limit=100"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let cursor = first["next_cursor"].as_str().unwrap_or_default().to_string();
+    let queries = [
+        ("status_no_match", "/instances?workflow=order&status=failed&limit=100".to_string()),
+        ("status_many", "/instances?workflow=order&status=completed&limit=100".to_string()),
+        (
+            "time_range",
+            format!("/instances?started_from={hour_ago}&started_until={now}&limit=100"),
+        ),
+        ("cursor_page", format!("/instances?workflow=order&limit=100&cursor={cursor}")),
+        ("customer_orders", "/customers/c-42/orders?limit=50".to_string()),
+    ];
+    let mut out = serde_json::Map::new();
+    for (name, path) in queries {
+        let mut took = Vec::with_capacity(times);
+        for _ in 0..times.max(1) {
+            let t = Instant::now();
+            client
+                .get(format!("{url}{path}"))
+                .send()
+                .await?
+                .error_for_status()
+                .with_context(|| format!("listing {path}"))?
+                .bytes()
+                .await?;
+            took.push(t.elapsed());
+        }
+        took.sort();
+        out.insert(
+            name.into(),
+            json!({"p50": ms(percentile(&took, 50.0)), "p99": ms(percentile(&took, 99.0))}),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// The bytes of the files under `dir` (the store, read models, WAL).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Starts one order saga and waits for it to end.
