@@ -232,10 +232,9 @@ async fn listing_latencies(
     times: usize,
 ) -> anyhow::Result<Value> {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let hour_ago = humantime::format_rfc3339_seconds(
-        std::time::SystemTime::now() - Duration::from_secs(3600),
-    )
-    .to_string();
+    let hour_ago =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .to_string();
     let first: Value = client
         .get(format!("{url}/instances?workflow=order&limit=100"))
         .send()
@@ -243,16 +242,31 @@ async fn listing_latencies(
         .error_for_status()?
         .json()
         .await?;
-    let cursor = first["next_cursor"].as_str().unwrap_or_default().to_string();
+    let cursor = first["next_cursor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let queries = [
-        ("status_no_match", "/instances?workflow=order&status=failed&limit=100".to_string()),
-        ("status_many", "/instances?workflow=order&status=completed&limit=100".to_string()),
+        (
+            "status_no_match",
+            "/instances?workflow=order&status=failed&limit=100".to_string(),
+        ),
+        (
+            "status_many",
+            "/instances?workflow=order&status=completed&limit=100".to_string(),
+        ),
         (
             "time_range",
             format!("/instances?started_from={hour_ago}&started_until={now}&limit=100"),
         ),
-        ("cursor_page", format!("/instances?workflow=order&limit=100&cursor={cursor}")),
-        ("customer_orders", "/customers/c-42/orders?limit=50".to_string()),
+        (
+            "cursor_page",
+            format!("/instances?workflow=order&limit=100&cursor={cursor}"),
+        ),
+        (
+            "customer_orders",
+            "/customers/c-42/orders?limit=50".to_string(),
+        ),
     ];
     let mut out = serde_json::Map::new();
     for (name, path) in queries {
