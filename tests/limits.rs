@@ -150,3 +150,38 @@ fn bench_outside_the_repository_says_what_is_missing() {
     assert!(!out.status.success());
     assert!(err.contains("workflows/order.yaml is missing"), "{err}");
 }
+
+#[test]
+fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args([
+            "bench", "-n", "40", "-c", "8", "--serial", "2", "--warmup", "2",
+        ])
+        .args(["--fill", "40", "--listings", "2"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("bench runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or_default()).expect("a JSON line");
+    assert_eq!(report["other"], 0, "{report}");
+    assert_eq!(report["stored_sagas"], 144, "{report}");
+    for field in [
+        "server_cpu_us_per_saga",
+        "bytes_per_saga",
+        "restart_s",
+        "rss_mib",
+    ] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {report}"
+        );
+    }
+    let listings = report["listing_ms"].as_object().expect("listings");
+    assert_eq!(listings.len(), 5, "{report}");
+}

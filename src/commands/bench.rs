@@ -164,6 +164,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "server_cpu_us_per_saga": server_cpu.map(|s| round(s * 1e6 / args.n.max(1) as f64, 1)),
         "durability": health["durability"],
     });
+    // the time a restart takes at this size, once everything is measured
+    let mut restart_s = None;
+    if let Some((child, dir)) = own.take() {
+        let token = token.as_deref().unwrap_or_default();
+        let (child, took) = restart(child, &dir, token).await?;
+        restart_s = Some(round(took, 2));
+        own = Some((child, dir));
+    }
+    let mut line = line;
+    line["restart_s"] = restart_s.into();
     if let Some((mut child, dir)) = own {
         let _ = child.kill();
         let _ = child.wait();
@@ -372,10 +382,16 @@ async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
 
 /// Starts `sagaflow serve` on port 0 with a temporary data directory; returns it, its URL and the directory.
 fn start_server(admin_token: &str) -> anyhow::Result<(Child, String, std::path::PathBuf)> {
-    use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("sagaflow-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    let (child, url) = spawn_server(&dir, admin_token)?;
+    Ok((child, url, dir))
+}
+
+/// Starts `sagaflow serve` on port 0 on the data directory `dir/data`; returns it once it listens, and its URL.
+fn spawn_server(dir: &std::path::Path, admin_token: &str) -> anyhow::Result<(Child, String)> {
+    use std::io::BufRead;
     let exe = std::env::current_exe()?;
     let workflows = std::env::current_dir()?.join("workflows");
     if !workflows.join("order.yaml").exists() {
@@ -425,7 +441,33 @@ fn start_server(admin_token: &str) -> anyhow::Result<(Child, String, std::path::
     };
     // keep draining stdout so the server never blocks on it
     std::thread::spawn(move || lines.for_each(drop));
-    Ok((child, url, dir))
+    Ok((child, url))
+}
+
+/// Stops the server gracefully (SIGTERM, as an operator would) and starts it
+/// again on the same data directory; returns the new process and the seconds
+/// from the new start until it answered `/ready`.
+async fn restart(
+    mut child: Child,
+    dir: &std::path::Path,
+    admin_token: &str,
+) -> anyhow::Result<(Child, f64)> {
+    // SAFETY: kill sends a signal to a process id; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+    let t = Instant::now();
+    let (child, url) = spawn_server(dir, admin_token)?;
+    let ready = format!("{url}/ready");
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("the restarted server was not ready within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((child, t.elapsed().as_secs_f64()))
 }
 
 /// The CPU time (user and system, all threads) a process has used, from
