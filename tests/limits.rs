@@ -155,7 +155,7 @@ fn bench_outside_the_repository_says_what_is_missing() {
 fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
         .args([
-            "bench", "-n", "40", "-c", "8", "--serial", "2", "--warmup", "2",
+            "bench", "-n", "100", "-c", "8", "--serial", "2", "--warmup", "2",
         ])
         .args(["--fill", "40", "--listings", "2"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
