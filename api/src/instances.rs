@@ -9,7 +9,7 @@ use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::projection::InstanceFilter;
 use sagaflow_engine::runtime::{InstanceView, Runtime};
-use sagaflow_engine::saga::{Timestamp, MAX_DURATION};
+use sagaflow_engine::saga::MAX_DURATION;
 use uuid::Uuid;
 
 use crate::auth::{Auth, Need};
@@ -203,22 +203,6 @@ pub(crate) fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiErro
                 })
         })
         .transpose()
-}
-
-/// An RFC 3339 time from a request.
-pub(crate) fn parse_time(what: &str, t: &str) -> Result<Timestamp, ApiError> {
-    let bad = |e: String| {
-        ApiError::bad_request(
-            &format!("bad-{}", what.replace('_', "-")),
-            format!("{what} `{t}`: {e}"),
-        )
-    };
-    let t = humantime::parse_rfc3339_weak(t).map_err(|e| bad(e.to_string()))?;
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| bad(e.to_string()))?
-        .as_millis();
-    Ok(Timestamp(u64::try_from(ms).unwrap_or(u64::MAX)))
 }
 
 /// The log moved: instances were started or changed.

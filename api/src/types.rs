@@ -64,13 +64,17 @@ impl ParseFromJSON for Time {
 
 impl ParseFromParameter for Time {
     fn parse_from_parameter(s: &str) -> ParseResult<Self> {
-        crate::instances::parse_time("time", s)
-            .map(Time)
-            .map_err(|_| {
-                ParseError::custom(format!(
-                    "`{s}` is not an RFC 3339 time (e.g. 2027-01-15T08:00:00Z)"
-                ))
-            })
+        let bad = || {
+            ParseError::custom(format!(
+                "`{s}` is not an RFC 3339 time (e.g. 2027-01-15T08:00:00Z)"
+            ))
+        };
+        let t = humantime::parse_rfc3339_weak(s).map_err(|_| bad())?;
+        let ms = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| bad())?
+            .as_millis();
+        Ok(Time(Timestamp(u64::try_from(ms).unwrap_or(u64::MAX))))
     }
 }
 

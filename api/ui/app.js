@@ -606,7 +606,8 @@ async function instanceView(id) {
     render(shown, history.slice(0, revision + 1));
   }
 
-  function currentState(v, events) {
+  // The state the saga is in after `events`: the last of the path taken.
+  function currentState(events) {
     const p = pathOf(events, graph);
     return p.length ? p[p.length - 1].id : null;
   }
@@ -626,7 +627,7 @@ async function instanceView(id) {
       following && may("operate") ? actions(v) : null,
       h("div", { class: "card" }, h("h2", {}, "Time travel"), slider, " ", sliderLabel),
       h("div", { class: "cols" },
-        h("div", { class: "card" }, h("h2", {}, "State machine"), drawGraph(graph, path, currentState(v, events), unitStates(events))),
+        h("div", { class: "card" }, h("h2", {}, "State machine"), drawGraph(graph, path, path.length ? path[path.length - 1].id : null, unitStates(events))),
         h("div", { class: "card details" },
           h("h2", {}, "Details"),
           h("dl", {},
@@ -678,7 +679,7 @@ async function instanceView(id) {
 
   function actions(v) {
     if (v.finished_at && v.status !== "failed") return null;
-    const wait = graph.states.find((s) => s.id === currentState(v, history) && s.id.startsWith("wait_"));
+    const wait = graph.states.find((s) => s.id === currentState(history) && s.id.startsWith("wait_"));
     const signalName = h("input", { id: "signal-name", placeholder: "signal name", value: wait ? wait.signal || "" : "", size: 16 });
     const payload = h("textarea", { id: "signal-payload", rows: 3, cols: 40 }, "{}");
     const sendSignal = async () => {

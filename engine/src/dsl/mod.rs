@@ -30,8 +30,6 @@ pub struct Parsed {
     pub spec: WorkflowSpec,
     pub tree: yaml::Node,
     pub problems: Vec<Diagnostic>,
-    /// The paths set aside to get `spec`.
-    pub removed: Vec<DocPath>,
 }
 
 /// How many rounds of setting fields aside are tried before giving up.
@@ -53,7 +51,6 @@ pub fn parse_with_limits(text: &str, limits: yaml::Limits) -> Result<Parsed, Vec
     })?;
     let mut json = tree.to_json();
     let mut problems = structure::check(&json);
-    let mut removed = Vec::new();
     let mut round = problems.clone();
     for _ in 0..REPAIR_ROUNDS {
         if round.is_empty() {
@@ -63,7 +60,6 @@ pub fn parse_with_limits(text: &str, limits: yaml::Limits) -> Result<Parsed, Vec
             locate(&mut problems, &tree);
             return Err(problems);
         }
-        removed.extend(round.iter().map(|d| d.path.clone()));
         round = structure::check(&json);
         let fresh: Vec<Diagnostic> = round
             .iter()
@@ -83,7 +79,6 @@ pub fn parse_with_limits(text: &str, limits: yaml::Limits) -> Result<Parsed, Vec
                 spec,
                 tree,
                 problems,
-                removed,
             })
         }
         Err(e) => {
