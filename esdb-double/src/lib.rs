@@ -66,6 +66,32 @@ struct Log {
     events: Vec<Recorded>,
     /// Indices into `events`, per stream.
     streams: HashMap<Vec<u8>, Vec<usize>>,
+    /// Hard-deleted streams: refused to appends and reads for good. Their
+    /// events stay in `$all` (the server drops them only in a scavenge, which
+    /// the double does not do), followed by a `$streamDeleted` event.
+    tombstoned: std::collections::HashSet<Vec<u8>>,
+}
+
+/// The error the server answers for a hard-deleted stream: the client reads
+/// the `exception` trailer.
+fn stream_deleted(stream: &[u8]) -> Status {
+    let mut status = Status::failed_precondition(format!(
+        "Event stream '{}' is deleted.",
+        String::from_utf8_lossy(stream)
+    ));
+    status.metadata_mut().insert(
+        "exception",
+        tonic::metadata::MetadataValue::from_static("stream-deleted"),
+    );
+    status
+}
+
+/// .NET ticks (100 ns) since the Unix epoch, as the server writes `created`.
+fn ticks_now() -> String {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (created.as_nanos() / 100).to_string()
 }
 
 /// The server's state; cheap to clone.
@@ -249,6 +275,9 @@ impl streams_server::Streams for Double {
             }
         }
         let mut log = self.log.lock().unwrap();
+        if log.tombstoned.contains(&stream) {
+            return Err(stream_deleted(&stream));
+        }
         let last = log
             .streams
             .get(&stream)
@@ -294,11 +323,7 @@ impl streams_server::Streams for Double {
                 result: Some(append_resp::Result::WrongExpectedVersion(wrong)),
             }));
         }
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        // .NET ticks (100 ns) since the Unix epoch, as the server writes `created`
-        let ticks = (created.as_nanos() / 100).to_string();
+        let ticks = ticks_now();
         let mut revision = last;
         let mut position = 0;
         for p in proposed {
@@ -386,6 +411,9 @@ impl streams_server::Streams for Double {
                         .stream_identifier
                         .map(|s| s.stream_name)
                         .unwrap_or_default();
+                    if log.tombstoned.contains(&name) {
+                        return Err(stream_deleted(&name));
+                    }
                     let Some(ix) = log.streams.get(&name) else {
                         if !subscription {
                             let (tx, rx) = mpsc::channel(1);
@@ -485,11 +513,70 @@ impl streams_server::Streams for Double {
         Err(Status::unimplemented("not in the double"))
     }
 
+    /// A hard delete: the stream's name is refused from now on, and a
+    /// `$streamDeleted` event (revision `i64::MAX`, as the server writes it)
+    /// marks the end of its events in `$all`.
     async fn tombstone(
         &self,
-        _: Request<s::TombstoneReq>,
+        request: Request<s::TombstoneReq>,
     ) -> Result<Response<s::TombstoneResp>, Status> {
-        Err(Status::unimplemented("not in the double"))
+        use s::tombstone_req::options::ExpectedStreamRevision as E;
+        let options = request
+            .into_inner()
+            .options
+            .ok_or_else(|| Status::invalid_argument("no tombstone options"))?;
+        let stream = options
+            .stream_identifier
+            .ok_or_else(|| Status::invalid_argument("no stream identifier"))?
+            .stream_name;
+        let mut log = self.log.lock().unwrap();
+        if log.tombstoned.contains(&stream) {
+            return Err(stream_deleted(&stream));
+        }
+        let last = log
+            .streams
+            .get(&stream)
+            .and_then(|ix| ix.last())
+            .map(|i| log.events[*i].revision);
+        let admitted = match options.expected_stream_revision {
+            Some(E::Revision(r)) => last == Some(r),
+            Some(E::NoStream(_)) => last.is_none(),
+            Some(E::StreamExists(_)) => last.is_some(),
+            Some(E::Any(_)) | None => true,
+        };
+        if !admitted {
+            return Err(Status::failed_precondition("wrong expected version"));
+        }
+        let position = (log.events.len() as u64 + 1) * 64;
+        let metadata = HashMap::from([
+            ("type".to_string(), "$streamDeleted".to_string()),
+            (
+                "content-type".to_string(),
+                "application/octet-stream".to_string(),
+            ),
+            ("created".to_string(), ticks_now()),
+        ]);
+        let e = Recorded {
+            id: ::uuid::Uuid::new_v4(),
+            stream: stream.clone(),
+            revision: i64::MAX as u64,
+            position,
+            metadata,
+            custom_metadata: Vec::new(),
+            data: Vec::new(),
+        };
+        log.events.push(e.clone());
+        log.streams.remove(&stream);
+        log.tombstoned.insert(stream);
+        let _ = self.live.send(e);
+        Ok(Response::new(s::TombstoneResp {
+            position_option: Some(s::tombstone_resp::PositionOption::Position(
+                s::tombstone_resp::Position {
+                    commit_position: position,
+                    prepare_position: position,
+                },
+            )),
+        }))
     }
 
     async fn batch_append(

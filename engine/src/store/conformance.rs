@@ -33,6 +33,66 @@ where
     concurrent_writers_of_one_stream_lose_nothing(Arc::new(make().await)).await;
     concurrent_writers_of_many_streams_all_land(Arc::new(make().await)).await;
     a_trimmed_stream_keeps_its_revisions(&make().await).await;
+    removed_streams_stay_removed(&make().await).await;
+}
+
+/// A removed stream's events are gone from its reads (from `$all`, or
+/// followed there by the store's removal marker), its tombstone refuses
+/// appends until it is forgotten, and other streams are untouched.
+async fn removed_streams_stay_removed(s: &impl EventStore) {
+    use super::{StoreError, STREAM_REMOVED};
+    use crate::saga::Timestamp;
+    s.append("saga-gone", Expected::NoStream, (0..3).map(ev).collect())
+        .await
+        .unwrap();
+    s.append("saga-kept", Expected::NoStream, (0..2).map(ev).collect())
+        .await
+        .unwrap();
+    let gone = ["saga-gone".to_string(), "saga-never".to_string()];
+    s.remove(&gone, Timestamp(1_000)).await.unwrap();
+    s.remove(&gone[..1], Timestamp(1_500)).await.expect("again");
+    assert!(s.read_stream("saga-gone", 0).await.unwrap().is_empty());
+    assert_eq!(s.read_stream("saga-kept", 0).await.unwrap().len(), 2);
+    let all = s.read_all(None, 100).await.unwrap();
+    let of_gone: Vec<&str> = all
+        .iter()
+        .filter(|e| e.stream == "saga-gone")
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert!(
+        of_gone.is_empty() || of_gone.last() == Some(&STREAM_REMOVED),
+        "{of_gone:?}"
+    );
+    assert_eq!(all.iter().filter(|e| e.stream == "saga-kept").count(), 2);
+    for expected in [Expected::NoStream, Expected::Any, Expected::Revision(2)] {
+        let err = s
+            .append("saga-gone", expected, vec![ev(9)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Removed { .. }), "{err}");
+    }
+    let t = s.tombstone("saga-gone").await.unwrap().expect("tombstone");
+    assert!(
+        t.removed_at.is_none_or(|at| at == Timestamp(1_000)),
+        "{t:?}"
+    );
+    assert!(s.tombstone("saga-kept").await.unwrap().is_none());
+    assert_eq!(s.forget_removed(Timestamp(1_000)).await.unwrap(), 0);
+    s.reclaim().await.unwrap();
+    if s.forget_removed(Timestamp(1_001)).await.unwrap() > 0 {
+        assert!(s.tombstone("saga-gone").await.unwrap().is_none());
+        let a = s
+            .append("saga-gone", Expected::NoStream, vec![ev(0)])
+            .await
+            .unwrap();
+        assert_eq!(a.revision, 0);
+    } else {
+        // permanent tombstones
+        assert!(s.tombstone("saga-gone").await.unwrap().is_some());
+    }
+    s.append("saga-kept", Expected::Revision(1), vec![ev(2)])
+        .await
+        .unwrap();
 }
 
 /// Trimming may drop old events (or keep them), never renumber the rest or

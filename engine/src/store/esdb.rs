@@ -9,6 +9,13 @@
 //! catch-up subscription to `$all` from the end moves the head, so followers
 //! wake on any writer's events.
 //!
+//! Retention removes a stream with a hard delete (a tombstone): EventStoreDB
+//! refuses its name for good, so a removed instance's Idempotency-Key stays
+//! refused after the tombstone window the SQL stores keep. The removed
+//! events stay in `$all` until the server's scavenge, followed by a
+//! [`STREAM_REMOVED`](super::STREAM_REMOVED) event that followers take as
+//! the stream's end.
+//!
 //! Tested against a protocol-level test double (`esdb-double`), not a real server.
 
 use std::sync::Arc;
@@ -17,11 +24,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, EventData, Position, ReadAllOptions,
-    ReadStreamOptions, StreamPosition, StreamState, SubscribeToAllOptions,
+    ReadStreamOptions, StreamPosition, StreamState, SubscribeToAllOptions, TombstoneStreamOptions,
 };
 use tokio::sync::watch;
 
-use super::{Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
+use super::{
+    Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError, Tombstone, STREAM_REMOVED,
+};
 use crate::saga::{Clock, SystemClock, Timestamp};
 
 pub struct EsdbStore {
@@ -46,6 +55,18 @@ struct Meta {
 }
 
 fn convert(e: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreError> {
+    if e.event_type == STREAM_REMOVED {
+        // the server's own event: no data, no metadata of ours
+        return Ok(RecordedEvent {
+            stream: e.stream_id().to_string(),
+            revision: e.revision,
+            position: e.position.commit,
+            event_type: e.event_type.clone(),
+            schema_version: 0,
+            data: serde_json::Value::Null,
+            recorded_at: Timestamp(e.created.timestamp_millis().max(0) as u64),
+        });
+    }
     let meta: Meta = serde_json::from_slice(&e.custom_metadata)
         .map_err(|err| StoreError::Corrupt(format!("event {} metadata: {err}", e.id)))?;
     Ok(RecordedEvent {
@@ -196,6 +217,10 @@ impl EventStore for EsdbStore {
                     },
                 })
             }
+            Err(kurrentdb::Error::ResourceDeleted) => Err(StoreError::Removed {
+                stream: stream.to_string(),
+                removed_at: None,
+            }),
             Err(e) => Err(unavailable(format!(
                 "appending {n} events to {stream}: {e}"
             ))),
@@ -219,9 +244,15 @@ impl EventStore for EsdbStore {
             .forwards()
             .position(StreamPosition::Position(from))
             .max_count(usize::MAX);
+        let gone = |e: &kurrentdb::Error| {
+            matches!(
+                e,
+                kurrentdb::Error::ResourceNotFound | kurrentdb::Error::ResourceDeleted
+            )
+        };
         let mut read = match self.client.read_stream(stream, &options).await {
             Ok(r) => r,
-            Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+            Err(e) if gone(&e) => return Ok(Vec::new()),
             Err(e) => return Err(unavailable(e)),
         };
         let mut out = Vec::new();
@@ -229,10 +260,48 @@ impl EventStore for EsdbStore {
             match read.next().await {
                 Ok(Some(e)) => out.push(convert(e.get_original_event())?),
                 Ok(None) => return Ok(out),
-                Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+                Err(e) if gone(&e) => return Ok(Vec::new()),
                 Err(e) => return Err(unavailable(e)),
             }
         }
+    }
+
+    async fn remove(&self, streams: &[String], _at: Timestamp) -> Result<(), StoreError> {
+        for stream in streams {
+            match self
+                .client
+                .tombstone_stream(stream.as_str(), &TombstoneStreamOptions::default())
+                .await
+            {
+                Ok(_) | Err(kurrentdb::Error::ResourceDeleted) => {}
+                Err(e) => return Err(unavailable(format!("removing {stream}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    async fn tombstone(&self, stream: &str) -> Result<Option<Tombstone>, StoreError> {
+        let options = ReadStreamOptions::default()
+            .forwards()
+            .position(StreamPosition::Start)
+            .max_count(1);
+        let removed = Some(Tombstone { removed_at: None });
+        let mut read = match self.client.read_stream(stream, &options).await {
+            Ok(r) => r,
+            Err(kurrentdb::Error::ResourceDeleted) => return Ok(removed),
+            Err(kurrentdb::Error::ResourceNotFound) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        match read.next().await {
+            Ok(_) | Err(kurrentdb::Error::ResourceNotFound) => Ok(None),
+            Err(kurrentdb::Error::ResourceDeleted) => Ok(removed),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Hard deletes are for good.
+    async fn forget_removed(&self, _before: Timestamp) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
     async fn read_all(

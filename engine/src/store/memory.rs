@@ -6,13 +6,15 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
-use crate::saga::{Clock, SystemClock};
+use super::{Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError, Tombstone};
+use crate::saga::{Clock, SystemClock, Timestamp};
 
 #[derive(Default)]
 struct Inner {
-    all: Vec<RecordedEvent>,
+    /// Indexed by position; a removed stream's events leave `None` behind.
+    all: Vec<Option<RecordedEvent>>,
     streams: HashMap<String, Vec<usize>>,
+    removed: HashMap<String, Timestamp>,
 }
 
 pub struct MemoryStore {
@@ -54,6 +56,12 @@ impl EventStore for MemoryStore {
             return Err(StoreError::empty_append());
         }
         let mut inner = self.lock();
+        if let Some(at) = inner.removed.get(stream) {
+            return Err(StoreError::Removed {
+                stream: stream.to_string(),
+                removed_at: Some(*at),
+            });
+        }
         let last = inner.streams.get(stream).map(|v| v.len() as u64 - 1);
         if !expected.admits(last) {
             return Err(StoreError::Conflict {
@@ -70,7 +78,7 @@ impl EventStore for MemoryStore {
         for (revision, e) in (last.map_or(0, |l| l + 1)..).zip(events) {
             let index = inner.all.len();
             let position = index as u64;
-            inner.all.push(RecordedEvent {
+            inner.all.push(Some(RecordedEvent {
                 stream: stream.to_string(),
                 revision,
                 position,
@@ -78,7 +86,7 @@ impl EventStore for MemoryStore {
                 schema_version: e.schema_version,
                 data: e.data,
                 recorded_at: now,
-            });
+            }));
             inner
                 .streams
                 .entry(stream.to_string())
@@ -99,7 +107,7 @@ impl EventStore for MemoryStore {
             .map(|idx| {
                 idx.iter()
                     .skip(from as usize)
-                    .map(|&i| inner.all[i].clone())
+                    .filter_map(|&i| inner.all[i].clone())
                     .collect()
             })
             .unwrap_or_default())
@@ -112,7 +120,38 @@ impl EventStore for MemoryStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let inner = self.lock();
         let start = after.map_or(0, |p| p as usize + 1);
-        Ok(inner.all.iter().skip(start).take(limit).cloned().collect())
+        Ok(inner
+            .all
+            .iter()
+            .skip(start)
+            .flatten()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn remove(&self, streams: &[String], at: Timestamp) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for stream in streams {
+            for i in inner.streams.remove(stream).unwrap_or_default() {
+                inner.all[i] = None;
+            }
+            inner.removed.entry(stream.clone()).or_insert(at);
+        }
+        Ok(())
+    }
+
+    async fn tombstone(&self, stream: &str) -> Result<Option<Tombstone>, StoreError> {
+        Ok(self.lock().removed.get(stream).map(|at| Tombstone {
+            removed_at: Some(*at),
+        }))
+    }
+
+    async fn forget_removed(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let was = inner.removed.len();
+        inner.removed.retain(|_, at| *at >= before);
+        Ok((was - inner.removed.len()) as u64)
     }
 
     fn head(&self) -> watch::Receiver<Option<u64>> {

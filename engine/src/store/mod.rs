@@ -54,6 +54,19 @@ impl Expected {
     }
 }
 
+/// What is left of a removed stream: its name is refused to appends while
+/// the tombstone is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    /// When it was removed (EventStoreDB's own tombstones do not say).
+    pub removed_at: Option<Timestamp>,
+}
+
+/// The type of the event EventStoreDB writes into a hard-deleted stream;
+/// followers reading `$all` see it after the stream's old events (which stay
+/// in `$all` until a scavenge).
+pub const STREAM_REMOVED: &str = "$streamDeleted";
+
 /// An event to append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -135,6 +148,13 @@ pub enum StoreError {
     Invalid(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// The stream was removed (retention), and its tombstone keeps it from
+    /// being written again.
+    #[error("stream `{stream}` was removed{}", removed_at.map(|t| format!(" at {t}")).unwrap_or_default())]
+    Removed {
+        stream: String,
+        removed_at: Option<Timestamp>,
+    },
 }
 
 impl StoreError {
@@ -221,8 +241,8 @@ pub(crate) struct AppendRequest {
 }
 
 /// Hands an append to a writer task and waits for its answer.
-pub(crate) async fn submit(
-    queue: &tokio::sync::mpsc::Sender<AppendRequest>,
+pub(crate) async fn submit<J: From<AppendRequest>>(
+    queue: &tokio::sync::mpsc::Sender<J>,
     stream: &str,
     expected: Expected,
     events: Vec<NewEvent>,
@@ -235,7 +255,7 @@ pub(crate) async fn submit(
         events,
         reply,
     };
-    queue.send(req).await.map_err(|_| stopped())?;
+    queue.send(req.into()).await.map_err(|_| stopped())?;
     answer.await.map_err(|_| stopped())?
 }
 
@@ -309,6 +329,26 @@ pub trait EventStore: Send + Sync + 'static {
     /// their latest events matter to (the replicas' lease table). Stores that
     /// cannot drop events keep them; reads from a revision still work.
     async fn trim(&self, _stream: &str, _before: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Removes `streams` and all their events, leaving a tombstone dated
+    /// `at` for each: appends to a tombstoned stream fail with
+    /// [`StoreError::Removed`], and reads find nothing. Removing a removed or
+    /// unknown stream is not an error.
+    async fn remove(&self, streams: &[String], at: Timestamp) -> Result<(), StoreError>;
+
+    /// The tombstone of `stream`, if it was removed and the tombstone is kept.
+    async fn tombstone(&self, stream: &str) -> Result<Option<Tombstone>, StoreError>;
+
+    /// Drops the tombstones of streams removed before `before` (the name may
+    /// be written again); how many went. Stores whose tombstones are
+    /// permanent (EventStoreDB) drop none.
+    async fn forget_removed(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Gives the space of removed events back to the file system where the
+    /// store can (SQLite's incremental vacuum); the others do nothing.
+    async fn reclaim(&self) -> Result<(), StoreError> {
         Ok(())
     }
 

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     AppendRequest, Appended, EventRef, EventStore, Expected, NewEvent, RecordedEvent, StoreError,
+    Tombstone,
 };
 use crate::saga::{Clock, SystemClock, Timestamp};
 
@@ -246,12 +247,21 @@ async fn write_batch(
             // stream); it is trusted only when it admits the append, and the insert checks that.
             Some(l) if !cached || req.expected.admits(l) => l,
             _ => {
-                let l: Option<i64> =
-                    sqlx::query_scalar("SELECT MAX(revision) FROM events WHERE stream = $1")
-                        .bind(&req.stream)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
+                let (l, removed): (Option<i64>, Option<i64>) = sqlx::query_as(
+                    "SELECT (SELECT MAX(revision) FROM events WHERE stream = $1), \
+                     (SELECT removed_at FROM removed_streams WHERE stream = $1)",
+                )
+                .bind(&req.stream)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                if let Some(at) = removed {
+                    results.push(Err(StoreError::Removed {
+                        stream: req.stream.clone(),
+                        removed_at: Some(Timestamp(at as u64)),
+                    }));
+                    continue;
+                }
                 l.map(|l| l as u64)
             }
         };
@@ -278,6 +288,7 @@ async fn write_batch(
         let inserted = sqlx::query(
             "INSERT INTO events (position, stream, revision, event_type, schema_version, data, recorded_at) \
              SELECT p, $2, r, t, v, d::jsonb, $7 FROM UNNEST($1::bigint[], $3::bigint[], $4::text[], $5::int[], $6::text[]) AS x(p, r, t, v, d) \
+             WHERE NOT EXISTS (SELECT 1 FROM removed_streams WHERE stream = $2) \
              ON CONFLICT (stream, revision) DO NOTHING",
         )
         .bind(&positions)
@@ -291,7 +302,7 @@ async fn write_batch(
         .await
         .map_err(db_error)?;
         if inserted.rows_affected() != n as u64 {
-            // another process wrote the stream since we cached its head; the transaction
+            // another process wrote (or removed) the stream since we cached its head; the transaction
             // (with any rows of this append that did go in) is dropped, so rolled back
             return Err(Batch::Stale);
         }
@@ -387,6 +398,52 @@ impl EventStore for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn remove(&self, streams: &[String], at: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.reads.begin().await.map_err(db_error)?;
+        // in line with the writers: an append committing meanwhile would escape the delete
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(POSITION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("DELETE FROM events WHERE stream = ANY($1)")
+            .bind(streams)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO removed_streams (stream, removed_at) SELECT s, $2 FROM UNNEST($1::text[]) AS s \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(streams)
+        .bind(at.millis() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn tombstone(&self, stream: &str) -> Result<Option<Tombstone>, StoreError> {
+        let at: Option<i64> =
+            sqlx::query_scalar("SELECT removed_at FROM removed_streams WHERE stream = $1")
+                .bind(stream)
+                .fetch_optional(&self.reads)
+                .await
+                .map_err(db_error)?;
+        Ok(at.map(|at| Tombstone {
+            removed_at: Some(Timestamp(at as u64)),
+        }))
+    }
+
+    async fn forget_removed(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM removed_streams WHERE removed_at < $1")
+            .bind(before.millis() as i64)
+            .execute(&self.reads)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
     }
 
     async fn trim(&self, stream: &str, before: u64) -> Result<(), StoreError> {

@@ -14,13 +14,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{AppendRequest, Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError};
+use super::{
+    AppendRequest, Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError, Tombstone,
+};
 use crate::saga::{Clock, SystemClock, Timestamp};
 
 /// The most appends one transaction takes.
@@ -33,8 +35,32 @@ const HEAD_CACHE: usize = 65_536;
 #[derive(Default)]
 struct Heads(std::collections::HashMap<String, Option<u64>>);
 
+/// Work for the writer task: appends (taken together into one transaction)
+/// and the upkeep of retention (each in a transaction of its own).
+enum Job {
+    Append(AppendRequest),
+    Remove {
+        streams: Vec<String>,
+        at: Timestamp,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Forget {
+        before: Timestamp,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Reclaim {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl From<AppendRequest> for Job {
+    fn from(r: AppendRequest) -> Self {
+        Job::Append(r)
+    }
+}
+
 pub struct SqliteStore {
-    queue: mpsc::Sender<AppendRequest>,
+    queue: mpsc::Sender<Job>,
     reads: SqlitePool,
     head: watch::Receiver<Option<u64>>,
     stats: Arc<Stats>,
@@ -61,7 +87,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let mut writer = SqliteConnection::connect_with(&options)
+        // Space freed by retention goes back to the file system
+        // (`PRAGMA incremental_vacuum`); it takes effect on a new file only
+        // (docs/operations.md says how to convert an older one).
+        let writing = options.clone().auto_vacuum(SqliteAutoVacuum::Incremental);
+        let mut writer = SqliteConnection::connect_with(&writing)
             .await
             .map_err(db_error)?;
         sqlx::migrate!("../migrations/sqlite")
@@ -89,6 +119,16 @@ impl SqliteStore {
         })
     }
 
+    async fn upkeep<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        let stopped = || StoreError::Unavailable("the writer has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(job(reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     /// Commits and appends so far (appends per commit is the group-commit batch size).
     pub fn stats(&self) -> (u64, u64) {
         (
@@ -100,16 +140,35 @@ impl SqliteStore {
 
 async fn write_loop(
     mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<AppendRequest>,
+    mut rx: mpsc::Receiver<Job>,
     head: watch::Sender<Option<u64>>,
     stats: Arc<Stats>,
 ) {
     let mut heads = Heads::default();
-    while let Some(first) = rx.recv().await {
+    let mut next: Option<Job> = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let first = match first {
+            Job::Append(r) => r,
+            upkeep => {
+                do_upkeep(&mut conn, upkeep, &mut heads).await;
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(Job::Append(r)) => batch.push(r),
+                Ok(upkeep) => {
+                    next = Some(upkeep);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -133,6 +192,71 @@ async fn write_loop(
         }
     }
     let _ = conn.close().await;
+}
+
+/// Runs one upkeep job; removals forget the removed streams' cached heads.
+async fn do_upkeep(conn: &mut SqliteConnection, job: Job, heads: &mut Heads) {
+    match job {
+        Job::Append(_) => unreachable!("appends are written in batches"),
+        Job::Remove { streams, at, reply } => {
+            let done = remove(conn, &streams, at).await;
+            for s in &streams {
+                heads.0.remove(s);
+            }
+            let _ = reply.send(done);
+        }
+        Job::Forget { before, reply } => {
+            let done = sqlx::query("DELETE FROM removed_streams WHERE removed_at < ?")
+                .bind(before.millis() as i64)
+                .execute(&mut *conn)
+                .await
+                .map(|d| d.rows_affected())
+                .map_err(db_error);
+            let _ = reply.send(done);
+        }
+        Job::Reclaim { reply } => {
+            let _ = reply.send(reclaim(conn).await);
+        }
+    }
+}
+
+async fn remove(
+    conn: &mut SqliteConnection,
+    streams: &[String],
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    let mut tx = conn.begin().await.map_err(db_error)?;
+    for stream in streams {
+        sqlx::query("DELETE FROM events WHERE stream = ?")
+            .bind(stream)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO removed_streams (stream, removed_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(stream)
+        .bind(at.millis() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)
+}
+
+/// Frees the pages removals left empty and moves the shrunken file out of the
+/// write-ahead log, so the file on disk gets smaller.
+async fn reclaim(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("PRAGMA incremental_vacuum")
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    // busy readers make it a partial checkpoint, which is fine: the next one finishes it
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
 }
 
 /// Writes a batch in one transaction; each append gets its own result.
@@ -186,12 +310,20 @@ async fn append_one(
     let last = match known {
         Some(l) => l,
         None => {
-            let l: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(revision) FROM events WHERE stream = ?")
-                    .bind(&req.stream)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(db_error)?;
+            let (l, removed): (Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT (SELECT MAX(revision) FROM events WHERE stream = ?1), \
+                 (SELECT removed_at FROM removed_streams WHERE stream = ?1)",
+            )
+            .bind(&req.stream)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_error)?;
+            if let Some(at) = removed {
+                return Err(StoreError::Removed {
+                    stream: req.stream.clone(),
+                    removed_at: Some(Timestamp(at as u64)),
+                });
+            }
             let l = l.map(|l| l as u64);
             local.0.insert(req.stream.clone(), l);
             l
@@ -332,6 +464,32 @@ impl EventStore for SqliteStore {
             last
         };
         Ok((events, scanned))
+    }
+
+    async fn remove(&self, streams: &[String], at: Timestamp) -> Result<(), StoreError> {
+        let streams = streams.to_vec();
+        self.upkeep(|reply| Job::Remove { streams, at, reply })
+            .await
+    }
+
+    async fn tombstone(&self, stream: &str) -> Result<Option<Tombstone>, StoreError> {
+        let at: Option<i64> =
+            sqlx::query_scalar("SELECT removed_at FROM removed_streams WHERE stream = ?")
+                .bind(stream)
+                .fetch_optional(&self.reads)
+                .await
+                .map_err(db_error)?;
+        Ok(at.map(|at| Tombstone {
+            removed_at: Some(Timestamp(at as u64)),
+        }))
+    }
+
+    async fn forget_removed(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.upkeep(|reply| Job::Forget { before, reply }).await
+    }
+
+    async fn reclaim(&self) -> Result<(), StoreError> {
+        self.upkeep(|reply| Job::Reclaim { reply }).await
     }
 
     fn head(&self) -> watch::Receiver<Option<u64>> {

@@ -12,7 +12,7 @@ use sagaflow_engine::runtime::Task;
 use sagaflow_engine::saga::{Clock, Phase, Timestamp};
 use sagaflow_engine::store::memory::MemoryStore;
 use sagaflow_engine::store::{
-    Appended, EventRef, EventStore, Expected, NewEvent, RecordedEvent, StoreError,
+    Appended, EventRef, EventStore, Expected, NewEvent, RecordedEvent, StoreError, Tombstone,
 };
 use tokio::sync::watch;
 
@@ -166,6 +166,18 @@ impl EventStore for FaultyStore {
         limit: usize,
     ) -> Result<Vec<EventRef>, StoreError> {
         self.inner.read_all_refs(after, limit).await
+    }
+
+    async fn remove(&self, streams: &[String], at: Timestamp) -> Result<(), StoreError> {
+        self.inner.remove(streams, at).await
+    }
+
+    async fn tombstone(&self, stream: &str) -> Result<Option<Tombstone>, StoreError> {
+        self.inner.tombstone(stream).await
+    }
+
+    async fn forget_removed(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.inner.forget_removed(before).await
     }
 
     fn head(&self) -> watch::Receiver<Option<u64>> {
