@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Archives of removed instances: `read FILE` prints them as JSON lines.
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveAction,
+    },
     /// Measure the order-saga workload: throughput, latency, memory (one JSON line).
     Bench(commands::bench::BenchArgs),
     /// The template sandbox: evaluates jq expressions sent by a server on stdin.
@@ -81,6 +86,12 @@ enum Command {
 enum ProjectionsAction {
     /// Empty the read models and replay the whole event log into them (stop the server first).
     Rebuild(commands::projections::RebuildArgs),
+}
+
+#[derive(Subcommand)]
+enum ArchiveAction {
+    /// Print the instances in an archive file (written by `serve --archive-dir`), one JSON line each.
+    Read(commands::archive::ReadArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -137,6 +148,9 @@ fn main() -> ExitCode {
         Command::Projections {
             action: ProjectionsAction::Rebuild(args),
         } => serve(commands::projections::rebuild(args)),
+        Command::Archive {
+            action: ArchiveAction::Read(args),
+        } => commands::archive::read(&args),
     };
     match result {
         Ok(code) => code,

@@ -7,12 +7,17 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sagaflow_engine::projection::{Cursor, OrderRow, ORDER_WORKFLOW};
-use sagaflow_engine::runtime::{Runtime, RuntimeError};
+use sagaflow_engine::runtime::{keyed_id, Runtime, RuntimeError};
 
 use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
 use crate::types::{status, OrderStatus, Time};
 use crate::Tag;
+
+/// The Idempotency-Key an order's saga is started with.
+fn order_key(order_id: &str) -> String {
+    format!("order:{order_id}")
+}
 
 /// How long a request that asks for its own writes waits for the read models.
 pub(crate) const CONSISTENCY_WAIT: Duration = Duration::from_secs(5);
@@ -183,7 +188,7 @@ impl OrdersApi {
                 ORDER_WORKFLOW,
                 None,
                 input,
-                Some(format!("order:{}", order.order_id)),
+                Some(order_key(&order.order_id)),
             )
             .await
         {
@@ -224,7 +229,11 @@ impl OrdersApi {
         let wait = crate::instances::parse_wait(wait.0.as_deref())?;
         read_your_writes(&self.rt, consistent.0 || wait.is_some()).await?;
         let Some(mut order) = self.rt.order(&order_id).await? else {
-            return Err(ApiError::unknown_order(&order_id));
+            let id = keyed_id(ORDER_WORKFLOW, &order_key(&order_id));
+            return Err(match self.rt.why_missing(id).await {
+                e @ RuntimeError::Removed { .. } => e.into(),
+                _ => ApiError::unknown_order(&order_id),
+            });
         };
         if let Some(d) = wait {
             let ended = self.rt.wait(order.instance_id, d).await?;

@@ -258,6 +258,15 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::UnknownInstance(_) => {
                 problem(404, "unknown-instance", "Unknown instance", detail, false)
             }
+            RuntimeError::Removed { .. } => {
+                problem(404, "instance-removed", "Instance removed", detail, false)
+            }
+            RuntimeError::Store(sagaflow_engine::store::StoreError::Removed { .. }) => {
+                problem(404, "instance-removed", "Instance removed", detail, false)
+            }
+            RuntimeError::StartOfRemoved { .. } => {
+                problem(409, "instance-removed", "Instance removed", detail, false)
+            }
             RuntimeError::NoSuchRevision(..) => {
                 problem(404, "unknown-revision", "Unknown revision", detail, false)
             }
@@ -347,7 +356,7 @@ impl From<RuntimeError> for ApiError {
                 detail,
                 true,
             ),
-            RuntimeError::Store(_) | RuntimeError::Corrupt(_) => {
+            RuntimeError::Store(_) | RuntimeError::Corrupt(_) | RuntimeError::Archive(_) => {
                 problem(500, "internal", "Internal error", detail, false)
             }
         };

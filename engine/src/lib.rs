@@ -14,15 +14,19 @@
 //!   EventStoreDB adapters and the conformance suite they pass.
 //! - [`runtime`]: runs instances: a facade over the executor (decide,
 //!   append, evolve, then perform HTTP calls, worker tasks, timers; resume on
-//!   start), the scheduler (timers, cron), the task queues and the cluster
-//!   (replicas' lease and log follower). `tests/simulation/` runs these
+//!   start), the scheduler (timers, cron), the task queues, the cluster
+//!   (replicas' lease and log follower) and retention (removing ended
+//!   instances). `tests/simulation/` runs these
 //!   parts under injected faults from a seed (ADR 12).
 //! - [`projection`]: read models that follow the log (`saga_instances`).
+//! - [`archive`]: the files retention writes removed instances to (gzip
+//!   JSON lines, a file per day), and reading them back.
 //! - [`testing`]: workflow tests (`sagaflow test`): cases run on the pure
 //!   core with a manual clock, their effects and end compared.
 //! - [`secrets`]: the server's secret values, masked wherever text leaves
 //!   the template engine.
 
+pub mod archive;
 pub mod compile;
 pub mod diagnostic;
 pub mod dsl;

@@ -17,6 +17,7 @@ pub const STORE_BATCH: &str = "sagaflow_store_batch_appends";
 pub const LIVE_INSTANCES: &str = "sagaflow_live_instances";
 pub const PENDING_TIMERS: &str = "sagaflow_pending_timers";
 pub const PARTITIONS_HELD: &str = "sagaflow_partitions_held";
+pub const INSTANCES_REMOVED: &str = "sagaflow_instances_removed_total";
 
 /// The histograms, with the bucket bounds that suit them (seconds, or appends per commit).
 pub const HISTOGRAMS: [(&str, &[f64]); 4] = [
@@ -81,6 +82,10 @@ pub fn describe() {
     describe_gauge!(
         PARTITIONS_HELD,
         "Partitions of instances this replica drives (shared stores only)."
+    );
+    describe_counter!(
+        INSTANCES_REMOVED,
+        "Ended instances removed by retention (this process)."
     );
 }
 
@@ -174,6 +179,10 @@ fn step_duration(
         "outcome" => outcome
     )
     .record(started.until(at).as_secs_f64());
+}
+
+pub(crate) fn instances_removed(n: usize) {
+    counter!(INSTANCES_REMOVED).increment(n as u64);
 }
 
 pub(crate) fn store_commit(seconds: f64, appends: usize) {

@@ -12,7 +12,9 @@ use sagaflow_api::demo::DemoConfig;
 use sagaflow_api::ApiConfig;
 use sagaflow_engine::projection::Projections;
 use sagaflow_engine::runtime::cluster::PARTITIONS;
-use sagaflow_engine::runtime::{ClusterConfig, Runtime, RuntimeConfig, RuntimeError};
+use sagaflow_engine::runtime::{
+    ClusterConfig, RetentionConfig, Runtime, RuntimeConfig, RuntimeError,
+};
 use sagaflow_engine::saga::SystemClock;
 use sagaflow_engine::secrets::Secrets;
 use sagaflow_engine::store::sqlite::SqliteStore;
@@ -101,6 +103,34 @@ pub struct ServeArgs {
     /// Serve no Prometheus metrics at /metrics.
     #[arg(long, env = "SAGAFLOW_NO_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_metrics: bool,
+    /// Remove instances that ended longer ago than this (e.g. `30d`, `12h`),
+    /// from the event log and the read models, in the background; `off`
+    /// keeps them for ever.
+    #[arg(long, env = "SAGAFLOW_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub retention: Retention,
+    /// How long a removed instance's Idempotency-Key stays refused (its
+    /// tombstone). On EventStoreDB the refusal is for ever.
+    #[arg(long, env = "SAGAFLOW_TOMBSTONE_WINDOW", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub tombstone_window: Duration,
+    /// Archive removed instances first: one gzip JSON-lines file per day
+    /// under this folder (`sagaflow archive read FILE` shows one).
+    #[arg(long, env = "SAGAFLOW_ARCHIVE_DIR")]
+    pub archive_dir: Option<PathBuf>,
+}
+
+/// How long ended instances are kept (`None`: for ever).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention(pub Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Retention(None));
+    }
+    let age = humantime::parse_duration(s).map_err(|e| format!("{e} (or `off`)"))?;
+    if age.is_zero() {
+        return Err("a retention of zero would remove instances as they end; use `off` to keep them, or an age".into());
+    }
+    Ok(Retention(Some(age)))
 }
 
 /// A token from the command line or `SAGAFLOW_TOKENS`.
@@ -257,6 +287,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ClusterConfig::new(args.lease_ttl, Some(url.trim_end_matches('/').to_string()))
         }),
         secrets: Arc::new(secrets),
+        retention: RetentionConfig {
+            max_age: args.retention.0,
+            tombstone_window: args.tombstone_window,
+            archive_dir: args.archive_dir.clone(),
+            ..RetentionConfig::default()
+        },
         ..RuntimeConfig::default()
     };
     let rt = Runtime::new(

@@ -13,10 +13,12 @@
 //! position ([`Projections::wait_for`]).
 
 mod orders;
+mod retention;
 mod sql;
 
 use orders::order_update;
 pub use orders::{OrderRow, ORDER_WORKFLOW};
+pub use retention::Ended;
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,13 +28,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::saga::{Event, Phase, Timestamp};
-use crate::store::{EventStore, RecordedEvent, StoreError};
+use crate::store::{EventStore, RecordedEvent, StoreError, STREAM_REMOVED};
 
 use sql::{corrupt, Arg, Columns, Db, Dialect, Stmt};
 
 const NAME: &str = "saga_instances";
 /// The events that change a row; the others are not even read.
-const TYPES: [&str; 15] = [
+const TYPES: [&str; 16] = [
     "BranchesStarted",
     "ElementsListed",
     "UnitsToCompensate",
@@ -48,6 +50,8 @@ const TYPES: [&str; 15] = [
     "SagaCompensated",
     "SagaFailed",
     "SagaCancelled",
+    // the end of a removed stream whose events the store still shows (EventStoreDB)
+    STREAM_REMOVED,
 ];
 const BATCH: usize = 1000;
 /// The first and the longest pause before a failed catch-up is tried again.
@@ -278,6 +282,10 @@ impl Projections {
             let Some(id) = rec.stream.strip_prefix("saga-") else {
                 continue;
             };
+            if rec.event_type == STREAM_REMOVED {
+                stmts.extend(retention::forget(id));
+                continue;
+            }
             let event = match rec.to_event() {
                 Ok(e) => e,
                 Err(e) => {

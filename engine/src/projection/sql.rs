@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -138,6 +139,8 @@ impl Db {
             .map_err(db)?
             .filename(path)
             .create_if_missing(true)
+            // space freed by retention goes back to the file system (on a new file)
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             // Read models are rebuilt from the log, so they need not fsync on every commit.
             .synchronous(SqliteSynchronous::Normal)

@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use crate::diagnostic::Diagnostic;
-use crate::saga::{EventError, Rejection};
+use crate::saga::{EventError, Rejection, Timestamp};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +14,21 @@ pub enum RuntimeError {
     UnknownVersion(String, u32),
     #[error("no instance {0}")]
     UnknownInstance(Uuid),
+    #[error(
+        "instance {id} ended long enough ago to be removed (retention){}",
+        at(removed_at)
+    )]
+    Removed {
+        id: Uuid,
+        removed_at: Option<Timestamp>,
+    },
+    #[error("the Idempotency-Key started instance {id}, which was removed (retention){}; the key cannot start another while its tombstone is kept", at(removed_at))]
+    StartOfRemoved {
+        id: Uuid,
+        removed_at: Option<Timestamp>,
+    },
+    #[error("archiving removed instances failed: {0}")]
+    Archive(String),
     #[error("instance {0} has no revision {1} (its revisions are 0 to {2} minus one)")]
     NoSuchRevision(Uuid, u64, u64),
     #[error("no task {0} is waiting for an answer")]
@@ -41,6 +56,10 @@ pub enum RuntimeError {
     /// same request may succeed later.
     #[error("{0}")]
     Overloaded(String),
+}
+
+fn at(t: &Option<Timestamp>) -> String {
+    t.map(|t| format!(" at {t}")).unwrap_or_default()
 }
 
 /// The first error's message, with the count of the others.

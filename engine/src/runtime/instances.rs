@@ -40,7 +40,20 @@ pub struct Started {
     pub created: bool,
 }
 
+/// The id of the instance an Idempotency-Key starts (ADR 4).
+pub fn keyed_id(workflow: &str, key: &str) -> Uuid {
+    Uuid::new_v5(
+        &IDEMPOTENCY_NAMESPACE,
+        format!("{workflow}\n{key}").as_bytes(),
+    )
+}
+
 impl Runtime {
+    /// Why there is no instance `id`: removed by retention (with when), or unknown.
+    pub async fn why_missing(&self, id: Uuid) -> RuntimeError {
+        self.unknown(id).await
+    }
+
     /// Starts an instance. With an Idempotency-Key, the instance id derives from
     /// the workflow and the key, so a retried start finds the instance it made.
     pub async fn start(
@@ -55,10 +68,7 @@ impl Runtime {
             .check_input(&input)
             .map_err(RuntimeError::InvalidInput)?;
         let id = match &idempotency_key {
-            Some(k) => Uuid::new_v5(
-                &IDEMPOTENCY_NAMESPACE,
-                format!("{workflow}\n{k}").as_bytes(),
-            ),
+            Some(k) => keyed_id(workflow, k),
             None => Uuid::now_v7(),
         };
         let key = id.to_string();
@@ -77,6 +87,9 @@ impl Runtime {
         let new: Vec<NewEvent> = d.events.iter().map(NewEvent::from).collect();
         match self.noted(self.0.store.append(&stream, Expected::NoStream, new).await) {
             Ok(a) => self.wrote(id, a.revision),
+            Err(crate::store::StoreError::Removed { removed_at, .. }) => {
+                return Err(RuntimeError::StartOfRemoved { id, removed_at });
+            }
             Err(e) if e.is_conflict() && idempotency_key.is_some() => {
                 let existing = self.get(id).await?;
                 if existing.input != input || existing.workflow != workflow {
@@ -129,7 +142,7 @@ impl Runtime {
         }
         let events = self.read_events(id).await?;
         if events.is_empty() {
-            return Err(RuntimeError::UnknownInstance(id));
+            return Err(self.unknown(id).await);
         }
         self.view_of(id, &events)
     }
@@ -209,7 +222,7 @@ impl Runtime {
             .read_stream(&format!("saga-{id}"), from)
             .await?;
         if events.is_empty() && from == 0 {
-            return Err(RuntimeError::UnknownInstance(id));
+            return Err(self.unknown(id).await);
         }
         Ok(events)
     }
@@ -255,7 +268,7 @@ impl Runtime {
     pub async fn state_at(&self, id: Uuid, revision: u64) -> Result<InstanceView, RuntimeError> {
         let events = self.read_events(id).await?;
         if events.is_empty() {
-            return Err(RuntimeError::UnknownInstance(id));
+            return Err(self.unknown(id).await);
         }
         let upto = usize::try_from(revision.saturating_add(1)).unwrap_or(usize::MAX);
         if upto > events.len() {

@@ -11,6 +11,8 @@
 //! - [`cluster`]: with replicas, the partition lease and the log follower.
 //! - [`instances`] and [`queries`]: the API over one instance (start, read,
 //!   steer) and over the read models.
+//! - [`retention`]: removes instances that ended long enough ago, archiving
+//!   them first if asked.
 //!
 //! The relay of a worker's request to the replica that holds its instance
 //! belongs to the API; the engine only says which replica that is.
@@ -22,13 +24,15 @@ pub mod http;
 mod instances;
 mod queries;
 mod registry;
+mod retention;
 pub mod scheduler;
 pub mod tasks;
 
 pub use cluster::ClusterConfig;
 pub use error::{InputError, RuntimeError};
-pub use instances::{InstanceView, Started};
+pub use instances::{keyed_id, InstanceView, Started};
 pub use registry::{PublishOutcome, Published};
+pub use retention::{RetentionConfig, Swept};
 pub use scheduler::timers;
 pub use tasks::{Task, TaskId};
 
@@ -81,6 +85,8 @@ pub struct RuntimeConfig {
     pub cluster: Option<ClusterConfig>,
     /// Values masked wherever text leaves the template engine.
     pub secrets: Arc<Secrets>,
+    /// How long ended instances are kept.
+    pub retention: RetentionConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -90,6 +96,7 @@ impl Default for RuntimeConfig {
             default_http_timeout: Duration::from_secs(30),
             cluster: None,
             secrets: Arc::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -183,6 +190,12 @@ impl Runtime {
         self.0.tracker.spawn(async move { rt.lease_loop().await });
         let rt = self.clone();
         self.0.tracker.spawn(async move { rt.cron_loop().await });
+        if self.0.config.retention.max_age.is_some() {
+            let rt = self.clone();
+            self.0
+                .tracker
+                .spawn(async move { rt.retention_loop().await });
+        }
         let resumed = self.resume().await?;
         if let Some(p) = self.0.projections.clone() {
             let store = self.0.store.clone();

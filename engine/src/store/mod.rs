@@ -168,6 +168,11 @@ impl StoreError {
         matches!(self, StoreError::Conflict { .. })
     }
 
+    /// The stream was removed: its tombstone refuses the write.
+    pub fn is_removed(&self) -> bool {
+        matches!(self, StoreError::Removed { .. })
+    }
+
     /// Worth retrying as is.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))

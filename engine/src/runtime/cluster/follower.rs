@@ -175,6 +175,12 @@ impl Runtime {
         for e in batch {
             if let Some(id) = e.stream.strip_prefix("saga-") {
                 if let Ok(id) = Uuid::parse_str(id) {
+                    if e.event_type == crate::store::STREAM_REMOVED {
+                        // removed by retention (EventStoreDB's marker): nothing to take in
+                        self.lock_live().remove(&id);
+                        moved.remove(&id);
+                        continue;
+                    }
                     // (asked first, so the note of an append here is dropped whoever drives it)
                     if !self.written_here(id, e.revision) && self.drives(id) {
                         let r = moved.entry(id).or_default();

@@ -82,7 +82,7 @@ impl Runtime {
         }
         let events = self.read_events(id).await?;
         if events.is_empty() {
-            return Err(RuntimeError::UnknownInstance(id));
+            return Err(self.unknown(id).await);
         }
         let st = fold(&events);
         let published = self.0.registry.get(&st.workflow, Some(st.version))?;
@@ -463,7 +463,9 @@ impl Runtime {
         r: Result<T, crate::store::StoreError>,
     ) -> Result<T, crate::store::StoreError> {
         let failure = match &r {
-            Err(e) if !e.is_conflict() => Some((std::time::Instant::now(), e.to_string())),
+            Err(e) if !e.is_conflict() && !e.is_removed() => {
+                Some((std::time::Instant::now(), e.to_string()))
+            }
             _ => None,
         };
         *self
