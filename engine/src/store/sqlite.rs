@@ -89,7 +89,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         // Space freed by retention goes back to the file system
         // (`PRAGMA incremental_vacuum`); it takes effect on a new file only
-        // (docs/operations.md says how to convert an older one).
+        // (README "Retention" says how to convert an older one).
         let writing = options.clone().auto_vacuum(SqliteAutoVacuum::Incremental);
         let mut writer = SqliteConnection::connect_with(&writing)
             .await
