@@ -263,3 +263,6 @@ mod tests;
 
 #[cfg(test)]
 mod timer_tests;
+
+#[cfg(test)]
+mod retention_tests;
