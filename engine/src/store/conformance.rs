@@ -93,6 +93,23 @@ async fn removed_streams_stay_removed(s: &impl EventStore) {
     s.append("saga-kept", Expected::Revision(1), vec![ev(2)])
         .await
         .unwrap();
+
+    // the stream with the newest event goes: its positions are not given out again
+    let newest = s
+        .append("saga-newest", Expected::NoStream, vec![ev(0)])
+        .await
+        .unwrap();
+    s.remove(&["saga-newest".to_string()], Timestamp(2_000))
+        .await
+        .unwrap();
+    let after = s
+        .append("saga-kept", Expected::Revision(2), vec![ev(3)])
+        .await
+        .unwrap();
+    assert!(
+        after.position > newest.position,
+        "{after:?} after {newest:?}"
+    );
 }
 
 /// Trimming may drop old events (or keep them), never renumber the rest or

@@ -225,7 +225,7 @@ async fn write_batch(
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-    let mut position: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+    let mut position: i64 = sqlx::query_scalar("SELECT position FROM log_head")
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -315,6 +315,11 @@ async fn write_batch(
         }));
     }
     if results.iter().any(Result::is_ok) {
+        sqlx::query("UPDATE log_head SET position = $1")
+            .bind(position)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(position.to_string())

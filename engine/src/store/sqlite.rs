@@ -31,9 +31,17 @@ const MAX_BATCH: usize = 512;
 /// most appends need no read; forgotten wholesale past this many streams.
 const HEAD_CACHE: usize = 65_536;
 
-/// The last revision of recently written streams.
+/// A stream as the writer knows it: its number in `streams`, and its last
+/// revision (`None`: no events yet).
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    id: i64,
+    last: Option<u64>,
+}
+
+/// Recently written streams.
 #[derive(Default)]
-struct Heads(std::collections::HashMap<String, Option<u64>>);
+struct Heads(std::collections::HashMap<String, Head>);
 
 /// Work for the writer task: appends (taken together into one transaction)
 /// and the upkeep of retention (each in a transaction of its own).
@@ -227,7 +235,12 @@ async fn remove(
 ) -> Result<(), StoreError> {
     let mut tx = conn.begin().await.map_err(db_error)?;
     for stream in streams {
-        sqlx::query("DELETE FROM events WHERE stream = ?")
+        sqlx::query("DELETE FROM events WHERE stream_id = (SELECT id FROM streams WHERE name = ?)")
+            .bind(stream)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("DELETE FROM streams WHERE name = ?")
             .bind(stream)
             .execute(&mut *tx)
             .await
@@ -307,12 +320,13 @@ async fn append_one(
         .get(&req.stream)
         .or_else(|| heads.0.get(&req.stream))
         .copied();
-    let last = match known {
-        Some(l) => l,
+    let (id, last) = match known {
+        Some(h) => (Some(h.id), h.last),
         None => {
-            let (l, removed): (Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT (SELECT MAX(revision) FROM events WHERE stream = ?1), \
-                 (SELECT removed_at FROM removed_streams WHERE stream = ?1)",
+            let (id, l, removed): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT s.id, (SELECT MAX(revision) FROM events WHERE stream_id = s.id), \
+                 (SELECT removed_at FROM removed_streams WHERE stream = ?1) \
+                 FROM (SELECT ?1 AS name) AS wanted LEFT JOIN streams s ON s.name = wanted.name",
             )
             .bind(&req.stream)
             .fetch_one(&mut *conn)
@@ -325,8 +339,10 @@ async fn append_one(
                 });
             }
             let l = l.map(|l| l as u64);
-            local.0.insert(req.stream.clone(), l);
-            l
+            if let Some(id) = id {
+                local.0.insert(req.stream.clone(), Head { id, last: l });
+            }
+            (id, l)
         }
     };
     if !req.expected.admits(last) {
@@ -336,8 +352,18 @@ async fn append_one(
             actual: last,
         });
     }
+    let id = match id {
+        Some(id) => id,
+        // a new stream gets its number (kept only if the transaction commits)
+        None => sqlx::query("INSERT INTO streams (name) VALUES (?)")
+            .bind(&req.stream)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?
+            .last_insert_rowid(),
+    };
     let first_revision = last.map_or(0, |l| l + 1);
-    let mut sql = String::from("INSERT INTO events (stream, revision, event_type, schema_version, data, recorded_at) VALUES ");
+    let mut sql = String::from("INSERT INTO events (stream_id, revision, event_type, schema_version, data, recorded_at) VALUES ");
     for i in 0..req.events.len() {
         sql.push_str(if i == 0 {
             "(?, ?, ?, ?, ?, ?)"
@@ -348,7 +374,7 @@ async fn append_one(
     let mut q = sqlx::query(&sql);
     for (i, e) in req.events.iter().enumerate() {
         q = q
-            .bind(&req.stream)
+            .bind(id)
             .bind((first_revision + i as u64) as i64)
             .bind(&e.event_type)
             .bind(i64::from(e.schema_version))
@@ -370,7 +396,13 @@ async fn append_one(
         Err(e) => return Err(db_error(e)),
     };
     let revision = first_revision + req.events.len() as u64 - 1;
-    local.0.insert(req.stream.clone(), Some(revision));
+    local.0.insert(
+        req.stream.clone(),
+        Head {
+            id,
+            last: Some(revision),
+        },
+    );
     Ok(Appended {
         revision,
         position: done.last_insert_rowid() as u64,
@@ -406,8 +438,9 @@ impl EventStore for SqliteStore {
 
     async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT stream, revision, position, event_type, schema_version, data, recorded_at \
-             FROM events WHERE stream = ? AND revision >= ? ORDER BY revision",
+            "SELECT ?1 AS stream, revision, position, event_type, schema_version, data, recorded_at \
+             FROM events WHERE stream_id = (SELECT id FROM streams WHERE name = ?1) AND revision >= ?2 \
+             ORDER BY revision",
         )
         .bind(stream)
         .bind(from as i64)
@@ -423,8 +456,9 @@ impl EventStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT stream, revision, position, event_type, schema_version, data, recorded_at \
-             FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            "SELECT (SELECT name FROM streams WHERE id = stream_id) AS stream, revision, position, \
+             event_type, schema_version, data, recorded_at FROM events \
+             WHERE position > ? ORDER BY position LIMIT ?",
         )
         .bind(after.map_or(-1, |p| p as i64))
         .bind(limit as i64)
@@ -444,8 +478,9 @@ impl EventStore for SqliteStore {
         let head = *self.head.borrow();
         let marks = vec!["?"; types.len()].join(", ");
         let sql = format!(
-            "SELECT stream, revision, position, event_type, schema_version, data, recorded_at \
-             FROM events WHERE position > ? AND event_type IN ({marks}) ORDER BY position LIMIT ?"
+            "SELECT (SELECT name FROM streams WHERE id = stream_id) AS stream, revision, position, \
+             event_type, schema_version, data, recorded_at FROM events \
+             WHERE position > ? AND event_type IN ({marks}) ORDER BY position LIMIT ?"
         );
         let mut q = sqlx::query(&sql).bind(after.map_or(-1, |p| p as i64));
         for t in types {
@@ -541,6 +576,63 @@ mod tests {
         drop(conn);
         let err = SqliteStore::open(&path).await.err().expect("refused");
         assert!(err.to_string().contains("newer version"), "{err}");
+    }
+
+    /// A file written before stream names were numbered (migrations 1 and 2)
+    /// is converted on open: its streams read back whole, and appends go on
+    /// from their revisions and after the last position.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_with_named_streams_is_converted() {
+        let path = temp("named");
+        let mut conn = SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        let mut older = sqlx::migrate!("../migrations/sqlite");
+        older.migrations = std::borrow::Cow::Owned(older.migrations[..2].to_vec());
+        older.run(&mut conn).await.unwrap();
+        for (position, stream, revision) in [(1, "saga-a", 0), (2, "saga-b", 0), (3, "saga-a", 1)] {
+            sqlx::query("INSERT INTO events (position, stream, revision, event_type, schema_version, data, recorded_at) VALUES (?, ?, ?, 'T', 1, ?, 5)")
+                .bind(position)
+                .bind(stream)
+                .bind(revision)
+                .bind(format!("{{\"p\":{position}}}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        drop(conn);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let a = store.read_stream("saga-a", 0).await.unwrap();
+        assert_eq!(
+            a.iter()
+                .map(|e| (e.position, e.revision, e.data["p"].as_u64()))
+                .collect::<Vec<_>>(),
+            [(1, 0, Some(1)), (3, 1, Some(3))]
+        );
+        let all = store.read_all(None, 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>(),
+            ["saga-a", "saga-b", "saga-a"]
+        );
+        let ev = NewEvent {
+            event_type: "T".into(),
+            schema_version: 1,
+            data: serde_json::json!({}),
+        };
+        assert!(store
+            .append("saga-b", Expected::NoStream, vec![ev.clone()])
+            .await
+            .unwrap_err()
+            .is_conflict());
+        let next = store
+            .append("saga-b", Expected::Revision(0), vec![ev])
+            .await
+            .unwrap();
+        assert_eq!((next.revision, next.position), (1, 4));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
