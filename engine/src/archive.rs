@@ -57,12 +57,12 @@ impl From<RecordedEvent> for ArchivedEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}, line {line}: not an archived instance: {source}")]
+    #[error("{path}, line {line}: not an archived instance")]
     Format {
         path: PathBuf,
         line: usize,

@@ -49,11 +49,6 @@ pub fn keyed_id(workflow: &str, key: &str) -> Uuid {
 }
 
 impl Runtime {
-    /// Why there is no instance `id`: removed by retention (with when), or unknown.
-    pub async fn why_missing(&self, id: Uuid) -> RuntimeError {
-        self.unknown(id).await
-    }
-
     /// Starts an instance. With an Idempotency-Key, the instance id derives from
     /// the workflow and the key, so a retried start finds the instance it made.
     pub async fn start(
@@ -142,7 +137,7 @@ impl Runtime {
         }
         let events = self.read_events(id).await?;
         if events.is_empty() {
-            return Err(self.unknown(id).await);
+            return Err(self.why_missing(id).await);
         }
         self.view_of(id, &events)
     }
@@ -222,7 +217,7 @@ impl Runtime {
             .read_stream(&format!("saga-{id}"), from)
             .await?;
         if events.is_empty() && from == 0 {
-            return Err(self.unknown(id).await);
+            return Err(self.why_missing(id).await);
         }
         Ok(events)
     }
@@ -268,7 +263,7 @@ impl Runtime {
     pub async fn state_at(&self, id: Uuid, revision: u64) -> Result<InstanceView, RuntimeError> {
         let events = self.read_events(id).await?;
         if events.is_empty() {
-            return Err(self.unknown(id).await);
+            return Err(self.why_missing(id).await);
         }
         let upto = usize::try_from(revision.saturating_add(1)).unwrap_or(usize::MAX);
         if upto > events.len() {

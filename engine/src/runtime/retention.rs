@@ -156,9 +156,9 @@ impl Runtime {
         }
     }
 
-    /// The error for an instance the store does not have: removed (with
+    /// Why the store has no instance `id`: removed by retention (with
     /// when), or unknown.
-    pub(crate) async fn unknown(&self, id: Uuid) -> RuntimeError {
+    pub async fn why_missing(&self, id: Uuid) -> RuntimeError {
         match self.0.store.tombstone(&format!("saga-{id}")).await {
             Ok(Some(t)) => RuntimeError::Removed {
                 id,

@@ -82,7 +82,7 @@ impl Runtime {
         }
         let events = self.read_events(id).await?;
         if events.is_empty() {
-            return Err(self.unknown(id).await);
+            return Err(self.why_missing(id).await);
         }
         let st = fold(&events);
         let published = self.0.registry.get(&st.workflow, Some(st.version))?;
