@@ -706,7 +706,7 @@ async fn orders_are_created_followed_and_listed_per_customer() {
     let (_, found) = get_json(
         &c,
         format!(
-            "{}/instances?input_field=customer_id=c-9&input_field=amount=5000&consistent=true",
+            "{}/instances?input_field=customer_id=c-9&input_field=order_id=o-101&consistent=true",
             s.url
         ),
     )
@@ -731,6 +731,20 @@ async fn orders_are_created_followed_and_listed_per_customer() {
             StatusCode::BAD_REQUEST,
             "/problems/bad-input-filter",
         ),
+        // only the fields a workflow declares (`search:`) are indexed
+        (
+            format!("{}/instances?input_field=amount=5000", s.url),
+            StatusCode::BAD_REQUEST,
+            "/problems/field-not-searchable",
+        ),
+        (
+            format!(
+                "{}/instances?workflow=trip-booking&input_field=customer_id=c-9",
+                s.url
+            ),
+            StatusCode::BAD_REQUEST,
+            "/problems/field-not-searchable",
+        ),
         (
             format!("{}/instances?cursor=zzz", s.url),
             StatusCode::BAD_REQUEST,
@@ -749,6 +763,19 @@ async fn orders_are_created_followed_and_listed_per_customer() {
             "{url}"
         );
     }
+    let (_, p) = get_json(
+        &c,
+        format!(
+            "{}/instances?workflow=trip-booking&input_field=customer_id=c-9",
+            s.url
+        ),
+    )
+    .await;
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("`search: [customer_id]`") && detail.contains("declared by `order`"),
+        "{p}"
+    );
     let (status, p) = post(&c, format!("{}/orders", s.url), json!({"order_id": "o-1", "customer_id": "c", "items": [{"sku": "a", "qty": 0}], "amount": 1})).await;
     assert_eq!(
         (status, p["errors"][0]["path"].as_str()),

@@ -279,7 +279,10 @@ impl InstancesApi {
         /// Started before this time.
         started_until: Query<Option<Time>>,
         /// Input fields that must match, as `path=value` (repeatable), e.g.
-        /// `customer_id=c-42` or `address.city=Oslo`; numbers and text compare as text.
+        /// `customer_id=c-42` or `address.city=Oslo`; numbers match however they
+        /// are written (`5000`, `5000.0`). Only fields the workflow declares
+        /// searchable (`search:`) can be searched; others get 400
+        /// `/problems/field-not-searchable`.
         #[oai(default)]
         input_field: Query<Vec<String>>,
         /// From `next_cursor` of the previous page.

@@ -245,6 +245,13 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Overloaded(_) => {
                 problem(429, "too-many", "Too many at once", detail, true)
             }
+            RuntimeError::NotSearchable { .. } => problem(
+                400,
+                "field-not-searchable",
+                "Field not searchable",
+                detail,
+                false,
+            ),
             RuntimeError::NoReadModels => {
                 problem(503, "no-read-models", "No read models", detail, false)
             }

@@ -235,7 +235,8 @@ async fn drive(
 
 /// p50 and p99 (ms) of each listing and search of the API, asked `times`
 /// times one after the other: a status with no match, a status with many,
-/// a time range, the second page through a cursor, a customer's orders.
+/// a time range, the second page through a cursor, a customer's orders,
+/// and a search by a declared input field.
 async fn listing_latencies(
     client: &reqwest::Client,
     url: &str,
@@ -276,6 +277,10 @@ async fn listing_latencies(
         (
             "customer_orders",
             "/customers/c-42/orders?limit=50".to_string(),
+        ),
+        (
+            "input_field",
+            "/instances?workflow=order&input_field=customer_id=c-42&limit=50".to_string(),
         ),
     ];
     let mut out = serde_json::Map::new();

@@ -130,6 +130,7 @@ impl<'a> Checker<'a> {
         if let Some(output) = &spec.output {
             self.output = self.value_template(output, DocPath::root().key("output"), Scope::All);
         }
+        self.search_fields();
         let mut seen: HashMap<&str, String> = HashMap::new();
         let named = spec.steps.iter().enumerate().flat_map(|(i, step)| {
             let here = DocPath::root().key("steps").index(i);
@@ -233,6 +234,50 @@ impl<'a> Checker<'a> {
                 "a workflow has at most one pivot step",
             )
             .help = Some(format!("steps[{}] is already the pivot", pivots[0]));
+        }
+    }
+
+    /// `search:` names input fields: dotted paths, each once, that the input
+    /// schema allows (a schema that closes its properties must name them).
+    fn search_fields(&mut self) {
+        let spec = self.spec;
+        let mut seen = std::collections::HashSet::new();
+        for (i, field) in spec.search.iter().enumerate() {
+            let path = DocPath::root().key("search").index(i);
+            let ok = !field.is_empty()
+                && field.len() <= 200
+                && field.split('.').all(|p| {
+                    !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            if !ok {
+                self.error(
+                    "bad-search-field",
+                    path,
+                    format!("search field `{field}` must be a path of letters, digits and `_`, joined by `.`"),
+                )
+                .help = Some("e.g. `customer_id` or `address.city`".into());
+                continue;
+            }
+            if !seen.insert(field.as_str()) {
+                self.error(
+                    "duplicate-search-field",
+                    path,
+                    format!("search field `{field}` is named twice"),
+                );
+                continue;
+            }
+            if let Some((at, known)) = spec.input.as_ref().and_then(|s| closed_off(s, field)) {
+                self.error(
+                    "search-field-not-in-input",
+                    path,
+                    format!("search field `{field}` can never be in the input: the input schema allows no `{at}`"),
+                )
+                .help = Some(if known.is_empty() {
+                    "the schema there names no properties".into()
+                } else {
+                    format!("it names {}", known.join(", "))
+                });
+            }
         }
     }
 
@@ -938,6 +983,28 @@ impl<'a> Checker<'a> {
 }
 
 /// Whether a failure of this kind can reach the step at all.
+/// Where a dotted input path leaves a schema that closes its properties
+/// (`additionalProperties: false`): the part of the path up to there, and the
+/// properties the schema names there. `None` when the path may be present.
+fn closed_off(schema: &serde_json::Value, field: &str) -> Option<(String, Vec<String>)> {
+    let mut node = schema;
+    let mut walked = Vec::new();
+    for part in field.split('.') {
+        walked.push(part);
+        let props = node.get("properties").and_then(|p| p.as_object());
+        if let Some(next) = props.and_then(|p| p.get(part)) {
+            node = next;
+            continue;
+        }
+        let closed = node.get("additionalProperties") == Some(&serde_json::Value::Bool(false));
+        return closed.then(|| {
+            let known = props.map(|p| p.keys().map(|k| format!("`{k}`")).collect());
+            (walked.join("."), known.unwrap_or_default())
+        });
+    }
+    None
+}
+
 pub(crate) fn can_time_out(step: &Step) -> bool {
     step.timeout.is_some() || matches!(&step.action, Action::Task(t) if t.heartbeat.is_some())
 }

@@ -138,6 +138,7 @@ fn compile_spec(parsed: &Parsed) -> Checked {
                 version: spec.version,
                 description: spec.description.clone(),
                 input_schema: spec.input.clone(),
+                search: spec.search.clone(),
                 env: spec.env.clone(),
                 deadline,
                 pivot: steps.iter().position(|s| s.role == Role::Pivot),

@@ -19,6 +19,8 @@ pub struct Machine {
     pub hash: String,
     pub description: Option<String>,
     pub input_schema: Option<serde_json::Value>,
+    /// The input fields kept in the search index (`search:`), as dotted paths.
+    pub search: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub deadline: Option<Duration>,
     pub steps: Vec<Step>,

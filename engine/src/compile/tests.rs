@@ -399,3 +399,50 @@ fn element_keys_carry_the_index() {
     assert_eq!(hotel.effect_key("i", None, false, 1), "i:hotel");
     assert_eq!(m.unit_named("car"), Some((0, Some(2))));
 }
+
+#[test]
+fn checks_search_fields() {
+    let text = "\
+name: w
+input:
+  type: object
+  additionalProperties: false
+  properties:
+    customer_id: {type: string}
+    address: {type: object, properties: {city: {type: string}}}
+    meta: {type: object, additionalProperties: false}
+search: [customer_id, address.city, address.zip, customer_id, 'a-b', customer, meta.x, '']
+steps:
+  - name: a
+    http: {url: 'http://x'}
+    compensate: none
+";
+    assert_eq!(
+        diags(text),
+        vec![
+            "9:50 duplicate-search-field search[3]",
+            "9:63 bad-search-field search[4]",
+            "9:70 search-field-not-in-input search[5]",
+            "9:80 search-field-not-in-input search[6]",
+            "9:88 bad-search-field search[7]",
+        ]
+    );
+    let c = check(text);
+    let closed = c
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "search-field-not-in-input")
+        .unwrap();
+    assert_eq!(
+        closed.help.as_deref(),
+        Some("it names `address`, `customer_id`, `meta`")
+    );
+    // open schemas, and no schema, allow any path
+    let m = machine(&text.replace(
+        ", address.zip, customer_id, 'a-b', customer, meta.x, ''",
+        "",
+    ));
+    assert_eq!(m.search, ["customer_id", "address.city"]);
+    let open = "name: w\nsearch: [anything.at_all]\nsteps:\n  - name: a\n    http: {url: 'http://x'}\n    compensate: none\n";
+    assert_eq!(machine(open).search, ["anything.at_all"]);
+}

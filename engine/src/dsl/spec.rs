@@ -27,6 +27,10 @@ pub struct WorkflowSpec {
     /// A JSON Schema that every instance's input must satisfy when the instance starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
+    /// Input fields that listings search by (`input_field=customer_id=c-1`), kept in an index: paths of letters, digits and `_` joined by `.` (e.g. `customer_id`, `address.city`). Only these fields can be searched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub search: Vec<String>,
     /// Default values for `${ .env.NAME }` in templates; the server's configuration may override them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,

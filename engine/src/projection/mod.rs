@@ -5,6 +5,8 @@
 //! - `saga_instances`: one row per instance (workflow, status, current step,
 //!   attempts, error, times, input). The runtime uses it on start to find the
 //!   instances to resume; listings search it by time and input fields.
+//! - `instance_search` and `search_fields` (their own module, `search.rs`):
+//!   the values of the input fields each workflow declares searchable.
 //! - `orders` (its own module, `orders.rs`: the demo domain's knowledge):
 //!   one row per instance of the [`ORDER_WORKFLOW`], keyed by its input's
 //!   `order_id`, with an order status that follows `reserve`, `pay` and `ship`.
@@ -14,11 +16,13 @@
 
 mod orders;
 mod retention;
+mod search;
 mod sql;
 
 use orders::order_update;
 pub use orders::{OrderRow, ORDER_WORKFLOW};
 pub use retention::Ended;
+pub use search::{number_text, MAX_VALUE as MAX_SEARCH_VALUE};
 
 use std::path::Path;
 use std::time::Duration;
@@ -30,11 +34,13 @@ use uuid::Uuid;
 use crate::saga::{Event, Phase, Timestamp};
 use crate::store::{EventStore, RecordedEvent, StoreError, STREAM_REMOVED};
 
-use sql::{corrupt, Arg, Columns, Db, Dialect, Stmt};
+use sql::{corrupt, Arg, Columns, Db, Stmt};
 
 const NAME: &str = "saga_instances";
 /// The events that change a row; the others are not even read.
-const TYPES: [&str; 16] = [
+const TYPES: [&str; 17] = [
+    // the fields a workflow version declares searchable
+    "WorkflowPublished",
     "BranchesStarted",
     "ElementsListed",
     "UnitsToCompensate",
@@ -108,6 +114,7 @@ pub struct InstanceFilter {
     /// Started before.
     pub started_until: Option<Timestamp>,
     /// Input fields that must equal a value: `(path like customer_id or address.city, value as text)`.
+    /// Only fields the workflow declares searchable find anything.
     pub input: Vec<(String, String)>,
     pub after: Option<Cursor>,
     pub limit: u32,
@@ -127,6 +134,7 @@ pub struct Projections {
     failing: std::sync::Mutex<Option<(std::time::Instant, String)>>,
     /// Fault injection: this many of the next transactions fail.
     faults: std::sync::atomic::AtomicU32,
+    declared: search::Declared,
 }
 
 /// A statement with its arguments, built from `$n` SQL and values.
@@ -152,6 +160,7 @@ impl Projections {
             checkpoint: tokio::sync::watch::channel(None).0,
             failing: std::sync::Mutex::default(),
             faults: std::sync::atomic::AtomicU32::new(0),
+            declared: search::Declared::default(),
         };
         let at = this.checkpoint().await?;
         this.checkpoint.send_replace(at);
@@ -190,9 +199,12 @@ impl Projections {
             .transaction(&[
                 stmt("DELETE FROM saga_instances", vec![]),
                 stmt("DELETE FROM orders", vec![]),
+                stmt("DELETE FROM instance_search", vec![]),
+                stmt("DELETE FROM search_fields", vec![]),
                 stmt("DELETE FROM projection_checkpoints", vec![]),
             ])
             .await?;
+        self.lock_declared().clear();
         self.checkpoint.send_replace(None);
         Ok(())
     }
@@ -279,6 +291,13 @@ impl Projections {
     async fn apply(&self, batch: &[RecordedEvent], scanned: Option<u64>) -> Result<(), StoreError> {
         let mut stmts = Vec::new();
         for rec in batch {
+            if rec.event_type == "WorkflowPublished" {
+                if let Some((workflow, version, fields)) = search::published(rec) {
+                    stmts.extend(search::declare(&workflow, version, &fields));
+                    self.learn_declared(workflow, version, &fields);
+                }
+                continue;
+            }
             let Some(id) = rec.stream.strip_prefix("saga-") else {
                 continue;
             };
@@ -294,6 +313,23 @@ impl Projections {
                 }
             };
             let pos = rec.position as i64;
+            if let Event::SagaStarted {
+                workflow,
+                version,
+                started_at,
+                input,
+                ..
+            } = &event
+            {
+                let fields = self.declared(workflow, *version).await?;
+                stmts.extend(search::index(
+                    id,
+                    workflow,
+                    started_at.millis() as i64,
+                    input,
+                    &fields,
+                ));
+            }
             order_update(&mut stmts, id, pos, &event);
             if let Some(s) = instance_update(id, pos, &event) {
                 stmts.push(s);
@@ -343,70 +379,65 @@ impl Projections {
     }
 
     /// Instances, newest first, that match `filter`, one page at a time.
+    /// Input fields are searched in `instance_search`, so only the fields a
+    /// workflow declares (`search:`) find anything; the first drives the
+    /// walk, newest first, and any others must match too.
     pub async fn search(&self, filter: &InstanceFilter) -> Result<Page<InstanceRow>, StoreError> {
-        let mut sql = String::from(
-            "SELECT id, workflow, version, status, current_step, attempts, error, started_at, updated_at, finished_at, input, paused \
-             FROM saga_instances WHERE 1 = 1",
-        );
+        const COLUMNS: &str =
+            "i.id, i.workflow, i.version, i.status, i.current_step, i.attempts, i.error, \
+             i.started_at, i.updated_at, i.finished_at, i.input, i.paused";
         let mut args: Vec<Arg> = Vec::new();
         let arg = |a: Arg, args: &mut Vec<Arg>| {
             args.push(a);
             format!("${}", args.len())
         };
+        // the walk's columns: the index's when an input field drives it
+        let (mut sql, workflow, started, id) = match filter.input.split_first() {
+            None => (
+                format!("SELECT {COLUMNS} FROM saga_instances i WHERE 1 = 1"),
+                "i.workflow",
+                "i.started_at",
+                "i.id",
+            ),
+            Some(((field, value), others)) => {
+                let f = arg(field.into(), &mut args);
+                let mut sql = format!(
+                    "SELECT {COLUMNS} FROM instance_search s JOIN saga_instances i ON i.id = s.instance_id \
+                     WHERE s.field = {f} AND {}",
+                    search::matches("s.value", value, &mut args)
+                );
+                for (field, value) in others {
+                    let f = arg(field.into(), &mut args);
+                    sql += &format!(
+                        " AND EXISTS (SELECT 1 FROM instance_search t WHERE t.field = {f} AND {} \
+                         AND t.started_at = s.started_at AND t.instance_id = s.instance_id)",
+                        search::matches("t.value", value, &mut args)
+                    );
+                }
+                (sql, "s.workflow", "s.started_at", "s.instance_id")
+            }
+        };
         if let Some(w) = &filter.workflow {
-            sql += &format!(" AND workflow = {}", arg(w.into(), &mut args));
+            sql += &format!(" AND {workflow} = {}", arg(w.into(), &mut args));
         }
         if let Some(s) = &filter.status {
-            sql += &format!(" AND status = {}", arg(s.into(), &mut args));
+            sql += &format!(" AND i.status = {}", arg(s.into(), &mut args));
         }
         if let Some(t) = filter.started_from {
-            sql += &format!(
-                " AND started_at >= {}",
-                arg((t.millis() as i64).into(), &mut args)
-            );
+            let t = arg((t.millis() as i64).into(), &mut args);
+            sql += &format!(" AND {started} >= {t}");
         }
         if let Some(t) = filter.started_until {
-            sql += &format!(
-                " AND started_at < {}",
-                arg((t.millis() as i64).into(), &mut args)
-            );
-        }
-        for (path, value) in &filter.input {
-            // `path` is checked by the caller: letters, digits, `_` and dots.
-            // Text compares as text; a number also by value, so `5000` finds `5000.0`.
-            let number = value.parse::<f64>().ok().filter(|n| n.is_finite());
-            match self.db.dialect() {
-                Dialect::Sqlite => {
-                    let p = arg(format!("$.{path}").into(), &mut args);
-                    let v = arg(value.into(), &mut args);
-                    sql += &format!(" AND (CAST(json_extract(input, {p}) AS TEXT) = {v}");
-                    if let Some(n) = number {
-                        let n = arg(n.into(), &mut args);
-                        sql += &format!(" OR json_extract(input, {p}) = {n}");
-                    }
-                    sql += ")";
-                }
-                Dialect::Postgres => {
-                    let p = arg(format!("{{{}}}", path.replace('.', ",")).into(), &mut args);
-                    let v = arg(value.into(), &mut args);
-                    sql += &format!(" AND ((input::jsonb #>> {p}::text[]) = {v}");
-                    if let Some(n) = number {
-                        let n = arg(n.into(), &mut args);
-                        sql += &format!(
-                            " OR (jsonb_typeof(input::jsonb #> {p}::text[]) = 'number' AND (input::jsonb #>> {p}::text[])::float8 = {n})"
-                        );
-                    }
-                    sql += ")";
-                }
-            }
+            let t = arg((t.millis() as i64).into(), &mut args);
+            sql += &format!(" AND {started} < {t}");
         }
         if let Some(c) = &filter.after {
             let at = arg((c.at as i64).into(), &mut args);
-            let id = arg((&c.id).into(), &mut args);
-            sql += &format!(" AND (started_at < {at} OR (started_at = {at} AND id < {id}))");
+            let after = arg((&c.id).into(), &mut args);
+            sql += &format!(" AND ({started} < {at} OR ({started} = {at} AND {id} < {after}))");
         }
         let limit = arg((i64::from(filter.limit) + 1).into(), &mut args);
-        sql += &format!(" ORDER BY started_at DESC, id DESC LIMIT {limit}");
+        sql += &format!(" ORDER BY {started} DESC, {id} DESC LIMIT {limit}");
         let mut items = self.db.fetch(&sql, &args, instance_row).await?;
         let next = page_end(&mut items, filter.limit, |r| Cursor {
             at: r.started_at.millis(),
@@ -749,8 +780,24 @@ mod tests {
         assert!(second.next.is_none(), "the last page says so");
     }
 
+    async fn publish(store: &MemoryStore, workflow: &str, search: &[&str]) {
+        let data = json!({"name": workflow, "version": 1, "hash": "h", "source": "", "at": 0, "search": search});
+        let new = NewEvent {
+            event_type: "WorkflowPublished".into(),
+            schema_version: 1,
+            data,
+        };
+        let stream = format!("workflow-{workflow}");
+        store
+            .append(&stream, Expected::Any, vec![new])
+            .await
+            .unwrap();
+    }
+
     async fn search_case(p: Projections) {
         let store = MemoryStore::new();
+        publish(&store, "order", &["customer_id", "amount", "items"]).await;
+        publish(&store, "trip", &[]).await;
         for n in 1..=25u32 {
             let customer = if n % 2 == 0 { "even" } else { "odd" };
             // two instances share each start time, so the cursor must break ties
@@ -807,5 +854,57 @@ mod tests {
         };
         assert_eq!(p.search(&by_number).await.unwrap().items.len(), 1);
         assert!(Cursor::decode("nonsense").is_none());
+
+        // a workflow that does not declare the field is not in its index
+        append(
+            &store,
+            100,
+            &[started("trip", json!({"customer_id": "odd"}), 5000)],
+        )
+        .await;
+        // nor is a value under a path that is not a field: `items` holds objects
+        let by_items = InstanceFilter {
+            input: vec![("items".into(), "a".into())],
+            limit: 100,
+            ..Default::default()
+        };
+        // a replica that did not apply the WorkflowPublished itself reads the declaration back
+        p.declared.lock().unwrap().clear();
+        append(&store, 101, &[started("order", order(101, "odd"), 5001)]).await;
+        p.catch_up(&store).await.unwrap();
+        assert!(p.search(&by_items).await.unwrap().items.is_empty());
+        let odd_all = InstanceFilter {
+            input: vec![("customer_id".into(), "odd".into())],
+            limit: 100,
+            ..Default::default()
+        };
+        let found = p.search(&odd_all).await.unwrap().items;
+        assert_eq!(found.len(), 14, "13 odd orders and the one started later");
+        assert_eq!(found[0].id, Uuid::from_u128(101), "newest first");
+        assert!(found.iter().all(|r| r.workflow == "order"));
+        // two fields: both must match; a number matches however it is written
+        let both = InstanceFilter {
+            input: vec![
+                ("customer_id".into(), "odd".into()),
+                ("amount".into(), "136.5e0".into()),
+            ],
+            workflow: Some("order".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        let found = p.search(&both).await.unwrap().items;
+        assert_eq!(
+            found.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [Uuid::from_u128(13)]
+        );
+        assert_eq!(p.declaring("customer_id", None).await.unwrap(), ["order"]);
+        assert!(p
+            .declaring("customer_id", Some("trip"))
+            .await
+            .unwrap()
+            .is_empty());
+        // a removed instance leaves nothing behind in the index
+        p.forget(&[Uuid::from_u128(101)]).await.unwrap();
+        assert_eq!(p.search(&odd_all).await.unwrap().items.len(), 13);
     }
 }

@@ -17,10 +17,14 @@ pub struct Ended {
 }
 
 /// The statements that forget instance `id`'s rows.
-pub(super) fn forget(id: &str) -> [Stmt; 2] {
+pub(super) fn forget(id: &str) -> [Stmt; 3] {
     [
         stmt("DELETE FROM saga_instances WHERE id = $1", vec![id.into()]),
         stmt("DELETE FROM orders WHERE instance_id = $1", vec![id.into()]),
+        stmt(
+            "DELETE FROM instance_search WHERE instance_id = $1",
+            vec![id.into()],
+        ),
     ]
 }
 
@@ -53,14 +57,18 @@ impl Projections {
         self.db.transaction(&stmts).await
     }
 
-    /// Gives the space of forgotten rows back to the file system (SQLite);
+    /// Gives the space of forgotten rows back to the file system (SQLite:
+    /// the free pages, then the write-ahead log the deletes went through);
     /// PostgreSQL's autovacuum does this by itself.
     pub async fn reclaim(&self) -> Result<(), StoreError> {
         if let Db::Sqlite(_) = &self.db {
             let no_args: [Arg; 0] = [];
-            self.db
-                .fetch("PRAGMA incremental_vacuum", &no_args, |_| Ok(()))
-                .await?;
+            for pragma in [
+                "PRAGMA incremental_vacuum",
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+            ] {
+                self.db.fetch(pragma, &no_args, |_| Ok(())).await?;
+            }
         }
         Ok(())
     }

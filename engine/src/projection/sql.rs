@@ -125,13 +125,6 @@ pub(crate) enum Db {
     Postgres(PgPool),
 }
 
-/// The SQL that differs between the two.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dialect {
-    Sqlite,
-    Postgres,
-}
-
 impl Db {
     /// A SQLite file of its own, so the event writer never waits for the read models.
     pub(crate) async fn open_sqlite(path: &std::path::Path) -> Result<Self, StoreError> {
@@ -189,13 +182,6 @@ impl Db {
             })?;
         guard.release(&mut conn).await?;
         Ok(Db::Postgres(pool))
-    }
-
-    pub(crate) fn dialect(&self) -> Dialect {
-        match self {
-            Db::Sqlite(_) => Dialect::Sqlite,
-            Db::Postgres(_) => Dialect::Postgres,
-        }
     }
 
     /// Runs the statements in one transaction.

@@ -49,6 +49,15 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     #[error("stored history is unreadable: {0}")]
     Corrupt(String),
+    /// A search by an input field no workflow (or not the one named)
+    /// declares searchable: it would find nothing, so it is refused.
+    #[error("input field `{field}` is not searchable{}: a workflow declares the fields listings may search by, e.g. `search: [{field}]`{}", in_workflow(.workflow), declared_by(.elsewhere))]
+    NotSearchable {
+        field: String,
+        workflow: Option<String>,
+        /// Workflows that do declare it.
+        elsewhere: Vec<String>,
+    },
     /// Listings and searches need the read models, and this runtime keeps none.
     #[error("this server keeps no read models, which listings and searches need")]
     NoReadModels,
@@ -56,6 +65,21 @@ pub enum RuntimeError {
     /// same request may succeed later.
     #[error("{0}")]
     Overloaded(String),
+}
+
+fn in_workflow(w: &Option<String>) -> String {
+    w.as_ref()
+        .map(|w| format!(" in workflow `{w}`"))
+        .unwrap_or_default()
+}
+
+fn declared_by(elsewhere: &[String]) -> String {
+    if elsewhere.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = elsewhere.iter().map(|w| format!("`{w}`")).collect();
+        format!(" (declared by {})", names.join(", "))
+    }
 }
 
 fn at(t: &Option<Timestamp>) -> String {

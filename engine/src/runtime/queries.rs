@@ -4,8 +4,25 @@ use super::*;
 
 impl Runtime {
     /// Instances from the read model, newest first, one page at a time.
+    /// Refuses input fields that no workflow (or not the one named) declares
+    /// searchable: only declared fields are indexed.
     pub async fn search(&self, filter: &InstanceFilter) -> Result<Page<InstanceRow>, RuntimeError> {
-        Ok(self.read_models()?.search(filter).await?)
+        let rm = self.read_models()?;
+        for (field, _) in &filter.input {
+            let workflow = filter.workflow.as_deref();
+            if rm.declaring(field, workflow).await?.is_empty() {
+                let elsewhere = match workflow {
+                    Some(_) => rm.declaring(field, None).await?,
+                    None => Vec::new(),
+                };
+                return Err(RuntimeError::NotSearchable {
+                    field: field.clone(),
+                    workflow: filter.workflow.clone(),
+                    elsewhere,
+                });
+            }
+        }
+        Ok(rm.search(filter).await?)
     }
 
     /// An order from the orders read model.

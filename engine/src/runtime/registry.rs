@@ -63,6 +63,10 @@ struct WorkflowPublished {
     hash: String,
     source: String,
     at: Timestamp,
+    /// The input fields the read models index (`search:`), for projections
+    /// that follow the log without compiling the source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    search: Vec<String>,
 }
 
 /// What publishing did.
@@ -167,6 +171,7 @@ impl Registry {
             hash,
             source: source.to_string(),
             at: now,
+            search: p.machine.search.clone(),
         };
         let data =
             serde_json::to_value(&event).map_err(|e| RuntimeError::Corrupt(e.to_string()))?;
