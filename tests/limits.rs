@@ -182,6 +182,11 @@ fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
             "{field}: {report}"
         );
     }
+    assert!(
+        report["read_model_lag_events"].as_u64().is_some(),
+        "{report}"
+    );
     let listings = report["listing_ms"].as_object().expect("listings");
-    assert_eq!(listings.len(), 5, "{report}");
+    assert_eq!(listings.len(), 6, "{report}");
+    assert!(listings.contains_key("input_field"), "{report}");
 }

@@ -127,6 +127,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let server_cpu = cpu_before
         .zip(server_pid.and_then(cpu_seconds))
         .map(|(before, after)| after - before);
+    let lag = read_model_lag(&client, &url).await;
 
     eprintln!("listings: each {} times", args.listings);
     let listings = listing_latencies(&client, &url, args.listings).await?;
@@ -163,6 +164,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // user + system time of the server's process during the throughput phase
         "server_cpu_us_per_saga": server_cpu.map(|s| round(s * 1e6 / args.n.max(1) as f64, 1)),
         "durability": health["durability"],
+        // events stored that the read models had not applied when the throughput phase ended
+        "read_model_lag_events": lag,
     });
     // the time a restart takes at this size, once everything is measured
     let mut restart_s = None;
@@ -305,6 +308,25 @@ async fn listing_latencies(
         );
     }
     Ok(Value::Object(out))
+}
+
+/// `sagaflow_projection_lag_events` from `/metrics`; `None` when the token
+/// may not read metrics, or the server keeps none.
+async fn read_model_lag(client: &reqwest::Client, url: &str) -> Option<u64> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("sagaflow_projection_lag_events "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 /// The bytes of the files under `dir` (the store, read models, WAL).

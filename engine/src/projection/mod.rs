@@ -11,15 +11,19 @@
 //!   one row per instance of the [`ORDER_WORKFLOW`], keyed by its input's
 //!   `order_id`, with an order status that follows `reserve`, `pay` and `ship`.
 //!
+//! A batch of events is folded per instance before it is written (`fold.rs`):
+//! one change per row, not one statement per event.
+//!
 //! Readers that must see their own writes wait for the checkpoint to reach a
 //! position ([`Projections::wait_for`]).
 
+mod fold;
 mod orders;
 mod retention;
 mod search;
 mod sql;
 
-use orders::order_update;
+use orders::order_change;
 pub use orders::{OrderRow, ORDER_WORKFLOW};
 pub use retention::Ended;
 pub use search::{number_text, MAX_VALUE as MAX_SEARCH_VALUE};
@@ -290,6 +294,7 @@ impl Projections {
 
     async fn apply(&self, batch: &[RecordedEvent], scanned: Option<u64>) -> Result<(), StoreError> {
         let mut stmts = Vec::new();
+        let mut folded = fold::Batch::default();
         for rec in batch {
             if rec.event_type == "WorkflowPublished" {
                 if let Some((workflow, version, fields)) = search::published(rec) {
@@ -302,6 +307,8 @@ impl Projections {
                 continue;
             };
             if rec.event_type == STREAM_REMOVED {
+                // what came before the removal is written first, then forgotten
+                folded.flush_into(&mut stmts);
                 stmts.extend(retention::forget(id));
                 continue;
             }
@@ -322,7 +329,7 @@ impl Projections {
             } = &event
             {
                 let fields = self.declared(workflow, *version).await?;
-                stmts.extend(search::index(
+                folded.search(search::rows(
                     id,
                     workflow,
                     started_at.millis() as i64,
@@ -330,11 +337,11 @@ impl Projections {
                     &fields,
                 ));
             }
-            order_update(&mut stmts, id, pos, &event);
-            if let Some(s) = instance_update(id, pos, &event) {
-                stmts.push(s);
-            }
+            let instance = folded.instance(id);
+            order_change(&mut instance.order, pos, &event);
+            instance_change(&mut instance.row, pos, &event);
         }
+        folded.flush_into(&mut stmts);
         if let Some(last) = scanned {
             stmts.push(stmt(
                 // replicas sharing the read models may apply the same events; the checkpoint never goes back
@@ -478,27 +485,40 @@ fn instance_row(r: &dyn Columns) -> Result<InstanceRow, StoreError> {
     })
 }
 
-/// The `saga_instances` row's share of an event of instance `id` (at log position `pos`).
-fn instance_update(id: &str, pos: i64, event: &Event) -> Option<Stmt> {
-    // every update applies only to a row that has not seen this position yet, so replays are harmless
-    const NEWER: &str = "WHERE id = $1 AND last_position < $2";
+/// The `saga_instances` row's share of an event (at log position `pos`).
+fn instance_change(row: &mut fold::Change, pos: i64, event: &Event) {
     let at = |t: &Timestamp| Arg::Int(t.millis() as i64);
-    Some(match event {
-        Event::SagaStarted { workflow, version, started_at, input, .. } => stmt(
-            "INSERT INTO saga_instances (id, last_position, workflow, version, status, started_at, updated_at, input) \
-             VALUES ($1, $2, $3, $4, 'running', $5, $5, $6) ON CONFLICT (id) DO NOTHING",
-            vec![id.into(), pos.into(), workflow.into(), i64::from(*version).into(), at(started_at), input.to_string().into()],
+    let status = |phase: &Phase| match phase {
+        Phase::Compensation => "compensating",
+        Phase::Forward => "running",
+    };
+    match event {
+        Event::SagaStarted {
+            workflow,
+            version,
+            started_at,
+            input,
+            ..
+        } => row.create(
+            pos,
+            vec![
+                ("workflow", workflow.into()),
+                ("version", i64::from(*version).into()),
+                ("status", "running".into()),
+                ("started_at", at(started_at)),
+                ("updated_at", at(started_at)),
+                ("input", input.to_string().into()),
+            ],
         ),
         // a branch or element: the row shows its step (the group), set when it started
-        Event::StepStarted { index: Some(_), phase, at: t, .. } => {
-            let status = match phase {
-                Phase::Compensation => "compensating",
-                Phase::Forward => "running",
-            };
-            stmt(
-                &format!("UPDATE saga_instances SET status = $3, updated_at = $4, last_position = $2 {NEWER}"),
-                vec![id.into(), pos.into(), status.into(), at(t)],
-            )
+        Event::StepStarted {
+            index: Some(_),
+            phase,
+            at: t,
+            ..
+        } => {
+            row.set(pos, "status", status(phase).into());
+            row.set(pos, "updated_at", at(t));
         }
         Event::BranchesStarted { name, at: t, .. }
         | Event::ElementsListed { name, at: t, .. }
@@ -507,62 +527,69 @@ fn instance_update(id: &str, pos: i64, event: &Event) -> Option<Stmt> {
                 Event::UnitsToCompensate { .. } => "compensating",
                 _ => "running",
             };
-            stmt(
-                &format!("UPDATE saga_instances SET status = $3, current_step = $4, attempts = 1, updated_at = $5, last_position = $2 {NEWER}"),
-                vec![id.into(), pos.into(), status.into(), name.into(), at(t)],
-            )
+            row.set(pos, "status", status.into());
+            row.set(pos, "current_step", name.into());
+            row.set(pos, "attempts", 1i64.into());
+            row.set(pos, "updated_at", at(t));
         }
-        Event::StepStarted { name, attempt, phase, action, at: t, .. } => {
+        Event::StepStarted {
+            name,
+            attempt,
+            phase,
+            action,
+            at: t,
+            ..
+        } => {
             let status = match (phase, action) {
                 (Phase::Compensation, _) => "compensating",
                 (_, crate::saga::ActionKind::Wait) => "waiting",
                 _ => "running",
             };
-            stmt(
-                &format!("UPDATE saga_instances SET status = $3, current_step = $4, attempts = $5, updated_at = $6, last_position = $2 {NEWER}"),
-                vec![id.into(), pos.into(), status.into(), name.into(), i64::from(*attempt).into(), at(t)],
-            )
+            row.set(pos, "status", status.into());
+            row.set(pos, "current_step", name.into());
+            row.set(pos, "attempts", i64::from(*attempt).into());
+            row.set(pos, "updated_at", at(t));
         }
-        Event::StepFailed { error, at: t, .. } | Event::CompensationFailed { error, at: t, .. } => stmt(
-            &format!("UPDATE saga_instances SET error = $3, updated_at = $4, last_position = $2 {NEWER}"),
-            vec![id.into(), pos.into(), error.into(), at(t)],
-        ),
+        Event::StepFailed { error, at: t, .. } | Event::CompensationFailed { error, at: t, .. } => {
+            row.set(pos, "error", error.into());
+            row.set(pos, "updated_at", at(t));
+        }
         Event::SagaCompleted { at: t, .. }
         | Event::SagaCompensated { at: t }
         | Event::SagaFailed { at: t, .. }
         | Event::SagaCancelled { at: t } => {
-            let (status, error) = match event {
-                Event::SagaCompleted { .. } => ("completed", None),
-                Event::SagaCompensated { .. } => ("compensated", None),
-                Event::SagaFailed { reason, .. } => ("failed", Some(reason.clone())),
-                _ => ("cancelled", None),
+            let status = match event {
+                Event::SagaCompleted { .. } => "completed",
+                Event::SagaCompensated { .. } => "compensated",
+                Event::SagaFailed { .. } => "failed",
+                _ => "cancelled",
             };
-            stmt(
-                &format!(
-                    "UPDATE saga_instances SET status = $3, current_step = NULL, error = COALESCE($4, error), updated_at = $5, finished_at = $5, \
-                     last_position = $2 {NEWER}"
-                ),
-                vec![id.into(), pos.into(), status.into(), error.into(), at(t)],
-            )
+            row.set(pos, "status", status.into());
+            row.set(pos, "current_step", Arg::OptText(None));
+            if let Event::SagaFailed { reason, .. } = event {
+                row.set(pos, "error", reason.into());
+            }
+            row.set(pos, "updated_at", at(t));
+            row.set(pos, "finished_at", at(t));
         }
-        Event::SagaPaused { at: t, .. } | Event::SagaResumed { at: t } => stmt(
-            &format!("UPDATE saga_instances SET paused = $3, updated_at = $4, last_position = $2 {NEWER}"),
-            vec![id.into(), pos.into(), matches!(event, Event::SagaPaused { .. }).into(), at(t)],
-        ),
-        Event::SagaRetried { name, phase, at: t, .. } => {
-            let status = match phase {
-                Phase::Forward => "running",
-                Phase::Compensation => "compensating",
-            };
-            stmt(
-                &format!(
-                    "UPDATE saga_instances SET status = $3, current_step = $4, finished_at = NULL, updated_at = $5, last_position = $2 {NEWER}"
-                ),
-                vec![id.into(), pos.into(), status.into(), name.into(), at(t)],
-            )
+        Event::SagaPaused { at: t, .. } | Event::SagaResumed { at: t } => {
+            row.set(
+                pos,
+                "paused",
+                matches!(event, Event::SagaPaused { .. }).into(),
+            );
+            row.set(pos, "updated_at", at(t));
         }
-        _ => return None,
-    })
+        Event::SagaRetried {
+            name, phase, at: t, ..
+        } => {
+            row.set(pos, "status", status(phase).into());
+            row.set(pos, "current_step", name.into());
+            row.set(pos, "finished_at", Arg::OptInt(None));
+            row.set(pos, "updated_at", at(t));
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -792,6 +819,190 @@ mod tests {
             .append(&stream, Expected::Any, vec![new])
             .await
             .unwrap();
+    }
+
+    /// Every row of the three tables, as text, in a fixed order.
+    async fn dump(p: &Projections) -> Vec<String> {
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT id || '|' || workflow || '|' || CAST(version AS TEXT) || '|' || status || '|' || COALESCE(current_step, '-') \
+             || '|' || CAST(attempts AS TEXT) || '|' || COALESCE(error, '-') || '|' || CAST(started_at AS TEXT) || '|' || CAST(updated_at AS TEXT) \
+             || '|' || COALESCE(CAST(finished_at AS TEXT), '-') || '|' || input || '|' || CAST(paused AS TEXT) || '|' || CAST(last_position AS TEXT) AS row \
+             FROM saga_instances ORDER BY id",
+            "SELECT order_id || '|' || instance_id || '|' || customer_id || '|' || status || '|' || COALESCE(error, '-') \
+             || '|' || CAST(created_at AS TEXT) || '|' || CAST(updated_at AS TEXT) AS row FROM orders ORDER BY order_id",
+            "SELECT field || '|' || value || '|' || CAST(started_at AS TEXT) || '|' || instance_id || '|' || workflow AS row \
+             FROM instance_search ORDER BY field, value, instance_id",
+        ] {
+            out.extend(p.db.fetch(sql, &[], |r| r.text("row")).await.unwrap());
+        }
+        out
+    }
+
+    /// Several instances whose events interleave: steps, a failure and a retry,
+    /// a pause, a group, each way of ending, one left running, an order id used twice.
+    async fn busy_log() -> MemoryStore {
+        let store = MemoryStore::new();
+        publish(&store, "order", &["customer_id"]).await;
+        let step = |name: &str, attempt: u32, phase: Phase, at: u64| Event::StepStarted {
+            step: 0,
+            index: None,
+            name: name.into(),
+            attempt,
+            phase,
+            action: crate::saga::ActionKind::Http,
+            at: Timestamp(at),
+        };
+        let failed = |name: &str, at: u64| Event::StepFailed {
+            step: 1,
+            index: None,
+            name: name.into(),
+            attempt: 1,
+            kind: crate::dsl::spec::FailureKind::Business,
+            error: format!("{name} said no"),
+            retryable: false,
+            at: Timestamp(at),
+        };
+        let lives: Vec<(u128, Vec<Event>)> = vec![
+            (
+                1,
+                vec![
+                    started("order", order(1, "c-1"), 10),
+                    step("reserve", 1, Phase::Forward, 11),
+                    succeeded("reserve", 12),
+                    step("pay", 1, Phase::Forward, 13),
+                    succeeded("pay", 14),
+                    step("ship", 1, Phase::Forward, 15),
+                    succeeded("ship", 16),
+                    Event::SagaCompleted {
+                        output: json!({}),
+                        at: Timestamp(17),
+                    },
+                ],
+            ),
+            (
+                2,
+                vec![
+                    started("order", order(2, "c-2"), 20),
+                    step("reserve", 1, Phase::Forward, 21),
+                    succeeded("reserve", 22),
+                    step("pay", 1, Phase::Forward, 23),
+                    failed("pay", 24),
+                    step("reserve", 1, Phase::Compensation, 25),
+                    Event::SagaCompensated { at: Timestamp(26) },
+                ],
+            ),
+            (
+                3,
+                vec![
+                    started("order", order(3, "c-1"), 30),
+                    step("reserve", 1, Phase::Forward, 31),
+                    failed("reserve", 32),
+                    Event::SagaFailed {
+                        reason: "stuck".into(),
+                        at: Timestamp(33),
+                    },
+                    Event::SagaRetried {
+                        step: 0,
+                        name: "reserve".into(),
+                        phase: Phase::Forward,
+                        at: Timestamp(34),
+                    },
+                    Event::SagaPaused {
+                        reason: None,
+                        at: Timestamp(35),
+                    },
+                    Event::SagaResumed { at: Timestamp(36) },
+                    step("reserve", 2, Phase::Forward, 37),
+                    succeeded("reserve", 38),
+                ],
+            ),
+            (
+                4,
+                vec![
+                    started("trip", json!({"customer_id": "c-1"}), 40),
+                    Event::BranchesStarted {
+                        step: 0,
+                        name: "book".into(),
+                        branches: vec!["a".into(), "b".into()],
+                        at: Timestamp(41),
+                    },
+                    Event::StepStarted {
+                        step: 0,
+                        index: Some(1),
+                        name: "b".into(),
+                        attempt: 1,
+                        phase: Phase::Forward,
+                        action: crate::saga::ActionKind::Http,
+                        at: Timestamp(42),
+                    },
+                    Event::SagaCancelled { at: Timestamp(43) },
+                ],
+            ),
+            // the same order id again: the first instance keeps the order
+            (
+                5,
+                vec![
+                    started("order", order(1, "c-9"), 50),
+                    step("reserve", 1, Phase::Forward, 51),
+                    succeeded("reserve", 52),
+                ],
+            ),
+        ];
+        // round robin, one event of each instance at a time
+        let most = lives.iter().map(|(_, e)| e.len()).max().unwrap();
+        for i in 0..most {
+            for (id, events) in &lives {
+                if let Some(e) = events.get(i) {
+                    append(&store, *id, std::slice::from_ref(e)).await;
+                }
+            }
+        }
+        store
+    }
+
+    async fn folded_case(open: impl AsyncFn(String) -> Projections) {
+        let store = busy_log().await;
+        let (log, last) = store.read_all_of_types(None, 10_000, &TYPES).await.unwrap();
+        let last = last.unwrap();
+        let whole = open("whole".into()).await;
+        whole.apply(&log, Some(last)).await.unwrap();
+        let want = dump(&whole).await;
+        assert!(want.iter().any(|r| r.contains("|cancelled|")), "{want:#?}");
+        let one_by_one = open("each".into()).await;
+        for rec in &log {
+            one_by_one
+                .apply(std::slice::from_ref(rec), Some(rec.position))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            dump(&one_by_one).await,
+            want,
+            "folding a batch changes nothing"
+        );
+        // a replica (or a replay) applies batches that overlap what is applied
+        for (cut, back) in [(7, 3), (12, 12), (20, 1), (30, 25)] {
+            let p = open(format!("overlap-{cut}-{back}")).await;
+            p.apply(&log[..cut], Some(log[cut - 1].position))
+                .await
+                .unwrap();
+            p.apply(&log[cut - back..], Some(last)).await.unwrap();
+            assert_eq!(dump(&p).await, want, "cut at {cut}, {back} again");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_folded_batch_leaves_the_rows_that_event_by_event_would() {
+        folded_case(async |name: String| open(&format!("fold-{name}")).await).await;
+    }
+
+    #[tokio::test]
+    async fn a_folded_batch_leaves_the_rows_that_event_by_event_would_in_postgres() {
+        folded_case(async |name: String| {
+            open_postgres(&format!("fold_{}", name.replace('-', "_"))).await
+        })
+        .await;
     }
 
     async fn search_case(p: Projections) {

@@ -3,14 +3,15 @@
 //! order status that follows the steps `reserve`, `pay` and `ship`.
 //!
 //! It is the demo domain's knowledge (the workflow `order`, its steps), kept
-//! here: the generic projection only hands it each event ([`order_update`])
+//! here: the generic projection only hands it each event ([`order_change`])
 //! and empties its table on a rebuild.
 
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::sql::{corrupt, Columns, Stmt};
-use super::{json_column, page_end, stmt, Cursor, Page, Projections};
+use super::fold::Change;
+use super::sql::{corrupt, Arg, Columns};
+use super::{json_column, page_end, Cursor, Page, Projections};
 use crate::saga::{Event, Timestamp};
 use crate::store::StoreError;
 
@@ -102,8 +103,8 @@ fn order_row(r: &dyn Columns) -> Result<OrderRow, StoreError> {
     })
 }
 
-/// The `orders` row's share of an event of instance `id`.
-pub(super) fn order_update(stmts: &mut Vec<Stmt>, id: &str, pos: i64, event: &Event) {
+/// The `orders` row's share of an event (at log position `pos`).
+pub(super) fn order_change(row: &mut Change, pos: i64, event: &Event) {
     let (status, error, at): (&str, Option<&str>, Timestamp) = match event {
         Event::SagaStarted {
             workflow,
@@ -118,20 +119,19 @@ pub(super) fn order_update(stmts: &mut Vec<Stmt>, id: &str, pos: i64, event: &Ev
             ) else {
                 return;
             };
-            // the first instance of an order id keeps it
-            stmts.push(stmt(
-                "INSERT INTO orders (order_id, instance_id, customer_id, amount, items, status, created_at, updated_at, last_position) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7) ON CONFLICT DO NOTHING",
+            let at = Arg::Int(started_at.millis() as i64);
+            row.create(
+                pos,
                 vec![
-                    order_id.into(),
-                    id.into(),
-                    customer_id.into(),
-                    amount.into(),
-                    input["items"].to_string().into(),
-                    (started_at.millis() as i64).into(),
-                    pos.into(),
+                    ("order_id", order_id.into()),
+                    ("customer_id", customer_id.into()),
+                    ("amount", amount.into()),
+                    ("items", input["items"].to_string().into()),
+                    ("status", "pending".into()),
+                    ("created_at", at.clone()),
+                    ("updated_at", at),
                 ],
-            ));
+            );
             return;
         }
         Event::StepSucceeded { name, at, .. } => {
@@ -147,9 +147,11 @@ pub(super) fn order_update(stmts: &mut Vec<Stmt>, id: &str, pos: i64, event: &Ev
         Event::SagaCancelled { at } => ("cancelled", None, *at),
         _ => return,
     };
-    stmts.push(stmt(
-        "UPDATE orders SET status = CASE WHEN $1 = '' THEN status ELSE $1 END, error = COALESCE($2, error), \
-         updated_at = $3, last_position = $4 WHERE instance_id = $5 AND last_position < $4",
-        vec![status.into(), error.into(), (at.millis() as i64).into(), pos.into(), id.into()],
-    ));
+    if !status.is_empty() {
+        row.set(pos, "status", status.into());
+    }
+    if let Some(e) = error {
+        row.set(pos, "error", e.into());
+    }
+    row.set(pos, "updated_at", Arg::Int(at.millis() as i64));
 }

@@ -56,28 +56,25 @@ pub(super) fn declare(workflow: &str, version: u32, fields: &[String]) -> Vec<St
         .collect()
 }
 
-/// The statements that index the declared fields of one instance's input.
-pub(super) fn index(
+/// The `instance_search` rows of one instance's input: `(field, value,
+/// started_at, instance_id, workflow)` for each value of each declared field.
+pub(super) fn rows(
     id: &str,
     workflow: &str,
     started_at: i64,
     input: &serde_json::Value,
     fields: &[String],
-) -> Vec<Stmt> {
+) -> Vec<[Arg; 5]> {
     let mut out = Vec::new();
     for field in fields {
         for value in values(input, field) {
-            out.push(stmt(
-                "INSERT INTO instance_search (field, value, started_at, instance_id, workflow) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                vec![
-                    field.into(),
-                    value.into(),
-                    started_at.into(),
-                    id.into(),
-                    workflow.into(),
-                ],
-            ));
+            out.push([
+                field.into(),
+                value.into(),
+                started_at.into(),
+                id.into(),
+                workflow.into(),
+            ]);
         }
     }
     out

@@ -1,0 +1,214 @@
+//! A batch of events becomes few statements. Each instance's events in the
+//! batch fold into one change per table: the columns its events set, the
+//! latest value winning, written once and guarded by the row's
+//! `last_position`. A saga whose events all fall in one batch costs one
+//! upsert of `saga_instances`, an insert (and a no-op update) of `orders`
+//! and its share of one multi-row insert of `instance_search`, where it
+//! cost one statement per event before: on SQLite each statement is a
+//! hand-off to the database's thread, which bounded how fast the read models
+//! could follow the log.
+//!
+//! The rows come out as applying the events one by one would leave them,
+//! also when a batch is applied again or a replica sharing the read models
+//! applies an overlapping one: a column's latest value in the batch is its
+//! value at the batch's last event, whatever part of the batch the row has
+//! already seen.
+
+use std::collections::HashMap;
+
+use super::sql::{Arg, Stmt};
+use super::stmt;
+
+/// Rows of one multi-row insert into `instance_search` (five arguments each).
+const SEARCH_ROWS_PER_INSERT: usize = 500;
+
+/// One table's pending change to one instance's row.
+#[derive(Default)]
+pub(super) struct Change {
+    /// The row's columns when the batch holds the event that creates it.
+    insert: Option<Vec<(&'static str, Arg)>>,
+    /// What later events set, the latest value of each column.
+    set: Vec<(&'static str, Arg)>,
+    /// The position of the last event that changed the row.
+    last: i64,
+}
+
+impl Change {
+    pub fn create(&mut self, pos: i64, columns: Vec<(&'static str, Arg)>) {
+        self.insert = Some(columns);
+        self.set.clear();
+        self.last = pos;
+    }
+
+    pub fn set(&mut self, pos: i64, column: &'static str, value: Arg) {
+        match self.set.iter_mut().find(|(c, _)| *c == column) {
+            Some(slot) => slot.1 = value,
+            None => self.set.push((column, value)),
+        }
+        self.last = pos;
+    }
+
+    fn touched(&self) -> bool {
+        self.insert.is_some() || !self.set.is_empty()
+    }
+
+    /// The insert's columns with the later values laid over them.
+    fn row(&self) -> Option<Vec<(&'static str, Arg)>> {
+        let mut row = self.insert.clone()?;
+        for (c, v) in &self.set {
+            match row.iter_mut().find(|(rc, _)| rc == c) {
+                Some(slot) => slot.1 = v.clone(),
+                None => row.push((c, v.clone())),
+            }
+        }
+        Some(row)
+    }
+
+    /// `UPDATE table SET … WHERE key = id AND last_position < last`.
+    fn update(&self, table: &str, key: &str, id: &str) -> Option<Stmt> {
+        if self.set.is_empty() {
+            return None;
+        }
+        let mut args: Vec<Arg> = vec![id.into(), self.last.into()];
+        let mut sets = Vec::new();
+        for (c, v) in &self.set {
+            args.push(v.clone());
+            sets.push(format!("{c} = ${}", args.len()));
+        }
+        Some(stmt(
+            &format!(
+                "UPDATE {table} SET {}, last_position = $2 WHERE {key} = $1 AND last_position < $2",
+                sets.join(", ")
+            ),
+            args,
+        ))
+    }
+
+    /// `INSERT INTO table (key, last_position, …) VALUES (…)` and what to do on a conflict.
+    fn insert(&self, table: &str, key: &str, id: &str, on_conflict: &str) -> Option<Stmt> {
+        let row = self.row()?;
+        let mut args: Vec<Arg> = vec![id.into(), self.last.into()];
+        let mut columns = vec![key, "last_position"];
+        for (c, v) in row {
+            columns.push(c);
+            args.push(v);
+        }
+        let params: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
+        Some(stmt(
+            &format!(
+                "INSERT INTO {table} ({}) VALUES ({}) {on_conflict}",
+                columns.join(", "),
+                params.join(", ")
+            ),
+            args,
+        ))
+    }
+
+    /// `saga_instances`: one upsert when the batch started the instance (a row
+    /// that exists takes what the batch set, if it has not seen it), else one update.
+    fn instance_statements(&self, id: &str, out: &mut Vec<Stmt>) {
+        const TABLE: &str = "saga_instances";
+        if self.insert.is_none() {
+            out.extend(self.update(TABLE, "id", id));
+            return;
+        }
+        let on_conflict = if self.set.is_empty() {
+            "ON CONFLICT (id) DO NOTHING".to_string()
+        } else {
+            let sets: Vec<String> = self
+                .set
+                .iter()
+                .map(|(c, _)| format!("{c} = excluded.{c}"))
+                .collect();
+            format!(
+                "ON CONFLICT (id) DO UPDATE SET {}, last_position = excluded.last_position \
+                 WHERE {TABLE}.last_position < excluded.last_position",
+                sets.join(", ")
+            )
+        };
+        out.extend(self.insert(TABLE, "id", id, &on_conflict));
+    }
+
+    /// `orders`: the first instance of an order id keeps it, so a conflict
+    /// (on the order id, or a row of this instance already there) inserts
+    /// nothing, and the update brings an existing row of this instance forward.
+    fn order_statements(&self, id: &str, out: &mut Vec<Stmt>) {
+        out.extend(self.insert("orders", "instance_id", id, "ON CONFLICT DO NOTHING"));
+        out.extend(self.update("orders", "instance_id", id));
+    }
+}
+
+/// What one instance's events in the batch change.
+#[derive(Default)]
+pub(super) struct Instance {
+    pub row: Change,
+    pub order: Change,
+}
+
+/// The folded changes of a batch, in the order the instances first appear.
+#[derive(Default)]
+pub(super) struct Batch {
+    ids: Vec<String>,
+    at: HashMap<String, usize>,
+    instances: Vec<Instance>,
+    /// `(field, value, started_at, instance_id, workflow)` rows.
+    search: Vec<[Arg; 5]>,
+}
+
+impl Batch {
+    pub fn instance(&mut self, id: &str) -> &mut Instance {
+        let i = match self.at.get(id) {
+            Some(&i) => i,
+            None => {
+                self.ids.push(id.to_string());
+                self.instances.push(Instance::default());
+                self.at.insert(id.to_string(), self.ids.len() - 1);
+                self.ids.len() - 1
+            }
+        };
+        &mut self.instances[i]
+    }
+
+    pub fn search(&mut self, rows: impl IntoIterator<Item = [Arg; 5]>) {
+        self.search.extend(rows);
+    }
+
+    /// Appends the statements of everything folded so far, and starts afresh.
+    pub fn flush_into(&mut self, out: &mut Vec<Stmt>) {
+        let instances = std::mem::take(&mut self.instances);
+        for (id, change) in self.ids.drain(..).zip(instances) {
+            if change.row.touched() {
+                change.row.instance_statements(&id, out);
+            }
+            if change.order.touched() {
+                change.order.order_statements(&id, out);
+            }
+        }
+        self.at.clear();
+        for chunk in self.search.chunks(SEARCH_ROWS_PER_INSERT) {
+            let mut args = Vec::with_capacity(chunk.len() * 5);
+            let mut values = Vec::with_capacity(chunk.len());
+            for row in chunk {
+                let n = args.len();
+                values.push(format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5
+                ));
+                args.extend(row.iter().cloned());
+            }
+            out.push(stmt(
+                &format!(
+                    "INSERT INTO instance_search (field, value, started_at, instance_id, workflow) \
+                     VALUES {} ON CONFLICT DO NOTHING",
+                    values.join(", ")
+                ),
+                args,
+            ));
+        }
+        self.search.clear();
+    }
+}
