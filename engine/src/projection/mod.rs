@@ -218,6 +218,38 @@ impl Projections {
         self.catch_up_with(store, |_| {}).await
     }
 
+    /// Like [`catch_up`](Self::catch_up), stopping between batches once `stop`
+    /// fires: a server that shuts down while far behind does not wait for the rest.
+    async fn catch_up_until(
+        &self,
+        store: &dyn EventStore,
+        stop: &CancellationToken,
+    ) -> Result<usize, StoreError> {
+        let mut total = 0;
+        while !stop.is_cancelled() {
+            match self.catch_up_batch(store).await? {
+                Some((read, _)) => total += read,
+                None => break,
+            }
+        }
+        Ok(total)
+    }
+
+    /// Applies the next batch after the checkpoint: how many events it read,
+    /// `None` when there was nothing after it.
+    async fn catch_up_batch(
+        &self,
+        store: &dyn EventStore,
+    ) -> Result<Option<(usize, u64)>, StoreError> {
+        let after = self.checkpoint().await?;
+        let (batch, scanned) = store.read_all_of_types(after, BATCH, &TYPES).await?;
+        let Some(reached) = scanned.filter(|s| Some(*s) > after) else {
+            return Ok(None);
+        };
+        self.apply(&batch, scanned).await?;
+        Ok(Some((batch.len(), reached)))
+    }
+
     /// Like [`catch_up`](Self::catch_up), telling `progress` the position reached after each batch.
     pub async fn catch_up_with(
         &self,
@@ -225,18 +257,11 @@ impl Projections {
         mut progress: impl FnMut(u64),
     ) -> Result<usize, StoreError> {
         let mut total = 0;
-        loop {
-            let after = self.checkpoint().await?;
-            let (batch, scanned) = store.read_all_of_types(after, BATCH, &TYPES).await?;
-            if scanned <= after {
-                return Ok(total);
-            }
-            total += batch.len();
-            self.apply(&batch, scanned).await?;
-            if let Some(p) = scanned {
-                progress(p);
-            }
+        while let Some((read, reached)) = self.catch_up_batch(store).await? {
+            total += read;
+            progress(reached);
         }
+        Ok(total)
     }
 
     /// Follows the log until `stop` fires. A failed batch was rolled back: it
@@ -245,7 +270,7 @@ impl Projections {
         let mut head = store.head();
         let mut backoff = RETRY_FIRST;
         loop {
-            if let Err(e) = self.catch_up(store).await {
+            if let Err(e) = self.catch_up_until(store, &stop).await {
                 self.note_failure(&e);
                 tracing::warn!(error = %e, retry_in = ?backoff, "projection could not catch up; retrying");
                 tokio::select! {
@@ -990,6 +1015,22 @@ mod tests {
             p.apply(&log[cut - back..], Some(last)).await.unwrap();
             assert_eq!(dump(&p).await, want, "cut at {cut}, {back} again");
         }
+    }
+
+    /// A follower told to stop does not first apply the rest of the log.
+    #[tokio::test]
+    async fn a_stopped_follower_stops_between_batches() {
+        let p = open("stop").await;
+        let store = MemoryStore::new();
+        for n in 0..(BATCH as u32 + 10) {
+            append(&store, u128::from(n) + 1, &[started("trip", json!({}), 1)]).await;
+        }
+        let stop = CancellationToken::new();
+        stop.cancel();
+        p.follow(&store, stop).await;
+        assert_eq!(p.checkpoint().await.unwrap(), None);
+        p.catch_up(&store).await.unwrap();
+        assert_eq!(p.checkpoint().await.unwrap(), *store.head().borrow());
     }
 
     #[tokio::test]
