@@ -377,6 +377,16 @@ impl Projections {
                 vec![NAME.into(), (last as i64).into()],
             ));
         }
+        self.transaction(&stmts).await?;
+        if scanned.is_some() {
+            self.checkpoint.send_replace(scanned);
+        }
+        Ok(())
+    }
+
+    /// Runs `stmts` in one transaction, unless a fault is injected
+    /// ([`fail_next_transactions`](Self::fail_next_transactions)).
+    async fn transaction(&self, stmts: &[Stmt]) -> Result<(), StoreError> {
         let injected = self
             .faults
             .fetch_update(
@@ -390,11 +400,7 @@ impl Projections {
                 "injected fault: the read models' database refused the transaction".into(),
             ));
         }
-        self.db.transaction(&stmts).await?;
-        if scanned.is_some() {
-            self.checkpoint.send_replace(scanned);
-        }
-        Ok(())
+        self.db.transaction(stmts).await
     }
 
     /// Instances that have not ended.

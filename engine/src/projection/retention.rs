@@ -54,7 +54,7 @@ impl Projections {
     /// Forgets the rows of removed instances, in one transaction.
     pub async fn forget(&self, ids: &[Uuid]) -> Result<(), StoreError> {
         let stmts: Vec<Stmt> = ids.iter().flat_map(|id| forget(&id.to_string())).collect();
-        self.db.transaction(&stmts).await
+        self.transaction(&stmts).await
     }
 
     /// Gives the space of forgotten rows back to the file system (SQLite:

@@ -134,3 +134,142 @@ async fn without_an_age_nothing_is_removed() {
     assert_eq!(rt.sweep().await.unwrap(), Swept::default());
     assert_eq!(rt.get(a).await.unwrap().status, "cancelled");
 }
+
+/// A store whose next `remove` fails, as a crash between archiving and
+/// removing would leave things.
+struct RemoveFailsOnce {
+    inner: MemoryStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl EventStore for RemoveFailsOnce {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: crate::store::Expected,
+        events: Vec<crate::store::NewEvent>,
+    ) -> Result<crate::store::Appended, crate::store::StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+    ) -> Result<Vec<crate::store::RecordedEvent>, crate::store::StoreError> {
+        self.inner.read_stream(stream, from).await
+    }
+    async fn read_all(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::RecordedEvent>, crate::store::StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    async fn remove(
+        &self,
+        streams: &[String],
+        at: Timestamp,
+    ) -> Result<(), crate::store::StoreError> {
+        if self.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::store::StoreError::Unavailable(
+                "injected: the process stopped here".into(),
+            ));
+        }
+        self.inner.remove(streams, at).await
+    }
+    async fn tombstone(
+        &self,
+        stream: &str,
+    ) -> Result<Option<crate::store::Tombstone>, crate::store::StoreError> {
+        self.inner.tombstone(stream).await
+    }
+    async fn forget_removed(&self, before: Timestamp) -> Result<u64, crate::store::StoreError> {
+        self.inner.forget_removed(before).await
+    }
+    fn head(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.inner.head()
+    }
+    fn durability(&self) -> String {
+        self.inner.durability()
+    }
+}
+
+/// A batch stopped after any of its steps (archive, remove, forget) is
+/// finished by the next sweep, in a new process: every instance ends up
+/// archived once, removed, and forgotten by the read models.
+#[tokio::test]
+async fn a_batch_stopped_after_any_step_is_finished_by_the_next_sweep() {
+    for stop_after in ["archive", "remove"] {
+        let dir = std::env::temp_dir().join(format!(
+            "sagaflow-ret-{}-crash-{stop_after}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Arc::new(RemoveFailsOnce {
+            inner: MemoryStore::new(),
+            fail: std::sync::atomic::AtomicBool::new(stop_after == "archive"),
+        });
+        let projections = Arc::new(Projections::open(&dir.join("readmodels.db")).await.unwrap());
+        let config = || RuntimeConfig {
+            retention: RetentionConfig {
+                max_age: Some(60 * MIN),
+                archive_dir: Some(dir.join("archive")),
+                ..RetentionConfig::default()
+            },
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::new(
+            store.clone(),
+            Some(projections.clone()),
+            clock.clone(),
+            config(),
+        )
+        .await
+        .unwrap();
+        rt.publish(HOLD).await.unwrap();
+        let ids = [ended(&rt, "k-1").await, ended(&rt, "k-2").await];
+        projections.catch_up(rt.store().as_ref()).await.unwrap();
+        clock.advance(61 * MIN);
+        if stop_after == "remove" {
+            projections.fail_next_transactions(1);
+        }
+        assert!(rt.sweep().await.is_err(), "{stop_after}: the batch stopped");
+
+        // the next process sweeps again
+        let rt = Runtime::new(
+            store.clone(),
+            Some(projections.clone()),
+            clock.clone(),
+            config(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rt.sweep().await.unwrap().removed, 2, "{stop_after}");
+        assert_eq!(rt.sweep().await.unwrap().removed, 0, "{stop_after}");
+        for id in ids {
+            assert!(
+                matches!(rt.get(id).await, Err(RuntimeError::Removed { .. })),
+                "{stop_after}"
+            );
+        }
+        let file = std::fs::read_dir(dir.join("archive"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let archived = crate::archive::read(&file).unwrap();
+        let mut got: Vec<Uuid> = archived.iter().map(|a| a.instance_id).collect();
+        got.sort();
+        let mut want = ids.to_vec();
+        want.sort();
+        assert_eq!(got, want, "{stop_after}: each archived once");
+        assert!(
+            archived.iter().all(|a| a.events.len() >= 3),
+            "{stop_after}: with every event"
+        );
+    }
+}
