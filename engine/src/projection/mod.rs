@@ -26,7 +26,6 @@ mod sql;
 use orders::order_change;
 pub use orders::{OrderRow, ORDER_WORKFLOW};
 pub use retention::Ended;
-pub use search::{number_text, MAX_VALUE as MAX_SEARCH_VALUE};
 
 use std::path::Path;
 use std::time::Duration;

@@ -21,7 +21,7 @@ use super::{stmt, Projections};
 use crate::store::{RecordedEvent, StoreError};
 
 /// The longest value indexed, in bytes; a search for a longer one finds nothing.
-pub const MAX_VALUE: usize = 256;
+pub(super) const MAX_VALUE: usize = 256;
 /// At most this many values of one array are indexed.
 const MAX_ELEMENTS: usize = 64;
 
@@ -81,7 +81,7 @@ pub(super) fn rows(
 }
 
 /// The indexed values at a dotted `path` of `input`.
-pub fn values(input: &serde_json::Value, path: &str) -> Vec<String> {
+pub(super) fn values(input: &serde_json::Value, path: &str) -> Vec<String> {
     let mut node = input;
     for part in path.split('.') {
         match node.get(part) {
@@ -112,7 +112,7 @@ fn scalar(v: &serde_json::Value) -> Option<String> {
 /// One spelling for every way of writing a number: integers without a
 /// fraction (`5000` for `5000.0`), others as the shortest text that reads
 /// back as the same double.
-pub fn number_text(n: f64) -> String {
+pub(super) fn number_text(n: f64) -> String {
     if n.fract() == 0.0 && n.abs() < 1e15 {
         format!("{}", n as i64)
     } else {
