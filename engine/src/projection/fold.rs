@@ -148,9 +148,8 @@ pub(super) struct Instance {
 /// The folded changes of a batch, in the order the instances first appear.
 #[derive(Default)]
 pub(super) struct Batch {
-    ids: Vec<String>,
     at: HashMap<String, usize>,
-    instances: Vec<Instance>,
+    instances: Vec<(String, Instance)>,
     /// `(field, value, started_at, instance_id, workflow)` rows.
     search: Vec<[Arg; 5]>,
 }
@@ -160,13 +159,13 @@ impl Batch {
         let i = match self.at.get(id) {
             Some(&i) => i,
             None => {
-                self.ids.push(id.to_string());
-                self.instances.push(Instance::default());
-                self.at.insert(id.to_string(), self.ids.len() - 1);
-                self.ids.len() - 1
+                let i = self.instances.len();
+                self.instances.push((id.to_string(), Instance::default()));
+                self.at.insert(id.to_string(), i);
+                i
             }
         };
-        &mut self.instances[i]
+        &mut self.instances[i].1
     }
 
     pub fn search(&mut self, rows: impl IntoIterator<Item = [Arg; 5]>) {
@@ -175,8 +174,7 @@ impl Batch {
 
     /// Appends the statements of everything folded so far, and starts afresh.
     pub fn flush_into(&mut self, out: &mut Vec<Stmt>) {
-        let instances = std::mem::take(&mut self.instances);
-        for (id, change) in self.ids.drain(..).zip(instances) {
+        for (id, change) in self.instances.drain(..) {
             if change.row.touched() {
                 change.row.instance_statements(&id, out);
             }

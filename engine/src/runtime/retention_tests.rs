@@ -221,14 +221,16 @@ async fn a_batch_stopped_after_any_step_is_finished_by_the_next_sweep() {
             },
             ..RuntimeConfig::default()
         };
-        let rt = Runtime::new(
-            store.clone(),
-            Some(projections.clone()),
-            clock.clone(),
-            config(),
-        )
-        .await
-        .unwrap();
+        // one process, then the next, on the same store and read models
+        let process = || {
+            Runtime::new(
+                store.clone(),
+                Some(projections.clone()),
+                clock.clone(),
+                config(),
+            )
+        };
+        let rt = process().await.unwrap();
         rt.publish(HOLD).await.unwrap();
         let ids = [ended(&rt, "k-1").await, ended(&rt, "k-2").await];
         projections.catch_up(rt.store().as_ref()).await.unwrap();
@@ -239,14 +241,7 @@ async fn a_batch_stopped_after_any_step_is_finished_by_the_next_sweep() {
         assert!(rt.sweep().await.is_err(), "{stop_after}: the batch stopped");
 
         // the next process sweeps again
-        let rt = Runtime::new(
-            store.clone(),
-            Some(projections.clone()),
-            clock.clone(),
-            config(),
-        )
-        .await
-        .unwrap();
+        let rt = process().await.unwrap();
         assert_eq!(rt.sweep().await.unwrap().removed, 2, "{stop_after}");
         assert_eq!(rt.sweep().await.unwrap().removed, 0, "{stop_after}");
         for id in ids {
