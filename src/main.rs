@@ -70,6 +70,9 @@ enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Print the embedded store's events as JSON lines, their data decoded
+    /// (a whole stream, or the log after a position); safe beside a running server.
+    Events(commands::events::EventsArgs),
     /// Archives of removed instances: `read FILE` prints them as JSON lines.
     Archive {
         #[command(subcommand)]
@@ -148,6 +151,11 @@ fn main() -> ExitCode {
         Command::Projections {
             action: ProjectionsAction::Rebuild(args),
         } => serve(commands::projections::rebuild(args)),
+        Command::Events(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.block_on(commands::events::run(args))),
         Command::Archive {
             action: ArchiveAction::Read(args),
         } => commands::archive::read(&args),

@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod bench;
 pub mod demo;
+pub mod events;
 pub mod graph;
 pub mod openapi;
 pub mod projections;

@@ -5,6 +5,14 @@
 //! appends share one fsync. Each append still succeeds or fails on its own
 //! (its expected revision is checked inside the transaction). Reads go
 //! through a separate pool and never wait for the writer.
+//!
+//! Event data is compressed with a dictionary trained on the log itself
+//! ([`codec`], ADR 18).
+
+pub mod codec;
+mod reader;
+
+pub use reader::SqliteReader;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -17,8 +25,10 @@ use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Row};
+use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use codec::{Compression, Dictionaries, Encoded, Encoder};
 
 use super::{
     AppendRequest, Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError, Tombstone,
@@ -59,6 +69,13 @@ enum Job {
     Reclaim {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Dictionary `id`, trained on the log up to `position` in `took` (or why there is none).
+    Trained {
+        id: u32,
+        position: u64,
+        took: Duration,
+        dictionary: Result<Vec<u8>, String>,
+    },
 }
 
 impl From<AppendRequest> for Job {
@@ -69,7 +86,7 @@ impl From<AppendRequest> for Job {
 
 pub struct SqliteStore {
     queue: mpsc::Sender<Job>,
-    reads: SqlitePool,
+    reader: SqliteReader,
     head: watch::Receiver<Option<u64>>,
     stats: Arc<Stats>,
 }
@@ -88,6 +105,11 @@ fn db_error(e: sqlx::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the store in the SQLite file at `path` and runs its migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Compression::default()).await
+    }
+
+    /// [`open`](Self::open), with dictionaries trained when `compression` says.
+    pub async fn open_with(path: &Path, compression: Compression) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(db_error)?
             .filename(path)
@@ -118,10 +140,31 @@ impl SqliteStore {
         let (head_tx, head) = watch::channel(last.map(|p| p as u64));
         let (queue, rx) = mpsc::channel(4096);
         let stats = Arc::new(Stats::default());
-        tokio::spawn(write_loop(writer, rx, head_tx, stats.clone()));
+        let dicts = Arc::new(Dictionaries::default());
+        let stored = Dictionaries::stored(&reads).await?;
+        for (id, bytes) in &stored {
+            dicts.add(*id, bytes);
+        }
+        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM dictionaries")
+            .fetch_one(&reads)
+            .await
+            .map_err(db_error)?;
+        let codec = Codec {
+            encoder: stored.last().map(|(_, bytes)| Encoder::new(bytes)),
+            next_id: stored.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1,
+            due: newest.map_or(compression.first_training, |p| {
+                (p as u64).saturating_mul(compression.growth)
+            }),
+            training: false,
+            compression,
+            dicts: dicts.clone(),
+            reads: reads.clone(),
+            queue: queue.downgrade(),
+        };
+        tokio::spawn(write_loop(writer, rx, head_tx, stats.clone(), codec));
         Ok(Self {
             queue,
-            reads,
+            reader: SqliteReader { pool: reads, dicts },
             head,
             stats,
         })
@@ -146,11 +189,114 @@ impl SqliteStore {
     }
 }
 
+/// The writer's compression: its newest dictionary, and when the next is due.
+struct Codec {
+    encoder: Option<Encoder>,
+    /// The id the next dictionary gets.
+    next_id: u32,
+    /// The log position at which the next dictionary is trained.
+    due: u64,
+    training: bool,
+    compression: Compression,
+    dicts: Arc<Dictionaries>,
+    reads: SqlitePool,
+    queue: mpsc::WeakSender<Job>,
+}
+
+impl Codec {
+    fn encode(&mut self, text: String) -> Encoded {
+        match &mut self.encoder {
+            Some(e) => e.encode(text),
+            None => Encoded::Text(text),
+        }
+    }
+
+    /// Trains a dictionary off the writer (a read and a few hundred ms of
+    /// CPU on a blocking thread) when the log has grown enough; the result
+    /// comes back as a [`Job::Trained`]. The task ends by itself and does
+    /// not keep the writer alive.
+    fn train_if_due(&mut self, head: u64) {
+        if self.training || head < self.due {
+            return;
+        }
+        self.training = true;
+        let (reads, dicts, queue, c, id) = (
+            self.reads.clone(),
+            self.dicts.clone(),
+            self.queue.clone(),
+            self.compression,
+            self.next_id,
+        );
+        tokio::spawn(async move {
+            let began = std::time::Instant::now();
+            let dictionary = match codec::samples(&reads, &dicts, c.samples).await {
+                Ok(samples) => tokio::task::spawn_blocking(move || {
+                    codec::train(&samples, c.dictionary_size, id)
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string())),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Some(q) = queue.upgrade() {
+                let _ = q
+                    .send(Job::Trained {
+                        id,
+                        position: head,
+                        took: began.elapsed(),
+                        dictionary,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// Keeps a trained dictionary: stored first, then readable, then used.
+    /// Whether there was one to keep.
+    async fn trained(
+        &mut self,
+        conn: &mut SqliteConnection,
+        id: u32,
+        position: u64,
+        dictionary: Result<Vec<u8>, String>,
+    ) -> bool {
+        self.training = false;
+        let kept = match dictionary {
+            Ok(bytes) => {
+                sqlx::query("INSERT INTO dictionaries (id, position, data) VALUES (?, ?, ?)")
+                    .bind(i64::from(id))
+                    .bind(position as i64)
+                    .bind(&bytes)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| bytes)
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        match kept {
+            Ok(bytes) => {
+                self.next_id = id + 1;
+                self.dicts.add(id, &bytes);
+                self.encoder = Some(Encoder::new(&bytes));
+                self.due = position.saturating_mul(self.compression.growth);
+                true
+            }
+            Err(e) => {
+                // events stay as they are written now; try again a little later
+                self.due = position.saturating_add(self.compression.first_training);
+                tracing::warn!(position, "no event data dictionary: {e}");
+                false
+            }
+        }
+    }
+}
+
 async fn write_loop(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Job>,
     head: watch::Sender<Option<u64>>,
     stats: Arc<Stats>,
+    mut codec: Codec,
 ) {
     let mut heads = Heads::default();
     let mut next: Option<Job> = None;
@@ -164,6 +310,22 @@ async fn write_loop(
         };
         let first = match first {
             Job::Append(r) => r,
+            Job::Trained {
+                id,
+                position,
+                took,
+                dictionary,
+            } => {
+                if codec.trained(&mut conn, id, position, dictionary).await {
+                    tracing::info!(
+                        dictionary = id,
+                        position,
+                        took_ms = took.as_millis() as u64,
+                        "event data dictionary trained"
+                    );
+                }
+                continue;
+            }
             upkeep => {
                 do_upkeep(&mut conn, upkeep, &mut heads).await;
                 continue;
@@ -181,7 +343,7 @@ async fn write_loop(
             }
         }
         let began = std::time::Instant::now();
-        let results = write_batch(&mut conn, &batch, &mut heads).await;
+        let results = write_batch(&mut conn, &batch, &mut heads, &mut codec).await;
         crate::telemetry::store_commit(began.elapsed().as_secs_f64(), batch.len());
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
@@ -194,6 +356,7 @@ async fn write_loop(
             .max();
         if let Some(p) = newest {
             super::advance_head(&head, p);
+            codec.train_if_due(p);
         }
         for (req, result) in batch.into_iter().zip(results) {
             let _ = req.reply.send(result);
@@ -205,7 +368,9 @@ async fn write_loop(
 /// Runs one upkeep job; removals forget the removed streams' cached heads.
 async fn do_upkeep(conn: &mut SqliteConnection, job: Job, heads: &mut Heads) {
     match job {
-        Job::Append(_) => unreachable!("appends are written in batches"),
+        Job::Append(_) | Job::Trained { .. } => {
+            unreachable!("appends and dictionaries are the writer's own")
+        }
         Job::Remove { streams, at, reply } => {
             let done = remove(conn, &streams, at).await;
             for s in &streams {
@@ -277,6 +442,7 @@ async fn write_batch(
     conn: &mut SqliteConnection,
     batch: &[AppendRequest],
     heads: &mut Heads,
+    codec: &mut Codec,
 ) -> Vec<Result<Appended, StoreError>> {
     if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
         return batch
@@ -289,7 +455,7 @@ async fn write_batch(
     let mut local = Heads::default();
     let mut results = Vec::with_capacity(batch.len());
     for req in batch {
-        results.push(append_one(conn, req, now, heads, &mut local).await);
+        results.push(append_one(conn, req, now, heads, &mut local, codec).await);
     }
     if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
@@ -311,6 +477,7 @@ async fn append_one(
     now: Timestamp,
     heads: &mut Heads,
     local: &mut Heads,
+    codec: &mut Codec,
 ) -> Result<Appended, StoreError> {
     if req.events.is_empty() {
         return Err(StoreError::empty_append());
@@ -377,9 +544,12 @@ async fn append_one(
             .bind(id)
             .bind((first_revision + i as u64) as i64)
             .bind(&e.event_type)
-            .bind(i64::from(e.schema_version))
-            .bind(e.data.to_string())
-            .bind(now.millis() as i64);
+            .bind(i64::from(e.schema_version));
+        q = match codec.encode(e.data.to_string()) {
+            Encoded::Text(text) => q.bind(text),
+            Encoded::Frame(frame) => q.bind(frame),
+        };
+        q = q.bind(now.millis() as i64);
     }
     let done = match q.execute(&mut *conn).await {
         Ok(done) => done,
@@ -409,22 +579,6 @@ async fn append_one(
     })
 }
 
-fn row_to_event(row: &sqlx::sqlite::SqliteRow) -> Result<RecordedEvent, StoreError> {
-    let corrupt = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-    let data: String = row.try_get("data").map_err(corrupt)?;
-    Ok(RecordedEvent {
-        stream: row.try_get("stream").map_err(corrupt)?,
-        revision: row.try_get::<i64, _>("revision").map_err(corrupt)? as u64,
-        position: row.try_get::<i64, _>("position").map_err(corrupt)? as u64,
-        event_type: row.try_get("event_type").map_err(corrupt)?,
-        schema_version: u16::try_from(row.try_get::<i64, _>("schema_version").map_err(corrupt)?)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        data: serde_json::from_str(&data)
-            .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
-        recorded_at: Timestamp(row.try_get::<i64, _>("recorded_at").map_err(corrupt)? as u64),
-    })
-}
-
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn append(
@@ -437,17 +591,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT ?1 AS stream, revision, position, event_type, schema_version, data, recorded_at \
-             FROM events WHERE stream_id = (SELECT id FROM streams WHERE name = ?1) AND revision >= ?2 \
-             ORDER BY revision",
-        )
-        .bind(stream)
-        .bind(from as i64)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(row_to_event).collect()
+        self.reader.read_stream(stream, from).await
     }
 
     async fn read_all(
@@ -455,17 +599,7 @@ impl EventStore for SqliteStore {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT (SELECT name FROM streams WHERE id = stream_id) AS stream, revision, position, \
-             event_type, schema_version, data, recorded_at FROM events \
-             WHERE position > ? ORDER BY position LIMIT ?",
-        )
-        .bind(after.map_or(-1, |p| p as i64))
-        .bind(limit as i64)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(row_to_event).collect()
+        self.reader.read_all(after, limit).await
     }
 
     async fn read_all_of_types(
@@ -476,22 +610,7 @@ impl EventStore for SqliteStore {
     ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
         // Everything up to the announced head is committed (it is announced after the commit).
         let head = *self.head.borrow();
-        let marks = vec!["?"; types.len()].join(", ");
-        let sql = format!(
-            "SELECT (SELECT name FROM streams WHERE id = stream_id) AS stream, revision, position, \
-             event_type, schema_version, data, recorded_at FROM events \
-             WHERE position > ? AND event_type IN ({marks}) ORDER BY position LIMIT ?"
-        );
-        let mut q = sqlx::query(&sql).bind(after.map_or(-1, |p| p as i64));
-        for t in types {
-            q = q.bind(*t);
-        }
-        let rows = q
-            .bind(limit as i64)
-            .fetch_all(&self.reads)
-            .await
-            .map_err(db_error)?;
-        let events: Vec<RecordedEvent> = rows.iter().map(row_to_event).collect::<Result<_, _>>()?;
+        let events = self.reader.read_of_types(after, limit, types).await?;
         let last = events.last().map(|e| e.position);
         let scanned = if events.len() < limit {
             last.max(head).max(after)
@@ -511,7 +630,7 @@ impl EventStore for SqliteStore {
         let at: Option<i64> =
             sqlx::query_scalar("SELECT removed_at FROM removed_streams WHERE stream = ?")
                 .bind(stream)
-                .fetch_optional(&self.reads)
+                .fetch_optional(&self.reader.pool)
                 .await
                 .map_err(db_error)?;
         Ok(at.map(|at| Tombstone {
@@ -560,6 +679,113 @@ mod tests {
             async move { SqliteStore::open(&path).await.expect("open") }
         })
         .await;
+    }
+
+    /// A dictionary trained after a few events.
+    const EARLY: Compression = Compression {
+        first_training: 48,
+        growth: 4,
+        samples: 1_000,
+        dictionary_size: 2_048,
+    };
+
+    fn order_event(i: usize) -> NewEvent {
+        let name = ["reserve", "pay", "ship"][i % 3];
+        NewEvent {
+            event_type: "StepSucceeded".into(),
+            schema_version: 1,
+            data: serde_json::json!({
+                "at": format!("2026-11-30T13:57:{:02}.{:03}Z", i % 60, (i * 7) % 1000),
+                "attempt": 1,
+                "name": name,
+                "output": {"order_id": format!("order-{i}"), "payment_id": format!("pay-{}", i * 3)},
+                "step": i % 3,
+            }),
+        }
+    }
+
+    /// Reads `SELECT COUNT(*) …` of the file through a connection of its own.
+    async fn count(path: &Path, sql: &str) -> i64 {
+        let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+    }
+
+    /// Once the log is long enough, a dictionary is trained and new events
+    /// are written as frames a fraction of their size; every event reads
+    /// back as written, through the store, after a restart, and through a
+    /// read-only reader opened before the dictionary existed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_are_compressed_once_a_dictionary_is_trained() {
+        let path = temp("compressed");
+        let store = SqliteStore::open_with(&path, EARLY).await.unwrap();
+        let early_reader = SqliteReader::open(&path).await.unwrap();
+        let mut written = Vec::new();
+        let mut append = |i: usize| {
+            let store = &store;
+            let e = order_event(i);
+            written.push(e.data.clone());
+            async move {
+                let stream = format!("saga-{}", i / 6);
+                let expected = Expected::after((i % 6) as u64);
+                store.append(&stream, expected, vec![e]).await.unwrap()
+            }
+        };
+        let mut i = 0;
+        for _ in 0..100 {
+            append(i).await;
+            i += 1;
+        }
+        let mut trained = false;
+        for _ in 0..200 {
+            if count(&path, "SELECT COUNT(*) FROM dictionaries").await > 0 {
+                trained = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(trained, "no dictionary after 100 events and 10 s");
+        let first_frame = append(i).await.position;
+        i += 1;
+        while i < 400 {
+            append(i).await;
+            i += 1;
+        }
+        let text = count(&path, &format!("SELECT COUNT(*) FROM events WHERE position >= {first_frame} AND typeof(data) <> 'blob'")).await;
+        assert_eq!(text, 0, "events after the dictionary were written as text");
+        let frames = count(
+            &path,
+            &format!("SELECT SUM(length(data)) FROM events WHERE position >= {first_frame}"),
+        )
+        .await;
+        let as_text: usize = written[written.len() - (400 - first_frame as usize + 1)..]
+            .iter()
+            .map(|d| d.to_string().len())
+            .sum();
+        assert!(
+            (frames as usize) * 2 < as_text,
+            "frames take {frames} bytes, the text {as_text}"
+        );
+        let data =
+            |events: Vec<RecordedEvent>| events.into_iter().map(|e| e.data).collect::<Vec<_>>();
+        assert_eq!(data(store.read_all(None, 1000).await.unwrap()), written);
+        assert_eq!(
+            data(early_reader.read_all(None, 1000).await.unwrap()),
+            written
+        );
+        assert_eq!(
+            data(store.read_stream("saga-60", 0).await.unwrap()),
+            written[360..366]
+        );
+        drop(store);
+        let reopened = SqliteStore::open_with(&path, EARLY).await.unwrap();
+        assert_eq!(data(reopened.read_all(None, 1000).await.unwrap()), written);
+        let (of_type, _) = reopened
+            .read_all_of_types(Some(first_frame), 1000, &["StepSucceeded"])
+            .await
+            .unwrap();
+        assert_eq!(data(of_type), written[first_frame as usize..]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
