@@ -172,6 +172,12 @@ impl Batch {
         self.search.extend(rows);
     }
 
+    /// Leaves out instance `id`'s search values folded so far.
+    pub fn drop_search_of(&mut self, id: &str) {
+        self.search
+            .retain(|row| !matches!(&row[3], Arg::Text(i) if i == id));
+    }
+
     /// Appends the statements of everything folded so far, and starts afresh.
     pub fn flush_into(&mut self, out: &mut Vec<Stmt>) {
         for (id, change) in self.instances.drain(..) {

@@ -331,9 +331,13 @@ impl Projections {
                 continue;
             };
             if rec.event_type == STREAM_REMOVED {
-                // what came before the removal is written first, then forgotten
+                // What came before the removal is written first, then
+                // forgotten; search values of a start in this batch are
+                // never written, those of an earlier one are found by key.
+                folded.drop_search_of(id);
                 folded.flush_into(&mut stmts);
-                stmts.extend(retention::forget(id));
+                let search = self.search_rows_of(id).await?;
+                retention::forget(id, &search, &mut stmts);
                 continue;
             }
             let event = match rec.to_event() {
@@ -1049,6 +1053,72 @@ mod tests {
             open_postgres(&format!("fold_{}", name.replace('-', "_"))).await
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn removed_instances_leave_no_search_values() {
+        removed_case(open("removed").await).await;
+    }
+
+    #[tokio::test]
+    async fn removed_instances_leave_no_search_values_in_postgres() {
+        removed_case(open_postgres("removed").await).await;
+    }
+
+    /// `instance_search` has no index by instance: its rows are deleted by
+    /// their key, recomputed from the instance's row. A removal in a later
+    /// batch than the start, one in the same batch, and retention's
+    /// `forget` each leave none behind, and the kept instance keeps its own.
+    async fn removed_case(p: Projections) {
+        let store = MemoryStore::new();
+        publish(&store, "order", &["customer_id", "amount"]).await;
+        let removed = || NewEvent {
+            event_type: STREAM_REMOVED.into(),
+            schema_version: 1,
+            data: json!({}),
+        };
+        let remove = |n: u128| {
+            let store = &store;
+            async move {
+                let stream = format!("saga-{}", Uuid::from_u128(n));
+                store
+                    .append(&stream, Expected::Any, vec![removed()])
+                    .await
+                    .unwrap();
+            }
+        };
+        for n in 1..=4u32 {
+            append(
+                &store,
+                u128::from(n),
+                &[started("order", order(n, "c"), 1000 + u64::from(n))],
+            )
+            .await;
+        }
+        p.catch_up(&store).await.unwrap();
+        remove(1).await;
+        append(&store, 5, &[started("order", order(5, "c"), 1005)]).await;
+        remove(5).await;
+        p.catch_up(&store).await.unwrap();
+        p.forget(&[Uuid::from_u128(4)]).await.unwrap();
+        let left =
+            p.db.fetch(
+                "SELECT DISTINCT instance_id FROM instance_search ORDER BY instance_id",
+                &[],
+                |r| r.text("instance_id"),
+            )
+            .await
+            .unwrap();
+        let kept = [2u128, 3].map(|n| Uuid::from_u128(n).to_string());
+        assert_eq!(left, kept);
+        let rows =
+            p.db.fetch("SELECT COUNT(*) AS n FROM instance_search", &[], |r| {
+                r.int("n")
+            })
+            .await
+            .unwrap();
+        // customer_id and amount, each
+        assert_eq!(rows, [4]);
     }
 
     async fn search_case(p: Projections) {
