@@ -9,6 +9,7 @@
 //! Event data is compressed with a dictionary trained on the log itself
 //! ([`codec`], ADR 18).
 
+mod batch;
 pub mod codec;
 mod reader;
 
@@ -33,7 +34,7 @@ use codec::{Compression, Dictionaries, Encoded, Encoder};
 use super::{
     AppendRequest, Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError, Tombstone,
 };
-use crate::saga::{Clock, SystemClock, Timestamp};
+use crate::saga::Timestamp;
 
 /// The most appends one transaction takes.
 const MAX_BATCH: usize = 512;
@@ -343,7 +344,7 @@ async fn write_loop(
             }
         }
         let began = std::time::Instant::now();
-        let results = write_batch(&mut conn, &batch, &mut heads, &mut codec).await;
+        let results = batch::write_batch(&mut conn, &batch, &mut heads, &mut codec).await;
         crate::telemetry::store_commit(began.elapsed().as_secs_f64(), batch.len());
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
@@ -435,148 +436,6 @@ async fn reclaim(conn: &mut SqliteConnection) -> Result<(), StoreError> {
         .await
         .map_err(db_error)?;
     Ok(())
-}
-
-/// Writes a batch in one transaction; each append gets its own result.
-async fn write_batch(
-    conn: &mut SqliteConnection,
-    batch: &[AppendRequest],
-    heads: &mut Heads,
-    codec: &mut Codec,
-) -> Vec<Result<Appended, StoreError>> {
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        return batch
-            .iter()
-            .map(|_| Err(StoreError::Unavailable(e.to_string())))
-            .collect();
-    }
-    let now = SystemClock.now();
-    // Heads as this transaction sees them; they reach the cache only if it commits.
-    let mut local = Heads::default();
-    let mut results = Vec::with_capacity(batch.len());
-    for req in batch {
-        results.push(append_one(conn, req, now, heads, &mut local, codec).await);
-    }
-    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        return batch
-            .iter()
-            .map(|_| Err(StoreError::Unavailable(format!("commit failed: {e}"))))
-            .collect();
-    }
-    if heads.0.len() + local.0.len() > HEAD_CACHE {
-        heads.0.clear();
-    }
-    heads.0.extend(local.0);
-    results
-}
-
-async fn append_one(
-    conn: &mut SqliteConnection,
-    req: &AppendRequest,
-    now: Timestamp,
-    heads: &mut Heads,
-    local: &mut Heads,
-    codec: &mut Codec,
-) -> Result<Appended, StoreError> {
-    if req.events.is_empty() {
-        return Err(StoreError::empty_append());
-    }
-    let known = local
-        .0
-        .get(&req.stream)
-        .or_else(|| heads.0.get(&req.stream))
-        .copied();
-    let (id, last) = match known {
-        Some(h) => (Some(h.id), h.last),
-        None => {
-            let (id, l, removed): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT s.id, (SELECT MAX(revision) FROM events WHERE stream_id = s.id), \
-                 (SELECT removed_at FROM removed_streams WHERE stream = ?1) \
-                 FROM (SELECT ?1 AS name) AS wanted LEFT JOIN streams s ON s.name = wanted.name",
-            )
-            .bind(&req.stream)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db_error)?;
-            if let Some(at) = removed {
-                return Err(StoreError::Removed {
-                    stream: req.stream.clone(),
-                    removed_at: Some(Timestamp(at as u64)),
-                });
-            }
-            let l = l.map(|l| l as u64);
-            if let Some(id) = id {
-                local.0.insert(req.stream.clone(), Head { id, last: l });
-            }
-            (id, l)
-        }
-    };
-    if !req.expected.admits(last) {
-        return Err(StoreError::Conflict {
-            stream: req.stream.clone(),
-            expected: req.expected,
-            actual: last,
-        });
-    }
-    let id = match id {
-        Some(id) => id,
-        // a new stream gets its number (kept only if the transaction commits)
-        None => sqlx::query("INSERT INTO streams (name) VALUES (?)")
-            .bind(&req.stream)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error)?
-            .last_insert_rowid(),
-    };
-    let first_revision = last.map_or(0, |l| l + 1);
-    let mut sql = String::from("INSERT INTO events (stream_id, revision, event_type, schema_version, data, recorded_at) VALUES ");
-    for i in 0..req.events.len() {
-        sql.push_str(if i == 0 {
-            "(?, ?, ?, ?, ?, ?)"
-        } else {
-            ", (?, ?, ?, ?, ?, ?)"
-        });
-    }
-    let mut q = sqlx::query(&sql);
-    for (i, e) in req.events.iter().enumerate() {
-        q = q
-            .bind(id)
-            .bind((first_revision + i as u64) as i64)
-            .bind(&e.event_type)
-            .bind(i64::from(e.schema_version));
-        q = match codec.encode(e.data.to_string()) {
-            Encoded::Text(text) => q.bind(text),
-            Encoded::Frame(frame) => q.bind(frame),
-        };
-        q = q.bind(now.millis() as i64);
-    }
-    let done = match q.execute(&mut *conn).await {
-        Ok(done) => done,
-        // another writer got there first: the same as a failed expectation, and what we knew is stale
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-            heads.0.remove(&req.stream);
-            local.0.remove(&req.stream);
-            return Err(StoreError::Conflict {
-                stream: req.stream.clone(),
-                expected: req.expected,
-                actual: None,
-            });
-        }
-        Err(e) => return Err(db_error(e)),
-    };
-    let revision = first_revision + req.events.len() as u64 - 1;
-    local.0.insert(
-        req.stream.clone(),
-        Head {
-            id,
-            last: Some(revision),
-        },
-    );
-    Ok(Appended {
-        revision,
-        position: done.last_insert_rowid() as u64,
-    })
 }
 
 #[async_trait]
@@ -786,6 +645,72 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(data(of_type), written[first_frame as usize..]);
+    }
+
+    /// A revision taken behind the writer's back (another process wrote the
+    /// file) fails that append alone; the appends that shared its batch
+    /// land, each at the position it was told.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_head_fails_its_append_alone() {
+        let path = temp("stale");
+        let store = std::sync::Arc::new(SqliteStore::open(&path).await.unwrap());
+        let ev = |i: u64| NewEvent {
+            event_type: "T".into(),
+            schema_version: 1,
+            data: serde_json::json!({ "i": i }),
+        };
+        store
+            .append("saga-stale", Expected::NoStream, vec![ev(0)])
+            .await
+            .unwrap();
+        let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO events (stream_id, revision, event_type, schema_version, data, recorded_at) SELECT id, 1, 'T', 1, '{}', 0 FROM streams WHERE name = 'saga-stale'")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let tasks: Vec<_> = (0..64u64)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    if i == 32 {
+                        s.append("saga-stale", Expected::Revision(0), vec![ev(i)])
+                            .await
+                    } else {
+                        s.append(
+                            &format!("saga-{i}"),
+                            Expected::NoStream,
+                            vec![ev(i), ev(i + 100)],
+                        )
+                        .await
+                    }
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let result = t.await.unwrap();
+            if i == 32 {
+                assert!(result.unwrap_err().is_conflict());
+                continue;
+            }
+            let appended = result.unwrap();
+            let read = store.read_stream(&format!("saga-{i}"), 0).await.unwrap();
+            assert_eq!(
+                read.iter()
+                    .map(|e| (e.revision, e.data["i"].as_u64().unwrap()))
+                    .collect::<Vec<_>>(),
+                [(0, i as u64), (1, i as u64 + 100)]
+            );
+            assert_eq!(appended.position, read[1].position, "stream {i}");
+            assert_eq!(appended.revision, 1);
+        }
+        // the stream is written again once its head is read afresh
+        store
+            .append("saga-stale", Expected::Revision(1), vec![ev(2)])
+            .await
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
