@@ -1,5 +1,6 @@
-//! Writing a batch of appends: one transaction, and the events of all its
-//! appends in a few multi-row INSERTs instead of one per append.
+//! Writing a batch of appends: one transaction, one query for the streams
+//! the writer has no head for, one INSERT for the new streams, and the
+//! events of all its appends in a few multi-row INSERTs.
 //!
 //! Each statement is a hand-off to the SQLite driver's thread and back; a
 //! profile of the server under load had that channel and its wake-ups at
@@ -8,6 +9,8 @@
 //! statement shapes. Should the combined insert fail on a revision already
 //! taken (a head the writer knew wrongly), the batch is written again one
 //! append at a time, so that only the append at fault fails.
+
+use std::collections::{HashMap, HashSet};
 
 use sqlx::SqliteConnection;
 
@@ -18,6 +21,17 @@ use crate::store::{AppendRequest, Appended, StoreError};
 
 /// The most rows one INSERT takes (6 arguments each).
 const MAX_ROWS: usize = 256;
+
+/// What one query told of streams the writer had no head for.
+#[derive(Default)]
+struct Lookup {
+    /// Streams without a number: they have never had events.
+    absent: HashSet<String>,
+    /// Removed streams, with when.
+    removed: HashMap<String, Timestamp>,
+    /// The highest stream number in use; new streams get the next ones.
+    top: i64,
+}
 
 /// One event's row.
 struct Row<'a> {
@@ -41,10 +55,23 @@ pub(super) async fn write_batch(
     let now = SystemClock.now();
     // Heads as this transaction sees them; they reach the cache only if it commits.
     let mut local = Heads::default();
+    let unknown: Vec<&str> = batch
+        .iter()
+        .map(|r| r.stream.as_str())
+        .filter(|s| !heads.0.contains_key(*s))
+        .collect();
+    let mut lookup = match look_up(conn, &unknown, &mut local).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return unavailable(batch, e.to_string());
+        }
+    };
     let mut results = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
+    let mut created = Vec::new();
     for req in batch {
-        let planned = plan(conn, req, heads, &mut local).await;
+        let planned = plan(req, heads, &mut local, &mut lookup, &mut created);
         if let Ok((id, first)) = planned {
             push_rows(&mut rows, req, id, first, codec);
         }
@@ -53,7 +80,11 @@ pub(super) async fn write_batch(
             position: 0,
         }));
     }
-    let positions = match insert(conn, &rows, now).await {
+    let written = match create_streams(conn, &created).await {
+        Ok(()) => insert(conn, &rows, now).await,
+        Err(e) => Err(e),
+    };
+    let positions = match written {
         Ok(p) => p,
         Err(e) => {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
@@ -107,10 +138,21 @@ async fn append_one(
     local: &mut Heads,
     codec: &mut Codec,
 ) -> Result<Appended, StoreError> {
-    let (id, first) = plan(conn, req, heads, local).await?;
+    let mut lookup = Lookup::default();
+    if !heads.0.contains_key(&req.stream) && !local.0.contains_key(&req.stream) {
+        lookup = look_up(conn, &[req.stream.as_str()], local)
+            .await
+            .map_err(db_error)?;
+    }
+    let mut created = Vec::new();
+    let (id, first) = plan(req, heads, local, &mut lookup, &mut created)?;
     let mut rows = Vec::with_capacity(req.events.len());
     push_rows(&mut rows, req, id, first, codec);
-    match insert(conn, &rows, now).await {
+    let written = match create_streams(conn, &created).await {
+        Ok(()) => insert(conn, &rows, now).await,
+        Err(e) => Err(e),
+    };
+    match written {
         Ok(positions) => Ok(Appended {
             revision: first + req.events.len() as u64 - 1,
             position: positions[positions.len() - 1],
@@ -130,13 +172,15 @@ async fn append_one(
 }
 
 /// Checks an append against its stream's head and gives it its place: the
-/// stream's number (a new stream gets one) and its first revision. The head
-/// in `local` moves past it.
-async fn plan(
-    conn: &mut SqliteConnection,
+/// stream's number (a new stream gets the next one, to create in
+/// `created`) and its first revision. The head in `local` moves past it.
+/// A stream with no head in `heads` or `local` must be in `lookup`.
+fn plan(
     req: &AppendRequest,
     heads: &Heads,
     local: &mut Heads,
+    lookup: &mut Lookup,
+    created: &mut Vec<(i64, String)>,
 ) -> Result<(i64, u64), StoreError> {
     if req.events.is_empty() {
         return Err(StoreError::empty_append());
@@ -149,26 +193,19 @@ async fn plan(
     let (id, last) = match known {
         Some(h) => (Some(h.id), h.last),
         None => {
-            let (id, l, removed): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT s.id, (SELECT MAX(revision) FROM events WHERE stream_id = s.id), \
-                 (SELECT removed_at FROM removed_streams WHERE stream = ?1) \
-                 FROM (SELECT ?1 AS name) AS wanted LEFT JOIN streams s ON s.name = wanted.name",
-            )
-            .bind(&req.stream)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db_error)?;
-            if let Some(at) = removed {
+            if let Some(at) = lookup.removed.get(&req.stream) {
                 return Err(StoreError::Removed {
                     stream: req.stream.clone(),
-                    removed_at: Some(Timestamp(at as u64)),
+                    removed_at: Some(*at),
                 });
             }
-            let l = l.map(|l| l as u64);
-            if let Some(id) = id {
-                local.0.insert(req.stream.clone(), Head { id, last: l });
+            if !lookup.absent.contains(&req.stream) {
+                return Err(StoreError::Unavailable(format!(
+                    "stream {} was not looked up",
+                    req.stream
+                )));
             }
-            (id, l)
+            (None, None)
         }
     };
     if !req.expected.admits(last) {
@@ -178,16 +215,11 @@ async fn plan(
             actual: last,
         });
     }
-    let id = match id {
-        Some(id) => id,
-        // a new stream gets its number (kept only if the transaction commits)
-        None => sqlx::query("INSERT INTO streams (name) VALUES (?)")
-            .bind(&req.stream)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error)?
-            .last_insert_rowid(),
-    };
+    let id = id.unwrap_or_else(|| {
+        lookup.top += 1;
+        created.push((lookup.top, req.stream.clone()));
+        lookup.top
+    });
     let first = last.map_or(0, |l| l + 1);
     let last = first + req.events.len() as u64 - 1;
     local.0.insert(
@@ -198,6 +230,69 @@ async fn plan(
         },
     );
     Ok((id, first))
+}
+
+/// A looked-up name: its number, last revision, removal time, and the
+/// highest number in use.
+type StreamRow = (String, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+
+/// Looks up `names` in one query: each one's number and last revision
+/// (into `local`), or that it is absent or removed.
+async fn look_up(
+    conn: &mut SqliteConnection,
+    names: &[&str],
+    local: &mut Heads,
+) -> Result<Lookup, sqlx::Error> {
+    let mut lookup = Lookup::default();
+    if names.is_empty() {
+        return Ok(lookup);
+    }
+    // one statement whatever the number of names: the names as a JSON array
+    let wanted = serde_json::to_string(names).unwrap_or_default();
+    let rows: Vec<StreamRow> = sqlx::query_as(
+        "SELECT w.value, s.id, (SELECT MAX(revision) FROM events WHERE stream_id = s.id), \
+             (SELECT removed_at FROM removed_streams WHERE stream = w.value), \
+             (SELECT MAX(id) FROM streams) \
+             FROM json_each(?1) AS w LEFT JOIN streams s ON s.name = w.value",
+    )
+    .bind(wanted)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (name, id, last, removed, top) in rows {
+        lookup.top = top.unwrap_or(0);
+        if let Some(at) = removed {
+            lookup.removed.insert(name, Timestamp(at as u64));
+        } else if let Some(id) = id {
+            let last = last.map(|l| l as u64);
+            local.0.insert(name, Head { id, last });
+        } else {
+            lookup.absent.insert(name);
+        }
+    }
+    Ok(lookup)
+}
+
+/// Numbers new streams, in one INSERT.
+async fn create_streams(
+    conn: &mut SqliteConnection,
+    created: &[(i64, String)],
+) -> Result<(), sqlx::Error> {
+    let mut rest = created;
+    while !rest.is_empty() {
+        let n = chunk_len(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let sql = format!(
+            "INSERT INTO streams (id, name) VALUES {}",
+            vec!["(?, ?)"; n].join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, name) in chunk {
+            q = q.bind(*id).bind(name.as_str());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 fn push_rows<'a>(
@@ -227,8 +322,7 @@ async fn insert(
     let mut positions = Vec::with_capacity(rows.len());
     let mut rest = rows;
     while !rest.is_empty() {
-        // the largest power of two that fits: few distinct statements to prepare
-        let n = MAX_ROWS.min(1 << rest.len().ilog2());
+        let n = chunk_len(rest.len());
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
         let mut sql = String::from(
@@ -259,6 +353,12 @@ async fn insert(
         positions.extend((last + 1 - n as u64)..=last);
     }
     Ok(positions)
+}
+
+/// How many of `left` rows the next INSERT takes: the largest power of two
+/// that fits, so the driver prepares few distinct statements.
+fn chunk_len(left: usize) -> usize {
+    MAX_ROWS.min(1 << left.ilog2())
 }
 
 async fn begin(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
