@@ -23,13 +23,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use codec::{Compression, Dictionaries, Encoded, Encoder};
+use codec::{Codec, Compression, Dictionaries, Encoder};
 
 use super::{
     AppendRequest, Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError, Tombstone,
@@ -187,108 +187,6 @@ impl SqliteStore {
             self.stats.commits.load(Ordering::Relaxed),
             self.stats.appends.load(Ordering::Relaxed),
         )
-    }
-}
-
-/// The writer's compression: its newest dictionary, and when the next is due.
-struct Codec {
-    encoder: Option<Encoder>,
-    /// The id the next dictionary gets.
-    next_id: u32,
-    /// The log position at which the next dictionary is trained.
-    due: u64,
-    training: bool,
-    compression: Compression,
-    dicts: Arc<Dictionaries>,
-    reads: SqlitePool,
-    queue: mpsc::WeakSender<Job>,
-}
-
-impl Codec {
-    fn encode(&mut self, text: String) -> Encoded {
-        match &mut self.encoder {
-            Some(e) => e.encode(text),
-            None => Encoded::Text(text),
-        }
-    }
-
-    /// Trains a dictionary off the writer (a read and a few hundred ms of
-    /// CPU on a blocking thread) when the log has grown enough; the result
-    /// comes back as a [`Job::Trained`]. The task ends by itself and does
-    /// not keep the writer alive.
-    fn train_if_due(&mut self, head: u64) {
-        if self.training || head < self.due {
-            return;
-        }
-        self.training = true;
-        let (reads, dicts, queue, c, id) = (
-            self.reads.clone(),
-            self.dicts.clone(),
-            self.queue.clone(),
-            self.compression,
-            self.next_id,
-        );
-        tokio::spawn(async move {
-            let began = std::time::Instant::now();
-            let dictionary = match codec::samples(&reads, &dicts, c.samples).await {
-                Ok(samples) => tokio::task::spawn_blocking(move || {
-                    codec::train(&samples, c.dictionary_size, id)
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string())),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Some(q) = queue.upgrade() {
-                let _ = q
-                    .send(Job::Trained {
-                        id,
-                        position: head,
-                        took: began.elapsed(),
-                        dictionary,
-                    })
-                    .await;
-            }
-        });
-    }
-
-    /// Keeps a trained dictionary: stored first, then readable, then used.
-    /// Whether there was one to keep.
-    async fn trained(
-        &mut self,
-        conn: &mut SqliteConnection,
-        id: u32,
-        position: u64,
-        dictionary: Result<Vec<u8>, String>,
-    ) -> bool {
-        self.training = false;
-        let kept = match dictionary {
-            Ok(bytes) => {
-                sqlx::query("INSERT INTO dictionaries (id, position, data) VALUES (?, ?, ?)")
-                    .bind(i64::from(id))
-                    .bind(position as i64)
-                    .bind(&bytes)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|_| bytes)
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e),
-        };
-        match kept {
-            Ok(bytes) => {
-                self.next_id = id + 1;
-                self.dicts.add(id, &bytes);
-                self.encoder = Some(Encoder::new(&bytes));
-                self.due = position.saturating_mul(self.compression.growth);
-                true
-            }
-            Err(e) => {
-                // events stay as they are written now; try again a little later
-                self.due = position.saturating_add(self.compression.first_training);
-                tracing::warn!(position, "no event data dictionary: {e}");
-                false
-            }
-        }
     }
 }
 
