@@ -34,12 +34,43 @@ struct Lookup {
 }
 
 /// One event's row.
-struct Row<'a> {
+struct Row {
     stream_id: i64,
     revision: u64,
-    event_type: &'a str,
+    type_id: i64,
     schema_version: u16,
     data: Encoded,
+}
+
+/// Event type names and their numbers in `event_types`, as the writer has
+/// met them. A new name is numbered in a statement of its own, before the
+/// batch's transaction, so a batch that rolls back never leaves the cache
+/// naming a number the file does not have (an unused name costs nothing).
+#[derive(Default)]
+pub(super) struct Types(HashMap<String, i64>);
+
+impl Types {
+    async fn learn(
+        &mut self,
+        conn: &mut SqliteConnection,
+        batch: &[AppendRequest],
+    ) -> Result<(), sqlx::Error> {
+        for e in batch.iter().flat_map(|r| &r.events) {
+            if self.0.contains_key(&e.event_type) {
+                continue;
+            }
+            sqlx::query("INSERT INTO event_types (name) VALUES (?) ON CONFLICT DO NOTHING")
+                .bind(&e.event_type)
+                .execute(&mut *conn)
+                .await?;
+            let id: i64 = sqlx::query_scalar("SELECT id FROM event_types WHERE name = ?")
+                .bind(&e.event_type)
+                .fetch_one(&mut *conn)
+                .await?;
+            self.0.insert(e.event_type.clone(), id);
+        }
+        Ok(())
+    }
 }
 
 /// Writes a batch in one transaction; each append gets its own result.
@@ -47,8 +78,12 @@ pub(super) async fn write_batch(
     conn: &mut SqliteConnection,
     batch: &[AppendRequest],
     heads: &mut Heads,
+    types: &mut Types,
     codec: &mut Codec,
 ) -> Vec<Result<Appended, StoreError>> {
+    if let Err(e) = types.learn(conn, batch).await {
+        return unavailable(batch, e.to_string());
+    }
     if let Err(e) = begin(conn).await {
         return unavailable(batch, e.to_string());
     }
@@ -73,7 +108,7 @@ pub(super) async fn write_batch(
     for req in batch {
         let planned = plan(req, heads, &mut local, &mut lookup, &mut created);
         if let Ok((id, first)) = planned {
-            push_rows(&mut rows, req, id, first, codec);
+            push_rows(&mut rows, req, id, first, types, codec);
         }
         results.push(planned.map(|(_, first)| Appended {
             revision: first + req.events.len() as u64 - 1,
@@ -93,7 +128,7 @@ pub(super) async fn write_batch(
                     for req in batch {
                         heads.0.remove(&req.stream);
                     }
-                    one_by_one(conn, batch, heads, codec).await
+                    one_by_one(conn, batch, heads, types, codec).await
                 }
                 e => unavailable(batch, e.to_string()),
             };
@@ -116,6 +151,7 @@ async fn one_by_one(
     conn: &mut SqliteConnection,
     batch: &[AppendRequest],
     heads: &mut Heads,
+    types: &Types,
     codec: &mut Codec,
 ) -> Vec<Result<Appended, StoreError>> {
     if let Err(e) = begin(conn).await {
@@ -125,7 +161,7 @@ async fn one_by_one(
     let mut local = Heads::default();
     let mut results = Vec::with_capacity(batch.len());
     for req in batch {
-        results.push(append_one(conn, req, now, heads, &mut local, codec).await);
+        results.push(append_one(conn, req, now, heads, &mut local, types, codec).await);
     }
     commit(conn, batch, heads, local, results).await
 }
@@ -136,6 +172,7 @@ async fn append_one(
     now: Timestamp,
     heads: &mut Heads,
     local: &mut Heads,
+    types: &Types,
     codec: &mut Codec,
 ) -> Result<Appended, StoreError> {
     let mut lookup = Lookup::default();
@@ -147,7 +184,7 @@ async fn append_one(
     let mut created = Vec::new();
     let (id, first) = plan(req, heads, local, &mut lookup, &mut created)?;
     let mut rows = Vec::with_capacity(req.events.len());
-    push_rows(&mut rows, req, id, first, codec);
+    push_rows(&mut rows, req, id, first, types, codec);
     let written = match create_streams(conn, &created).await {
         Ok(()) => insert(conn, &rows, now).await,
         Err(e) => Err(e),
@@ -295,18 +332,20 @@ async fn create_streams(
     Ok(())
 }
 
-fn push_rows<'a>(
-    rows: &mut Vec<Row<'a>>,
-    req: &'a AppendRequest,
+fn push_rows(
+    rows: &mut Vec<Row>,
+    req: &AppendRequest,
     stream_id: i64,
     first: u64,
+    types: &Types,
     codec: &mut Codec,
 ) {
     for (i, e) in req.events.iter().enumerate() {
         rows.push(Row {
             stream_id,
             revision: first + i as u64,
-            event_type: &e.event_type,
+            // every type of the batch was learned before it began
+            type_id: types.0.get(&e.event_type).copied().unwrap_or(0),
             schema_version: e.schema_version,
             data: codec.encode(e.data.to_string()),
         });
@@ -316,7 +355,7 @@ fn push_rows<'a>(
 /// Inserts `rows` in order; the position each got.
 async fn insert(
     conn: &mut SqliteConnection,
-    rows: &[Row<'_>],
+    rows: &[Row],
     now: Timestamp,
 ) -> Result<Vec<u64>, sqlx::Error> {
     let mut positions = Vec::with_capacity(rows.len());
@@ -326,7 +365,7 @@ async fn insert(
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
         let mut sql = String::from(
-            "INSERT INTO events (stream_id, revision, event_type, schema_version, data, recorded_at) VALUES ",
+            "INSERT INTO events (stream_id, revision, type_id, schema_version, data, recorded_at) VALUES ",
         );
         for i in 0..n {
             sql.push_str(if i == 0 {
@@ -340,7 +379,7 @@ async fn insert(
             q = q
                 .bind(r.stream_id)
                 .bind(r.revision as i64)
-                .bind(r.event_type)
+                .bind(r.type_id)
                 .bind(i64::from(r.schema_version));
             q = match &r.data {
                 Encoded::Text(text) => q.bind(text.as_str()),

@@ -198,6 +198,7 @@ async fn write_loop(
     mut codec: Codec,
 ) {
     let mut heads = Heads::default();
+    let mut types = batch::Types::default();
     let mut next: Option<Job> = None;
     loop {
         let first = match next.take() {
@@ -242,7 +243,8 @@ async fn write_loop(
             }
         }
         let began = std::time::Instant::now();
-        let results = batch::write_batch(&mut conn, &batch, &mut heads, &mut codec).await;
+        let results =
+            batch::write_batch(&mut conn, &batch, &mut heads, &mut types, &mut codec).await;
         crate::telemetry::store_commit(began.elapsed().as_secs_f64(), batch.len());
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
@@ -564,7 +566,7 @@ mod tests {
         let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
             .await
             .unwrap();
-        sqlx::query("INSERT INTO events (stream_id, revision, event_type, schema_version, data, recorded_at) SELECT id, 1, 'T', 1, '{}', 0 FROM streams WHERE name = 'saga-stale'")
+        sqlx::query("INSERT INTO events (stream_id, revision, type_id, schema_version, data, recorded_at) SELECT id, 1, (SELECT id FROM event_types WHERE name = 'T'), 1, '{}', 0 FROM streams WHERE name = 'saga-stale'")
             .execute(&mut conn)
             .await
             .unwrap();
@@ -627,9 +629,10 @@ mod tests {
         assert!(err.to_string().contains("newer version"), "{err}");
     }
 
-    /// A file written before stream names were numbered (migrations 1 and 2)
-    /// is converted on open: its streams read back whole, and appends go on
-    /// from their revisions and after the last position.
+    /// A file written before stream names and event types were numbered
+    /// (migrations 1 and 2) is converted on open: its streams read back
+    /// whole, and appends go on from their revisions and after the last
+    /// position.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_with_named_streams_is_converted() {
         let path = temp("named");
@@ -667,6 +670,10 @@ mod tests {
             all.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>(),
             ["saga-a", "saga-b", "saga-a"]
         );
+        // types by number too (migration 5), read back by name and by filter
+        assert!(all.iter().all(|e| e.event_type == "T"));
+        let (of_t, _) = store.read_all_of_types(None, 10, &["T"]).await.unwrap();
+        assert_eq!(of_t.len(), 3);
         let ev = NewEvent {
             event_type: "T".into(),
             schema_version: 1,

@@ -12,9 +12,10 @@ use super::db_error;
 use crate::saga::Timestamp;
 use crate::store::{RecordedEvent, StoreError};
 
-/// The columns every read selects, with the stream's name.
+/// The columns every read selects, with the stream's and the type's names.
 const COLUMNS: &str = "(SELECT name FROM streams WHERE id = stream_id) AS stream, revision, \
-                       position, event_type, schema_version, data, recorded_at";
+                       position, (SELECT name FROM event_types WHERE id = type_id) AS event_type, \
+                       schema_version, data, recorded_at";
 
 pub struct SqliteReader {
     pub(super) pool: SqlitePool,
@@ -87,7 +88,8 @@ impl SqliteReader {
         let marks = vec!["?"; types.len()].join(", ");
         let sql = format!(
             "SELECT {COLUMNS} FROM events \
-             WHERE position > ? AND event_type IN ({marks}) ORDER BY position LIMIT ?"
+             WHERE position > ? AND type_id IN (SELECT id FROM event_types WHERE name IN ({marks})) \
+             ORDER BY position LIMIT ?"
         );
         let mut q = sqlx::query(&sql).bind(after.map_or(-1, |p| p as i64));
         for t in types {
