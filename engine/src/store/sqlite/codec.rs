@@ -56,6 +56,14 @@ impl Default for Compression {
     }
 }
 
+/// A dictionary as the file keeps it.
+pub(super) struct Stored {
+    pub id: u32,
+    /// How long the log was when it was trained.
+    pub position: u64,
+    pub bytes: Vec<u8>,
+}
+
 /// Every dictionary of the file, for reading; shared by the writer (which
 /// adds the ones it trains before it writes a frame with them) and readers.
 #[derive(Default)]
@@ -70,25 +78,29 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 }
 
 impl Dictionaries {
-    /// The dictionaries stored in the file, ids with their bytes, oldest first.
-    pub(super) async fn stored(pool: &SqlitePool) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
-        let rows = sqlx::query("SELECT id, data FROM dictionaries ORDER BY position, id")
+    /// The dictionaries stored in the file, oldest first.
+    pub(super) async fn stored(pool: &SqlitePool) -> Result<Vec<Stored>, StoreError> {
+        let rows = sqlx::query("SELECT id, position, data FROM dictionaries ORDER BY position, id")
             .fetch_all(pool)
             .await
             .map_err(super::db_error)?;
         rows.iter()
             .map(|r| {
                 let id: i64 = r.try_get("id").map_err(super::db_error)?;
-                let id = u32::try_from(id).map_err(corrupt)?;
-                Ok((id, r.try_get("data").map_err(super::db_error)?))
+                let position: i64 = r.try_get("position").map_err(super::db_error)?;
+                Ok(Stored {
+                    id: u32::try_from(id).map_err(corrupt)?,
+                    position: position as u64,
+                    bytes: r.try_get("data").map_err(super::db_error)?,
+                })
             })
             .collect()
     }
 
     /// Loads the dictionaries of the file that are not known yet.
     pub(super) async fn refresh(&self, pool: &SqlitePool) -> Result<(), StoreError> {
-        for (id, bytes) in Self::stored(pool).await? {
-            self.add(id, &bytes);
+        for d in Self::stored(pool).await? {
+            self.add(d.id, &d.bytes);
         }
         Ok(())
     }

@@ -143,18 +143,15 @@ impl SqliteStore {
         let stats = Arc::new(Stats::default());
         let dicts = Arc::new(Dictionaries::default());
         let stored = Dictionaries::stored(&reads).await?;
-        for (id, bytes) in &stored {
-            dicts.add(*id, bytes);
+        for d in &stored {
+            dicts.add(d.id, &d.bytes);
         }
-        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM dictionaries")
-            .fetch_one(&reads)
-            .await
-            .map_err(db_error)?;
+        let newest = stored.last();
         let codec = Codec {
-            encoder: stored.last().map(|(_, bytes)| Encoder::new(bytes)),
-            next_id: stored.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1,
-            due: newest.map_or(compression.first_training, |p| {
-                (p as u64).saturating_mul(compression.growth)
+            encoder: newest.map(|d| Encoder::new(&d.bytes)),
+            next_id: stored.iter().map(|d| d.id).max().unwrap_or(0) + 1,
+            due: newest.map_or(compression.first_training, |d| {
+                d.position.saturating_mul(compression.growth)
             }),
             training: false,
             compression,
