@@ -21,8 +21,8 @@ pub struct EventsArgs {
     /// Only this saga instance's stream.
     #[arg(long)]
     pub instance: Option<uuid::Uuid>,
-    /// The whole log after this position (without --stream or --instance).
-    #[arg(long)]
+    /// The whole log after this position (not with --stream or --instance).
+    #[arg(long, conflicts_with_all = ["stream", "instance"])]
     pub after: Option<u64>,
     /// At most this many events.
     #[arg(long, default_value_t = 1000)]
