@@ -336,8 +336,9 @@ impl Projections {
                 // never written, those of an earlier one are found by key.
                 folded.drop_search_of(id);
                 folded.flush_into(&mut stmts);
-                let search = self.search_rows_of(id).await?;
-                retention::forget(id, &search, &mut stmts);
+                let id = [id.to_string()];
+                let search = self.search_rows_of(&id).await?;
+                retention::forget(&id, &search, &mut stmts);
                 continue;
             }
             let event = match rec.to_event() {

@@ -16,18 +16,21 @@ pub struct Ended {
     pub finished_at: Timestamp,
 }
 
-/// The statements that forget instance `id`'s rows; `search` are its
-/// `instance_search` rows (see [`Projections::search_rows_of`]), deleted by
-/// their key: the table has no index by instance (it would double its size).
-pub(super) fn forget(id: &str, search: &[[Arg; 5]], out: &mut Vec<Stmt>) {
-    out.push(stmt(
-        "DELETE FROM saga_instances WHERE id = $1",
-        vec![id.into()],
-    ));
-    out.push(stmt(
-        "DELETE FROM orders WHERE instance_id = $1",
-        vec![id.into()],
-    ));
+/// The statements that forget the rows of instances `ids`; `search` are
+/// their `instance_search` rows (see [`Projections::search_rows_of`]),
+/// deleted by their key: the table has no index by instance (it would
+/// double its size).
+pub(super) fn forget(ids: &[String], search: &[[Arg; 5]], out: &mut Vec<Stmt>) {
+    for id in ids {
+        out.push(stmt(
+            "DELETE FROM saga_instances WHERE id = $1",
+            vec![id.into()],
+        ));
+        out.push(stmt(
+            "DELETE FROM orders WHERE instance_id = $1",
+            vec![id.into()],
+        ));
+    }
     for [field, value, started_at, instance, _] in search {
         out.push(stmt(
             "DELETE FROM instance_search \
@@ -41,6 +44,9 @@ pub(super) fn forget(id: &str, search: &[[Arg; 5]], out: &mut Vec<Stmt>) {
         ));
     }
 }
+
+/// The statements that forget removed instances' rows, prepared.
+pub(crate) struct Forgetting(Vec<Stmt>);
 
 impl Projections {
     /// Up to `limit` instances that ended before `before`, the oldest first.
@@ -67,26 +73,47 @@ impl Projections {
 
     /// Forgets the rows of removed instances, in one transaction.
     pub async fn forget(&self, ids: &[Uuid]) -> Result<(), StoreError> {
-        let mut stmts = Vec::new();
-        for id in ids {
-            let id = id.to_string();
-            let search = self.search_rows_of(&id).await?;
-            forget(&id, &search, &mut stmts);
-        }
-        self.transaction(&stmts).await
+        let prepared = self.forgetting(ids).await?;
+        self.forget_prepared(prepared).await
     }
 
-    /// The `instance_search` rows instance `id` has, recomputed from its
-    /// stored row as the projection made them (none if it is not stored, or
-    /// its workflow version declares no fields).
-    pub(super) async fn search_rows_of(&self, id: &str) -> Result<Vec<[Arg; 5]>, StoreError> {
+    /// What forgetting instances `ids` takes, read before their removal
+    /// from the log, so that the removal and the forgetting follow each
+    /// other with nothing to read in between (an instance already gone from
+    /// the log is not listed for longer than one transaction takes).
+    pub(crate) async fn forgetting(&self, ids: &[Uuid]) -> Result<Forgetting, StoreError> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let search = self.search_rows_of(&ids).await?;
+        let mut stmts = Vec::new();
+        forget(&ids, &search, &mut stmts);
+        Ok(Forgetting(stmts))
+    }
+
+    /// Forgets what [`forgetting`](Self::forgetting) prepared, in one transaction.
+    pub(crate) async fn forget_prepared(&self, prepared: Forgetting) -> Result<(), StoreError> {
+        self.transaction(&prepared.0).await
+    }
+
+    /// The `instance_search` rows instances `ids` have, recomputed in one
+    /// query from their stored rows as the projection made them (none for an
+    /// instance not stored, or whose workflow version declares no fields).
+    pub(super) async fn search_rows_of(&self, ids: &[String]) -> Result<Vec<[Arg; 5]>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let args: Vec<Arg> = ids.iter().map(|id| id.as_str().into()).collect();
         let stored = self
             .db
             .fetch(
-                "SELECT workflow, version, started_at, input FROM saga_instances WHERE id = $1",
-                &[id.into()],
+                &format!(
+                    "SELECT id, workflow, version, started_at, input FROM saga_instances WHERE id IN ({})",
+                    marks.join(", ")
+                ),
+                &args,
                 |r| {
                     Ok((
+                        r.text("id")?,
                         r.text("workflow")?,
                         r.int("version")?,
                         r.int("started_at")?,
@@ -95,18 +122,19 @@ impl Projections {
                 },
             )
             .await?;
-        let Some((workflow, version, started_at, input)) = stored.into_iter().next() else {
-            return Ok(Vec::new());
-        };
-        let version = u32::try_from(version).map_err(super::corrupt)?;
-        let fields = self.declared(&workflow, version).await?;
-        if fields.is_empty() {
-            return Ok(Vec::new());
+        let mut rows = Vec::new();
+        for (id, workflow, version, started_at, input) in stored {
+            let version = u32::try_from(version).map_err(super::corrupt)?;
+            let fields = self.declared(&workflow, version).await?;
+            if fields.is_empty() {
+                continue;
+            }
+            let input: serde_json::Value = serde_json::from_str(&input).map_err(super::corrupt)?;
+            rows.extend(super::search::rows(
+                &id, &workflow, started_at, &input, &fields,
+            ));
         }
-        let input: serde_json::Value = serde_json::from_str(&input).map_err(super::corrupt)?;
-        Ok(super::search::rows(
-            id, &workflow, started_at, &input, &fields,
-        ))
+        Ok(rows)
     }
 
     /// Gives the space of forgotten rows back to the file system (SQLite:

@@ -116,15 +116,16 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Archive(e.to_string()))?
                 .map_err(|e| RuntimeError::Archive(e.to_string()))?;
         }
-        self.0.store.remove(&streams, now).await?;
         let ids: Vec<Uuid> = ended.iter().map(|e| e.id).collect();
+        let forgetting = projections.forgetting(&ids).await?;
+        self.0.store.remove(&streams, now).await?;
         {
             let mut live = self.lock_live();
             for id in &ids {
                 live.remove(id);
             }
         }
-        projections.forget(&ids).await?;
+        projections.forget_prepared(forgetting).await?;
         self.0.store.reclaim().await?;
         projections.reclaim().await?;
         crate::telemetry::instances_removed(ids.len());
