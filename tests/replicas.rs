@@ -26,7 +26,7 @@ steps:
   - name: pause
     wait: { duration: 4s }
   - name: handoff
-    task: { queue: replica/q, heartbeat: 1s }
+    task: { queue: replica/q, heartbeat: 2s }
     timeout: 1m
     compensate: none
 ";
@@ -292,8 +292,11 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
         let elsewhere = survivors.iter().find(|s| Some(&s.url) != holder.as_ref());
         if let (Some(elsewhere), 0) = (elsewhere, answered) {
             // Heartbeats sent to another replica reach the one that handed the
-            // task out: three seconds of them keep a one-second lease alive.
-            for _ in 0..12 {
+            // task out: four seconds of them keep a two-second lease alive.
+            // (With a one-second lease the test failed under the full suite's
+            // load, a heartbeat answered 404: most likely the lease lapsed
+            // between two relayed heartbeats.)
+            for _ in 0..16 {
                 let hb = worker
                     .post(format!("{}/tasks/{tid}/heartbeat", elsewhere.url))
                     .send()
