@@ -215,10 +215,26 @@ impl Cluster {
         urls
     }
 
-    /// The API of the replica that held the instance's partition at the last
-    /// round, if that is another one and it said where it is.
-    pub async fn holder_url(&self, id: Uuid) -> Option<String> {
-        let last = self.last.lock().await;
+    /// The API of the replica that holds the instance's partition, if that
+    /// is another one and it said where it is. The table is read again
+    /// first: the one of this replica's last round may be up to a renewal
+    /// old, and in that time a partition it saw free (its holder died) may
+    /// have been taken by another replica.
+    pub async fn holder_url(&self, store: &dyn EventStore, id: Uuid) -> Option<String> {
+        let mut last = self.last.lock().await;
+        let from = last.as_ref().map_or(0, |(rev, _)| *rev);
+        match store.read_stream(STREAM, from).await {
+            Ok(events) => {
+                if let Some(e) = events.last() {
+                    match serde_json::from_value::<Table>(e.data.clone()) {
+                        Ok(table) => *last = Some((e.revision, table)),
+                        Err(err) => tracing::warn!(error = %err, "unreadable lease table"),
+                    }
+                }
+            }
+            // the last round's table is the best this replica knows
+            Err(e) => tracing::debug!(error = %e, "could not read the lease table"),
+        }
         let (_, table) = last.as_ref()?;
         let holder = table.owners.get(partition(id) as usize)?.as_ref()?;
         if *holder == self.config.replica {
@@ -420,6 +436,39 @@ mod tests {
         let change = b.round(&store, now, false).await.unwrap();
         assert_eq!(change.gained.count_ones(), PARTITIONS / 2);
         assert_eq!(b.held().count_ones(), PARTITIONS);
+    }
+
+    #[tokio::test]
+    async fn the_holder_is_looked_up_in_the_newest_table() {
+        let store = crate::store::memory::MemoryStore::default();
+        let config = |name: &str| ClusterConfig {
+            replica: name.into(),
+            ttl: TTL,
+            url: Some(format!("http://{name}")),
+        };
+        let a = Cluster::new(config("a"));
+        let b = Cluster::new(config("b"));
+        let now = Timestamp(1000);
+        a.round(&store, now, false).await.unwrap();
+        b.round(&store, now, false).await.unwrap();
+        // a gives half back; b takes it after a's round, so a's own last
+        // table shows those partitions free
+        a.round(&store, now, false).await.unwrap();
+        b.round(&store, now, false).await.unwrap();
+        let on_b = (0..u128::MAX)
+            .map(Uuid::from_u128)
+            .find(|id| b.holds(*id))
+            .unwrap();
+        assert!(!a.holds(on_b));
+        assert_eq!(
+            a.holder_url(&store, on_b).await.as_deref(),
+            Some("http://b")
+        );
+        let on_a = (0..u128::MAX)
+            .map(Uuid::from_u128)
+            .find(|id| a.holds(*id))
+            .unwrap();
+        assert_eq!(a.holder_url(&store, on_a).await, None, "a holds it itself");
     }
 
     #[tokio::test]

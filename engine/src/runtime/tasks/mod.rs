@@ -157,7 +157,7 @@ impl Runtime {
         }
         let task = self.task_in_store(task_id).await?;
         let holder = match &self.0.cluster {
-            Some(c) => c.holder_url(task.instance).await,
+            Some(c) => c.holder_url(self.0.store.as_ref(), task.instance).await,
             None => None,
         };
         holder
