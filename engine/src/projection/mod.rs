@@ -1088,7 +1088,7 @@ mod tests {
                     .unwrap();
             }
         };
-        for n in 1..=4u32 {
+        for n in [1u32, 2, 3, 4, 6] {
             append(
                 &store,
                 u128::from(n),
@@ -1101,7 +1101,16 @@ mod tests {
         append(&store, 5, &[started("order", order(5, "c"), 1005)]).await;
         remove(5).await;
         p.catch_up(&store).await.unwrap();
-        p.forget(&[Uuid::from_u128(4)]).await.unwrap();
+        p.forget(&[Uuid::from_u128(4), Uuid::from_u128(6)])
+            .await
+            .unwrap();
+        let instances =
+            p.db.fetch("SELECT COUNT(*) AS n FROM saga_instances", &[], |r| {
+                r.int("n")
+            })
+            .await
+            .unwrap();
+        assert_eq!(instances, [2]);
         let left =
             p.db.fetch(
                 "SELECT DISTINCT instance_id FROM instance_search ORDER BY instance_id",

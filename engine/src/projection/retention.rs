@@ -19,30 +19,70 @@ pub struct Ended {
 /// The statements that forget the rows of instances `ids`; `search` are
 /// their `instance_search` rows (see [`Projections::search_rows_of`]),
 /// deleted by their key: the table has no index by instance (it would
-/// double its size).
+/// double its size). A few statements for a whole batch, each over up to
+/// [`MAX_SET`] rows in a power-of-two chunk (few statement shapes), so the
+/// transaction that follows a batch's removal from the log is short.
 pub(super) fn forget(ids: &[String], search: &[[Arg; 5]], out: &mut Vec<Stmt>) {
-    for id in ids {
+    for chunk in chunks(ids) {
+        let args: Vec<Arg> = chunk.iter().map(|id| id.into()).collect();
+        let marks = marks(chunk.len(), 1);
         out.push(stmt(
-            "DELETE FROM saga_instances WHERE id = $1",
-            vec![id.into()],
+            &format!("DELETE FROM saga_instances WHERE id IN ({marks})"),
+            args.clone(),
         ));
         out.push(stmt(
-            "DELETE FROM orders WHERE instance_id = $1",
-            vec![id.into()],
+            &format!("DELETE FROM orders WHERE instance_id IN ({marks})"),
+            args,
         ));
     }
-    for [field, value, started_at, instance, _] in search {
-        out.push(stmt(
-            "DELETE FROM instance_search \
-             WHERE field = $1 AND value = $2 AND started_at = $3 AND instance_id = $4",
-            vec![
+    for chunk in chunks(search) {
+        let mut args = Vec::with_capacity(chunk.len() * 4);
+        for [field, value, started_at, instance, _] in chunk {
+            args.extend([
                 field.clone(),
                 value.clone(),
                 started_at.clone(),
                 instance.clone(),
-            ],
+            ]);
+        }
+        out.push(stmt(
+            &format!(
+                "DELETE FROM instance_search \
+                 WHERE (field, value, started_at, instance_id) IN ({})",
+                marks(chunk.len(), 4)
+            ),
+            args,
         ));
     }
+}
+
+/// The most rows one statement of [`forget`] names.
+const MAX_SET: usize = 64;
+
+/// `items` in chunks of the largest power of two that fits, at most [`MAX_SET`].
+fn chunks<T>(mut items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    while !items.is_empty() {
+        let n = MAX_SET.min(1 << items.len().ilog2());
+        let (chunk, rest) = items.split_at(n);
+        out.push(chunk);
+        items = rest;
+    }
+    out
+}
+
+/// `($1, $2), ($3, $4)`-style placeholders for `rows` rows of `width`
+/// values (a bare list for width 1).
+fn marks(rows: usize, width: usize) -> String {
+    let row = |r: usize| {
+        let cols: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+        if width == 1 {
+            cols.concat()
+        } else {
+            format!("({})", cols.join(", "))
+        }
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
 /// The statements that forget removed instances' rows, prepared.
@@ -151,5 +191,24 @@ impl Projections {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_are_cut_into_power_of_two_chunks() {
+        let items: Vec<u32> = (0..100).collect();
+        let lens: Vec<usize> = chunks(&items).iter().map(|c| c.len()).collect();
+        assert_eq!(lens, vec![64, 32, 4]);
+        assert!(chunks::<u32>(&[]).is_empty());
+    }
+
+    #[test]
+    fn placeholders_number_every_value_once() {
+        assert_eq!(marks(3, 1), "$1, $2, $3");
+        assert_eq!(marks(2, 2), "($1, $2), ($3, $4)");
     }
 }
