@@ -5,7 +5,7 @@
 //! order as the downstream counted it. The demo services run as their own
 //! process so they outlive the kill and remember every idempotency key.
 //!
-//! 400 orders write about 4,800 events: past the 4,096 after which the
+//! 600 orders write about 4,800 events: past the 4,096 after which the
 //! SQLite store trains its first dictionary and compresses event data
 //! (ADR 18). Once it has, 40 more orders run on the restarted server, and
 //! `sagaflow events` must print every order's events, text and compressed,
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::{client, get_json, temp_dir, Proc};
 use serde_json::Value;
 
-const ORDERS: u32 = 400;
+const ORDERS: u32 = 600;
 /// Longer than the step timeout of `workflows/order.yaml`.
 const DOWN: Duration = Duration::from_secs(7);
 

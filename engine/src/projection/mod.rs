@@ -705,6 +705,7 @@ mod tests {
             phase,
             action: crate::saga::ActionKind::Http,
             at: t,
+            timeout_due: None,
         };
         let filter = InstanceFilter {
             workflow: Some("trip".into()),
@@ -887,6 +888,7 @@ mod tests {
             phase,
             action: crate::saga::ActionKind::Http,
             at: Timestamp(at),
+            timeout_due: None,
         };
         let failed = |name: &str, at: u64| Event::StepFailed {
             step: 1,
@@ -970,6 +972,7 @@ mod tests {
                         phase: Phase::Forward,
                         action: crate::saga::ActionKind::Http,
                         at: Timestamp(42),
+                        timeout_due: None,
                     },
                     Event::SagaCancelled { at: Timestamp(43) },
                 ],

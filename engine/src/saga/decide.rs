@@ -119,8 +119,12 @@ impl Decider<'_> {
             deadline,
             started_at: self.now,
         });
+        // (the start arms the deadline timer itself)
         if let Some(due) = deadline {
-            self.arm(TimerPurpose::Deadline, due);
+            self.act(Action::ArmTimer {
+                timer: TimerPurpose::Deadline.id(),
+                due,
+            });
         }
         self.enter(self.m.start());
     }
@@ -338,6 +342,7 @@ impl Decider<'_> {
             phase: Phase::Forward,
             action: ActionKind::Wait,
             at: self.now,
+            timeout_due: None,
         });
         match &step.action {
             StepAction::Wait(Wait::Duration(d)) => {
@@ -385,6 +390,7 @@ impl Decider<'_> {
             StepAction::Task(_) => ActionKind::Task,
             StepAction::Wait(_) | StepAction::Parallel => ActionKind::Wait,
         };
+        let timeout_due = step.timeout.map(|t| self.now.plus(t));
         self.emit(Event::StepStarted {
             step: i,
             index,
@@ -393,17 +399,20 @@ impl Decider<'_> {
             phase,
             action: kind,
             at: self.now,
+            timeout_due,
         });
-        if let Some(t) = step.timeout {
-            self.arm(
-                TimerPurpose::StepTimeout {
-                    step: i,
-                    index,
-                    attempt,
-                    phase,
-                },
-                self.now.plus(t),
-            );
+        // (the start of the attempt arms its timeout timer itself)
+        if let Some(due) = timeout_due {
+            let purpose = TimerPurpose::StepTimeout {
+                step: i,
+                index,
+                attempt,
+                phase,
+            };
+            self.act(Action::ArmTimer {
+                timer: purpose.id(),
+                due,
+            });
         }
         self.act(Action::Perform {
             step: i,

@@ -10,8 +10,9 @@ use serde_json::Value;
 use super::time::Timestamp;
 use crate::dsl::spec::FailureKind;
 
-/// The schema version every event is written with today.
-pub const SCHEMA_VERSION: u16 = 2;
+/// The newest schema version (each event is written with the lowest that
+/// describes it: [`Event::schema_version`]).
+pub const SCHEMA_VERSION: u16 = 3;
 
 /// Whether an attempt performs a step or undoes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -133,6 +134,10 @@ pub enum Event {
         phase: Phase,
         action: ActionKind,
         at: Timestamp,
+        /// When the attempt times out (its `step_timeout` timer, armed by
+        /// this event; version 3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_due: Option<Timestamp>,
     },
     StepSucceeded {
         step: usize,
@@ -364,12 +369,22 @@ impl Event {
         }
     }
 
-    /// The schema version this event is written with: 2 for the shapes
-    /// version 2 brought (an attempt of a branch or element, the group
-    /// events), 1 for every other, so the history of a plain workflow stays
-    /// readable by a sagaflow that knows only version 1.
+    /// The schema version this event is written with: 3 for a start with a
+    /// deadline or an attempt with a timeout (the event arms the timer), 2
+    /// for the shapes version 2 brought (an attempt of a branch or element,
+    /// the group events), 1 for every other. A sagaflow that knows an older
+    /// version refuses a history it would misread.
     pub fn schema_version(&self) -> u16 {
         match self {
+            // the event arms a timer itself, where versions 1 and 2 wrote a
+            // `TimerArmed` after it: an older sagaflow would miss the timer
+            Event::SagaStarted {
+                deadline: Some(_), ..
+            }
+            | Event::StepStarted {
+                timeout_due: Some(_),
+                ..
+            } => 3,
             // attempt 0: a step that failed before any attempt (`when`, `for_each`)
             Event::StepFailed { attempt: 0, .. } => 2,
             Event::StepStarted { index, .. }
@@ -443,6 +458,11 @@ impl Event {
 /// and timer purposes, and the events `StepSkipped`, `BranchesStarted`,
 /// `ElementsListed` and `UnitsToCompensate`. A version 1 body is a version 2
 /// body without `index` (a plain step), so it reads unchanged.
+///
+/// Version 3 added `timeout_due` to `StepStarted`, and a `SagaStarted` with a
+/// `deadline` arms the deadline timer: neither is followed by a `TimerArmed`
+/// any more. Older bodies read unchanged: their `TimerArmed` events follow
+/// (arming the same timer twice is the same as once).
 fn upcast(kind: &str, version: u16, data: Value) -> Result<Value, EventError> {
     match version {
         0 => Err(EventError::TooNew(kind.to_string(), version)),

@@ -451,8 +451,9 @@ proptest! {
 }
 
 /// A history written before version 2 (every event version 1, as stored)
-/// replays unchanged, and the instance in flight across the upgrade finishes
-/// writing version 1 events only.
+/// replays unchanged, and the instance in flight across the upgrade
+/// finishes: its new attempts arm their timeouts themselves (version 3),
+/// without a `TimerArmed` after them.
 #[test]
 fn a_version_1_history_replays_and_its_saga_finishes() {
     let m = super::tests::machine(super::tests::ORDER);
@@ -498,9 +499,27 @@ fn a_version_1_history_replays_and_its_saga_finishes() {
     let mut s = Saga::given(super::tests::ORDER);
     s.events = events;
     s.succeed(1, Phase::Forward, json!({"payment_id": "p"}));
+    let timers: Vec<String> = fold(&s.events).timers.keys().cloned().collect();
+    assert_eq!(
+        timers,
+        ["timeout:2:f:1"],
+        "the ship attempt's timeout is pending"
+    );
     s.succeed(2, Phase::Forward, json!({"shipment_id": "s"}));
     assert_eq!(s.status(), "completed");
-    assert!(s.events.iter().all(|e| e.schema_version() == 1));
+    let written: Vec<(&str, u16)> = s.events[5..]
+        .iter()
+        .map(|e| (e.type_name(), e.schema_version()))
+        .collect();
+    assert_eq!(
+        written,
+        [
+            ("StepSucceeded", 1),
+            ("StepStarted", 3),
+            ("StepSucceeded", 1),
+            ("SagaCompleted", 1)
+        ]
+    );
 }
 
 #[test]

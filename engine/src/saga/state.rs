@@ -165,6 +165,9 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             s.deadline = *deadline;
             s.started_at = *started_at;
             s.updated_at = *started_at;
+            if let Some(due) = deadline {
+                arm(&mut s, TimerPurpose::Deadline, *due);
+            }
         }
         Event::StepStarted {
             step,
@@ -173,8 +176,18 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             phase,
             action,
             at,
+            timeout_due,
             ..
         } => {
+            if let Some(due) = timeout_due {
+                let purpose = TimerPurpose::StepTimeout {
+                    step: *step,
+                    index: *index,
+                    attempt: *attempt,
+                    phase: *phase,
+                };
+                arm(&mut s, purpose, *due);
+            }
             s.at = Some(match (phase, action) {
                 (Phase::Compensation, _) => State::Compensating(*step),
                 (Phase::Forward, ActionKind::Wait) => State::Waiting(*step),
@@ -511,6 +524,12 @@ fn activate(s: &mut SagaState, unit: u32, attempt: u32) {
     let u = s.units.entry(unit).or_insert_with(Unit::pending);
     u.status = UnitStatus::Active;
     u.attempt = attempt;
+}
+
+/// A timer armed by the event that sets it (version 3: a start's deadline,
+/// an attempt's timeout), keyed as a `TimerArmed` would key it.
+fn arm(s: &mut SagaState, purpose: TimerPurpose, due: Timestamp) {
+    s.timers.insert(purpose.id(), PendingTimer { purpose, due });
 }
 
 fn remove_timer(s: &mut SagaState, purpose: &TimerPurpose) {

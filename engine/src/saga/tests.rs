@@ -124,10 +124,7 @@ fn start_records_the_start_and_performs_the_first_step() {
         input: order_input(10.0),
         idempotency_key: Some("k".into()),
     });
-    assert_eq!(
-        types(&d.events),
-        ["SagaStarted", "TimerArmed", "StepStarted", "TimerArmed"]
-    );
+    assert_eq!(types(&d.events), ["SagaStarted", "StepStarted"]);
     assert!(
         matches!(&d.events[0], Event::SagaStarted { deadline: Some(t), .. } if *t == T0.plus(std::time::Duration::from_secs(600)))
     );
@@ -150,6 +147,12 @@ fn start_records_the_start_and_performs_the_first_step() {
             },
         ]
     );
+    // the start and the attempt arm their timers themselves (version 3)
+    assert!(
+        matches!(&d.events[1], Event::StepStarted { timeout_due: Some(t), .. } if *t == T0.plus(std::time::Duration::from_secs(5)))
+    );
+    let timers: Vec<String> = s.state().timers.keys().cloned().collect();
+    assert_eq!(timers, ["deadline", "timeout:0:f:1"]);
     assert_eq!(s.status(), "running");
     assert_eq!(
         s.when(Input::Start {
@@ -190,12 +193,7 @@ fn a_declined_payment_releases_the_reservation_only() {
     let d = s.fail(1, Phase::Forward, FailureKind::Business);
     assert_eq!(
         types(&d.events),
-        [
-            "StepFailed",
-            "CompensationStarted",
-            "StepStarted",
-            "TimerArmed"
-        ]
+        ["StepFailed", "CompensationStarted", "StepStarted"]
     );
     assert!(matches!(
         d.events[0],
@@ -246,10 +244,7 @@ fn transient_failures_retry_after_a_backoff_then_give_up() {
     );
     assert!(s.state().in_flight.is_empty());
     let d = s.fire("backoff:0:f:2");
-    assert_eq!(
-        types(&d.events),
-        ["TimerFired", "StepStarted", "TimerArmed"]
-    );
+    assert_eq!(types(&d.events), ["TimerFired", "StepStarted"]);
     assert_eq!(
         d.actions.last(),
         Some(&Action::Perform {
@@ -265,12 +260,7 @@ fn transient_failures_retry_after_a_backoff_then_give_up() {
     let d = s.fail(0, Phase::Forward, FailureKind::Transient);
     assert_eq!(
         types(&d.events),
-        [
-            "StepFailed",
-            "CompensationStarted",
-            "StepStarted",
-            "TimerArmed"
-        ]
+        ["StepFailed", "CompensationStarted", "StepStarted"]
     );
     assert_eq!(
         d.actions.last(),
@@ -356,12 +346,7 @@ fn cancel_compensates_and_ends_cancelled() {
     });
     assert_eq!(
         types(&d.events),
-        [
-            "CancelRequested",
-            "CompensationStarted",
-            "StepStarted",
-            "TimerArmed"
-        ]
+        ["CancelRequested", "CompensationStarted", "StepStarted"]
     );
     assert_eq!(
         s.state().at,
@@ -420,12 +405,7 @@ fn the_deadline_compensates_like_a_failure() {
     let d = s.fire("deadline");
     assert_eq!(
         types(&d.events),
-        [
-            "TimerFired",
-            "CompensationStarted",
-            "StepStarted",
-            "TimerArmed"
-        ]
+        ["TimerFired", "CompensationStarted", "StepStarted"]
     );
     assert!(matches!(
         d.events[1],
@@ -503,12 +483,7 @@ fn a_signal_completes_the_wait_and_its_payload_is_the_output() {
     });
     assert_eq!(
         types(&d.events),
-        [
-            "SignalReceived",
-            "StepSucceeded",
-            "StepStarted",
-            "TimerArmed"
-        ]
+        ["SignalReceived", "StepSucceeded", "StepStarted"]
     );
     assert_eq!(s.state().outputs["approval"], json!({"approved_by": "kim"}));
     assert!(!s.state().timers.contains_key("wait-timeout:1"));
@@ -531,8 +506,7 @@ fn an_early_signal_waits_for_its_step() {
             "StepSucceeded",
             "StepStarted",
             "StepSucceeded",
-            "StepStarted",
-            "TimerArmed"
+            "StepStarted"
         ]
     );
     assert_eq!(
@@ -554,8 +528,7 @@ fn an_approval_that_never_comes_releases_the_hold() {
             "TimerFired",
             "StepFailed",
             "CompensationStarted",
-            "StepStarted",
-            "TimerArmed"
+            "StepStarted"
         ]
     );
     assert_eq!(s.state().at, Some(State::Compensating(0)));
@@ -896,10 +869,7 @@ fn a_paused_saga_holds_its_next_attempt_until_it_resumes() {
     );
     assert!(s.state().paused && s.status() == "running");
     let d = s.ok(Input::Resume);
-    assert_eq!(
-        types(&d.events),
-        ["SagaResumed", "StepStarted", "TimerArmed"]
-    );
+    assert_eq!(types(&d.events), ["SagaResumed", "StepStarted"]);
     assert!(d.actions.contains(&Action::Perform {
         step: 1,
         index: None,
