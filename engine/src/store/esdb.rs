@@ -33,6 +33,9 @@ use super::{
 };
 use crate::saga::{Clock, SystemClock, Timestamp};
 
+/// Streams removed at once by [`EsdbStore::remove`].
+const REMOVING_AT_ONCE: usize = 16;
+
 pub struct EsdbStore {
     client: Client,
     head: watch::Receiver<Option<u64>>,
@@ -266,15 +269,30 @@ impl EventStore for EsdbStore {
         }
     }
 
+    /// One hard delete per stream (the protocol has no batch of them), up to
+    /// [`REMOVING_AT_ONCE`] in flight: one at a time, a retention batch of
+    /// 100 would take 100 round trips, slower than a busy server starts sagas.
     async fn remove(&self, streams: &[String], _at: Timestamp) -> Result<(), StoreError> {
-        for stream in streams {
-            match self
-                .client
-                .tombstone_stream(stream.as_str(), &TombstoneStreamOptions::default())
-                .await
-            {
-                Ok(_) | Err(kurrentdb::Error::ResourceDeleted) => {}
-                Err(e) => return Err(unavailable(format!("removing {stream}: {e}"))),
+        for chunk in streams.chunks(REMOVING_AT_ONCE) {
+            let mut calls = tokio::task::JoinSet::new();
+            for stream in chunk {
+                let client = self.client.clone();
+                let stream = stream.clone();
+                calls.spawn(async move {
+                    let done = client
+                        .tombstone_stream(stream.as_str(), &TombstoneStreamOptions::default())
+                        .await;
+                    (stream, done)
+                });
+            }
+            while let Some(joined) = calls.join_next().await {
+                match joined {
+                    Ok((_, Ok(_) | Err(kurrentdb::Error::ResourceDeleted))) => {}
+                    Ok((stream, Err(e))) => {
+                        return Err(unavailable(format!("removing {stream}: {e}")))
+                    }
+                    Err(e) => return Err(unavailable(format!("removing a stream: {e}"))),
+                }
             }
         }
         Ok(())
