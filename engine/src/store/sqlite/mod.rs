@@ -296,27 +296,30 @@ async fn remove(
     streams: &[String],
     at: Timestamp,
 ) -> Result<(), StoreError> {
+    // three statements for any number of streams: the names as a JSON array
+    let names = serde_json::to_string(streams).unwrap_or_default();
     let mut tx = conn.begin().await.map_err(db_error)?;
-    for stream in streams {
-        sqlx::query("DELETE FROM events WHERE stream_id = (SELECT id FROM streams WHERE name = ?)")
-            .bind(stream)
+    for sql in [
+        "DELETE FROM events WHERE stream_id IN \
+         (SELECT s.id FROM json_each(?1) AS w JOIN streams s ON s.name = w.value)",
+        "DELETE FROM streams WHERE name IN (SELECT value FROM json_each(?1))",
+    ] {
+        sqlx::query(sql)
+            .bind(&names)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        sqlx::query("DELETE FROM streams WHERE name = ?")
-            .bind(stream)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        sqlx::query(
-            "INSERT INTO removed_streams (stream, removed_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(stream)
-        .bind(at.millis() as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
     }
+    // (`WHERE true`: an upsert's SELECT needs a WHERE to parse)
+    sqlx::query(
+        "INSERT INTO removed_streams (stream, removed_at) \
+         SELECT value, ?2 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING",
+    )
+    .bind(&names)
+    .bind(at.millis() as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
     tx.commit().await.map_err(db_error)
 }
 
@@ -460,12 +463,27 @@ mod tests {
         }
     }
 
+    /// A connection of its own to the file, behind the store's back.
+    async fn raw(path: &Path) -> SqliteConnection {
+        SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap()
+    }
+
     /// Reads `SELECT COUNT(*) …` of the file through a connection of its own.
     async fn count(path: &Path, sql: &str) -> i64 {
-        let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut raw(path).await)
+            .await
+            .unwrap()
+    }
+
+    /// Runs `sql` on the file through a connection of its own.
+    async fn execute(path: &Path, sql: &str) {
+        sqlx::query(sql)
+            .execute(&mut raw(path).await)
             .await
             .unwrap();
-        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
     }
 
     /// Once the log is long enough, a dictionary is trained and new events
@@ -560,14 +578,7 @@ mod tests {
             .append("saga-stale", Expected::NoStream, vec![ev(0)])
             .await
             .unwrap();
-        let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO events (stream_id, revision, type_id, schema_version, data, recorded_at) SELECT id, 1, (SELECT id FROM event_types WHERE name = 'T'), 1, '{}', 0 FROM streams WHERE name = 'saga-stale'")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        drop(conn);
+        execute(&path, "INSERT INTO events (stream_id, revision, type_id, schema_version, data, recorded_at) SELECT id, 1, (SELECT id FROM event_types WHERE name = 'T'), 1, '{}', 0 FROM streams WHERE name = 'saga-stale'").await;
         let tasks: Vec<_> = (0..64u64)
             .map(|i| {
                 let s = store.clone();
@@ -614,14 +625,7 @@ mod tests {
     async fn a_file_from_a_newer_version_is_refused() {
         let path = temp("newer");
         drop(SqliteStore::open(&path).await.unwrap());
-        let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'from the future', 1, x'00', 0)")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        drop(conn);
+        execute(&path, "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'from the future', 1, x'00', 0)").await;
         let err = SqliteStore::open(&path).await.err().expect("refused");
         assert!(err.to_string().contains("newer version"), "{err}");
     }
