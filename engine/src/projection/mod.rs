@@ -22,6 +22,7 @@ mod orders;
 mod retention;
 mod search;
 mod sql;
+mod writer;
 
 use orders::order_change;
 pub use orders::{OrderRow, ORDER_WORKFLOW};
@@ -199,7 +200,7 @@ impl Projections {
     /// Empties the read models, so the next catch-up replays the whole log.
     pub async fn reset(&self) -> Result<(), StoreError> {
         self.db
-            .transaction(&[
+            .transaction(vec![
                 stmt("DELETE FROM saga_instances", vec![]),
                 stmt("DELETE FROM orders", vec![]),
                 stmt("DELETE FROM instance_search", vec![]),
@@ -381,7 +382,7 @@ impl Projections {
                 vec![NAME.into(), (last as i64).into()],
             ));
         }
-        self.transaction(&stmts).await?;
+        self.transaction(stmts).await?;
         if scanned.is_some() {
             self.checkpoint.send_replace(scanned);
         }
@@ -390,7 +391,7 @@ impl Projections {
 
     /// Runs `stmts` in one transaction, unless a fault is injected
     /// ([`fail_next_transactions`](Self::fail_next_transactions)).
-    async fn transaction(&self, stmts: &[Stmt]) -> Result<(), StoreError> {
+    async fn transaction(&self, stmts: Vec<Stmt>) -> Result<(), StoreError> {
         let injected = self
             .faults
             .fetch_update(
@@ -827,7 +828,7 @@ mod tests {
         p.catch_up(&store).await.unwrap();
         assert_eq!(p.order("o-1").await.unwrap().unwrap().status, "shipped");
         // replaying from the start changes nothing
-        p.db.transaction(&[stmt("DELETE FROM projection_checkpoints", vec![])])
+        p.db.transaction(vec![stmt("DELETE FROM projection_checkpoints", vec![])])
             .await
             .unwrap();
         p.catch_up(&store).await.unwrap();

@@ -131,7 +131,7 @@ impl Projections {
 
     /// Forgets what [`forgetting`](Self::forgetting) prepared, in one transaction.
     pub(crate) async fn forget_prepared(&self, prepared: Forgetting) -> Result<(), StoreError> {
-        self.transaction(&prepared.0).await
+        self.transaction(prepared.0).await
     }
 
     /// The `instance_search` rows instances `ids` have, recomputed in one
@@ -181,7 +181,7 @@ impl Projections {
     /// the free pages, then the write-ahead log the deletes went through);
     /// PostgreSQL's autovacuum does this by itself.
     pub async fn reclaim(&self) -> Result<(), StoreError> {
-        if let Db::Sqlite(_) = &self.db {
+        if let Db::Sqlite(..) = &self.db {
             let no_args: [Arg; 0] = [];
             for pragma in [
                 "PRAGMA incremental_vacuum",

@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
+use super::writer::Writer;
 use crate::store::StoreError;
 
 /// The advisory lock key read-model transactions take on PostgreSQL ("sfrm").
@@ -94,23 +95,6 @@ macro_rules! bind_all {
     }};
 }
 
-/// Runs `stmts` in one transaction on `conn`.
-async fn sqlite_transaction(
-    conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    stmts: &[Stmt],
-) -> Result<(), StoreError> {
-    use sqlx::Connection;
-    let mut tx = conn.begin().await.map_err(db)?;
-    for (sql, args) in stmts {
-        let sql = sqlite_params(sql);
-        bind_all!(sqlx::query(&sql), args)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-    }
-    tx.commit().await.map_err(db)
-}
-
 fn db(e: sqlx::Error) -> StoreError {
     crate::store::sql_error(e)
 }
@@ -119,9 +103,10 @@ pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-/// Where the read models live.
+/// Where the read models live. On SQLite the pool reads and one thread of
+/// its own writes ([`Writer`]).
 pub(crate) enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(SqlitePool, Writer),
     Postgres(PgPool),
 }
 
@@ -147,7 +132,8 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| crate::store::migration_error(e, &path.display().to_string()))?;
-        Ok(Db::Sqlite(pool))
+        let writer = Writer::start(path)?;
+        Ok(Db::Sqlite(pool, writer))
     }
 
     /// Tables in the schema `read_models` of a PostgreSQL database (the event
@@ -184,21 +170,10 @@ impl Db {
         Ok(Db::Postgres(pool))
     }
 
-    /// Runs the statements in one transaction.
     /// Runs `stmts` in one transaction (on PostgreSQL, one writer at a time across processes).
-    pub(crate) async fn transaction(&self, stmts: &[Stmt]) -> Result<(), StoreError> {
+    pub(crate) async fn transaction(&self, stmts: Vec<Stmt>) -> Result<(), StoreError> {
         match self {
-            Db::Sqlite(pool) => {
-                let mut conn = pool.acquire().await.map_err(db)?;
-                let done = sqlite_transaction(&mut conn, stmts).await;
-                if done.is_err() {
-                    // A failed statement, commit or rollback (a full disk) can leave the
-                    // transaction open and the file write-locked by this very connection:
-                    // closing it is the one sure way to let go of the lock.
-                    let _ = conn.close().await;
-                }
-                done
-            }
+            Db::Sqlite(_, writer) => writer.transaction(stmts).await,
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(db)?;
                 // Replicas sharing the read models write one transaction at a time: their
@@ -208,7 +183,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await
                     .map_err(db)?;
-                for (sql, args) in stmts {
+                for (sql, args) in &stmts {
                     bind_all!(sqlx::query(sql), args)
                         .execute(&mut *tx)
                         .await
@@ -227,7 +202,7 @@ impl Db {
         decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
         match self {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(pool, _) => {
                 let sql = sqlite_params(sql);
                 let rows = bind_all!(sqlx::query(&sql), args)
                     .fetch_all(pool)
@@ -247,7 +222,7 @@ impl Db {
 }
 
 /// `$1` to `?1`: SQLite's numbered parameters. Statements carry no `$` of their own.
-fn sqlite_params(sql: &str) -> String {
+pub(super) fn sqlite_params(sql: &str) -> String {
     sql.replace('$', "?")
 }
 

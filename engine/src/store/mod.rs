@@ -205,6 +205,16 @@ pub(crate) fn sql_error(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// A SQLite result code (extended or primary) and its message as a store
+/// error: "not now" codes are [`StoreError::Unavailable`], the others invalid.
+pub(crate) fn sqlite_code_error(code: i32, message: String) -> StoreError {
+    if transient_code(Some(&code.to_string())) {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Invalid(message)
+    }
+}
+
 /// SQLite result codes (numbers; the primary code is the low byte) and
 /// PostgreSQL SQLSTATEs that say "not now" rather than "never".
 fn transient_code(code: Option<&str>) -> bool {
