@@ -4,9 +4,9 @@
 //! `last_position`. A saga whose events all fall in one batch costs one
 //! upsert of `saga_instances`, an insert (and a no-op update) of `orders`
 //! and its share of one multi-row insert of `instance_search`, where it
-//! cost one statement per event before: on SQLite each statement is a
-//! hand-off to the database's thread, which bounded how fast the read models
-//! could follow the log.
+//! cost one statement per event before. Each statement is work in the
+//! database (and on PostgreSQL a round trip); on SQLite the whole
+//! transaction is one hand-off to the writing thread (`writer.rs`).
 //!
 //! The rows come out as applying the events one by one would leave them,
 //! also when a batch is applied again or a replica sharing the read models

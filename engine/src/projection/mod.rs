@@ -63,7 +63,10 @@ const TYPES: [&str; 17] = [
     // the end of a removed stream whose events the store still shows (EventStoreDB)
     STREAM_REMOVED,
 ];
-const BATCH: usize = 1000;
+/// Events read and applied per transaction, at most: a catch-up of a long
+/// log (a start after a lag, `projections rebuild`) writes each hot page
+/// once per batch; 4,000 cut a rebuild by a fifth against 1,000.
+const BATCH: usize = 4000;
 /// The first and the longest pause before a failed catch-up is tried again.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MOST: Duration = Duration::from_secs(5);
