@@ -22,10 +22,21 @@ const PREPARED: usize = 256;
 
 type Job = (Vec<Stmt>, oneshot::Sender<Result<(), StoreError>>);
 
-/// A handle on the writing thread; the thread ends (and closes its
-/// connection) when the handle is dropped.
+/// A handle on the writing thread. Dropping it ends the thread and waits for
+/// it (the transaction in hand, then closing the connection), so a server
+/// that stops leaves the file closed, its write-ahead log checkpointed.
 pub(crate) struct Writer {
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Writer {
@@ -35,20 +46,24 @@ impl Writer {
         let conn = open(path)?;
         let path = path.to_path_buf();
         let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("read-model-writer".into())
             .spawn(move || serve(&path, Some(conn), &rx))
             .map_err(|e| {
                 StoreError::Unavailable(format!("starting the read models' writer: {e}"))
             })?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
     }
 
     /// Runs `stmts` in one transaction: all of them, or none.
     pub(crate) async fn transaction(&self, stmts: Vec<Stmt>) -> Result<(), StoreError> {
         let (done, answer) = oneshot::channel();
         let gone = || StoreError::Unavailable("the read models' writer has stopped".into());
-        self.jobs.send((stmts, done)).map_err(|_| gone())?;
+        let jobs = self.jobs.as_ref().ok_or_else(gone)?;
+        jobs.send((stmts, done)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -182,6 +197,27 @@ mod tests {
             rows,
             [(None, 2.5, Some("x".into()), true), (None, 2.5, None, true)]
         );
+    }
+
+    /// Dropping the writer returns once its connection is closed: the last
+    /// connection to close checkpoints the write-ahead log and deletes it.
+    #[tokio::test]
+    async fn a_dropped_writer_has_closed_the_file() {
+        let dir = std::env::temp_dir().join(format!("sagaflow-writer-{}-drop", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("readmodels.db");
+        if let Db::Sqlite(pool, _) = Db::open_sqlite(&path).await.unwrap() {
+            pool.close().await;
+        }
+        let writer = Writer::start(&path).unwrap();
+        writer
+            .transaction(vec![("CREATE TABLE t (k INTEGER)".into(), vec![])])
+            .await
+            .unwrap();
+        assert!(dir.join("readmodels.db-wal").exists());
+        drop(writer);
+        assert!(!dir.join("readmodels.db-wal").exists());
     }
 
     /// A statement that fails undoes the ones before it in its transaction,
