@@ -46,6 +46,12 @@ async fn sigterm_mid_run_stops_cleanly_and_loses_nothing() {
         .expect("the server exits within 30 s of SIGTERM");
     assert!(status.success(), "{status:?}\n{}", server.log());
     assert!(server.log().contains("shutting down"), "{}", server.log());
+    // the log is whole in its file: a copy of events.db alone is a backup
+    assert!(
+        !dir.join("data/events.db-wal").exists(),
+        "a clean stop closes the event log\n{}",
+        server.log()
+    );
 
     let server = serve_in(&dir, "server-2.log", &args, &[]);
     for (i, id) in &ids {

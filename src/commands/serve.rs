@@ -359,6 +359,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     sagaflow_api::serve(listener, app, shutdown_signal(), limits).await?;
     tracing::info!("shutting down");
     rt.shutdown(Duration::from_secs(10)).await;
+    rt.store().close().await;
     Ok(())
 }
 

@@ -367,6 +367,12 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Closes the store's files or connections at shutdown, after the last
+    /// write: a SQLite log is then whole in its file, its write-ahead log
+    /// checkpointed and deleted. Later calls fail as an unavailable store
+    /// would. The others close with the process.
+    async fn close(&self) {}
+
     /// The position of the newest event, updated as events are appended (for followers to wait on).
     fn head(&self) -> watch::Receiver<Option<u64>>;
 

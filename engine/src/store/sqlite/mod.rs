@@ -70,6 +70,10 @@ enum Job {
     Reclaim {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// The writer closes its connection and stops.
+    Close {
+        reply: oneshot::Sender<()>,
+    },
     /// Dictionary `id`, trained on the log up to `position` in `took` (or why there is none).
     Trained {
         id: u32,
@@ -223,6 +227,11 @@ async fn write_loop(
                 }
                 continue;
             }
+            Job::Close { reply } => {
+                let _ = conn.close().await;
+                let _ = reply.send(());
+                return;
+            }
             upkeep => {
                 do_upkeep(&mut conn, upkeep, &mut heads).await;
                 continue;
@@ -266,8 +275,8 @@ async fn write_loop(
 /// Runs one upkeep job; removals forget the removed streams' cached heads.
 async fn do_upkeep(conn: &mut SqliteConnection, job: Job, heads: &mut Heads) {
     match job {
-        Job::Append(_) | Job::Trained { .. } => {
-            unreachable!("appends and dictionaries are the writer's own")
+        Job::Append(_) | Job::Trained { .. } | Job::Close { .. } => {
+            unreachable!("appends, dictionaries and closing are the writer's own")
         }
         Job::Remove { streams, at, reply } => {
             let done = remove(conn, &streams, at).await;
@@ -403,6 +412,17 @@ impl EventStore for SqliteStore {
 
     async fn reclaim(&self) -> Result<(), StoreError> {
         self.upkeep(|reply| Job::Reclaim { reply }).await
+    }
+
+    /// The readers first: the last connection to close checkpoints the
+    /// write-ahead log into the file and deletes it, which only the writer's
+    /// (read-write) connection can.
+    async fn close(&self) {
+        self.reader.pool.close().await;
+        let (reply, closed) = oneshot::channel();
+        if self.queue.send(Job::Close { reply }).await.is_ok() {
+            let _ = closed.await;
+        }
     }
 
     fn head(&self) -> watch::Receiver<Option<u64>> {
@@ -700,6 +720,34 @@ mod tests {
             async move { SqliteStore::open(&path).await.expect("open") }
         })
         .await;
+    }
+
+    /// After `close` the log is whole in its file: no write-ahead log is
+    /// left beside it (a copy of the file alone is a backup), a new store
+    /// reads every event, and the closed one refuses appends.
+    #[tokio::test]
+    async fn a_closed_store_leaves_the_log_in_its_file() {
+        let path = temp("close");
+        let wal = path.with_file_name("events.db-wal");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let ev = || order_event(0);
+        store
+            .append("saga-1", Expected::NoStream, vec![ev(), ev()])
+            .await
+            .unwrap();
+        assert!(wal.exists());
+        store.close().await;
+        assert!(
+            !wal.exists(),
+            "the write-ahead log was checkpointed and deleted"
+        );
+        let refused = store.append("saga-2", Expected::NoStream, vec![ev()]).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        let reopened = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(reopened.read_stream("saga-1", 0).await.unwrap().len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
