@@ -186,6 +186,21 @@ fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
         report["read_model_lag_events"].as_u64().is_some(),
         "{report}"
     );
+    // CPU counted on until the read models hold the phase: never less
+    let (phase, caught_up) = (
+        report["server_cpu_us_per_saga"].as_f64(),
+        report["server_cpu_us_per_saga_caught_up"].as_f64(),
+    );
+    assert!(
+        caught_up.zip(phase).is_some_and(|(c, p)| c >= p),
+        "{report}"
+    );
+    assert!(
+        report["read_model_catch_up_s"]
+            .as_f64()
+            .is_some_and(|s| s >= 0.0),
+        "{report}"
+    );
     let listings = report["listing_ms"].as_object().expect("listings");
     assert_eq!(listings.len(), 6, "{report}");
     assert!(listings.contains_key("input_field"), "{report}");
