@@ -17,7 +17,8 @@ use super::sql::{sqlite_params, Arg, Stmt};
 use crate::store::StoreError;
 
 /// Distinct statements kept prepared: the projection's updates vary with the
-/// columns a batch sets, a few dozen shapes in all.
+/// columns a batch sets and its search inserts with their number of rows;
+/// the least recently used go first.
 const PREPARED: usize = 256;
 
 type Job = (Vec<Stmt>, oneshot::Sender<Result<(), StoreError>>);
