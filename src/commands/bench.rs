@@ -123,10 +123,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     eprintln!("throughput: {} sagas, {} at a time", args.n, args.c);
     let cpu_before = server_pid.and_then(cpu_seconds);
+    // the server's CPU per saga from the phase's start until now, in µs
+    let cpu_per_saga = || {
+        cpu_before
+            .zip(server_pid.and_then(cpu_seconds))
+            .map(|(before, after)| round((after - before) * 1e6 / args.n.max(1) as f64, 1))
+    };
     let (results, wall) = drive(&client, &url, &run_tag, "t", args.n, args.c).await?;
-    let server_cpu = cpu_before
-        .zip(server_pid.and_then(cpu_seconds))
-        .map(|(before, after)| after - before);
+    let server_cpu = cpu_per_saga();
     let lag = read_model_lag(&client, &url).await;
     // The read models' share of the phase may be left for later; CPU counted
     // until they hold it too, so a build that defers work does not look cheaper.
@@ -134,10 +138,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(_) => caught_up(&client, &url).await,
         None => None,
     };
-    let server_cpu_caught_up = catch_up
-        .and(cpu_before)
-        .zip(server_pid.and_then(cpu_seconds))
-        .map(|(before, after)| after - before);
+    let server_cpu_caught_up = catch_up.and_then(|_| cpu_per_saga());
 
     eprintln!("listings: each {} times", args.listings);
     let listings = listing_latencies(&client, &url, args.listings).await?;
@@ -172,14 +173,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "bytes_per_saga": bytes_per_saga.map(|b| round(b, 0)),
         "listing_ms": listings,
         // user + system time of the server's process during the throughput phase
-        "server_cpu_us_per_saga": server_cpu.map(|s| round(s * 1e6 / args.n.max(1) as f64, 1)),
+        "server_cpu_us_per_saga": server_cpu,
         "durability": health["durability"],
         // events stored that the read models had not applied when the throughput phase ended
         "read_model_lag_events": lag,
         // how long after the throughput phase the read models held all of it, and the
         // server's CPU per saga from the phase's start until then
         "read_model_catch_up_s": catch_up.map(|d| round(d.as_secs_f64(), 2)),
-        "server_cpu_us_per_saga_caught_up": server_cpu_caught_up.map(|s| round(s * 1e6 / args.n.max(1) as f64, 1)),
+        "server_cpu_us_per_saga_caught_up": server_cpu_caught_up,
     });
     // the time a restart takes at this size, once everything is measured
     let mut restart_s = None;

@@ -72,7 +72,7 @@ enum Job {
     },
     /// The writer closes its connection and stops.
     Close {
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Dictionary `id`, trained on the log up to `position` in `took` (or why there is none).
     Trained {
@@ -229,7 +229,7 @@ async fn write_loop(
             }
             Job::Close { reply } => {
                 let _ = conn.close().await;
-                let _ = reply.send(());
+                let _ = reply.send(Ok(()));
                 return;
             }
             upkeep => {
@@ -419,10 +419,8 @@ impl EventStore for SqliteStore {
     /// (read-write) connection can.
     async fn close(&self) {
         self.reader.pool.close().await;
-        let (reply, closed) = oneshot::channel();
-        if self.queue.send(Job::Close { reply }).await.is_ok() {
-            let _ = closed.await;
-        }
+        // (a writer already stopped has nothing left to close)
+        let _ = self.upkeep(|reply| Job::Close { reply }).await;
     }
 
     fn head(&self) -> watch::Receiver<Option<u64>> {
