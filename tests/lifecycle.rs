@@ -52,6 +52,11 @@ async fn sigterm_mid_run_stops_cleanly_and_loses_nothing() {
         "a clean stop closes the event log\n{}",
         server.log()
     );
+    assert!(
+        !dir.join("data/readmodels.db-wal").exists(),
+        "a clean stop closes the read models\n{}",
+        server.log()
+    );
 
     let server = serve_in(&dir, "server-2.log", &args, &[]);
     for (i, id) in &ids {

@@ -39,5 +39,7 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         "read models rebuilt: {events} events applied up to position {head} in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    projections.close().await;
+    store.close().await;
     Ok(())
 }

@@ -297,7 +297,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let rt = Runtime::new(
         store.clone(),
-        Some(projections),
+        Some(projections.clone()),
         Arc::new(SystemClock),
         config,
     )
@@ -359,6 +359,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     sagaflow_api::serve(listener, app, shutdown_signal(), limits).await?;
     tracing::info!("shutting down");
     rt.shutdown(Duration::from_secs(10)).await;
+    projections.close().await;
     rt.store().close().await;
     Ok(())
 }

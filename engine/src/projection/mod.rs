@@ -174,6 +174,13 @@ impl Projections {
         Ok(this)
     }
 
+    /// Closes the read models' connections, so a clean stop leaves their
+    /// SQLite file whole (no write-ahead log beside it). Call it once nothing
+    /// applies or reads any more; later calls are refused as `Unavailable`.
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
     /// The position the read models have applied the log up to.
     pub fn applied(&self) -> Option<u64> {
         *self.checkpoint.borrow()
@@ -693,6 +700,26 @@ mod tests {
     #[tokio::test]
     async fn orders_follow_the_steps_and_end_states_in_postgres() {
         orders_case(open_postgres("orders").await).await;
+    }
+
+    /// Closing leaves the file whole even while other handles on the read
+    /// models live on (as the runtime's do when a server stops), and later
+    /// work is refused rather than lost in a file nobody checkpoints.
+    #[tokio::test]
+    async fn closed_read_models_leave_no_log_beside_their_file() {
+        let p = std::sync::Arc::new(open("close").await);
+        let dir = std::env::temp_dir().join(format!("sagaflow-rm-{}-close", std::process::id()));
+        let store = MemoryStore::default();
+        append(&store, 1, &[started("order", order(1, "c-1"), 1_000)]).await;
+        p.catch_up(&store).await.unwrap();
+        assert!(dir.join("readmodels.db-wal").exists());
+        let held = p.clone();
+        p.close().await;
+        assert!(!dir.join("readmodels.db-wal").exists());
+        append(&store, 2, &[started("order", order(2, "c-1"), 2_000)]).await;
+        let e = held.catch_up(&store).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A parallel step shows as itself, not as whichever branch started last.

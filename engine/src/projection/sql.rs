@@ -170,6 +170,19 @@ impl Db {
         Ok(Db::Postgres(pool))
     }
 
+    /// Closes the connections. On SQLite the readers go first: the last
+    /// connection to close checkpoints the write-ahead log into the file and
+    /// deletes it. Later reads and writes are refused.
+    pub(crate) async fn close(&self) {
+        match self {
+            Db::Sqlite(pool, writer) => {
+                pool.close().await;
+                writer.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+
     /// Runs `stmts` in one transaction (on PostgreSQL, one writer at a time across processes).
     pub(crate) async fn transaction(&self, stmts: Vec<Stmt>) -> Result<(), StoreError> {
         match self {

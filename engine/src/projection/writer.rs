@@ -21,7 +21,12 @@ use crate::store::StoreError;
 /// the least recently used go first.
 const PREPARED: usize = 256;
 
-type Job = (Vec<Stmt>, oneshot::Sender<Result<(), StoreError>>);
+enum Job {
+    /// Statements to run in one transaction, and where to answer.
+    Run(Vec<Stmt>, oneshot::Sender<Result<(), StoreError>>),
+    /// Close the connection and end the thread; answered once closed.
+    Close(oneshot::Sender<()>),
+}
 
 /// A handle on the writing thread. Dropping it ends the thread and waits for
 /// it (the transaction in hand, then closing the connection), so a server
@@ -64,8 +69,20 @@ impl Writer {
         let (done, answer) = oneshot::channel();
         let gone = || StoreError::Unavailable("the read models' writer has stopped".into());
         let jobs = self.jobs.as_ref().ok_or_else(gone)?;
-        jobs.send((stmts, done)).map_err(|_| gone())?;
+        jobs.send(Job::Run(stmts, done)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// Closes the connection and ends the thread, without waiting for the
+    /// handle's drop (which an `Arc` may put off past the process's exit).
+    /// Later transactions are refused as `Unavailable`.
+    pub(crate) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if let Some(jobs) = &self.jobs {
+            if jobs.send(Job::Close(done)).is_ok() {
+                let _ = closed.await;
+            }
+        }
     }
 }
 
@@ -79,9 +96,18 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// The thread: one job after the other until the handle is dropped.
+/// The thread: one job after the other until it is told to close or the
+/// handle is dropped.
 fn serve(path: &Path, mut conn: Option<Connection>, jobs: &mpsc::Receiver<Job>) {
-    while let Ok((stmts, done)) = jobs.recv() {
+    while let Ok(job) = jobs.recv() {
+        let (stmts, done) = match job {
+            Job::Run(stmts, done) => (stmts, done),
+            Job::Close(done) => {
+                drop(conn);
+                let _ = done.send(());
+                return;
+            }
+        };
         let result = match conn.as_mut() {
             Some(c) => run(c, &stmts),
             None => open(path).and_then(|c| run(conn.insert(c), &stmts)),
