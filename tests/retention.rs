@@ -284,8 +284,13 @@ async fn retention_on(name: &str, store: &str, permanent_tombstones: bool) {
     stop(s);
 
     if store == "sqlite" {
+        // Without the vacuum the files keep their freed pages and do not
+        // shrink at all. Each file also holds a page or more per table and
+        // index whatever its rows (about half of the small read models'
+        // file here), so "more than 40% smaller" is what removing 150 of
+        // 160 sagas must show.
         assert!(
-            after.0 * 2 < before.0 && after.1 * 2 < before.1,
+            after.0 * 5 < before.0 * 3 && after.1 * 5 < before.1 * 3,
             "the files shrank: events {} -> {} bytes, read models {} -> {} bytes",
             before.0,
             after.0,

@@ -750,6 +750,12 @@ async fn orders_are_created_followed_and_listed_per_customer() {
             StatusCode::BAD_REQUEST,
             "/problems/bad-cursor",
         ),
+        // an order listing's cursor is not an instance listing's
+        (
+            format!("{}/instances?cursor=1700000000000.o-1", s.url),
+            StatusCode::BAD_REQUEST,
+            "/problems/bad-cursor",
+        ),
         (
             format!("{}/instances?started_from=yesterday", s.url),
             StatusCode::BAD_REQUEST,

@@ -322,7 +322,7 @@ impl InstancesApi {
             started_from: started_from.0.map(|t| t.0),
             started_until: started_until.0.map(|t| t.0),
             input: fields,
-            after: crate::orders::parse_cursor(cursor.0.as_deref())?,
+            after: crate::orders::parse_cursor(cursor.0.as_deref(), |c| c.seq().is_some())?,
             limit: limit.0.unwrap_or(100),
         };
         crate::orders::read_your_writes(&self.rt, consistent.0).await?;

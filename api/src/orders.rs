@@ -120,11 +120,15 @@ pub struct OrdersApi {
     pub rt: Runtime,
 }
 
-pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+/// A listing's cursor, if given; `fits` says whether its key is one of this listing's.
+pub(crate) fn parse_cursor(
+    cursor: Option<&str>,
+    fits: impl Fn(&Cursor) -> bool,
+) -> Result<Option<Cursor>, ApiError> {
     cursor
         .filter(|c| !c.is_empty())
         .map(|c| {
-            Cursor::decode(c).ok_or_else(|| {
+            Cursor::decode(c).filter(&fits).ok_or_else(|| {
                 ApiError::bad_request(
                     "bad-cursor",
                     format!("`{c}` is not a cursor this service gave out"),
@@ -269,7 +273,7 @@ impl OrdersApi {
         consistent: Query<bool>,
     ) -> Result<Json<OrderPage>, ApiError> {
         auth.require(Need::Read)?;
-        let after = parse_cursor(cursor.0.as_deref())?;
+        let after = parse_cursor(cursor.0.as_deref(), |_| true)?;
         read_your_writes(&self.rt, consistent.0).await?;
         let page = self
             .rt

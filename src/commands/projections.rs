@@ -39,6 +39,8 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         "read models rebuilt: {events} events applied up to position {head} in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    // the old rows' pages go back to the file system (SQLite)
+    projections.reclaim().await?;
     projections.close().await;
     store.close().await;
     Ok(())

@@ -22,6 +22,25 @@ use super::stmt;
 /// Rows of one multi-row insert into `instance_search` (five arguments each).
 const SEARCH_ROWS_PER_INSERT: usize = 500;
 
+/// How a table's row names its instance: the column, and what it equals
+/// given the instance's id as `$1`.
+#[derive(Clone, Copy)]
+struct Key {
+    column: &'static str,
+    value: &'static str,
+}
+
+/// `saga_instances` by the instance's id.
+const BY_ID: Key = Key {
+    column: "id",
+    value: "$1",
+};
+/// The other tables by the instance's row number (ADR 21), looked up by id.
+const BY_SEQ: Key = Key {
+    column: "instance_seq",
+    value: "(SELECT seq FROM saga_instances WHERE id = $1)",
+};
+
 /// One table's pending change to one instance's row.
 #[derive(Default)]
 pub(super) struct Change {
@@ -64,8 +83,9 @@ impl Change {
         Some(row)
     }
 
-    /// `UPDATE table SET … WHERE key = id AND last_position < last`.
-    fn update(&self, table: &str, key: &str, id: &str) -> Option<Stmt> {
+    /// `UPDATE table SET … WHERE key = id AND last_position < last`, the
+    /// row found by `key` ([`Key`]).
+    fn update(&self, table: &str, key: Key, id: &str) -> Option<Stmt> {
         if self.set.is_empty() {
             return None;
         }
@@ -77,28 +97,40 @@ impl Change {
         }
         Some(stmt(
             &format!(
-                "UPDATE {table} SET {}, last_position = $2 WHERE {key} = $1 AND last_position < $2",
-                sets.join(", ")
+                "UPDATE {table} SET {}, last_position = $2 WHERE {} = {} AND last_position < $2",
+                sets.join(", "),
+                key.column,
+                key.value
             ),
             args,
         ))
     }
 
-    /// `INSERT INTO table (key, last_position, …) VALUES (…)` and what to do on a conflict.
-    fn insert(&self, table: &str, key: &str, id: &str, on_conflict: &str) -> Option<Stmt> {
+    /// `INSERT INTO table (key, last_position, …)` of the row, and what to do
+    /// on a conflict. A row keyed by the instance's number takes it from the
+    /// instance's row, and is not made without one.
+    fn insert(&self, table: &str, key: Key, id: &str, on_conflict: &str) -> Option<Stmt> {
         let row = self.row()?;
         let mut args: Vec<Arg> = vec![id.into(), self.last.into()];
-        let mut columns = vec![key, "last_position"];
+        let mut columns = vec![key.column, "last_position"];
         for (c, v) in row {
             columns.push(c);
             args.push(v);
         }
-        let params: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
+        let params: Vec<String> = (2..=args.len()).map(|i| format!("${i}")).collect();
+        let source = if key.value == "$1" {
+            format!("VALUES ($1, {})", params.join(", "))
+        } else {
+            // (`WHERE true`: SQLite's parser needs it before an upsert clause)
+            format!(
+                "SELECT seq, {} FROM saga_instances WHERE id = $1 AND true",
+                params.join(", ")
+            )
+        };
         Some(stmt(
             &format!(
-                "INSERT INTO {table} ({}) VALUES ({}) {on_conflict}",
+                "INSERT INTO {table} ({}) {source} {on_conflict}",
                 columns.join(", "),
-                params.join(", ")
             ),
             args,
         ))
@@ -109,7 +141,7 @@ impl Change {
     fn instance_statements(&self, id: &str, out: &mut Vec<Stmt>) {
         const TABLE: &str = "saga_instances";
         if self.insert.is_none() {
-            out.extend(self.update(TABLE, "id", id));
+            out.extend(self.update(TABLE, BY_ID, id));
             return;
         }
         let on_conflict = if self.set.is_empty() {
@@ -126,15 +158,15 @@ impl Change {
                 sets.join(", ")
             )
         };
-        out.extend(self.insert(TABLE, "id", id, &on_conflict));
+        out.extend(self.insert(TABLE, BY_ID, id, &on_conflict));
     }
 
     /// `orders`: the first instance of an order id keeps it, so a conflict
     /// (on the order id, or a row of this instance already there) inserts
     /// nothing, and the update brings an existing row of this instance forward.
     fn order_statements(&self, id: &str, out: &mut Vec<Stmt>) {
-        out.extend(self.insert("orders", "instance_id", id, "ON CONFLICT DO NOTHING"));
-        out.extend(self.update("orders", "instance_id", id));
+        out.extend(self.insert("orders", BY_SEQ, id, "ON CONFLICT DO NOTHING"));
+        out.extend(self.update("orders", BY_SEQ, id));
     }
 }
 
@@ -204,10 +236,14 @@ impl Batch {
                 ));
                 args.extend(row.iter().cloned());
             }
+            // each row takes its instance's number from the instance's row
+            // (written before, in this transaction); `WHERE true` as above
             out.push(stmt(
                 &format!(
-                    "INSERT INTO instance_search (field, value, started_at, instance_id, workflow) \
-                     VALUES {} ON CONFLICT DO NOTHING",
+                    "INSERT INTO instance_search (field, value, started_at, instance_seq, workflow) \
+                     SELECT v.column1, v.column2, v.column3, i.seq, v.column5 \
+                     FROM (VALUES {}) v JOIN saga_instances i ON i.id = v.column4 \
+                     WHERE true ON CONFLICT DO NOTHING",
                     values.join(", ")
                 ),
                 args,

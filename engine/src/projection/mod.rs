@@ -87,7 +87,9 @@ pub struct InstanceRow {
     pub paused: bool,
 }
 
-/// Where a page of a listing starts: after this `(started_at, id)`.
+/// Where a page of a listing starts: after this `(started_at, id)`, where
+/// `id` is an order's id in an order listing and an instance's row number
+/// (`seq`, ADR 21) in an instance listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub at: u64,
@@ -98,6 +100,11 @@ impl Cursor {
     /// The opaque text handed to clients.
     pub fn encode(&self) -> String {
         format!("{}.{}", self.at, self.id)
+    }
+
+    /// The instance row number an instance listing's cursor names.
+    pub fn seq(&self) -> Option<i64> {
+        self.id.parse().ok()
     }
 
     pub fn decode(s: &str) -> Option<Self> {
@@ -438,7 +445,7 @@ impl Projections {
     pub async fn search(&self, filter: &InstanceFilter) -> Result<Page<InstanceRow>, StoreError> {
         const COLUMNS: &str =
             "i.id, i.workflow, i.version, i.status, i.current_step, i.attempts, i.error, \
-             i.started_at, i.updated_at, i.finished_at, i.input, i.paused";
+             i.started_at, i.updated_at, i.finished_at, i.input, i.paused, i.seq";
         let mut args: Vec<Arg> = Vec::new();
         let arg = |a: Arg, args: &mut Vec<Arg>| {
             args.push(a);
@@ -450,12 +457,12 @@ impl Projections {
                 format!("SELECT {COLUMNS} FROM saga_instances i WHERE 1 = 1"),
                 "i.workflow",
                 "i.started_at",
-                "i.id",
+                "i.seq",
             ),
             Some(((field, value), others)) => {
                 let f = arg(field.into(), &mut args);
                 let mut sql = format!(
-                    "SELECT {COLUMNS} FROM instance_search s JOIN saga_instances i ON i.id = s.instance_id \
+                    "SELECT {COLUMNS} FROM instance_search s JOIN saga_instances i ON i.seq = s.instance_seq \
                      WHERE s.field = {f} AND {}",
                     search::matches("s.value", value, &mut args)
                 );
@@ -463,11 +470,11 @@ impl Projections {
                     let f = arg(field.into(), &mut args);
                     sql += &format!(
                         " AND EXISTS (SELECT 1 FROM instance_search t WHERE t.field = {f} AND {} \
-                         AND t.started_at = s.started_at AND t.instance_id = s.instance_id)",
+                         AND t.started_at = s.started_at AND t.instance_seq = s.instance_seq)",
                         search::matches("t.value", value, &mut args)
                     );
                 }
-                (sql, "s.workflow", "s.started_at", "s.instance_id")
+                (sql, "s.workflow", "s.started_at", "s.instance_seq")
             }
         };
         if let Some(w) = &filter.workflow {
@@ -485,17 +492,27 @@ impl Projections {
             sql += &format!(" AND {started} < {t}");
         }
         if let Some(c) = &filter.after {
+            let seq = c.seq().ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "`{}` is not an instance listing's cursor",
+                    c.encode()
+                ))
+            })?;
             let at = arg((c.at as i64).into(), &mut args);
-            let after = arg((&c.id).into(), &mut args);
+            let after = arg(seq.into(), &mut args);
             sql += &format!(" AND ({started} < {at} OR ({started} = {at} AND {id} < {after}))");
         }
         let limit = arg((i64::from(filter.limit) + 1).into(), &mut args);
         sql += &format!(" ORDER BY {started} DESC, {id} DESC LIMIT {limit}");
-        let mut items = self.db.fetch(&sql, &args, instance_row).await?;
-        let next = page_end(&mut items, filter.limit, |r| Cursor {
+        let mut rows = self
+            .db
+            .fetch(&sql, &args, |r| Ok((instance_row(r)?, r.int("seq")?)))
+            .await?;
+        let next = page_end(&mut rows, filter.limit, |(r, seq)| Cursor {
             at: r.started_at.millis(),
-            id: r.id.to_string(),
+            id: seq.to_string(),
         });
+        let items = rows.into_iter().map(|(r, _)| r).collect();
         Ok(Page { items, next })
     }
 }
@@ -896,10 +913,11 @@ mod tests {
              || '|' || CAST(attempts AS TEXT) || '|' || COALESCE(error, '-') || '|' || CAST(started_at AS TEXT) || '|' || CAST(updated_at AS TEXT) \
              || '|' || COALESCE(CAST(finished_at AS TEXT), '-') || '|' || input || '|' || CAST(paused AS TEXT) || '|' || CAST(last_position AS TEXT) AS row \
              FROM saga_instances ORDER BY id",
-            "SELECT order_id || '|' || instance_id || '|' || customer_id || '|' || status || '|' || COALESCE(error, '-') \
-             || '|' || CAST(created_at AS TEXT) || '|' || CAST(updated_at AS TEXT) AS row FROM orders ORDER BY order_id",
-            "SELECT field || '|' || value || '|' || CAST(started_at AS TEXT) || '|' || instance_id || '|' || workflow AS row \
-             FROM instance_search ORDER BY field, value, instance_id",
+            "SELECT o.order_id || '|' || i.id || '|' || o.customer_id || '|' || o.status || '|' || COALESCE(o.error, '-') \
+             || '|' || CAST(o.created_at AS TEXT) || '|' || CAST(o.updated_at AS TEXT) AS row \
+             FROM orders o JOIN saga_instances i ON i.seq = o.instance_seq ORDER BY o.order_id",
+            "SELECT s.field || '|' || s.value || '|' || CAST(s.started_at AS TEXT) || '|' || i.id || '|' || s.workflow AS row \
+             FROM instance_search s JOIN saga_instances i ON i.seq = s.instance_seq ORDER BY s.field, s.value, i.id",
         ] {
             out.extend(p.db.fetch(sql, &[], |r| r.text("row")).await.unwrap());
         }
@@ -1147,9 +1165,9 @@ mod tests {
         assert_eq!(instances, [2]);
         let left =
             p.db.fetch(
-                "SELECT DISTINCT instance_id FROM instance_search ORDER BY instance_id",
+                "SELECT DISTINCT i.id FROM instance_search s JOIN saga_instances i ON i.seq = s.instance_seq ORDER BY i.id",
                 &[],
-                |r| r.text("instance_id"),
+                |r| r.text("id"),
             )
             .await
             .unwrap();
@@ -1163,6 +1181,11 @@ mod tests {
             .unwrap();
         // customer_id and amount, each
         assert_eq!(rows, [4]);
+        let orders =
+            p.db.fetch("SELECT COUNT(*) AS n FROM orders", &[], |r| r.int("n"))
+                .await
+                .unwrap();
+        assert_eq!(orders, [2], "the removed instances' orders are forgotten");
     }
 
     async fn search_case(p: Projections) {

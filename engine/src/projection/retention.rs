@@ -17,7 +17,8 @@ pub struct Ended {
 }
 
 /// The statements that forget the rows of instances `ids`; `search` are
-/// their `instance_search` rows (see [`Projections::search_rows_of`]),
+/// their `instance_search` rows, each naming its instance by row number
+/// (see [`Projections::search_rows_of`]),
 /// deleted by their key: the table has no index by instance (it would
 /// double its size). A few statements for a whole batch, each over up to
 /// [`MAX_SET`] rows in a power-of-two chunk (few statement shapes), so the
@@ -26,12 +27,16 @@ pub(super) fn forget(ids: &[String], search: &[[Arg; 5]], out: &mut Vec<Stmt>) {
     for chunk in chunks(ids) {
         let args: Vec<Arg> = chunk.iter().map(|id| id.into()).collect();
         let marks = marks(chunk.len(), 1);
+        // orders first: they find their instances by the rows' numbers
         out.push(stmt(
-            &format!("DELETE FROM saga_instances WHERE id IN ({marks})"),
+            &format!(
+                "DELETE FROM orders WHERE instance_seq IN \
+                 (SELECT seq FROM saga_instances WHERE id IN ({marks}))"
+            ),
             args.clone(),
         ));
         out.push(stmt(
-            &format!("DELETE FROM orders WHERE instance_id IN ({marks})"),
+            &format!("DELETE FROM saga_instances WHERE id IN ({marks})"),
             args,
         ));
     }
@@ -48,7 +53,7 @@ pub(super) fn forget(ids: &[String], search: &[[Arg; 5]], out: &mut Vec<Stmt>) {
         out.push(stmt(
             &format!(
                 "DELETE FROM instance_search \
-                 WHERE (field, value, started_at, instance_id) IN ({})",
+                 WHERE (field, value, started_at, instance_seq) IN ({})",
                 marks(chunk.len(), 4)
             ),
             args,
@@ -135,7 +140,8 @@ impl Projections {
     }
 
     /// The `instance_search` rows instances `ids` have, recomputed in one
-    /// query from their stored rows as the projection made them (none for an
+    /// query from their stored rows as the projection made them, each with
+    /// its instance's row number where the projection gives the id (none for an
     /// instance not stored, or whose workflow version declares no fields).
     pub(super) async fn search_rows_of(&self, ids: &[String]) -> Result<Vec<[Arg; 5]>, StoreError> {
         if ids.is_empty() {
@@ -147,13 +153,14 @@ impl Projections {
             .db
             .fetch(
                 &format!(
-                    "SELECT id, workflow, version, started_at, input FROM saga_instances WHERE id IN ({})",
+                    "SELECT id, seq, workflow, version, started_at, input FROM saga_instances WHERE id IN ({})",
                     marks.join(", ")
                 ),
                 &args,
                 |r| {
                     Ok((
                         r.text("id")?,
+                        r.int("seq")?,
                         r.text("workflow")?,
                         r.int("version")?,
                         r.int("started_at")?,
@@ -163,16 +170,21 @@ impl Projections {
             )
             .await?;
         let mut rows = Vec::new();
-        for (id, workflow, version, started_at, input) in stored {
+        for (id, seq, workflow, version, started_at, input) in stored {
             let version = u32::try_from(version).map_err(super::corrupt)?;
             let fields = self.declared(&workflow, version).await?;
             if fields.is_empty() {
                 continue;
             }
             let input: serde_json::Value = serde_json::from_str(&input).map_err(super::corrupt)?;
-            rows.extend(super::search::rows(
-                &id, &workflow, started_at, &input, &fields,
-            ));
+            rows.extend(
+                super::search::rows(&id, &workflow, started_at, &input, &fields)
+                    .into_iter()
+                    .map(|mut row| {
+                        row[3] = seq.into();
+                        row
+                    }),
+            );
         }
         Ok(rows)
     }

@@ -23,7 +23,6 @@ const READ_MODEL_LOCK: i64 = 0x7366_726d;
 pub(crate) enum Arg {
     Int(i64),
     OptInt(Option<i64>),
-    Real(f64),
     Text(String),
     OptText(Option<String>),
     Bool(bool),
@@ -37,11 +36,6 @@ impl From<i64> for Arg {
 impl From<Option<i64>> for Arg {
     fn from(v: Option<i64>) -> Self {
         Arg::OptInt(v)
-    }
-}
-impl From<f64> for Arg {
-    fn from(v: f64) -> Self {
-        Arg::Real(v)
     }
 }
 impl From<&str> for Arg {
@@ -85,7 +79,6 @@ macro_rules! bind_all {
             q = match a {
                 Arg::Int(v) => q.bind(*v),
                 Arg::OptInt(v) => q.bind(*v),
-                Arg::Real(v) => q.bind(*v),
                 Arg::Text(v) => q.bind(v.clone()),
                 Arg::OptText(v) => q.bind(v.clone()),
                 Arg::Bool(v) => q.bind(*v),
@@ -243,7 +236,6 @@ pub(super) fn sqlite_params(sql: &str) -> String {
 pub(crate) trait Columns {
     fn int(&self, name: &str) -> Result<i64, StoreError>;
     fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError>;
-    fn real(&self, name: &str) -> Result<f64, StoreError>;
     fn text(&self, name: &str) -> Result<String, StoreError>;
     fn opt_text(&self, name: &str) -> Result<Option<String>, StoreError>;
     fn boolean(&self, name: &str) -> Result<bool, StoreError>;
@@ -265,9 +257,6 @@ macro_rules! columns_for {
                 get(self, name)
             }
             fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError> {
-                get(self, name)
-            }
-            fn real(&self, name: &str) -> Result<f64, StoreError> {
                 get(self, name)
             }
             fn text(&self, name: &str) -> Result<String, StoreError> {
