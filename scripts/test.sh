@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Snapshots are checked, never rewritten, by the test command.
 export INSTA_UPDATE=no
+# Tests make their data directories under TMPDIR. One directory per run,
+# under target/, emptied when the next run starts: they no longer pile up in
+# /tmp, and a failed test's files stay for a look until then.
+export TMPDIR="$PWD/target/test-tmp"
+rm -rf "$TMPDIR" 2>/dev/null || true
+mkdir -p "$TMPDIR"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"
