@@ -7,7 +7,7 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use sagaflow_engine::projection::InstanceFilter;
+use sagaflow_engine::projection::{Cursor, InstanceFilter};
 use sagaflow_engine::runtime::{InstanceView, Runtime};
 use sagaflow_engine::saga::MAX_DURATION;
 use uuid::Uuid;
@@ -322,7 +322,7 @@ impl InstancesApi {
             started_from: started_from.0.map(|t| t.0),
             started_until: started_until.0.map(|t| t.0),
             input: fields,
-            after: crate::orders::parse_cursor(cursor.0.as_deref(), |c| c.seq().is_some())?,
+            after: crate::orders::parse_cursor(cursor.0.as_deref(), Cursor::fits_instances)?,
             limit: limit.0.unwrap_or(100),
         };
         crate::orders::read_your_writes(&self.rt, consistent.0).await?;

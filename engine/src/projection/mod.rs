@@ -107,6 +107,12 @@ impl Cursor {
         self.id.parse().ok()
     }
 
+    /// Whether an instance listing can go on from this cursor: it names a
+    /// row number, or (given out before rows were numbered) an instance id.
+    pub fn fits_instances(&self) -> bool {
+        self.seq().is_some() || Uuid::parse_str(&self.id).is_ok()
+    }
+
     pub fn decode(s: &str) -> Option<Self> {
         let (at, id) = s.split_once('.')?;
         let id_ok = !id.is_empty() && id.len() <= 256;
@@ -492,14 +498,22 @@ impl Projections {
             sql += &format!(" AND {started} < {t}");
         }
         if let Some(c) = &filter.after {
-            let seq = c.seq().ok_or_else(|| {
-                StoreError::Invalid(format!(
-                    "`{}` is not an instance listing's cursor",
-                    c.encode()
-                ))
-            })?;
             let at = arg((c.at as i64).into(), &mut args);
-            let after = arg(seq.into(), &mut args);
+            let after = match (c.seq(), Uuid::parse_str(&c.id)) {
+                (Some(seq), _) => arg(seq.into(), &mut args),
+                // a cursor given out before the rows were numbered (ADR 21)
+                // names the page's last instance: it goes on from that row
+                (None, Ok(last)) => format!(
+                    "(SELECT seq FROM saga_instances WHERE id = {})",
+                    arg(last.to_string().into(), &mut args)
+                ),
+                (None, Err(_)) => {
+                    return Err(StoreError::Invalid(format!(
+                        "`{}` is not an instance listing's cursor",
+                        c.encode()
+                    )))
+                }
+            };
             sql += &format!(" AND ({started} < {at} OR ({started} = {at} AND {id} < {after}))");
         }
         let limit = arg((i64::from(filter.limit) + 1).into(), &mut args);
@@ -1224,6 +1238,33 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), 25, "no instance twice, none left out");
+        // a cursor of the form given out before the rows were numbered
+        // (`started_at.id` of the page's last instance) goes on from that row
+        let first = p
+            .search(&InstanceFilter {
+                limit: 7,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let last = first.items.last().unwrap();
+        let old = Cursor {
+            at: last.started_at.millis(),
+            id: last.id.to_string(),
+        };
+        assert!(old.fits_instances());
+        let mut ids = Vec::new();
+        for after in [old, first.next.unwrap()] {
+            let filter = InstanceFilter {
+                limit: 7,
+                after: Some(after),
+                ..Default::default()
+            };
+            let items = p.search(&filter).await.unwrap().items;
+            ids.push(items.iter().map(|r| r.id).collect::<Vec<_>>());
+        }
+        assert_eq!(ids[0], ids[1]);
+        assert!(!Cursor::decode("1005.o-1").unwrap().fits_instances());
 
         let odd = InstanceFilter {
             input: vec![("customer_id".into(), "odd".into())],
