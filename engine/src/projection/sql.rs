@@ -169,7 +169,7 @@ impl Db {
     pub(crate) async fn close(&self) {
         match self {
             Db::Sqlite(pool, writer) => {
-                pool.close().await;
+                crate::store::sqlite::close_pool(pool).await;
                 writer.close().await;
             }
             Db::Postgres(pool) => pool.close().await,
