@@ -22,24 +22,31 @@ use super::stmt;
 /// Rows of one multi-row insert into `instance_search` (five arguments each).
 const SEARCH_ROWS_PER_INSERT: usize = 500;
 
-/// How a table's row names its instance: the column, and what it equals
-/// given the instance's id as `$1`.
+/// How a table's row names its instance, given the instance's id as `$1`.
 #[derive(Clone, Copy)]
-struct Key {
-    column: &'static str,
-    value: &'static str,
+enum Key {
+    /// `saga_instances`: by the id itself.
+    Id,
+    /// The other tables: by the instance's row number (ADR 21), looked up by id.
+    Seq,
 }
 
-/// `saga_instances` by the instance's id.
-const BY_ID: Key = Key {
-    column: "id",
-    value: "$1",
-};
-/// The other tables by the instance's row number (ADR 21), looked up by id.
-const BY_SEQ: Key = Key {
-    column: "instance_seq",
-    value: "(SELECT seq FROM saga_instances WHERE id = $1)",
-};
+impl Key {
+    fn column(self) -> &'static str {
+        match self {
+            Key::Id => "id",
+            Key::Seq => "instance_seq",
+        }
+    }
+
+    /// What the column equals.
+    fn value(self) -> &'static str {
+        match self {
+            Key::Id => "$1",
+            Key::Seq => "(SELECT seq FROM saga_instances WHERE id = $1)",
+        }
+    }
+}
 
 /// One table's pending change to one instance's row.
 #[derive(Default)]
@@ -99,8 +106,8 @@ impl Change {
             &format!(
                 "UPDATE {table} SET {}, last_position = $2 WHERE {} = {} AND last_position < $2",
                 sets.join(", "),
-                key.column,
-                key.value
+                key.column(),
+                key.value()
             ),
             args,
         ))
@@ -112,20 +119,19 @@ impl Change {
     fn insert(&self, table: &str, key: Key, id: &str, on_conflict: &str) -> Option<Stmt> {
         let row = self.row()?;
         let mut args: Vec<Arg> = vec![id.into(), self.last.into()];
-        let mut columns = vec![key.column, "last_position"];
+        let mut columns = vec![key.column(), "last_position"];
         for (c, v) in row {
             columns.push(c);
             args.push(v);
         }
         let params: Vec<String> = (2..=args.len()).map(|i| format!("${i}")).collect();
-        let source = if key.value == "$1" {
-            format!("VALUES ($1, {})", params.join(", "))
-        } else {
-            // (`WHERE true`: SQLite's parser needs it before an upsert clause)
-            format!(
+        let source = match key {
+            Key::Id => format!("VALUES ($1, {})", params.join(", ")),
+            // (`AND true`: SQLite's parser needs a WHERE before an upsert clause)
+            Key::Seq => format!(
                 "SELECT seq, {} FROM saga_instances WHERE id = $1 AND true",
                 params.join(", ")
-            )
+            ),
         };
         Some(stmt(
             &format!(
@@ -141,7 +147,7 @@ impl Change {
     fn instance_statements(&self, id: &str, out: &mut Vec<Stmt>) {
         const TABLE: &str = "saga_instances";
         if self.insert.is_none() {
-            out.extend(self.update(TABLE, BY_ID, id));
+            out.extend(self.update(TABLE, Key::Id, id));
             return;
         }
         let on_conflict = if self.set.is_empty() {
@@ -158,15 +164,15 @@ impl Change {
                 sets.join(", ")
             )
         };
-        out.extend(self.insert(TABLE, BY_ID, id, &on_conflict));
+        out.extend(self.insert(TABLE, Key::Id, id, &on_conflict));
     }
 
     /// `orders`: the first instance of an order id keeps it, so a conflict
     /// (on the order id, or a row of this instance already there) inserts
     /// nothing, and the update brings an existing row of this instance forward.
     fn order_statements(&self, id: &str, out: &mut Vec<Stmt>) {
-        out.extend(self.insert("orders", BY_SEQ, id, "ON CONFLICT DO NOTHING"));
-        out.extend(self.update("orders", BY_SEQ, id));
+        out.extend(self.insert("orders", Key::Seq, id, "ON CONFLICT DO NOTHING"));
+        out.extend(self.update("orders", Key::Seq, id));
     }
 }
 
