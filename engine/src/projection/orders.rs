@@ -120,7 +120,8 @@ pub(super) fn order_change(row: &mut Change, pos: i64, event: &Event) {
             started_at,
             ..
         } if workflow == ORDER_WORKFLOW => {
-            let (Some(order_id), Some(customer_id), Some(_amount)) = (
+            // the amount is read back from the input (`order_row`): it must be a number
+            let (Some(order_id), Some(customer_id), Some(_)) = (
                 input["order_id"].as_str(),
                 input["customer_id"].as_str(),
                 input["amount"].as_f64(),
