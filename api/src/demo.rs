@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use poem::http::{HeaderMap, StatusCode};
 use poem::web::{Data, Json, Path};
-use poem::{get, handler, post, EndpointExt, IntoResponse, Response, Route};
+use poem::{get, handler, post, EndpointExt, Response, Route};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -44,21 +44,66 @@ impl Default for DemoConfig {
 /// bench, and a bound on its memory however long it runs.
 pub const LEDGER_SIZE: usize = 20_000;
 
+/// What the demo remembers, kept small: a long run remembers
+/// [`LEDGER_SIZE`] keys and orders, and each costs a few hundred bytes.
 #[derive(Default)]
 struct Ledger {
     /// Keys in the order first seen, to forget the oldest.
-    key_order: VecDeque<String>,
+    key_order: VecDeque<Arc<str>>,
+    /// Each idempotency key: how often it was seen, and its first answer.
+    keys: HashMap<Arc<str>, Seen>,
     /// Orders in the order first seen.
-    order_order: VecDeque<String>,
-    /// The first answer to each idempotency key.
-    answers: HashMap<String, (u16, Value)>,
-    /// How many times each key was seen.
-    seen: BTreeMap<String, u32>,
-    /// Effects applied, by kind (`reserve`, `pay`, ...).
-    effects: BTreeMap<String, u64>,
+    order_order: VecDeque<Arc<str>>,
     /// Effects applied per order and kind.
-    orders: BTreeMap<String, BTreeMap<String, u32>>,
+    orders: HashMap<Arc<str>, Vec<(Arc<str>, u32)>>,
+    /// Effects applied, by kind (`reserve`, `pay`, ...); its keys are the
+    /// kinds the orders' entries share.
+    effects: BTreeMap<Arc<str>, u64>,
     next_id: u64,
+}
+
+#[derive(Default)]
+struct Seen {
+    times: u32,
+    /// The status and JSON text of the first answer.
+    answer: Option<(u16, Box<str>)>,
+}
+
+impl Ledger {
+    /// The shared name of an effect's kind (orders name it without a copy of their own).
+    fn kind(&mut self, kind: &str) -> Arc<str> {
+        match self.effects.get_key_value(kind) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = kind.into();
+                self.effects.insert(k.clone(), 0);
+                k
+            }
+        }
+    }
+
+    fn applied(&mut self, kind: &str, order: Option<&str>, size: usize) {
+        let kind = self.kind(kind);
+        *self.effects.entry(kind.clone()).or_default() += 1;
+        let Some(o) = order else { return };
+        let counts = match self.orders.get_mut(o) {
+            Some(counts) => counts,
+            None => {
+                let o: Arc<str> = o.into();
+                self.order_order.push_back(o.clone());
+                while self.order_order.len() > size {
+                    if let Some(old) = self.order_order.pop_front() {
+                        self.orders.remove(&old);
+                    }
+                }
+                self.orders.entry(o).or_default()
+            }
+        };
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
 }
 
 struct Demo {
@@ -83,61 +128,58 @@ fn once(
     order: Option<&str>,
     make: impl FnOnce(u64) -> (u16, Value),
 ) -> Response {
-    let key = headers
-        .get("Idempotency-Key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let key = headers.get("Idempotency-Key").and_then(|v| v.to_str().ok());
     let mut l = demo
         .ledger
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let size = demo.config.ledger_size.max(1);
-    if let Some(k) = &key {
-        let seen = l.seen.entry(k.clone()).or_default();
-        *seen += 1;
-        if *seen == 1 {
-            l.key_order.push_back(k.clone());
-            while l.key_order.len() > size {
-                if let Some(old) = l.key_order.pop_front() {
-                    l.seen.remove(&old);
-                    l.answers.remove(&old);
+    let key: Option<Arc<str>> = match key {
+        Some(k) => {
+            let key = match l.keys.get_key_value(k) {
+                Some((key, _)) => key.clone(),
+                None => {
+                    let key: Arc<str> = k.into();
+                    l.keys.insert(key.clone(), Seen::default());
+                    l.key_order.push_back(key.clone());
+                    while l.key_order.len() > size {
+                        if let Some(old) = l.key_order.pop_front() {
+                            l.keys.remove(&old);
+                        }
+                    }
+                    key
                 }
+            };
+            let seen = l.keys.entry(key.clone()).or_default();
+            seen.times += 1;
+            if let Some((status, body)) = &seen.answer {
+                return reply_text(*status, body.to_string());
             }
+            Some(key)
         }
-        if let Some((status, body)) = l.answers.get(k).cloned() {
-            return reply(status, body);
-        }
-    }
+        None => None,
+    };
     l.next_id += 1;
     let (status, body) = make(l.next_id);
     if (200..300).contains(&status) {
-        *l.effects.entry(kind.to_string()).or_default() += 1;
-        if let Some(o) = order {
-            if !l.orders.contains_key(o) {
-                l.order_order.push_back(o.to_string());
-                while l.order_order.len() > size {
-                    if let Some(old) = l.order_order.pop_front() {
-                        l.orders.remove(&old);
-                    }
-                }
-            }
-            *l.orders
-                .entry(o.to_string())
-                .or_default()
-                .entry(kind.to_string())
-                .or_default() += 1;
-        }
+        l.applied(kind, order, size);
     }
-    if let Some(k) = key {
-        l.answers.insert(k, (status, body.clone()));
+    let body = body.to_string();
+    if let Some(seen) = key.and_then(|k| l.keys.get_mut(&k)) {
+        seen.answer = Some((status, body.as_str().into()));
     }
-    reply(status, body)
+    reply_text(status, body)
+}
+
+fn reply_text(status: u16, body: String) -> Response {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+        .content_type("application/json; charset=utf-8")
+        .body(body)
 }
 
 fn reply(status: u16, body: Value) -> Response {
-    Json(body)
-        .with_status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
-        .into_response()
+    reply_text(status, body.to_string())
 }
 
 async fn pause(demo: &Demo) {
@@ -266,7 +308,25 @@ async fn stats(Data(demo): Data<&Shared>) -> Json<Value> {
         .ledger
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Json(json!({"effects": l.effects, "orders": l.orders, "keys": l.seen}))
+    let orders: serde_json::Map<String, Value> = l
+        .orders
+        .iter()
+        .map(|(o, counts)| {
+            let counts = counts.iter().map(|(k, n)| (k.to_string(), json!(n)));
+            (o.to_string(), Value::Object(counts.collect()))
+        })
+        .collect();
+    let keys: serde_json::Map<String, Value> = l
+        .keys
+        .iter()
+        .map(|(k, seen)| (k.to_string(), json!(seen.times)))
+        .collect();
+    let effects: serde_json::Map<String, Value> = l
+        .effects
+        .iter()
+        .map(|(k, n)| (k.to_string(), json!(n)))
+        .collect();
+    Json(json!({"effects": effects, "orders": orders, "keys": keys}))
 }
 
 /// The demo services, to nest under `/demo`.
@@ -312,11 +372,16 @@ mod tests {
             });
         }
         let l = demo.ledger.lock().unwrap();
-        assert_eq!(l.seen.len(), 3);
-        assert_eq!(l.answers.len(), 3);
+        assert_eq!(l.keys.len(), 3);
+        assert_eq!(l.key_order.len(), 3);
         assert_eq!(l.orders.len(), 3);
-        assert_eq!(l.seen.get("k-9"), Some(&2));
-        assert!(!l.seen.contains_key("k-0"));
+        assert_eq!(l.order_order.len(), 3);
+        assert_eq!(l.keys.get("k-9").map(|s| s.times), Some(2));
+        assert!(!l.keys.contains_key("k-0"));
         assert_eq!(l.effects.get("pay"), Some(&10));
+        assert_eq!(
+            l.orders.get("o-9").map(Vec::as_slice),
+            Some(&[("pay".into(), 1)][..])
+        );
     }
 }

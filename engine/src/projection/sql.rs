@@ -118,7 +118,7 @@ impl Db {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
-            .connect_with(options)
+            .connect_with(options.pragma("cache_size", crate::store::sqlite::READ_CACHE))
             .await
             .map_err(db)?;
         sqlx::migrate!("../migrations/sqlite-readmodels")

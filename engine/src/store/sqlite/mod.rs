@@ -40,7 +40,13 @@ use crate::saga::Timestamp;
 const MAX_BATCH: usize = 512;
 /// Stream heads remembered by the writer (it is the only writer of the file), so
 /// most appends need no read; forgotten wholesale past this many streams.
-const HEAD_CACHE: usize = 65_536;
+const HEAD_CACHE: usize = 16_384;
+
+/// The page cache of a connection that only reads (`PRAGMA cache_size`; in
+/// KiB when negative). SQLite's default is 2 MiB per connection; readers find
+/// the pages they miss in the operating system's cache, so a small one keeps
+/// the server's memory down (docs/performance.md, "Memory").
+pub(crate) const READ_CACHE: &str = "-512";
 
 /// A stream as the writer knows it: its number in `streams`, and its last
 /// revision (`None`: no events yet).
@@ -135,7 +141,7 @@ impl SqliteStore {
             .map_err(|e| super::migration_error(e, &path.display().to_string()))?;
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(options.read_only(true).pragma("cache_size", READ_CACHE))
             .await
             .map_err(db_error)?;
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
