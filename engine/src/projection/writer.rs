@@ -26,6 +26,9 @@ enum Job {
     Run(Vec<Stmt>, oneshot::Sender<Result<(), StoreError>>),
     /// Close the connection and end the thread; answered once closed.
     Close(oneshot::Sender<()>),
+    /// A transaction that panics half-way (tests of the thread's recovery).
+    #[cfg(test)]
+    Panic(Vec<Stmt>, oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A handle on the writing thread. Dropping it ends the thread and waits for
@@ -66,10 +69,17 @@ impl Writer {
 
     /// Runs `stmts` in one transaction: all of them, or none.
     pub(crate) async fn transaction(&self, stmts: Vec<Stmt>) -> Result<(), StoreError> {
+        self.send(|done| Job::Run(stmts, done)).await
+    }
+
+    async fn send(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Job,
+    ) -> Result<(), StoreError> {
         let (done, answer) = oneshot::channel();
         let gone = || StoreError::Unavailable("the read models' writer has stopped".into());
         let jobs = self.jobs.as_ref().ok_or_else(gone)?;
-        jobs.send(Job::Run(stmts, done)).map_err(|_| gone())?;
+        jobs.send(job(done)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 
@@ -92,6 +102,12 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     // as the pool's connections: the read models are rebuilt from the log
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(error)?;
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        crate::store::sqlite::JOURNAL_LIMIT,
+    )
+    .map_err(error)?;
     conn.set_prepared_statement_cache_capacity(PREPARED);
     Ok(conn)
 }
@@ -100,18 +116,38 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 /// handle is dropped.
 fn serve(path: &Path, mut conn: Option<Connection>, jobs: &mpsc::Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
-        let (stmts, done) = match job {
-            Job::Run(stmts, done) => (stmts, done),
+        let (stmts, done, fail) = match job {
+            Job::Run(stmts, done) => (stmts, done, false),
             Job::Close(done) => {
                 drop(conn);
                 let _ = done.send(());
                 return;
             }
+            #[cfg(test)]
+            Job::Panic(stmts, done) => (stmts, done, true),
         };
-        let result = match conn.as_mut() {
-            Some(c) => run(c, &stmts),
-            None => open(path).and_then(|c| run(conn.insert(c), &stmts)),
-        };
+        // A panic (a bug) fails its own transaction, not the thread: the
+        // projection retries, and later transactions go on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => conn.insert(open(path)?),
+            };
+            run(c, &stmts, fail)
+        }))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("the read models' writer panicked: {why}");
+            // whatever state the connection was left in, it goes
+            conn = None;
+            Err(StoreError::Unavailable(format!(
+                "the read models' writer failed: {why}"
+            )))
+        });
         // A failed statement, commit or rollback (a full disk) can leave the
         // transaction open and the file write-locked by this connection:
         // closing it is the one sure way to let go; the next job opens anew.
@@ -122,7 +158,8 @@ fn serve(path: &Path, mut conn: Option<Connection>, jobs: &mpsc::Receiver<Job>) 
     }
 }
 
-fn run(conn: &mut Connection, stmts: &[Stmt]) -> Result<(), StoreError> {
+/// Runs `stmts` in a transaction; `fail`: panics after them, before the commit.
+fn run(conn: &mut Connection, stmts: &[Stmt], fail: bool) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(error)?;
@@ -133,6 +170,7 @@ fn run(conn: &mut Connection, stmts: &[Stmt]) -> Result<(), StoreError> {
         }
         st.raw_execute().map_err(error)?;
     }
+    assert!(!fail, "a transaction told to fail");
     tx.commit().map_err(error)
 }
 
@@ -247,6 +285,28 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(keys(&db).await, [1], "the first insert was rolled back");
+        db.transaction(vec![insert(3, None)]).await.unwrap();
+        assert_eq!(keys(&db).await, [1, 3]);
+    }
+
+    /// A transaction that panics (a bug) fails alone: its statements are
+    /// undone, the thread lives on, and the next transaction runs.
+    #[tokio::test]
+    async fn a_panicking_transaction_leaves_nothing_and_the_next_one_runs() {
+        let db = db("panic").await;
+        let Db::Sqlite(_, writer) = &db else {
+            unreachable!("a SQLite file")
+        };
+        db.transaction(vec![insert(1, None)]).await.unwrap();
+        let e = writer
+            .send(|done| Job::Panic(vec![insert(2, None)], done))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Unavailable(ref m) if m.contains("told to fail")),
+            "{e:?}"
+        );
+        assert_eq!(keys(&db).await, [1], "the panicking insert was undone");
         db.transaction(vec![insert(3, None)]).await.unwrap();
         assert_eq!(keys(&db).await, [1, 3]);
     }

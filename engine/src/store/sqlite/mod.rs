@@ -48,6 +48,12 @@ const HEAD_CACHE: usize = 16_384;
 /// the server's memory down (docs/performance.md, "Memory").
 pub(crate) const READ_CACHE: &str = "-512";
 
+/// The bytes a write-ahead log is cut back to after a checkpoint
+/// (`PRAGMA journal_size_limit`). Without it the log keeps the size of its
+/// longest run between checkpoints: a burst, or a reader that held a
+/// checkpoint off, leaves a file of tens of megabytes behind.
+pub(crate) const JOURNAL_LIMIT: &str = "4194304";
+
 /// A stream as the writer knows it: its number in `streams`, and its last
 /// revision (`None`: no events yet).
 #[derive(Debug, Clone, Copy)]
@@ -131,7 +137,10 @@ impl SqliteStore {
         // Space freed by retention goes back to the file system
         // (`PRAGMA incremental_vacuum`); it takes effect on a new file only
         // (README "Retention" says how to convert an older one).
-        let writing = options.clone().auto_vacuum(SqliteAutoVacuum::Incremental);
+        let writing = options
+            .clone()
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
+            .pragma("journal_size_limit", JOURNAL_LIMIT);
         let mut writer = SqliteConnection::connect_with(&writing)
             .await
             .map_err(db_error)?;
