@@ -82,6 +82,25 @@ impl Ledger {
         }
     }
 
+    /// Counts a sighting of idempotency key `k`, remembering a new one (the
+    /// oldest forgotten past `size`); the key's first answer, if it has one.
+    fn sighted(&mut self, k: &str, size: usize) -> Option<(u16, Box<str>)> {
+        if !self.keys.contains_key(k) {
+            let key: Arc<str> = k.into();
+            self.key_order.push_back(key.clone());
+            self.keys.insert(key, Seen::default());
+            while self.key_order.len() > size {
+                if let Some(old) = self.key_order.pop_front() {
+                    self.keys.remove(&old);
+                }
+            }
+        }
+        let seen = self.keys.get_mut(k)?;
+        seen.times += 1;
+        seen.answer.clone()
+    }
+
+    /// Counts an effect applied, and the order's share of it.
     fn applied(&mut self, kind: &str, order: Option<&str>, size: usize) {
         let kind = self.kind(kind);
         *self.effects.entry(kind.clone()).or_default() += 1;
@@ -134,38 +153,18 @@ fn once(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let size = demo.config.ledger_size.max(1);
-    let key: Option<Arc<str>> = match key {
-        Some(k) => {
-            let key = match l.keys.get_key_value(k) {
-                Some((key, _)) => key.clone(),
-                None => {
-                    let key: Arc<str> = k.into();
-                    l.keys.insert(key.clone(), Seen::default());
-                    l.key_order.push_back(key.clone());
-                    while l.key_order.len() > size {
-                        if let Some(old) = l.key_order.pop_front() {
-                            l.keys.remove(&old);
-                        }
-                    }
-                    key
-                }
-            };
-            let seen = l.keys.entry(key.clone()).or_default();
-            seen.times += 1;
-            if let Some((status, body)) = &seen.answer {
-                return reply_text(*status, body.to_string());
-            }
-            Some(key)
+    if let Some(k) = key {
+        if let Some((status, body)) = l.sighted(k, size) {
+            return reply_text(status, body.into());
         }
-        None => None,
-    };
+    }
     l.next_id += 1;
     let (status, body) = make(l.next_id);
     if (200..300).contains(&status) {
         l.applied(kind, order, size);
     }
     let body = body.to_string();
-    if let Some(seen) = key.and_then(|k| l.keys.get_mut(&k)) {
+    if let Some(seen) = key.and_then(|k| l.keys.get_mut(k)) {
         seen.answer = Some((status, body.as_str().into()));
     }
     reply_text(status, body)
