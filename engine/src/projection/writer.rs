@@ -14,6 +14,7 @@ use rusqlite::{Connection, ToSql, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::sql::{sqlite_params, Arg, Stmt};
+use crate::store::sqlite::error;
 use crate::store::StoreError;
 
 /// Distinct statements kept prepared: the projection's updates vary with the
@@ -186,17 +187,6 @@ impl ToSql for Arg {
             },
             Arg::Bool(v) => ToSqlOutput::Owned(Value::Integer(i64::from(*v))),
         })
-    }
-}
-
-/// A SQLite error as a store error, classified by its result code as the
-/// pool's errors are.
-fn error(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::SqliteFailure(f, _) => {
-            crate::store::sqlite_code_error(f.extended_code, e.to_string())
-        }
-        _ => StoreError::Invalid(e.to_string()),
     }
 }
 

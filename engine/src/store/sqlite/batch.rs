@@ -1,26 +1,24 @@
 //! Writing a batch of appends: one transaction, one query for the streams
-//! the writer has no head for, one INSERT for the new streams, and the
-//! events of all its appends in a few multi-row INSERTs.
+//! the writer has no head for, then a prepared INSERT per new stream and per
+//! event.
 //!
-//! Each statement is a hand-off to the SQLite driver's thread and back; a
-//! profile of the server under load had that channel and its wake-ups at
-//! about a fifth of all samples, more than SQLite itself. Rows go in chunks
-//! of a power of two (at most 256), so the driver caches a handful of
-//! statement shapes. Should the combined insert fail on a revision already
-//! taken (a head the writer knew wrongly), the batch is written again one
-//! append at a time, so that only the append at fault fails.
+//! The writer's thread owns its connection and calls SQLite directly, so a
+//! statement costs what SQLite does: there is no hand-off to a driver's
+//! thread per statement (a profile of the server under load had those
+//! hand-offs and their wake-ups above SQLite itself, docs/performance.md).
+//! Should an insert fail on a revision already taken (a head the writer
+//! knew wrongly), the batch is written again one append at a time, so that
+//! only the append at fault fails.
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::SqliteConnection;
+use rusqlite::types::ToSql;
+use rusqlite::{ffi, params, Connection};
 
-use super::{db_error, Codec, Head, Heads};
+use super::{Codec, Head, Heads};
 use crate::saga::{Clock, SystemClock, Timestamp};
 use crate::store::sqlite::codec::Encoded;
 use crate::store::{AppendRequest, Appended, StoreError};
-
-/// The most rows one INSERT takes (6 arguments each).
-const MAX_ROWS: usize = 256;
 
 /// What one query told of streams the writer had no head for.
 #[derive(Default)]
@@ -50,23 +48,18 @@ struct Row {
 pub(super) struct Types(HashMap<String, i64>);
 
 impl Types {
-    async fn learn(
-        &mut self,
-        conn: &mut SqliteConnection,
-        batch: &[AppendRequest],
-    ) -> Result<(), sqlx::Error> {
+    fn learn(&mut self, conn: &Connection, batch: &[AppendRequest]) -> rusqlite::Result<()> {
         for e in batch.iter().flat_map(|r| &r.events) {
             if self.0.contains_key(&e.event_type) {
                 continue;
             }
-            sqlx::query("INSERT INTO event_types (name) VALUES (?) ON CONFLICT DO NOTHING")
-                .bind(&e.event_type)
-                .execute(&mut *conn)
-                .await?;
-            let id: i64 = sqlx::query_scalar("SELECT id FROM event_types WHERE name = ?")
-                .bind(&e.event_type)
-                .fetch_one(&mut *conn)
-                .await?;
+            conn.prepare_cached(
+                "INSERT INTO event_types (name) VALUES (?1) ON CONFLICT DO NOTHING",
+            )?
+            .execute([&e.event_type])?;
+            let id: i64 = conn
+                .prepare_cached("SELECT id FROM event_types WHERE name = ?1")?
+                .query_row([&e.event_type], |r| r.get(0))?;
             self.0.insert(e.event_type.clone(), id);
         }
         Ok(())
@@ -74,17 +67,17 @@ impl Types {
 }
 
 /// Writes a batch in one transaction; each append gets its own result.
-pub(super) async fn write_batch(
-    conn: &mut SqliteConnection,
+pub(super) fn write_batch(
+    conn: &Connection,
     batch: &[AppendRequest],
     heads: &mut Heads,
     types: &mut Types,
     codec: &mut Codec,
 ) -> Vec<Result<Appended, StoreError>> {
-    if let Err(e) = types.learn(conn, batch).await {
+    if let Err(e) = types.learn(conn, batch) {
         return unavailable(batch, e.to_string());
     }
-    if let Err(e) = begin(conn).await {
+    if let Err(e) = begin(conn) {
         return unavailable(batch, e.to_string());
     }
     let now = SystemClock.now();
@@ -95,10 +88,10 @@ pub(super) async fn write_batch(
         .map(|r| r.stream.as_str())
         .filter(|s| !heads.0.contains_key(*s))
         .collect();
-    let mut lookup = match look_up(conn, &unknown, &mut local).await {
+    let mut lookup = match look_up(conn, &unknown, &mut local) {
         Ok(l) => l,
         Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            rollback(conn);
             return unavailable(batch, e.to_string());
         }
     };
@@ -115,23 +108,17 @@ pub(super) async fn write_batch(
             position: 0,
         }));
     }
-    let written = match create_streams(conn, &created).await {
-        Ok(()) => insert(conn, &rows, now).await,
-        Err(e) => Err(e),
-    };
-    let positions = match written {
+    let positions = match create_streams(conn, &created).and_then(|()| insert(conn, &rows, now)) {
         Ok(p) => p,
         Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return match e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => {
-                    for req in batch {
-                        heads.0.remove(&req.stream);
-                    }
-                    one_by_one(conn, batch, heads, types, codec).await
-                }
-                e => unavailable(batch, e.to_string()),
-            };
+            rollback(conn);
+            if !is_unique_violation(&e) {
+                return unavailable(batch, e.to_string());
+            }
+            for req in batch {
+                heads.0.remove(&req.stream);
+            }
+            return one_by_one(conn, batch, heads, types, codec);
         }
     };
     // each append's position is that of its last row; rows are in the batch's order
@@ -142,32 +129,32 @@ pub(super) async fn write_batch(
             a.position = positions[next - 1];
         }
     }
-    commit(conn, batch, heads, local, results).await
+    commit(conn, batch, heads, local, results)
 }
 
-/// The batch again, one INSERT per append: an append whose revision is
+/// The batch again, one append at a time: an append whose revision is
 /// already taken fails alone.
-async fn one_by_one(
-    conn: &mut SqliteConnection,
+fn one_by_one(
+    conn: &Connection,
     batch: &[AppendRequest],
     heads: &mut Heads,
     types: &Types,
     codec: &mut Codec,
 ) -> Vec<Result<Appended, StoreError>> {
-    if let Err(e) = begin(conn).await {
+    if let Err(e) = begin(conn) {
         return unavailable(batch, e.to_string());
     }
     let now = SystemClock.now();
     let mut local = Heads::default();
     let mut results = Vec::with_capacity(batch.len());
     for req in batch {
-        results.push(append_one(conn, req, now, heads, &mut local, types, codec).await);
+        results.push(append_one(conn, req, now, heads, &mut local, types, codec));
     }
-    commit(conn, batch, heads, local, results).await
+    commit(conn, batch, heads, local, results)
 }
 
-async fn append_one(
-    conn: &mut SqliteConnection,
+fn append_one(
+    conn: &Connection,
     req: &AppendRequest,
     now: Timestamp,
     heads: &mut Heads,
@@ -177,25 +164,28 @@ async fn append_one(
 ) -> Result<Appended, StoreError> {
     let mut lookup = Lookup::default();
     if !heads.0.contains_key(&req.stream) && !local.0.contains_key(&req.stream) {
-        lookup = look_up(conn, &[req.stream.as_str()], local)
-            .await
-            .map_err(db_error)?;
+        lookup = look_up(conn, &[req.stream.as_str()], local).map_err(super::error)?;
     }
     let mut created = Vec::new();
     let (id, first) = plan(req, heads, local, &mut lookup, &mut created)?;
     let mut rows = Vec::with_capacity(req.events.len());
     push_rows(&mut rows, req, id, first, types, codec);
-    let written = match create_streams(conn, &created).await {
-        Ok(()) => insert(conn, &rows, now).await,
-        Err(e) => Err(e),
+    // a savepoint, so that a failed append leaves none of its rows behind
+    conn.execute_batch("SAVEPOINT one").map_err(super::error)?;
+    let written = create_streams(conn, &created).and_then(|()| insert(conn, &rows, now));
+    let end = if written.is_ok() {
+        "RELEASE one"
+    } else {
+        "ROLLBACK TO one; RELEASE one"
     };
+    conn.execute_batch(end).map_err(super::error)?;
     match written {
         Ok(positions) => Ok(Appended {
             revision: first + req.events.len() as u64 - 1,
             position: positions[positions.len() - 1],
         }),
         // what we knew of the stream is stale: the same as a failed expectation
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+        Err(e) if is_unique_violation(&e) => {
             heads.0.remove(&req.stream);
             local.0.remove(&req.stream);
             Err(StoreError::Conflict {
@@ -204,7 +194,7 @@ async fn append_one(
                 actual: None,
             })
         }
-        Err(e) => Err(db_error(e)),
+        Err(e) => Err(super::error(e)),
     }
 }
 
@@ -269,34 +259,27 @@ fn plan(
     Ok((id, first))
 }
 
-/// A looked-up name: its number, last revision, removal time, and the
-/// highest number in use.
-type StreamRow = (String, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-
 /// Looks up `names` in one query: each one's number and last revision
 /// (into `local`), or that it is absent or removed.
-async fn look_up(
-    conn: &mut SqliteConnection,
-    names: &[&str],
-    local: &mut Heads,
-) -> Result<Lookup, sqlx::Error> {
+fn look_up(conn: &Connection, names: &[&str], local: &mut Heads) -> rusqlite::Result<Lookup> {
     let mut lookup = Lookup::default();
     if names.is_empty() {
         return Ok(lookup);
     }
     // one statement whatever the number of names: the names as a JSON array
     let wanted = serde_json::to_string(names).unwrap_or_default();
-    let rows: Vec<StreamRow> = sqlx::query_as(
+    let mut st = conn.prepare_cached(
         "SELECT w.value, s.id, (SELECT MAX(revision) FROM events WHERE stream_id = s.id), \
              (SELECT removed_at FROM removed_streams WHERE stream = w.value), \
              (SELECT MAX(id) FROM streams) \
              FROM json_each(?1) AS w LEFT JOIN streams s ON s.name = w.value",
-    )
-    .bind(wanted)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (name, id, last, removed, top) in rows {
-        lookup.top = top.unwrap_or(0);
+    )?;
+    let mut rows = st.query([wanted])?;
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let (id, last, removed): (Option<i64>, Option<i64>, Option<i64>) =
+            (row.get(1)?, row.get(2)?, row.get(3)?);
+        lookup.top = row.get::<_, Option<i64>>(4)?.unwrap_or(0);
         if let Some(at) = removed {
             lookup.removed.insert(name, Timestamp(at as u64));
         } else if let Some(id) = id {
@@ -309,25 +292,14 @@ async fn look_up(
     Ok(lookup)
 }
 
-/// Numbers new streams, in one INSERT.
-async fn create_streams(
-    conn: &mut SqliteConnection,
-    created: &[(i64, String)],
-) -> Result<(), sqlx::Error> {
-    let mut rest = created;
-    while !rest.is_empty() {
-        let n = chunk_len(rest.len());
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        let sql = format!(
-            "INSERT INTO streams (id, name) VALUES {}",
-            vec!["(?, ?)"; n].join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for (id, name) in chunk {
-            q = q.bind(*id).bind(name.as_str());
-        }
-        q.execute(&mut *conn).await?;
+/// Numbers new streams.
+fn create_streams(conn: &Connection, created: &[(i64, String)]) -> rusqlite::Result<()> {
+    if created.is_empty() {
+        return Ok(());
+    }
+    let mut st = conn.prepare_cached("INSERT INTO streams (id, name) VALUES (?1, ?2)")?;
+    for (id, name) in created {
+        st.execute(params![id, name])?;
     }
     Ok(())
 }
@@ -353,67 +325,59 @@ fn push_rows(
 }
 
 /// Inserts `rows` in order; the position each got.
-async fn insert(
-    conn: &mut SqliteConnection,
-    rows: &[Row],
-    now: Timestamp,
-) -> Result<Vec<u64>, sqlx::Error> {
-    let mut positions = Vec::with_capacity(rows.len());
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let n = chunk_len(rest.len());
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        let mut sql = String::from(
-            "INSERT INTO events (stream_id, revision, type_id, schema_version, data, recorded_at) VALUES ",
-        );
-        for i in 0..n {
-            sql.push_str(if i == 0 {
-                "(?, ?, ?, ?, ?, ?)"
-            } else {
-                ", (?, ?, ?, ?, ?, ?)"
-            });
-        }
-        let mut q = sqlx::query(&sql);
-        for r in chunk {
-            q = q
-                .bind(r.stream_id)
-                .bind(r.revision as i64)
-                .bind(r.type_id)
-                .bind(i64::from(r.schema_version));
-            q = match &r.data {
-                Encoded::Text(text) => q.bind(text.as_str()),
-                Encoded::Frame(frame) => q.bind(frame.as_slice()),
+fn insert(conn: &Connection, rows: &[Row], now: Timestamp) -> rusqlite::Result<Vec<u64>> {
+    let mut st = conn.prepare_cached(
+        "INSERT INTO events (stream_id, revision, type_id, schema_version, data, recorded_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let now = now.millis() as i64;
+    rows.iter()
+        .map(|r| {
+            let data: &dyn ToSql = match &r.data {
+                Encoded::Text(text) => text,
+                Encoded::Frame(frame) => frame,
             };
-            q = q.bind(now.millis() as i64);
-        }
-        // one writer, so the rows of one INSERT take consecutive positions
-        let last = q.execute(&mut *conn).await?.last_insert_rowid() as u64;
-        positions.extend((last + 1 - n as u64)..=last);
+            let position = st.insert(params![
+                r.stream_id,
+                r.revision as i64,
+                r.type_id,
+                r.schema_version,
+                data,
+                now
+            ])?;
+            Ok(position as u64)
+        })
+        .collect()
+}
+
+/// A revision (or a stream's name) already taken.
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+}
+
+/// Undoes the open transaction, if it is still open (SQLite may have rolled
+/// it back itself); a connection that stays in it is replaced by the writer.
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
-    Ok(positions)
 }
 
-/// How many of `left` rows the next INSERT takes: the largest power of two
-/// that fits, so the driver prepares few distinct statements.
-fn chunk_len(left: usize) -> usize {
-    MAX_ROWS.min(1 << left.ilog2())
-}
-
-async fn begin(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    Ok(())
-}
-
-async fn commit(
-    conn: &mut SqliteConnection,
+fn commit(
+    conn: &Connection,
     batch: &[AppendRequest],
     heads: &mut Heads,
     local: Heads,
     results: Vec<Result<Appended, StoreError>>,
 ) -> Vec<Result<Appended, StoreError>> {
-    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        rollback(conn);
         return unavailable(batch, format!("commit failed: {e}"));
     }
     if heads.0.len() + local.0.len() > super::HEAD_CACHE {

@@ -19,7 +19,8 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use rusqlite::Connection;
+use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
 use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
 
@@ -239,6 +240,8 @@ pub(super) struct Codec {
     pub(super) dicts: Arc<Dictionaries>,
     pub(super) reads: SqlitePool,
     pub(super) queue: mpsc::WeakSender<Job>,
+    /// Where training runs: the writer's thread is not one of the runtime's.
+    pub(super) runtime: tokio::runtime::Handle,
 }
 
 impl Codec {
@@ -265,7 +268,7 @@ impl Codec {
             self.compression,
             self.next_id,
         );
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let began = std::time::Instant::now();
             let dictionary = match samples(&reads, &dicts, c.samples).await {
                 Ok(samples) => {
@@ -290,27 +293,22 @@ impl Codec {
 
     /// Keeps a trained dictionary: stored first, then readable, then used.
     /// Whether there was one to keep.
-    pub(super) async fn trained(
+    pub(super) fn trained(
         &mut self,
-        conn: &mut SqliteConnection,
+        conn: &Connection,
         id: u32,
         position: u64,
         dictionary: Result<Vec<u8>, String>,
     ) -> bool {
         self.training = false;
-        let kept = match dictionary {
-            Ok(bytes) => {
-                sqlx::query("INSERT INTO dictionaries (id, position, data) VALUES (?, ?, ?)")
-                    .bind(i64::from(id))
-                    .bind(position as i64)
-                    .bind(&bytes)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|_| bytes)
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e),
-        };
+        let kept = dictionary.and_then(|bytes| {
+            conn.execute(
+                "INSERT INTO dictionaries (id, position, data) VALUES (?1, ?2, ?3)",
+                rusqlite::params![id, position as i64, bytes],
+            )
+            .map(|_| bytes)
+            .map_err(|e| e.to_string())
+        });
         match kept {
             Ok(bytes) => {
                 self.next_id = id + 1;

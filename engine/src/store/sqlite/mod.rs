@@ -1,8 +1,8 @@
-//! The embedded default: an SQLite file (sqlx), WAL mode, `synchronous=FULL`.
+//! The embedded default: an SQLite file, WAL mode, `synchronous=FULL`.
 //!
-//! Group commit: one writer task owns the write connection and takes every
-//! append waiting in its queue into one transaction, so many instances'
-//! appends share one fsync. Each append still succeeds or fails on its own
+//! Group commit: one writer thread owns the write connection (rusqlite) and
+//! takes every append waiting in its queue into one transaction, so many
+//! instances' appends share one fsync. Each append still succeeds or fails on its own
 //! (its expected revision is checked inside the transaction). Reads go
 //! through a separate pool and never wait for the writer.
 //!
@@ -15,7 +15,7 @@ mod reader;
 
 pub use reader::SqliteReader;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::Connection;
+use sqlx::Connection as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use codec::{Codec, Compression, Dictionaries, Encoder};
@@ -86,6 +86,12 @@ enum Job {
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Leaves the connection inside a transaction, as a failed rollback
+    /// would (tests of the writer's recovery).
+    #[cfg(test)]
+    Wedge {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Dictionary `id`, trained on the log up to `position` in `took` (or why there is none).
     Trained {
         id: u32,
@@ -141,13 +147,15 @@ impl SqliteStore {
             .clone()
             .auto_vacuum(SqliteAutoVacuum::Incremental)
             .pragma("journal_size_limit", JOURNAL_LIMIT);
-        let mut writer = SqliteConnection::connect_with(&writing)
+        let mut migrating = SqliteConnection::connect_with(&writing)
             .await
             .map_err(db_error)?;
         sqlx::migrate!("../migrations/sqlite")
-            .run(&mut writer)
+            .run(&mut migrating)
             .await
             .map_err(|e| super::migration_error(e, &path.display().to_string()))?;
+        let writer = open_writer(path)?;
+        let _ = migrating.close().await;
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true).pragma("cache_size", READ_CACHE))
@@ -177,8 +185,14 @@ impl SqliteStore {
             dicts: dicts.clone(),
             reads: reads.clone(),
             queue: queue.downgrade(),
+            runtime: tokio::runtime::Handle::current(),
         };
-        tokio::spawn(write_loop(writer, rx, head_tx, stats.clone(), codec));
+        let loop_stats = stats.clone();
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("event-writer".into())
+            .spawn(move || write_loop(path, writer, rx, head_tx, loop_stats, codec))
+            .map_err(|e| StoreError::Unavailable(format!("starting the event writer: {e}")))?;
         Ok(Self {
             queue,
             reader: SqliteReader { pool: reads, dicts },
@@ -206,22 +220,66 @@ impl SqliteStore {
     }
 }
 
-async fn write_loop(
-    mut conn: SqliteConnection,
+/// Opens the writer's connection on a file made and migrated already.
+fn open_writer(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path).map_err(error)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(error)?;
+    // WAL is the file's own (set when it was made); the rest is per connection
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(error)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_LIMIT)
+        .map_err(error)?;
+    Ok(conn)
+}
+
+/// A SQLite error as a store error, classified by its result code as the
+/// pools' errors are.
+pub(crate) fn error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            super::sqlite_code_error(f.extended_code, e.to_string())
+        }
+        _ => StoreError::Invalid(e.to_string()),
+    }
+}
+
+/// The writer's thread: appends waiting together go into one transaction;
+/// upkeep runs between them. A connection left inside a transaction by a
+/// failure (a full disk can fail the rollback too) is closed, and the next
+/// job opens another.
+fn write_loop(
+    path: PathBuf,
+    conn: rusqlite::Connection,
     mut rx: mpsc::Receiver<Job>,
     head: watch::Sender<Option<u64>>,
     stats: Arc<Stats>,
     mut codec: Codec,
 ) {
+    let mut conn = Some(conn);
     let mut heads = Heads::default();
     let mut types = batch::Types::default();
     let mut next: Option<Job> = None;
     loop {
-        let first = match next.take() {
-            Some(job) => job,
-            None => match rx.recv().await {
-                Some(job) => job,
-                None => break,
+        if conn.as_ref().is_some_and(|c| !c.is_autocommit()) {
+            tracing::warn!("the event writer's connection is left in a transaction: reopening it");
+            conn = None;
+        }
+        let Some(first) = next.take().or_else(|| rx.blocking_recv()) else {
+            break;
+        };
+        if let Job::Close { reply } = first {
+            drop(conn);
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match open_writer(&path) {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    refuse(first, e);
+                    continue;
+                }
             },
         };
         let first = match first {
@@ -232,7 +290,7 @@ async fn write_loop(
                 took,
                 dictionary,
             } => {
-                if codec.trained(&mut conn, id, position, dictionary).await {
+                if codec.trained(c, id, position, dictionary) {
                     tracing::info!(
                         dictionary = id,
                         position,
@@ -242,13 +300,8 @@ async fn write_loop(
                 }
                 continue;
             }
-            Job::Close { reply } => {
-                let _ = conn.close().await;
-                let _ = reply.send(Ok(()));
-                return;
-            }
             upkeep => {
-                do_upkeep(&mut conn, upkeep, &mut heads).await;
+                do_upkeep(c, upkeep, &mut heads);
                 continue;
             }
         };
@@ -264,8 +317,7 @@ async fn write_loop(
             }
         }
         let began = std::time::Instant::now();
-        let results =
-            batch::write_batch(&mut conn, &batch, &mut heads, &mut types, &mut codec).await;
+        let results = batch::write_batch(c, &batch, &mut heads, &mut types, &mut codec);
         crate::telemetry::store_commit(began.elapsed().as_secs_f64(), batch.len());
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
@@ -284,82 +336,111 @@ async fn write_loop(
             let _ = req.reply.send(result);
         }
     }
-    let _ = conn.close().await;
+}
+
+/// Answers a job with `e` (the writer has no connection to run it on).
+fn refuse(job: Job, e: StoreError) {
+    match job {
+        Job::Append(r) => {
+            let _ = r.reply.send(Err(e));
+        }
+        Job::Remove { reply, .. } | Job::Reclaim { reply } | Job::Close { reply } => {
+            let _ = reply.send(Err(e));
+        }
+        #[cfg(test)]
+        Job::Wedge { reply } => {
+            let _ = reply.send(Err(e));
+        }
+        Job::Forget { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        // a dictionary is trained again later
+        Job::Trained { .. } => {}
+    }
 }
 
 /// Runs one upkeep job; removals forget the removed streams' cached heads.
-async fn do_upkeep(conn: &mut SqliteConnection, job: Job, heads: &mut Heads) {
+fn do_upkeep(conn: &rusqlite::Connection, job: Job, heads: &mut Heads) {
     match job {
         Job::Append(_) | Job::Trained { .. } | Job::Close { .. } => {
             unreachable!("appends, dictionaries and closing are the writer's own")
         }
         Job::Remove { streams, at, reply } => {
-            let done = remove(conn, &streams, at).await;
+            let done = remove(conn, &streams, at);
             for s in &streams {
                 heads.0.remove(s);
             }
             let _ = reply.send(done);
         }
         Job::Forget { before, reply } => {
-            let done = sqlx::query("DELETE FROM removed_streams WHERE removed_at < ?")
-                .bind(before.millis() as i64)
-                .execute(&mut *conn)
-                .await
-                .map(|d| d.rows_affected())
-                .map_err(db_error);
+            let done = conn
+                .execute(
+                    "DELETE FROM removed_streams WHERE removed_at < ?1",
+                    [before.millis() as i64],
+                )
+                .map(|n| n as u64)
+                .map_err(error);
             let _ = reply.send(done);
         }
         Job::Reclaim { reply } => {
-            let _ = reply.send(reclaim(conn).await);
+            let _ = reply.send(reclaim(conn));
+        }
+        #[cfg(test)]
+        Job::Wedge { reply } => {
+            let _ = reply.send(conn.execute_batch("BEGIN").map_err(error));
         }
     }
 }
 
-async fn remove(
-    conn: &mut SqliteConnection,
+fn remove(
+    conn: &rusqlite::Connection,
     streams: &[String],
     at: Timestamp,
 ) -> Result<(), StoreError> {
     // three statements for any number of streams: the names as a JSON array
     let names = serde_json::to_string(streams).unwrap_or_default();
-    let mut tx = conn.begin().await.map_err(db_error)?;
-    for sql in [
-        "DELETE FROM events WHERE stream_id IN \
-         (SELECT s.id FROM json_each(?1) AS w JOIN streams s ON s.name = w.value)",
-        "DELETE FROM streams WHERE name IN (SELECT value FROM json_each(?1))",
-    ] {
-        sqlx::query(sql)
-            .bind(&names)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-    }
-    // (`WHERE true`: an upsert's SELECT needs a WHERE to parse)
-    sqlx::query(
-        "INSERT INTO removed_streams (stream, removed_at) \
-         SELECT value, ?2 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING",
-    )
-    .bind(&names)
-    .bind(at.millis() as i64)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_error)?;
-    tx.commit().await.map_err(db_error)
+    let run = || -> rusqlite::Result<()> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        conn.execute(
+            "DELETE FROM events WHERE stream_id IN \
+             (SELECT s.id FROM json_each(?1) AS w JOIN streams s ON s.name = w.value)",
+            [&names],
+        )?;
+        conn.execute(
+            "DELETE FROM streams WHERE name IN (SELECT value FROM json_each(?1))",
+            [&names],
+        )?;
+        // (`WHERE true`: an upsert's SELECT needs a WHERE to parse)
+        conn.execute(
+            "INSERT INTO removed_streams (stream, removed_at) \
+             SELECT value, ?2 FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING",
+            rusqlite::params![names, at.millis() as i64],
+        )?;
+        conn.execute_batch("COMMIT")
+    };
+    run().map_err(|e| {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        error(e)
+    })
+}
+
+/// Runs a statement that answers rows to its end (a pragma that works a
+/// step per row, as `incremental_vacuum` frees a page per row).
+fn run_through(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    let mut st = conn.prepare(sql)?;
+    let mut rows = st.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
 }
 
 /// Frees the pages removals left empty and moves the shrunken file out of the
 /// write-ahead log, so the file on disk gets smaller.
-async fn reclaim(conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    sqlx::query("PRAGMA incremental_vacuum")
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
+fn reclaim(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    run_through(conn, "PRAGMA incremental_vacuum").map_err(error)?;
     // busy readers make it a partial checkpoint, which is fine: the next one finishes it
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    Ok(())
+    run_through(conn, "PRAGMA wal_checkpoint(TRUNCATE)").map_err(error)
 }
 
 #[async_trait]
@@ -776,6 +857,22 @@ mod tests {
         );
         let reopened = SqliteStore::open(&path).await.unwrap();
         assert_eq!(reopened.read_stream("saga-1", 0).await.unwrap().len(), 2);
+    }
+
+    /// A connection left inside a transaction (a rollback that failed on a
+    /// full disk) is replaced: the next append commits, and lasts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_left_in_a_transaction_is_replaced() {
+        let path = temp("wedged");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.upkeep(|reply| Job::Wedge { reply }).await.unwrap();
+        store
+            .append("saga-1", Expected::NoStream, vec![order_event(0)])
+            .await
+            .unwrap();
+        drop(store);
+        let reopened = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(reopened.read_stream("saga-1", 0).await.unwrap().len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
