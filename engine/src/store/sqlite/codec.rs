@@ -20,7 +20,6 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 
 use rusqlite::Connection;
-use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
 use zstd::zstd_safe::{self, CCtx, CDict, DCtx, DDict};
 
@@ -80,27 +79,29 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 
 impl Dictionaries {
     /// The dictionaries stored in the file, oldest first.
-    pub(super) async fn stored(pool: &SqlitePool) -> Result<Vec<Stored>, StoreError> {
-        let rows = sqlx::query("SELECT id, position, data FROM dictionaries ORDER BY position, id")
-            .fetch_all(pool)
-            .await
-            .map_err(super::db_error)?;
-        rows.iter()
-            .map(|r| {
-                let id: i64 = r.try_get("id").map_err(super::db_error)?;
-                let position: i64 = r.try_get("position").map_err(super::db_error)?;
-                Ok(Stored {
-                    id: u32::try_from(id).map_err(corrupt)?,
-                    position: position as u64,
-                    bytes: r.try_get("data").map_err(super::db_error)?,
-                })
+    pub(super) fn stored(conn: &Connection) -> Result<Vec<Stored>, StoreError> {
+        let mut st = conn
+            .prepare_cached("SELECT id, position, data FROM dictionaries ORDER BY position, id")
+            .map_err(super::error)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get(2)?))
             })
-            .collect()
+            .map_err(super::error)?;
+        rows.map(|r| {
+            let (id, position, bytes) = r.map_err(super::error)?;
+            Ok(Stored {
+                id: u32::try_from(id).map_err(corrupt)?,
+                position: position as u64,
+                bytes,
+            })
+        })
+        .collect()
     }
 
     /// Loads the dictionaries of the file that are not known yet.
-    pub(super) async fn refresh(&self, pool: &SqlitePool) -> Result<(), StoreError> {
-        for d in Self::stored(pool).await? {
+    pub(super) fn refresh(&self, conn: &Connection) -> Result<(), StoreError> {
+        for d in Self::stored(conn)? {
             self.add(d.id, &d.bytes);
         }
         Ok(())
@@ -206,26 +207,29 @@ pub(super) fn train(samples: &[Vec<u8>], size: usize, id: u32) -> Result<Vec<u8>
 }
 
 /// Loads the newest `count` events' data as JSON text, for training.
-pub(super) async fn samples(
-    pool: &SqlitePool,
+pub(super) fn samples(
+    conn: &Connection,
     dicts: &Dictionaries,
     count: usize,
 ) -> Result<Vec<Vec<u8>>, StoreError> {
-    let rows: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT data FROM events ORDER BY position DESC LIMIT ?")
-            .bind(count as i64)
-            .fetch_all(pool)
-            .await
-            .map_err(super::db_error)?;
-    rows.iter()
-        .map(|data| {
-            if data.starts_with(&FRAME_MAGIC) {
-                Ok(serde_json::to_vec(&dicts.decode(data)?).unwrap_or_default())
-            } else {
-                Ok(data.clone())
-            }
-        })
-        .collect()
+    let mut st = conn
+        .prepare_cached("SELECT data FROM events ORDER BY position DESC LIMIT ?1")
+        .map_err(super::error)?;
+    let mut rows = st.query([count as i64]).map_err(super::error)?;
+    let mut samples = Vec::with_capacity(count);
+    while let Some(row) = rows.next().map_err(super::error)? {
+        let data = row
+            .get_ref(0)
+            .map_err(super::error)?
+            .as_bytes()
+            .map_err(corrupt)?;
+        samples.push(if data.starts_with(&FRAME_MAGIC) {
+            serde_json::to_vec(&dicts.decode(data)?).unwrap_or_default()
+        } else {
+            data.to_vec()
+        });
+    }
+    Ok(samples)
 }
 
 /// The writer's compression: its newest dictionary, and when the next is due.
@@ -238,7 +242,7 @@ pub(super) struct Codec {
     pub(super) training: bool,
     pub(super) compression: Compression,
     pub(super) dicts: Arc<Dictionaries>,
-    pub(super) reads: SqlitePool,
+    pub(super) reads: super::SqliteReader,
     pub(super) queue: mpsc::WeakSender<Job>,
     /// Where training runs: the writer's thread is not one of the runtime's.
     pub(super) runtime: tokio::runtime::Handle,
@@ -261,16 +265,16 @@ impl Codec {
             return;
         }
         self.training = true;
-        let (reads, dicts, queue, c, id) = (
+        let (reads, queue, c, id) = (
             self.reads.clone(),
-            self.dicts.clone(),
             self.queue.clone(),
             self.compression,
             self.next_id,
         );
         self.runtime.spawn(async move {
             let began = std::time::Instant::now();
-            let dictionary = match samples(&reads, &dicts, c.samples).await {
+            let read = reads.run(move |conn, dicts| samples(conn, dicts, c.samples));
+            let dictionary = match read.await {
                 Ok(samples) => {
                     tokio::task::spawn_blocking(move || train(&samples, c.dictionary_size, id))
                         .await

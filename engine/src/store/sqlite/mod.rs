@@ -3,8 +3,9 @@
 //! Group commit: one writer thread owns the write connection (rusqlite) and
 //! takes every append waiting in its queue into one transaction, so many
 //! instances' appends share one fsync. Each append still succeeds or fails on its own
-//! (its expected revision is checked inside the transaction). Reads go
-//! through a separate pool and never wait for the writer.
+//! (its expected revision is checked inside the transaction). Reads run
+//! on read-only connections of their own ([`reader`]) and never wait for
+//! the writer. Migrations still run through sqlx.
 //!
 //! Event data is compressed with a dictionary trained on the log itself
 //! ([`codec`], ADR 18).
@@ -22,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::OptionalExtension;
 use sqlx::sqlite::{
-    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous,
 };
 use sqlx::Connection as _;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -156,22 +157,17 @@ impl SqliteStore {
             .map_err(|e| super::migration_error(e, &path.display().to_string()))?;
         let writer = open_writer(path)?;
         let _ = migrating.close().await;
-        let reads = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true).pragma("cache_size", READ_CACHE))
-            .await
-            .map_err(db_error)?;
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
-            .fetch_one(&reads)
-            .await
-            .map_err(db_error)?;
+        let reader = SqliteReader::new(path, Some(READ_CACHE));
+        // (the writer's connection reads what it starts from: the file is its own by now)
+        let last: Option<i64> = writer
+            .query_row("SELECT MAX(position) FROM events", [], |r| r.get(0))
+            .map_err(error)?;
         let (head_tx, head) = watch::channel(last.map(|p| p as u64));
         let (queue, rx) = mpsc::channel(4096);
         let stats = Arc::new(Stats::default());
-        let dicts = Arc::new(Dictionaries::default());
-        let stored = Dictionaries::stored(&reads).await?;
+        let stored = Dictionaries::stored(&writer)?;
         for d in &stored {
-            dicts.add(d.id, &d.bytes);
+            reader.dicts.add(d.id, &d.bytes);
         }
         let newest = stored.last();
         let codec = Codec {
@@ -182,8 +178,8 @@ impl SqliteStore {
             }),
             training: false,
             compression,
-            dicts: dicts.clone(),
-            reads: reads.clone(),
+            dicts: reader.dicts.clone(),
+            reads: reader.clone(),
             queue: queue.downgrade(),
             runtime: tokio::runtime::Handle::current(),
         };
@@ -195,7 +191,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("starting the event writer: {e}")))?;
         Ok(Self {
             queue,
-            reader: SqliteReader { pool: reads, dicts },
+            reader,
             head,
             stats,
         })
@@ -491,12 +487,16 @@ impl EventStore for SqliteStore {
     }
 
     async fn tombstone(&self, stream: &str) -> Result<Option<Tombstone>, StoreError> {
-        let at: Option<i64> =
-            sqlx::query_scalar("SELECT removed_at FROM removed_streams WHERE stream = ?")
-                .bind(stream)
-                .fetch_optional(&self.reader.pool)
-                .await
-                .map_err(db_error)?;
+        let stream = stream.to_string();
+        let at: Option<i64> = self
+            .reader
+            .run(move |c, _| {
+                c.prepare_cached("SELECT removed_at FROM removed_streams WHERE stream = ?1")
+                    .and_then(|mut st| st.query_row([stream], |r| r.get(0)))
+                    .optional()
+                    .map_err(error)
+            })
+            .await?;
         Ok(at.map(|at| Tombstone {
             removed_at: Some(Timestamp(at as u64)),
         }))
@@ -514,7 +514,7 @@ impl EventStore for SqliteStore {
     /// write-ahead log into the file and deletes it, which only the writer's
     /// (read-write) connection can.
     async fn close(&self) {
-        close_pool(&self.reader.pool).await;
+        self.reader.close().await;
         // (a writer already stopped has nothing left to close)
         let _ = self.upkeep(|reply| Job::Close { reply }).await;
     }

@@ -1,14 +1,20 @@
 //! Reading the SQLite event log: the store's reads, and `sagaflow events`
 //! (which opens a file read-only, also while a server writes to it).
+//!
+//! Each read runs whole on one of the runtime's blocking threads, on a
+//! read-only connection of its own (kept for the next read): the query,
+//! its rows, and decoding them into events. One hand-off per read, where a
+//! driver with a thread per connection hands over every row.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::Row;
+use rusqlite::{Connection, OpenFlags};
 
 use super::codec::Dictionaries;
-use super::db_error;
+use super::error;
 use crate::saga::Timestamp;
 use crate::store::{RecordedEvent, StoreError};
 
@@ -17,9 +23,61 @@ const COLUMNS: &str = "(SELECT name FROM streams WHERE id = stream_id) AS stream
                        position, (SELECT name FROM event_types WHERE id = type_id) AS event_type, \
                        schema_version, data, recorded_at";
 
+/// Connections kept between reads; more reads at once open more, closed after.
+const KEPT: usize = 4;
+
+/// A reader of the event log. Clones share its connections.
+#[derive(Clone)]
 pub struct SqliteReader {
-    pub(super) pool: SqlitePool,
+    conns: Arc<Connections>,
     pub(super) dicts: Arc<Dictionaries>,
+}
+
+/// Read-only connections to one file.
+struct Connections {
+    path: PathBuf,
+    /// The page cache of each (`PRAGMA cache_size`), when not SQLite's default.
+    cache: Option<&'static str>,
+    idle: Mutex<Option<Vec<Connection>>>,
+    /// Connections open, idle or in use.
+    open: AtomicUsize,
+}
+
+impl Connections {
+    fn take(&self) -> Result<Connection, StoreError> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(idle) = idle.as_mut() else {
+            return Err(StoreError::Unavailable("the event log is closed".into()));
+        };
+        if let Some(c) = idle.pop() {
+            return Ok(c);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags).map_err(error)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(error)?;
+        if let Some(size) = self.cache {
+            conn.pragma_update(None, "cache_size", size)
+                .map_err(error)?;
+        }
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Ok(conn)
+    }
+
+    fn give(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        match idle.as_mut() {
+            Some(idle) if idle.len() < KEPT => idle.push(conn),
+            _ => {
+                drop(idle);
+                self.close(conn);
+            }
+        }
+    }
+
+    fn close(&self, conn: Connection) {
+        drop(conn);
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl SqliteReader {
@@ -31,15 +89,59 @@ impl SqliteReader {
                 path.display()
             )));
         }
-        let options = SqliteConnectOptions::new().filename(path).read_only(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(db_error)?;
-        let dicts = Arc::new(Dictionaries::default());
-        dicts.refresh(&pool).await?;
-        Ok(Self { pool, dicts })
+        let reader = Self::new(path, None);
+        reader.run(|c, dicts| dicts.refresh(c)).await?;
+        Ok(reader)
+    }
+
+    pub(super) fn new(path: &Path, cache: Option<&'static str>) -> Self {
+        Self {
+            conns: Arc::new(Connections {
+                path: path.to_path_buf(),
+                cache,
+                idle: Mutex::new(Some(Vec::new())),
+                open: AtomicUsize::new(0),
+            }),
+            dicts: Arc::new(Dictionaries::default()),
+        }
+    }
+
+    /// Runs `read` on a connection, on a blocking thread.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection, &Dictionaries) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (conns, dicts) = (self.conns.clone(), self.dicts.clone());
+        tokio::task::spawn_blocking(move || {
+            let conn = conns.take()?;
+            let result = read(&conn, &dicts);
+            conns.give(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("a read of the event log failed: {e}")))?
+    }
+
+    /// Closes the connections and waits, at most a second, until those in
+    /// use have closed too: a writer's connection must close after them,
+    /// last, to move the write-ahead log into the file and delete it.
+    /// Later reads are refused.
+    pub(super) async fn close(&self) {
+        let idle = self
+            .conns
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        for conn in idle.into_iter().flatten() {
+            self.conns.close(conn);
+        }
+        for _ in 0..200 {
+            if self.conns.open.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A stream's events from revision `from`.
@@ -48,17 +150,16 @@ impl SqliteReader {
         stream: &str,
         from: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events \
-             WHERE stream_id = (SELECT id FROM streams WHERE name = ?1) AND revision >= ?2 \
-             ORDER BY revision"
-        ))
-        .bind(stream)
-        .bind(from as i64)
-        .fetch_all(&self.pool)
+        let stream = stream.to_string();
+        self.run(move |c, dicts| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events \
+                 WHERE stream_id = (SELECT id FROM streams WHERE name = ?1) AND revision >= ?2 \
+                 ORDER BY revision"
+            );
+            read(c, dicts, &sql, rusqlite::params![stream, from as i64])
+        })
         .await
-        .map_err(db_error)?;
-        self.decode(&rows).await
     }
 
     /// Up to `limit` events of the log after position `after`, in order.
@@ -67,15 +168,14 @@ impl SqliteReader {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-        ))
-        .bind(after.map_or(-1, |p| p as i64))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
+        self.run(move |c, dicts| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+            );
+            let after = after.map_or(-1, |p| p as i64);
+            read(c, dicts, &sql, rusqlite::params![after, limit as i64])
+        })
         .await
-        .map_err(db_error)?;
-        self.decode(&rows).await
     }
 
     /// [`read_all`](Self::read_all), only events of `types`.
@@ -85,51 +185,56 @@ impl SqliteReader {
         limit: usize,
         types: &[&str],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let marks = vec!["?"; types.len()].join(", ");
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events \
-             WHERE position > ? AND type_id IN (SELECT id FROM event_types WHERE name IN ({marks})) \
-             ORDER BY position LIMIT ?"
-        );
-        let mut q = sqlx::query(&sql).bind(after.map_or(-1, |p| p as i64));
-        for t in types {
-            q = q.bind(*t);
-        }
-        let rows = q
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        self.decode(&rows).await
-    }
-
-    /// Decodes rows of `events`, first loading any dictionary another
-    /// process trained since this one opened the file.
-    async fn decode(&self, rows: &[SqliteRow]) -> Result<Vec<RecordedEvent>, StoreError> {
-        let misses = rows.iter().any(|r| {
-            r.try_get::<&[u8], _>("data")
-                .is_ok_and(|d| self.dicts.misses(d))
-        });
-        if misses {
-            self.dicts.refresh(&self.pool).await?;
-        }
-        rows.iter().map(|r| self.row_to_event(r)).collect()
-    }
-
-    fn row_to_event(&self, row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
-        let corrupt = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-        let data: &[u8] = row.try_get("data").map_err(corrupt)?;
-        Ok(RecordedEvent {
-            stream: row.try_get("stream").map_err(corrupt)?,
-            revision: row.try_get::<i64, _>("revision").map_err(corrupt)? as u64,
-            position: row.try_get::<i64, _>("position").map_err(corrupt)? as u64,
-            event_type: row.try_get("event_type").map_err(corrupt)?,
-            schema_version: u16::try_from(
-                row.try_get::<i64, _>("schema_version").map_err(corrupt)?,
+        // the names as a JSON array: one prepared statement for any number of them
+        let names = serde_json::to_string(types).unwrap_or_default();
+        self.run(move |c, dicts| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events \
+                 WHERE position > ?1 AND type_id IN \
+                 (SELECT id FROM event_types WHERE name IN (SELECT value FROM json_each(?2))) \
+                 ORDER BY position LIMIT ?3"
+            );
+            let after = after.map_or(-1, |p| p as i64);
+            read(
+                c,
+                dicts,
+                &sql,
+                rusqlite::params![after, names, limit as i64],
             )
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            data: self.dicts.decode(data)?,
-            recorded_at: Timestamp(row.try_get::<i64, _>("recorded_at").map_err(corrupt)? as u64),
         })
+        .await
     }
+}
+
+/// Runs a query of [`COLUMNS`] and decodes its rows, first loading any
+/// dictionary another process trained since this one opened the file.
+fn read(
+    conn: &Connection,
+    dicts: &Dictionaries,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut st = conn.prepare_cached(sql).map_err(error)?;
+    let mut rows = st.query(params).map_err(error)?;
+    let mut events = Vec::new();
+    let mut refreshed = false;
+    while let Some(row) = rows.next().map_err(error)? {
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+        let data = row.get_ref(5).map_err(corrupt)?.as_bytes();
+        let data = data.map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?;
+        if !refreshed && dicts.misses(data) {
+            dicts.refresh(conn)?;
+            refreshed = true;
+        }
+        events.push(RecordedEvent {
+            stream: row.get(0).map_err(corrupt)?,
+            revision: row.get::<_, i64>(1).map_err(corrupt)? as u64,
+            position: row.get::<_, i64>(2).map_err(corrupt)? as u64,
+            event_type: row.get(3).map_err(corrupt)?,
+            schema_version: row.get(4).map_err(corrupt)?,
+            data: dicts.decode(data)?,
+            recorded_at: Timestamp(row.get::<_, i64>(6).map_err(corrupt)? as u64),
+        });
+    }
+    Ok(events)
 }
