@@ -23,7 +23,8 @@ const COLUMNS: &str = "(SELECT name FROM streams WHERE id = stream_id) AS stream
                        position, (SELECT name FROM event_types WHERE id = type_id) AS event_type, \
                        schema_version, data, recorded_at";
 
-/// Connections kept between reads; more reads at once open more, closed after.
+/// Reads at once, each on a connection of its own (kept between reads);
+/// more wait for a turn, as they would for a pool's connection.
 const KEPT: usize = 4;
 
 /// A reader of the event log. Clones share its connections.
@@ -41,6 +42,10 @@ struct Connections {
     idle: Mutex<Option<Vec<Connection>>>,
     /// Connections open, idle or in use.
     open: AtomicUsize,
+    /// The most connections ever open at once.
+    most: AtomicUsize,
+    /// A turn per read running; closed with the reader.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Connections {
@@ -59,7 +64,8 @@ impl Connections {
             conn.pragma_update(None, "cache_size", size)
                 .map_err(error)?;
         }
-        self.open.fetch_add(1, Ordering::SeqCst);
+        let open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(open, Ordering::SeqCst);
         Ok(conn)
     }
 
@@ -101,6 +107,8 @@ impl SqliteReader {
                 cache,
                 idle: Mutex::new(Some(Vec::new())),
                 open: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+                turns: Arc::new(tokio::sync::Semaphore::new(KEPT)),
             }),
             dicts: Arc::new(Dictionaries::default()),
         }
@@ -111,11 +119,15 @@ impl SqliteReader {
         &self,
         read: impl FnOnce(&Connection, &Dictionaries) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let closed = || StoreError::Unavailable("the event log is closed".into());
+        let turn = self.conns.turns.clone().acquire_owned().await;
+        let turn = turn.map_err(|_| closed())?;
         let (conns, dicts) = (self.conns.clone(), self.dicts.clone());
         tokio::task::spawn_blocking(move || {
             let conn = conns.take()?;
             let result = read(&conn, &dicts);
             conns.give(conn);
+            drop(turn);
             result
         })
         .await
@@ -127,6 +139,7 @@ impl SqliteReader {
     /// last, to move the write-ahead log into the file and delete it.
     /// Later reads are refused.
     pub(super) async fn close(&self) {
+        self.conns.turns.close();
         let idle = self
             .conns
             .idle
@@ -237,4 +250,55 @@ fn read(
         });
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{EventStore, Expected, NewEvent};
+
+    /// Many reads at once take turns on a few connections, and every one
+    /// reads what was written; after `close`, reads are refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_reads_at_once_share_a_few_connections() {
+        let dir = std::env::temp_dir().join(format!("sagaflow-reader-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("events.db")).await.unwrap();
+        let event = NewEvent {
+            event_type: "T".into(),
+            schema_version: 1,
+            data: serde_json::json!({ "i": 1 }),
+        };
+        store
+            .append("saga-1", Expected::NoStream, vec![event])
+            .await
+            .unwrap();
+        let reader = store.reader.clone();
+        // reads that take a while, so that many would run at once
+        let reads: Vec<_> = (0..64)
+            .map(|_| {
+                let r = reader.clone();
+                tokio::spawn(async move {
+                    r.run(|c, dicts| {
+                        std::thread::sleep(Duration::from_millis(10));
+                        let sql = format!("SELECT {COLUMNS} FROM events");
+                        read(c, dicts, &sql, [])
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for read in reads {
+            assert_eq!(read.await.unwrap().unwrap().len(), 1);
+        }
+        let most = reader.conns.most.load(Ordering::SeqCst);
+        assert!(most <= KEPT, "{most} connections at once");
+        reader.close().await;
+        assert!(matches!(
+            reader.read_all(None, 1).await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
 }
