@@ -7,7 +7,6 @@
 
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, ToSql, TransactionBehavior};
@@ -98,17 +97,8 @@ impl Writer {
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(error)?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(error)?;
-    // as the pool's connections: the read models are rebuilt from the log
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(error)?;
-    conn.pragma_update(
-        None,
-        "journal_size_limit",
-        crate::store::sqlite::JOURNAL_LIMIT,
-    )
-    .map_err(error)?;
+    // NORMAL, as the pool's connections: the read models are rebuilt from the log
+    let conn = crate::store::sqlite::open_writing(path, "NORMAL")?;
     conn.set_prepared_statement_cache_capacity(PREPARED);
     Ok(conn)
 }

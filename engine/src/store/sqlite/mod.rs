@@ -218,10 +218,19 @@ impl SqliteStore {
 
 /// Opens the writer's connection on a file made and migrated already.
 fn open_writer(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+    open_writing(path, "FULL")
+}
+
+/// A connection that writes a file made and migrated already (the event log,
+/// or the read models), syncing as `synchronous` says. WAL is the file's own
+/// (set when it was made); the rest is per connection.
+pub(crate) fn open_writing(
+    path: &Path,
+    synchronous: &str,
+) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open(path).map_err(error)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(error)?;
-    // WAL is the file's own (set when it was made); the rest is per connection
-    conn.pragma_update(None, "synchronous", "FULL")
+    conn.pragma_update(None, "synchronous", synchronous)
         .map_err(error)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_LIMIT)
         .map_err(error)?;
