@@ -208,6 +208,17 @@ impl Projections {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Where the next batch starts. SQLite read models are written by this
+    /// process alone (the data directory's lock keeps others out), so the
+    /// position it last committed is the one in the file; PostgreSQL's may
+    /// have been moved by a replica sharing them, so it is read.
+    async fn resume_after(&self) -> Result<Option<u64>, StoreError> {
+        match self.db {
+            Db::Sqlite(..) => Ok(self.applied()),
+            Db::Postgres(_) => self.checkpoint().await,
+        }
+    }
+
     pub async fn checkpoint(&self) -> Result<Option<u64>, StoreError> {
         let p = self
             .db
@@ -243,15 +254,26 @@ impl Projections {
 
     /// Like [`catch_up`](Self::catch_up), stopping between batches once `stop`
     /// fires: a server that shuts down while far behind does not wait for the rest.
+    /// Stops too once a batch reached the head `head` last showed: what is
+    /// appended after that changes `head` again, so asking the log once more
+    /// would only find nothing.
     async fn catch_up_until(
         &self,
         store: &dyn EventStore,
+        head: &mut tokio::sync::watch::Receiver<Option<u64>>,
         stop: &CancellationToken,
     ) -> Result<usize, StoreError> {
         let mut total = 0;
         while !stop.is_cancelled() {
+            // seen before the read: a later append is waited for, not missed
+            let newest = *head.borrow_and_update();
             match self.catch_up_batch(store).await? {
-                Some((read, _)) => total += read,
+                Some((read, reached)) => {
+                    total += read;
+                    if newest.is_some_and(|h| reached >= h) {
+                        break;
+                    }
+                }
                 None => break,
             }
         }
@@ -264,7 +286,7 @@ impl Projections {
         &self,
         store: &dyn EventStore,
     ) -> Result<Option<(usize, u64)>, StoreError> {
-        let after = self.checkpoint().await?;
+        let after = self.resume_after().await?;
         let (batch, scanned) = store.read_all_of_types(after, BATCH, &TYPES).await?;
         let Some(reached) = scanned.filter(|s| Some(*s) > after) else {
             return Ok(None);
@@ -293,7 +315,7 @@ impl Projections {
         let mut head = store.head();
         let mut backoff = RETRY_FIRST;
         loop {
-            if let Err(e) = self.catch_up_until(store, &stop).await {
+            if let Err(e) = self.catch_up_until(store, &mut head, &stop).await {
                 self.note_failure(&e);
                 tracing::warn!(error = %e, retry_in = ?backoff, "projection could not catch up; retrying");
                 tokio::select! {
@@ -888,10 +910,12 @@ mod tests {
         .await;
         p.catch_up(&store).await.unwrap();
         assert_eq!(p.order("o-1").await.unwrap().unwrap().status, "shipped");
-        // replaying from the start changes nothing
+        // replaying from the start changes nothing (a restart reads the
+        // checkpoint back from the database)
         p.db.transaction(vec![stmt("DELETE FROM projection_checkpoints", vec![])])
             .await
             .unwrap();
+        p.checkpoint.send_replace(p.checkpoint().await.unwrap());
         p.catch_up(&store).await.unwrap();
         assert_eq!(p.order("o-1").await.unwrap().unwrap().status, "shipped");
 
@@ -1106,6 +1130,96 @@ mod tests {
         p.follow(&store, stop).await;
         assert_eq!(p.checkpoint().await.unwrap(), None);
         p.catch_up(&store).await.unwrap();
+        assert_eq!(p.checkpoint().await.unwrap(), *store.head().borrow());
+    }
+
+    /// Counts the reads of the whole log.
+    struct CountingReads {
+        inner: MemoryStore,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for CountingReads {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: Expected,
+            events: Vec<NewEvent>,
+        ) -> Result<crate::store::Appended, StoreError> {
+            self.inner.append(stream, expected, events).await
+        }
+        async fn read_stream(
+            &self,
+            stream: &str,
+            from: u64,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_stream(stream, from).await
+        }
+        async fn read_all(
+            &self,
+            after: Option<u64>,
+            limit: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.read_all(after, limit).await
+        }
+        async fn remove(&self, streams: &[String], at: Timestamp) -> Result<(), StoreError> {
+            self.inner.remove(streams, at).await
+        }
+        async fn tombstone(
+            &self,
+            stream: &str,
+        ) -> Result<Option<crate::store::Tombstone>, StoreError> {
+            self.inner.tombstone(stream).await
+        }
+        async fn forget_removed(&self, before: Timestamp) -> Result<u64, StoreError> {
+            self.inner.forget_removed(before).await
+        }
+        fn head(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+            self.inner.head()
+        }
+        fn durability(&self) -> String {
+            self.inner.durability()
+        }
+    }
+
+    /// A follower that keeps up reads the log once per append: the batch
+    /// that reached the head is not followed by a read that finds nothing.
+    #[tokio::test]
+    async fn a_follower_reads_the_log_once_per_append() {
+        let p = std::sync::Arc::new(open("once").await);
+        let store = std::sync::Arc::new(CountingReads {
+            inner: MemoryStore::new(),
+            reads: Default::default(),
+        });
+        let append = |n: u64| {
+            let store = store.clone();
+            async move {
+                let new = vec![NewEvent::from(&started("trip", json!({}), n))];
+                let stream = format!("saga-{}", Uuid::from_u128(n.into()));
+                store.append(&stream, Expected::Any, new).await.unwrap()
+            }
+        };
+        // the first is there before the follower starts, so it finds it at once
+        let first = append(1).await;
+        let stop = CancellationToken::new();
+        let follower = tokio::spawn({
+            let (p, store, stop) = (p.clone(), store.clone(), stop.clone());
+            async move { p.follow(store.as_ref(), stop).await }
+        });
+        assert!(p.wait_for(first.position, Duration::from_secs(5)).await);
+        let appends = 5;
+        for n in 2..=appends {
+            let at = append(n).await;
+            assert!(p.wait_for(at.position, Duration::from_secs(5)).await);
+        }
+        // a second read after the last batch would come now
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        follower.await.unwrap();
+        let reads = store.reads.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(reads, appends as usize);
         assert_eq!(p.checkpoint().await.unwrap(), *store.head().borrow());
     }
 
