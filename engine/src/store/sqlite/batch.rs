@@ -16,7 +16,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{ffi, params, Connection};
 
 use super::{Codec, Head, Heads};
-use crate::saga::{Clock, SystemClock, Timestamp};
+use crate::saga::Timestamp;
 use crate::store::sqlite::codec::Encoded;
 use crate::store::{AppendRequest, Appended, StoreError};
 
@@ -70,6 +70,7 @@ impl Types {
 pub(super) fn write_batch(
     conn: &Connection,
     batch: &[AppendRequest],
+    now: Timestamp,
     heads: &mut Heads,
     types: &mut Types,
     codec: &mut Codec,
@@ -80,7 +81,6 @@ pub(super) fn write_batch(
     if let Err(e) = begin(conn) {
         return unavailable(batch, e.to_string());
     }
-    let now = SystemClock.now();
     // Heads as this transaction sees them; they reach the cache only if it commits.
     let mut local = Heads::default();
     let unknown: Vec<&str> = batch
@@ -118,7 +118,7 @@ pub(super) fn write_batch(
             for req in batch {
                 heads.0.remove(&req.stream);
             }
-            return one_by_one(conn, batch, heads, types, codec);
+            return one_by_one(conn, batch, now, heads, types, codec);
         }
     };
     // each append's position is that of its last row; rows are in the batch's order
@@ -137,6 +137,7 @@ pub(super) fn write_batch(
 fn one_by_one(
     conn: &Connection,
     batch: &[AppendRequest],
+    now: Timestamp,
     heads: &mut Heads,
     types: &Types,
     codec: &mut Codec,
@@ -144,7 +145,6 @@ fn one_by_one(
     if let Err(e) = begin(conn) {
         return unavailable(batch, e.to_string());
     }
-    let now = SystemClock.now();
     let mut local = Heads::default();
     let mut results = Vec::with_capacity(batch.len());
     for req in batch {

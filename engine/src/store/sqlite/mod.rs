@@ -13,6 +13,7 @@
 mod batch;
 pub mod codec;
 mod reader;
+mod tail;
 
 pub use reader::SqliteReader;
 
@@ -31,11 +32,12 @@ use sqlx::Connection as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use codec::{Codec, Compression, Dictionaries, Encoder};
+use tail::Tail;
 
 use super::{
     AppendRequest, Appended, EventStore, Expected, NewEvent, RecordedEvent, StoreError, Tombstone,
 };
-use crate::saga::Timestamp;
+use crate::saga::{Clock, SystemClock, Timestamp};
 
 /// The most appends one transaction takes.
 const MAX_BATCH: usize = 512;
@@ -111,6 +113,8 @@ impl From<AppendRequest> for Job {
 pub struct SqliteStore {
     queue: mpsc::Sender<Job>,
     reader: SqliteReader,
+    /// The newest committed events, for a follower that keeps up.
+    tail: Arc<Tail>,
     head: watch::Receiver<Option<u64>>,
     stats: Arc<Stats>,
 }
@@ -184,14 +188,17 @@ impl SqliteStore {
             runtime: tokio::runtime::Handle::current(),
         };
         let loop_stats = stats.clone();
+        let tail = Arc::new(Tail::default());
+        let loop_tail = tail.clone();
         let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("event-writer".into())
-            .spawn(move || write_loop(path, writer, rx, head_tx, loop_stats, codec))
+            .spawn(move || write_loop(path, writer, rx, head_tx, loop_stats, codec, loop_tail))
             .map_err(|e| StoreError::Unavailable(format!("starting the event writer: {e}")))?;
         Ok(Self {
             queue,
             reader,
+            tail,
             head,
             stats,
         })
@@ -259,6 +266,7 @@ fn write_loop(
     head: watch::Sender<Option<u64>>,
     stats: Arc<Stats>,
     mut codec: Codec,
+    tail: Arc<Tail>,
 ) {
     let mut conn = Some(conn);
     let mut heads = Heads::default();
@@ -306,6 +314,8 @@ fn write_loop(
                 continue;
             }
             upkeep => {
+                // a removal changes the log behind the tail's back
+                tail.reset();
                 do_upkeep(c, upkeep, &mut heads);
                 continue;
             }
@@ -322,12 +332,22 @@ fn write_loop(
             }
         }
         let began = std::time::Instant::now();
-        let results = batch::write_batch(c, &batch, &mut heads, &mut types, &mut codec);
+        let now = SystemClock.now();
+        let results = batch::write_batch(c, &batch, now, &mut heads, &mut types, &mut codec);
         crate::telemetry::store_commit(began.elapsed().as_secs_f64(), batch.len());
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
             .appends
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if results
+            .iter()
+            .any(|r| r.as_ref().is_err_and(|e| !e.is_conflict()))
+        {
+            // a failed commit may yet be found in the file (after a restart)
+            tail.reset();
+        } else {
+            tail.extend(committed(&mut batch, &results, now));
+        }
         let newest = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -341,6 +361,44 @@ fn write_loop(
             let _ = req.reply.send(result);
         }
     }
+}
+
+/// The events of the appends that landed, as the file now holds them
+/// (taken out of the requests: they are answered with positions only).
+/// An append's events have consecutive positions and revisions: one
+/// connection inserts them in order, in one transaction.
+fn committed(
+    batch: &mut [AppendRequest],
+    results: &[Result<Appended, StoreError>],
+    now: Timestamp,
+) -> Vec<RecordedEvent> {
+    let mut out = Vec::new();
+    for (req, result) in batch.iter_mut().zip(results) {
+        let (Ok(a), n) = (result, req.events.len() as u64) else {
+            continue;
+        };
+        let (Some(position), Some(revision)) = (
+            (a.position + 1).checked_sub(n),
+            (a.revision + 1).checked_sub(n),
+        ) else {
+            continue;
+        };
+        out.extend(
+            std::mem::take(&mut req.events)
+                .into_iter()
+                .zip(0..)
+                .map(|(e, i)| RecordedEvent {
+                    stream: req.stream.clone(),
+                    revision: revision + i,
+                    position: position + i,
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    data: e.data,
+                    recorded_at: now,
+                }),
+        );
+    }
+    out
 }
 
 /// Answers a job with `e` (the writer has no connection to run it on).
@@ -477,9 +535,13 @@ impl EventStore for SqliteStore {
         limit: usize,
         types: &[&str],
     ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
-        // Everything up to the announced head is committed (it is announced after the commit).
+        // Everything up to the announced head is committed (it is announced
+        // after the commit), and in the tail (taken in before it is announced).
         let head = *self.head.borrow();
-        let events = self.reader.read_of_types(after, limit, types).await?;
+        let events = match self.tail.of_types(after, limit, types) {
+            Some(events) => events,
+            None => self.reader.read_of_types(after, limit, types).await?,
+        };
         let last = events.last().map(|e| e.position);
         let scanned = if events.len() < limit {
             last.max(head).max(after)
@@ -526,6 +588,8 @@ impl EventStore for SqliteStore {
         self.reader.close().await;
         // (a writer already stopped has nothing left to close)
         let _ = self.upkeep(|reply| Job::Close { reply }).await;
+        // later reads are refused, as the closed reader refuses them
+        self.tail.reset();
     }
 
     fn head(&self) -> watch::Receiver<Option<u64>> {
@@ -576,6 +640,80 @@ mod tests {
             async move { SqliteStore::open(&path).await.expect("open") }
         })
         .await;
+    }
+
+    /// What a follower reads from the tail is what it would read from the
+    /// file: before and after a removal (which resets the tail), across
+    /// appends committed together, and with types filtered and a limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tail_answers_as_the_file_would() {
+        let store = std::sync::Arc::new(SqliteStore::open(&temp("tail")).await.unwrap());
+        let kinds = ["A", "B", "C"];
+        let round = |from: u64| {
+            let tasks: Vec<_> = (from..from + 40)
+                .map(|i| {
+                    let s = store.clone();
+                    tokio::spawn(async move {
+                        let events = (0..=i % 3)
+                            .map(|k| NewEvent {
+                                event_type: kinds[((i + k) % 3) as usize].into(),
+                                schema_version: 1,
+                                data: serde_json::json!({"i": i, "k": k, "x": 0.1 * i as f64, "s": [null, true, "é"]}),
+                            })
+                            .collect();
+                        s.append(&format!("saga-{from}-{}", i % 7), Expected::Any, events)
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            async move {
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+        };
+        let same = |after: Option<u64>, limit: usize, types: &'static [&'static str]| {
+            let store = store.clone();
+            async move {
+                let from_tail = store.tail.of_types(after, limit, types);
+                let from_file = store
+                    .reader
+                    .read_of_types(after, limit, types)
+                    .await
+                    .unwrap();
+                if let Some(t) = &from_tail {
+                    assert_eq!(t, &from_file, "after {after:?}, limit {limit}, {types:?}");
+                }
+                let (read, _) = store.read_all_of_types(after, limit, types).await.unwrap();
+                assert_eq!(read, from_file);
+                from_tail.is_some()
+            }
+        };
+        round(0).await;
+        let head = store.head().borrow().unwrap();
+        assert!(
+            same(Some(0), 1000, &["A", "B", "C"]).await,
+            "the tail holds the log since its start"
+        );
+        for after in 0..=head {
+            assert!(same(Some(after), 7, &["A", "C"]).await);
+        }
+        store
+            .remove(&["saga-0-3".into()], Timestamp(1))
+            .await
+            .unwrap();
+        assert!(
+            !same(Some(0), 1000, &["A", "B", "C"]).await,
+            "a removal resets the tail"
+        );
+        round(100).await;
+        let newest = store.head().borrow().unwrap();
+        // the first append after the reset starts the tail again
+        assert!(!same(Some(head - 1), 1000, &["A", "B", "C"]).await);
+        for after in head..=newest {
+            assert!(same(Some(after), 5, &["B"]).await, "after {after}");
+        }
     }
 
     /// A dictionary trained after a few events.
