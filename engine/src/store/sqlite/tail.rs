@@ -11,7 +11,7 @@
 //! tail, and reads go to the file until the next append starts it again.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::store::RecordedEvent;
 
@@ -27,8 +27,9 @@ struct Held {
     /// Every event after this position is in `events` (`None`: nothing is
     /// known, reads go to the file).
     since: Option<u64>,
-    /// In the order of their positions.
-    events: VecDeque<RecordedEvent>,
+    /// In the order of their positions; shared, so that a read copies
+    /// them after letting go of the lock the writer waits on.
+    events: VecDeque<Arc<RecordedEvent>>,
 }
 
 impl Tail {
@@ -60,7 +61,7 @@ impl Tail {
             if h.since.is_none() {
                 h.since = Some(e.position - 1);
             }
-            h.events.push_back(e);
+            h.events.push_back(Arc::new(e));
             if h.events.len() > KEPT {
                 let oldest = h.events.pop_front().map(|e| e.position);
                 h.since = oldest;
@@ -77,20 +78,21 @@ impl Tail {
         limit: usize,
         types: &[&str],
     ) -> Option<Vec<RecordedEvent>> {
-        let h = self.held();
-        let after = after.unwrap_or(0);
-        if h.since? > after {
-            return None;
-        }
-        let from = h.events.partition_point(|e| e.position <= after);
-        Some(
+        let shared: Vec<Arc<RecordedEvent>> = {
+            let h = self.held();
+            let after = after.unwrap_or(0);
+            if h.since? > after {
+                return None;
+            }
+            let from = h.events.partition_point(|e| e.position <= after);
             h.events
                 .range(from..)
                 .filter(|e| types.contains(&e.event_type.as_str()))
                 .take(limit)
                 .cloned()
-                .collect(),
-        )
+                .collect()
+        };
+        Some(shared.iter().map(|e| RecordedEvent::clone(e)).collect())
     }
 }
 
