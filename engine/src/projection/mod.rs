@@ -1148,66 +1148,12 @@ mod tests {
         assert_eq!(p.checkpoint().await.unwrap(), *store.head().borrow());
     }
 
-    /// Counts the reads of the whole log.
-    struct CountingReads {
-        inner: MemoryStore,
-        reads: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait::async_trait]
-    impl EventStore for CountingReads {
-        async fn append(
-            &self,
-            stream: &str,
-            expected: Expected,
-            events: Vec<NewEvent>,
-        ) -> Result<crate::store::Appended, StoreError> {
-            self.inner.append(stream, expected, events).await
-        }
-        async fn read_stream(
-            &self,
-            stream: &str,
-            from: u64,
-        ) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.inner.read_stream(stream, from).await
-        }
-        async fn read_all(
-            &self,
-            after: Option<u64>,
-            limit: usize,
-        ) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.inner.read_all(after, limit).await
-        }
-        async fn remove(&self, streams: &[String], at: Timestamp) -> Result<(), StoreError> {
-            self.inner.remove(streams, at).await
-        }
-        async fn tombstone(
-            &self,
-            stream: &str,
-        ) -> Result<Option<crate::store::Tombstone>, StoreError> {
-            self.inner.tombstone(stream).await
-        }
-        async fn forget_removed(&self, before: Timestamp) -> Result<u64, StoreError> {
-            self.inner.forget_removed(before).await
-        }
-        fn head(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
-            self.inner.head()
-        }
-        fn durability(&self) -> String {
-            self.inner.durability()
-        }
-    }
-
     /// A follower that keeps up reads the log once per append: the batch
     /// that reached the head is not followed by a read that finds nothing.
     #[tokio::test]
     async fn a_follower_reads_the_log_once_per_append() {
         let p = std::sync::Arc::new(open("once").await);
-        let store = std::sync::Arc::new(CountingReads {
-            inner: MemoryStore::new(),
-            reads: Default::default(),
-        });
+        let store = std::sync::Arc::new(crate::store::memory::Watched::default());
         let append = |n: u64| {
             let store = store.clone();
             async move {

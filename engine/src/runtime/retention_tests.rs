@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::saga::ManualClock;
-use crate::store::memory::MemoryStore;
+use crate::store::memory::{MemoryStore, Watched};
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
 const MIN: Duration = Duration::from_secs(60);
@@ -135,66 +135,6 @@ async fn without_an_age_nothing_is_removed() {
     assert_eq!(rt.get(a).await.unwrap().status, "cancelled");
 }
 
-/// A store whose next `remove` fails, as a crash between archiving and
-/// removing would leave things.
-struct RemoveFailsOnce {
-    inner: MemoryStore,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl EventStore for RemoveFailsOnce {
-    async fn append(
-        &self,
-        stream: &str,
-        expected: crate::store::Expected,
-        events: Vec<crate::store::NewEvent>,
-    ) -> Result<crate::store::Appended, crate::store::StoreError> {
-        self.inner.append(stream, expected, events).await
-    }
-    async fn read_stream(
-        &self,
-        stream: &str,
-        from: u64,
-    ) -> Result<Vec<crate::store::RecordedEvent>, crate::store::StoreError> {
-        self.inner.read_stream(stream, from).await
-    }
-    async fn read_all(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<crate::store::RecordedEvent>, crate::store::StoreError> {
-        self.inner.read_all(after, limit).await
-    }
-    async fn remove(
-        &self,
-        streams: &[String],
-        at: Timestamp,
-    ) -> Result<(), crate::store::StoreError> {
-        if self.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return Err(crate::store::StoreError::Unavailable(
-                "injected: the process stopped here".into(),
-            ));
-        }
-        self.inner.remove(streams, at).await
-    }
-    async fn tombstone(
-        &self,
-        stream: &str,
-    ) -> Result<Option<crate::store::Tombstone>, crate::store::StoreError> {
-        self.inner.tombstone(stream).await
-    }
-    async fn forget_removed(&self, before: Timestamp) -> Result<u64, crate::store::StoreError> {
-        self.inner.forget_removed(before).await
-    }
-    fn head(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
-        self.inner.head()
-    }
-    fn durability(&self) -> String {
-        self.inner.durability()
-    }
-}
-
 /// A batch stopped after any of its steps (archive, remove, forget) is
 /// finished by the next sweep, in a new process: every instance ends up
 /// archived once, removed, and forgotten by the read models.
@@ -208,10 +148,10 @@ async fn a_batch_stopped_after_any_step_is_finished_by_the_next_sweep() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let store = Arc::new(RemoveFailsOnce {
-            inner: MemoryStore::new(),
-            fail: std::sync::atomic::AtomicBool::new(stop_after == "archive"),
-        });
+        let store = Arc::new(Watched::default());
+        store
+            .fail_next_remove
+            .store(stop_after == "archive", std::sync::atomic::Ordering::SeqCst);
         let projections = Arc::new(Projections::open(&dir.join("readmodels.db")).await.unwrap());
         let config = || RuntimeConfig {
             retention: RetentionConfig {

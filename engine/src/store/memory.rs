@@ -163,6 +163,64 @@ impl EventStore for MemoryStore {
     }
 }
 
+/// The memory store, watched by tests: it counts reads of the whole log,
+/// and its next `remove` can be made to fail (as a crash between archiving
+/// and removing would leave things).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Watched {
+    pub inner: MemoryStore,
+    pub reads: std::sync::atomic::AtomicUsize,
+    pub fail_next_remove: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(test)]
+#[async_trait]
+impl EventStore for Watched {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: Expected,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(&self, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_stream(stream, from).await
+    }
+    async fn read_all(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_all(after, limit).await
+    }
+    async fn remove(&self, streams: &[String], at: Timestamp) -> Result<(), StoreError> {
+        if self
+            .fail_next_remove
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Unavailable(
+                "injected: the process stopped here".into(),
+            ));
+        }
+        self.inner.remove(streams, at).await
+    }
+    async fn tombstone(&self, stream: &str) -> Result<Option<Tombstone>, StoreError> {
+        self.inner.tombstone(stream).await
+    }
+    async fn forget_removed(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.inner.forget_removed(before).await
+    }
+    fn head(&self) -> watch::Receiver<Option<u64>> {
+        self.inner.head()
+    }
+    fn durability(&self) -> String {
+        self.inner.durability()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]
