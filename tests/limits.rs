@@ -141,14 +141,21 @@ fn memory_stays_flat_over_a_20000_saga_bench_with_the_demo_on() {
 #[test]
 fn bench_outside_the_repository_says_what_is_missing() {
     let dir = common::temp_dir("bench-elsewhere");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let bench = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
         .args(["bench", "-n", "1"])
         .current_dir(&dir)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("bench runs");
+    let pid = bench.id();
+    let out = bench.wait_with_output().expect("bench ends");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("workflows/order.yaml is missing"), "{err}");
+    // the data directory it made for its server is gone with it
+    let own = std::env::temp_dir().join(format!("sagaflow-bench-{pid}"));
+    assert!(!own.exists(), "{} was left behind", own.display());
 }
 
 #[test]

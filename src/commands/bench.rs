@@ -441,8 +441,13 @@ fn start_server(admin_token: &str) -> anyhow::Result<(Child, String, std::path::
     let dir = std::env::temp_dir().join(format!("sagaflow-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (child, url) = spawn_server(&dir, admin_token)?;
-    Ok((child, url, dir))
+    match spawn_server(&dir, admin_token) {
+        Ok((child, url)) => Ok((child, url, dir)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
 }
 
 /// Starts `sagaflow serve` on port 0 on the data directory `dir/data`; returns it once it listens, and its URL.
