@@ -86,10 +86,13 @@ impl Role {
 
 /// The sha256 of a token, hex: what is stored and compared.
 pub fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(64);
+    for b in Sha256::digest(token.as_bytes()) {
+        hex.push(DIGITS[usize::from(b >> 4)].into());
+        hex.push(DIGITS[usize::from(b & 0xf)].into());
+    }
+    hex
 }
 
 /// A new random token: `sf_` and 64 hex digits (256 bits of randomness from v4 UUIDs).
@@ -367,6 +370,15 @@ mod tests {
         assert!(!Role::Operator.allows(Need::Publish) && Role::Operator.allows(Need::Operate));
         assert!(Role::Client.allows(Need::Start) && !Role::Client.allows(Need::Operate));
         assert!(Role::Worker.allows(Need::Work) && !Role::Worker.allows(Need::Read));
+    }
+
+    #[test]
+    fn a_hash_is_the_lowercase_hex_sha256_kept_in_data_directories() {
+        // FIPS 180-2's example: hashes stored by earlier versions must still match
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
