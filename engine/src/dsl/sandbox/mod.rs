@@ -23,6 +23,7 @@
 //! installs the process pool); without it, expressions are metered in process.
 
 pub mod process;
+mod reach;
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -323,14 +324,24 @@ fn metered_text(expr: &str) -> std::borrow::Cow<'_, str> {
 impl Compiled {
     /// Compiles `expr` against pure jq: the standard library minus [`FORBIDDEN`].
     pub fn new(expr: &str) -> Result<Self, CompileError> {
+        let text = metered_text(expr);
+        let expr = text.as_ref();
+        // against the definitions it reaches; should that fail, against the
+        // whole library, so that what an error says does not depend on the pruning
+        Self::against(expr, reach::reachable(expr))
+            .or_else(|_| Self::against(expr, std_defs().iter().cloned()))
+    }
+
+    fn against(
+        expr: &str,
+        defs: impl IntoIterator<Item = Def<&'static str>>,
+    ) -> Result<Self, CompileError> {
         let funs = jaq_core::funs::<Metered>()
             .chain(jaq_std::funs::<Metered>())
             .chain(jaq_json::funs::<Metered>())
             .filter(|(name, ..)| forbidden(name).is_none() && !UNMETERED.contains(name));
-        let text = metered_text(expr);
-        let expr = text.as_ref();
         let arena = Arena::default();
-        let modules = Loader::new(std_defs().iter().cloned())
+        let modules = Loader::new(defs)
             .load(
                 &arena,
                 File {
