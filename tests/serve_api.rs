@@ -526,6 +526,18 @@ async fn every_protected_operation_needs_a_token_of_the_right_role() {
             "{public}"
         );
     }
+    // Swagger UI, with the spec in the page
+    let docs = client_with(None)
+        .get(format!("{}/docs", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(docs.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = docs.text().await.unwrap();
+    assert!(page.contains("SwaggerUIBundle") && page.contains("/workflows/{name}/instances"));
 
     // a client starts and reads, but may not publish or cancel
     let client = client_with(Some(CLIENT_TOKEN));

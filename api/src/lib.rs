@@ -116,10 +116,10 @@ pub fn openapi(
 
 /// The whole HTTP application.
 pub fn app(rt: Runtime, config: &ApiConfig) -> impl Endpoint {
+    let ui = docs_page(rt.clone(), config.clone());
     let api = openapi(rt, config);
     let spec_json = api.spec_endpoint();
     let spec_yaml = api.spec_endpoint_yaml();
-    let ui = api.swagger_ui();
     let mut route = Route::new()
         .nest("/", api)
         .nest("/docs", ui)
@@ -135,6 +135,28 @@ pub fn app(rt: Runtime, config: &ApiConfig) -> impl Endpoint {
         .catch_all_error(problem::from_poem_error)
         // a bug must cost one request a 500, never the connection or the server
         .with(poem::middleware::CatchPanic::new().with_handler(problem::from_panic))
+}
+
+/// Swagger UI: one page holding its script, its style and the spec, about
+/// 1.7 MB. It is built at the first request for it, kept once at its length,
+/// and shared by every answer. (poem-openapi's own endpoint builds it at
+/// start, keeps it with as much again reserved, and copies it for each
+/// request: about 3 MB of a server's memory, and the pages of the binary
+/// that hold the script, for a page few servers are ever asked for.)
+fn docs_page(rt: Runtime, config: ApiConfig) -> impl Endpoint {
+    let page = std::sync::Arc::new(std::sync::OnceLock::<bytes::Bytes>::new());
+    Route::new().at(
+        "/",
+        poem::endpoint::make_sync(move |_| {
+            let page = page.get_or_init(|| {
+                let html = openapi(rt.clone(), &config).swagger_ui_html();
+                bytes::Bytes::from(html.into_bytes().into_boxed_slice())
+            });
+            poem::Response::builder()
+                .content_type("text/html; charset=utf-8")
+                .body(poem::Body::from_bytes(page.clone()))
+        }),
+    )
 }
 
 /// Serves `app` on an already bound listener until `shutdown` completes.
