@@ -422,8 +422,29 @@ impl Event {
             return Err(EventError::TooNew(kind.to_string(), version));
         }
         let data = upcast(kind, version, data)?;
-        let wrapped = serde_json::json!({"type": kind, "data": data});
-        serde_json::from_value(wrapped).map_err(|source| {
+        Self::decode(kind, version, &data)
+    }
+
+    /// [`Event::from_stored`] of borrowed data, which is not copied when it
+    /// is of this version (the read models decode every event this way).
+    pub fn from_stored_ref(kind: &str, version: u16, data: &Value) -> Result<Event, EventError> {
+        if version == SCHEMA_VERSION {
+            Self::decode(kind, version, data)
+        } else {
+            Self::from_stored(kind, version, data.clone())
+        }
+    }
+
+    /// Decodes the data of a `kind` event. The type is given before the data,
+    /// so serde decodes the data where it lies (in a `{"type", "data"}`
+    /// object the data comes first, and serde copies it aside until the type).
+    fn decode(kind: &str, version: u16, data: &Value) -> Result<Event, EventError> {
+        use serde::de::value::MapDeserializer;
+        use serde::Deserialize;
+        let tag = Value::String(kind.to_owned());
+        let fields = [("type", &tag), ("data", data)];
+        let map = MapDeserializer::<_, serde_json::Error>::new(fields.into_iter());
+        Event::deserialize(map).map_err(|source| {
             if source.to_string().contains("unknown variant") {
                 EventError::UnknownType(kind.to_string())
             } else {

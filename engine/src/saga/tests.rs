@@ -608,7 +608,19 @@ fn events_round_trip_through_their_stored_form() {
     for e in &s.events {
         let back = Event::from_stored(e.type_name(), SCHEMA_VERSION, e.data()).unwrap();
         assert_eq!(&back, e);
+        let borrowed = Event::from_stored_ref(e.type_name(), SCHEMA_VERSION, &e.data());
+        assert_eq!(&borrowed.unwrap(), e);
+        let older = Event::from_stored_ref(e.type_name(), SCHEMA_VERSION - 1, &e.data());
+        assert_eq!(&older.unwrap(), e);
     }
+    assert!(matches!(
+        Event::from_stored_ref("SagaStarted", 1, &json!({"workflow": 5})),
+        Err(EventError::Decode { .. })
+    ));
+    assert!(matches!(
+        Event::from_stored_ref("SagaExploded", SCHEMA_VERSION, &json!({})),
+        Err(EventError::UnknownType(_))
+    ));
     assert!(matches!(
         Event::from_stored("SagaStarted", 99, json!({})),
         Err(EventError::TooNew(..))

@@ -101,7 +101,7 @@ pub struct RecordedEvent {
 impl RecordedEvent {
     /// The saga event, upcast to the current schema.
     pub fn to_event(&self) -> Result<Event, EventError> {
-        Event::from_stored(&self.event_type, self.schema_version, self.data.clone())
+        Event::from_stored_ref(&self.event_type, self.schema_version, &self.data)
     }
 }
 
