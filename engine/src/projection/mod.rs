@@ -826,6 +826,62 @@ mod tests {
         assert_eq!(p.unfinished().await.unwrap(), vec![Uuid::from_u128(1)]);
     }
 
+    /// A store made before orders were keyed by their id (migration 10)
+    /// keeps its orders through the migrations at the next start.
+    #[tokio::test]
+    async fn orders_of_an_older_store_outlive_its_migration() {
+        use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+        let dir = std::env::temp_dir().join(format!("sagaflow-rm-{}-older", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("readmodels.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let mut older = sqlx::migrate!("../migrations/sqlite-readmodels");
+        older.migrations = older
+            .migrations
+            .iter()
+            .filter(|m| m.version < 10)
+            .cloned()
+            .collect();
+        older.run(&pool).await.unwrap();
+        let input = order(1, "c-1").to_string();
+        sqlx::query(
+            "INSERT INTO saga_instances (id, workflow, version, status, started_at, updated_at, \
+             last_position, input) VALUES (?, 'order', 1, 'completed', 5, 6, 3, ?)",
+        )
+        .bind(Uuid::from_u128(1).to_string())
+        .bind(input)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO orders (order_id, instance_seq, customer_id, status, created_at, \
+             updated_at, last_position) VALUES ('o-1', 1, 'c-1', 'shipped', 5, 6, 3)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let p = Projections::open(&path).await.unwrap();
+        let o = p
+            .order("o-1")
+            .await
+            .unwrap()
+            .expect("the order is still there");
+        assert_eq!(
+            (o.instance_id, o.status.as_str()),
+            (Uuid::from_u128(1), "shipped")
+        );
+        assert_eq!((o.amount, o.customer_id.as_str()), (10.5, "c-1"));
+        let page = p.customer_orders("c-1", None, 10).await.unwrap();
+        assert_eq!(page.items, vec![o]);
+        p.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A parallel step shows as itself, not as whichever branch started last.
     #[tokio::test]
     async fn a_group_shows_as_its_step() {
