@@ -1018,3 +1018,23 @@ fn a_fault_fails_the_saga_and_a_retry_resends_the_attempt_in_flight() {
     s.succeed(2, Phase::Forward, json!({"shipment_id": "s-1"}));
     assert_eq!(s.status(), "completed");
 }
+
+/// What a template sees: the input, each step's output, the workflow's env
+/// and the instance.
+#[test]
+fn a_template_context_holds_input_outputs_env_and_instance() {
+    let mut s = Saga::given(ORDER).start(order_input(10.0));
+    s.succeed(0, Phase::Forward, json!({"reservation_id": "r-1"}));
+    s.m.env = [("region".to_owned(), "eu".to_owned())].into();
+    let ctx = super::decide::context(&s.m, ID, &s.state());
+    let input = order_input(10.0);
+    assert_eq!(
+        ctx,
+        json!({
+            "input": input,
+            "steps": {"reserve": {"output": {"reservation_id": "r-1"}}},
+            "env": {"region": "eu"},
+            "instance": {"id": ID, "workflow": "order", "version": s.m.version, "started_at": T0},
+        })
+    );
+}
