@@ -161,7 +161,7 @@ impl SqliteStore {
             .map_err(|e| super::migration_error(e, &path.display().to_string()))?;
         let writer = open_writer(path)?;
         let _ = migrating.close().await;
-        let reader = SqliteReader::new(path, Some(READ_CACHE));
+        let reader = SqliteReader::new(path, Some(READ_CACHE), false);
         // (the writer's connection reads what it starts from: the file is its own by now)
         let last: Option<i64> = writer
             .query_row("SELECT MAX(position) FROM events", [], |r| r.get(0))
@@ -1009,6 +1009,31 @@ mod tests {
         );
         let reopened = SqliteStore::open(&path).await.unwrap();
         assert_eq!(reopened.read_stream("saga-1", 0).await.unwrap().len(), 2);
+    }
+
+    /// Reading a stopped server's log (`sagaflow events`) leaves the data
+    /// directory as it was: no write-ahead log, no shared-memory file.
+    #[tokio::test]
+    async fn reading_a_closed_log_leaves_no_files_beside_it() {
+        let path = temp("read-closed");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .append("saga-1", Expected::NoStream, vec![order_event(0)])
+            .await
+            .unwrap();
+        store.close().await;
+        let beside = || {
+            ["events.db-wal", "events.db-shm"]
+                .into_iter()
+                .filter(|f| path.with_file_name(f).exists())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(beside(), Vec::<&str>::new());
+        let reader = SqliteReader::open(&path).await.unwrap();
+        assert_eq!(reader.read_all(None, 10).await.unwrap().len(), 1);
+        assert!(!beside().is_empty(), "reading opened the log");
+        drop(reader);
+        assert_eq!(beside(), Vec::<&str>::new());
     }
 
     /// A connection left inside a transaction (a rollback that failed on a

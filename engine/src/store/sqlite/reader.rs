@@ -34,9 +34,12 @@ pub struct SqliteReader {
     pub(super) dicts: Arc<Dictionaries>,
 }
 
-/// Read-only connections to one file.
+/// Connections to one file, that only read.
 struct Connections {
     path: PathBuf,
+    /// Opened read-write (never creating), though they only read: the last
+    /// connection to a file closes its write-ahead log only if it may write.
+    writable: bool,
     /// The page cache of each (`PRAGMA cache_size`), when not SQLite's default.
     cache: Option<&'static str>,
     idle: Mutex<Option<Vec<Connection>>>,
@@ -57,7 +60,12 @@ impl Connections {
         if let Some(c) = idle.pop() {
             return Ok(c);
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let access = if self.writable {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        };
+        let flags = access | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags).map_err(error)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(error)?;
         if let Some(size) = self.cache {
@@ -87,7 +95,12 @@ impl Connections {
 }
 
 impl SqliteReader {
-    /// Opens an existing event log read-only (it never creates nor migrates one).
+    /// Opens an existing event log to read it (it never creates, migrates
+    /// nor writes one). Beside a stopped server its connections are the
+    /// file's last, and they may write so that closing them folds the
+    /// write-ahead log into the file and deletes it and the shared-memory
+    /// file; a read-only connection leaves both behind. (SQLite opens a
+    /// file the process may not write read-only.)
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         if !path.is_file() {
             return Err(StoreError::Unavailable(format!(
@@ -95,15 +108,16 @@ impl SqliteReader {
                 path.display()
             )));
         }
-        let reader = Self::new(path, None);
+        let reader = Self::new(path, None, true);
         reader.run(|c, dicts| dicts.refresh(c)).await?;
         Ok(reader)
     }
 
-    pub(super) fn new(path: &Path, cache: Option<&'static str>) -> Self {
+    pub(super) fn new(path: &Path, cache: Option<&'static str>, writable: bool) -> Self {
         Self {
             conns: Arc::new(Connections {
                 path: path.to_path_buf(),
+                writable,
                 cache,
                 idle: Mutex::new(Some(Vec::new())),
                 open: AtomicUsize::new(0),
