@@ -1,5 +1,5 @@
 //! `http` steps: render the request from the saga's context, call, and
-//! classify the answer (2xx success, 4xx business failure, 5xx and
+//! classify the answer (2xx success, 3xx and 4xx business failures, 5xx and
 //! connection errors transient, timeouts timeouts).
 
 use std::time::Duration;
@@ -92,6 +92,17 @@ pub fn percent_encode(s: &str) -> String {
 /// The longest error text kept from a response body.
 const ERROR_EXCERPT: usize = 300;
 
+/// The client `http` steps call with. It follows no redirect: on a 301, 302
+/// or 303 an HTTP client turns a `POST` into a `GET` without its body, so an
+/// effect would not happen while its step took the `GET`'s answer for its
+/// result. A redirect is a business failure that names where it points.
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
 pub async fn execute(client: &reqwest::Client, req: HttpRequest) -> Outcome {
     let method = match req.method {
         HttpMethod::Get => reqwest::Method::GET,
@@ -133,6 +144,10 @@ pub async fn execute(client: &reqwest::Client, req: HttpRequest) -> Outcome {
         }
     };
     let status = response.status();
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
     let text = match response.text().await {
         Ok(t) => t,
         Err(e) if e.is_timeout() => {
@@ -154,10 +169,18 @@ pub async fn execute(client: &reqwest::Client, req: HttpRequest) -> Outcome {
         return Outcome::Succeeded(output);
     }
     let excerpt: String = text.chars().take(ERROR_EXCERPT).collect();
-    let error = format!("HTTP {}: {}", status.as_u16(), excerpt.trim());
+    let error = if status.is_redirection() {
+        let to = location.as_deref().unwrap_or("nowhere named");
+        format!(
+            "HTTP {} to {to}: redirects are not followed (point the step at the URL that answers)",
+            status.as_u16()
+        )
+    } else {
+        format!("HTTP {}: {}", status.as_u16(), excerpt.trim())
+    };
     let kind = if req.retryable_status.contains(&status.as_u16()) || status.is_server_error() {
         FailureKind::Transient
-    } else if status.is_client_error() {
+    } else if status.is_client_error() || status.is_redirection() {
         FailureKind::Business
     } else {
         FailureKind::Transient
@@ -269,6 +292,7 @@ mod tests {
             (402, FailureKind::Business),
             (404, FailureKind::Business),
             (409, FailureKind::Business),
+            (301, FailureKind::Business),
         ] {
             let o = outcome(status, r#"{"error": "x"}"#, defaults()).await;
             assert_eq!(kind(&o), Some(want), "{status}: {o:?}");
@@ -283,6 +307,44 @@ mod tests {
             Outcome::Failed(_, e) => assert_eq!(e, "HTTP 402: declined"),
             o => panic!("{o:?}"),
         }
+    }
+
+    /// A redirect is not followed (a `POST` would come back as a `GET`
+    /// without its body): the step fails as a business failure naming it.
+    #[tokio::test]
+    async fn a_redirect_is_a_business_failure_not_a_get() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/effect", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let kept = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 16 * 1024];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let moved = head.starts_with("POST /effect");
+                kept.lock().unwrap().push(head);
+                let answer = if moved {
+                    "HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+                };
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        let o = execute(
+            &client().unwrap(),
+            request(url, Duration::from_secs(5), vec![]),
+        )
+        .await;
+        match &o {
+            Outcome::Failed(FailureKind::Business, e) => {
+                assert!(e.starts_with("HTTP 302 to /elsewhere"), "{e}")
+            }
+            o => panic!("{o:?}"),
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "only the step's own call: {seen:?}");
     }
 
     #[tokio::test]

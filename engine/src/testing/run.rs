@@ -301,7 +301,9 @@ impl World<'_> {
             }
             Some(Answer::Http(h)) => {
                 let transient = retryable_status.contains(&h.status) || h.status >= 500;
-                let kind = if transient || h.status < 400 {
+                // as the server classifies an answer (`runtime::http`): a
+                // redirect is not followed, and fails like a 4xx
+                let kind = if transient || h.status < 300 {
                     FailureKind::Transient
                 } else {
                     FailureKind::Business

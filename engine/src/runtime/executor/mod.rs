@@ -236,12 +236,9 @@ impl Runtime {
         if let Some(c) = self.0.http.get() {
             return Ok(c.clone());
         }
-        let built = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .map_err(|e| {
-                http::Outcome::Failed(FailureKind::Transient, format!("HTTP client: {e}"))
-            })?;
+        let built = super::http::client().map_err(|e| {
+            http::Outcome::Failed(FailureKind::Transient, format!("HTTP client: {e}"))
+        })?;
         Ok(self.0.http.get_or_init(|| built).clone())
     }
 
