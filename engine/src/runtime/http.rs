@@ -208,36 +208,45 @@ mod tests {
 
     use super::*;
 
-    /// A server on 127.0.0.1 that answers every request with `status` and
-    /// `body` (after `delay`), keeping the request heads it saw.
-    async fn answering(
-        status: u16,
-        body: &'static str,
+    /// A server on 127.0.0.1 that answers each request with what `answer`
+    /// makes of its head (after `delay`), keeping the heads it saw, lowercased.
+    async fn serving(
+        answer: impl Fn(&str) -> String + Send + Sync + 'static,
         delay: Duration,
     ) -> (String, Arc<Mutex<Vec<String>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/effect", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let kept = seen.clone();
+        let answer = Arc::new(answer);
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
-                let kept = kept.clone();
+                let (kept, answer) = (kept.clone(), answer.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     let n = conn.read(&mut buf).await.unwrap_or(0);
-                    kept.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+                    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                    let reply = answer(&head);
+                    kept.lock().unwrap().push(head);
                     tokio::time::sleep(delay).await;
-                    let answer = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes()).await;
+                    let _ = conn.write_all(reply.as_bytes()).await;
                 });
             }
         });
         (url, seen)
+    }
+
+    /// [`serving`] every request `status` and `body`.
+    async fn answering(
+        status: u16,
+        body: &'static str,
+        delay: Duration,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        serving(move |_| reply.clone(), delay).await
     }
 
     fn request(url: String, timeout: Duration, retryable_status: Vec<u16>) -> HttpRequest {
@@ -313,25 +322,18 @@ mod tests {
     /// without its body): the step fails as a business failure naming it.
     #[tokio::test]
     async fn a_redirect_is_a_business_failure_not_a_get() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/effect", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let kept = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let mut buf = vec![0u8; 16 * 1024];
-                let n = conn.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                let moved = head.starts_with("POST /effect");
-                kept.lock().unwrap().push(head);
-                let answer = if moved {
+        let (url, seen) = serving(
+            |head| {
+                if head.starts_with("post /effect") {
                     "HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 } else {
                     "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
-                };
-                let _ = conn.write_all(answer.as_bytes()).await;
-            }
-        });
+                }
+                .to_string()
+            },
+            Duration::ZERO,
+        )
+        .await;
         let o = execute(
             &client().unwrap(),
             request(url, Duration::from_secs(5), vec![]),
