@@ -110,6 +110,99 @@ async fn a_client_waits_for_a_status_a_revision_or_an_order_without_polling() {
     assert_eq!(order["status"], "compensated", "{order}");
 }
 
+#[tokio::test]
+async fn one_request_starts_a_saga_and_answers_with_its_outcome() {
+    let (s, _dir) = serve("first-hour-start-and-wait", &[]);
+    let c = client();
+    let start = |key: &str, input: Value, wait: &str| {
+        c.post(format!("{}/workflows/order/instances?wait={wait}", s.url))
+            .header("Idempotency-Key", key)
+            .json(&input)
+            .send()
+    };
+    let answer = |r: reqwest::Response| async move {
+        let status = r.status();
+        (status, r.json::<Value>().await.unwrap())
+    };
+
+    let (status, done) = answer(start("k-1", common::order(1, 30.0), "30s").await.unwrap()).await;
+    assert_eq!(
+        (status, done["status"].as_str()),
+        (StatusCode::CREATED, Some("completed")),
+        "{done}"
+    );
+    assert_eq!(done["events"], 8, "{done}");
+    let (status, declined) =
+        answer(start("k-2", common::order(2, 5000.0), "30s").await.unwrap()).await;
+    assert_eq!(
+        (status, declined["status"].as_str()),
+        (StatusCode::CREATED, Some("compensated")),
+        "{declined}"
+    );
+    // a retried start waits too, and finds the same instance
+    let (status, again) = answer(start("k-1", common::order(1, 30.0), "30s").await.unwrap()).await;
+    assert_eq!((status, &again["id"]), (StatusCode::OK, &done["id"]));
+    assert_eq!(again["status"], "completed");
+
+    // a wait that ends first answers with the instance as it stands
+    let t = Instant::now();
+    let (status, waiting) = answer(
+        c.post(format!(
+            "{}/workflows/refund-approval/instances?wait=700ms",
+            s.url
+        ))
+        .json(&refund(1))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        (status, waiting["status"].as_str()),
+        (StatusCode::CREATED, Some("waiting")),
+        "{waiting}"
+    );
+
+    // a wait that is not a duration starts nothing
+    let (status, p) = answer(start("k-3", common::order(3, 30.0), "soon").await.unwrap()).await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("/problems/bad-wait")),
+        "{p}"
+    );
+    let (status, _) = answer(start("k-3", common::order(3, 30.0), "30s").await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // an order, likewise, once the read model shows its end
+    let (status, order) = post_json(
+        &c,
+        format!("{}/orders?wait=30s", s.url),
+        common::order(4, 30.0),
+    )
+    .await;
+    assert_eq!(
+        (status, order["status"].as_str()),
+        (StatusCode::CREATED, Some("shipped")),
+        "{order}"
+    );
+    let (status, order) = post_json(
+        &c,
+        format!("{}/orders?wait=30s", s.url),
+        common::order(4, 30.0),
+    )
+    .await;
+    assert_eq!(
+        (status, order["status"].as_str()),
+        (StatusCode::OK, Some("shipped")),
+        "{order}"
+    );
+}
+
 /// Reads server-sent events from `r` until `want` of them have come, or 20 s.
 async fn change_events(r: &mut reqwest::Response, want: usize) -> Vec<Value> {
     let mut text = String::new();

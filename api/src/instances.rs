@@ -227,6 +227,12 @@ impl InstancesApi {
     ///
     /// The body is the instance's input, checked against the workflow's input
     /// schema. With an `Idempotency-Key`, a retried start returns the same instance.
+    ///
+    /// With `wait` (e.g. `30s`, at most `5m`), the answer comes once the
+    /// instance has ended, or when the wait is over (then it shows the instance
+    /// as it stands: poll `GET /instances/{id}?wait=` for the rest): one request
+    /// starts a saga and returns its outcome. The instance runs on whether or
+    /// not the client waits.
     #[oai(
         path = "/workflows/:name/instances",
         method = "post",
@@ -240,9 +246,11 @@ impl InstancesApi {
         #[oai(validator(minimum(value = "1")))]
         version: Query<Option<u32>>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        wait: Query<Option<String>>,
         input: Json<serde_json::Value>,
     ) -> Result<StartResponse, ApiError> {
         auth.require(Need::Start)?;
+        let wait = parse_wait(wait.0.as_deref())?;
         if idempotency_key
             .0
             .as_ref()
@@ -257,7 +265,10 @@ impl InstancesApi {
             .rt
             .start(&name, version.0, input.0, idempotency_key.0)
             .await?;
-        let view = self.rt.get(started.id).await?;
+        let view = match wait {
+            None => self.rt.get(started.id).await?,
+            Some(d) => self.rt.wait(started.id, d).await?,
+        };
         let location = format!("/instances/{}", started.id);
         Ok(if started.created {
             StartResponse::Created(Json(view.try_into()?), location)

@@ -157,13 +157,19 @@ impl OrdersApi {
     /// with other content, by this operation or by an instance started
     /// otherwise, is refused with 409 `/problems/order-exists`. No second saga
     /// starts for an order id.
+    ///
+    /// With `wait` (e.g. `30s`, at most `5m`), the answer comes once the
+    /// order's saga has ended and the read model shows it, or when the wait is
+    /// over: one request creates the order and returns its outcome.
     #[oai(path = "/orders", method = "post", operation_id = "create_order")]
     async fn create(
         &self,
         auth: Auth,
+        wait: Query<Option<String>>,
         body: Json<NewOrder>,
     ) -> Result<CreateOrderResponse, ApiError> {
         auth.require(Need::Start)?;
+        let wait = crate::instances::parse_wait(wait.0.as_deref())?;
         let order = body.0;
         let input = serde_json::json!({
             "order_id": order.order_id,
@@ -175,16 +181,27 @@ impl OrdersApi {
         let taken = || ApiError::order_exists(&order.order_id);
         // An order id in use by any instance (whatever started it) is not started again.
         read_your_writes(&self.rt, true).await?;
-        if let Some(row) = self.rt.order(&order.order_id).await? {
+        if let Some(mut row) = self.rt.order(&order.order_id).await? {
             let existing = self.rt.get(row.instance_id).await?;
-            return if existing.input == input {
-                Ok(CreateOrderResponse::Existing(
-                    Json(row.try_into()?),
-                    location,
-                ))
-            } else {
-                Err(taken())
-            };
+            if existing.input != input {
+                return Err(taken());
+            }
+            if let Some(d) = wait {
+                if self
+                    .rt
+                    .wait(row.instance_id, d)
+                    .await?
+                    .finished_at
+                    .is_some()
+                {
+                    read_your_writes(&self.rt, true).await?;
+                    row = self.rt.order(&order.order_id).await?.ok_or_else(taken)?;
+                }
+            }
+            return Ok(CreateOrderResponse::Existing(
+                Json(row.try_into()?),
+                location,
+            ));
         }
         let started = match self
             .rt
@@ -199,6 +216,9 @@ impl OrdersApi {
             Err(RuntimeError::IdempotencyMismatch(_)) => return Err(taken()),
             other => other?,
         };
+        if let Some(d) = wait {
+            self.rt.wait(started.id, d).await?;
+        }
         // the answer shows the order as a following read would
         read_your_writes(&self.rt, true).await?;
         let row = self

@@ -373,7 +373,9 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// Starts one order saga and waits for it to end.
+/// Starts one order saga and waits for it to end: one request that answers
+/// with the saga's outcome (`?wait=`), as a client of a synchronous start
+/// would, polling `GET /instances/{id}?wait=` only if that wait ran out.
 async fn one_saga(
     client: &reqwest::Client,
     url: &str,
@@ -385,7 +387,7 @@ async fn one_saga(
     let order = json!({"order_id": format!("bench-{tag}-{phase}-{n}"), "customer_id": format!("c-{}", n % 97), "items": [{"sku": "widget", "qty": 1 + n % 3}], "amount": amount});
     let t0 = Instant::now();
     let started: Value = client
-        .post(format!("{url}/workflows/order/instances"))
+        .post(format!("{url}/workflows/order/instances?wait=60s"))
         .header("Idempotency-Key", format!("bench-{tag}-{phase}-{n}"))
         .json(&order)
         .send()
