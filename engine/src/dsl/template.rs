@@ -145,7 +145,7 @@ impl Template {
     }
 
     /// Evaluates the template against `ctx`.
-    pub fn render(&self, ctx: &Context) -> Result<serde_json::Value, TemplateError> {
+    pub fn render(&self, ctx: &Context<'_>) -> Result<serde_json::Value, TemplateError> {
         if let [part] = self.parts.as_slice() {
             if !matches!(part, Part::Text(_)) {
                 return eval(part, ctx);
@@ -177,16 +177,158 @@ impl fmt::Display for Template {
     }
 }
 
-/// The data templates are evaluated against.
-pub struct Context(serde_json::Value);
+/// The data templates are evaluated against: an object of named roots.
+///
+/// A saga's context is made of roots that borrow the saga's state, so a path
+/// (`.input.order_id`, most templates) reads its value without the whole
+/// object being built; the object is built once, when an expression needs jq.
+pub struct Context<'a> {
+    roots: Vec<(&'static str, Root<'a>)>,
+    whole: std::sync::OnceLock<serde_json::Value>,
+}
 
-impl Context {
+/// One top-level value of a [`Context`].
+pub enum Root<'a> {
+    Value(std::borrow::Cow<'a, serde_json::Value>),
+    /// `{NAME: {"output": OUTPUT}}` for each step's output.
+    Outputs(&'a std::collections::BTreeMap<String, serde_json::Value>),
+    /// An object of strings.
+    Strings(&'a std::collections::BTreeMap<String, String>),
+    /// A value made when it is read (seldom read, and not worth making each time).
+    Made(Box<dyn Fn() -> serde_json::Value + Send + Sync + 'a>),
+}
+
+impl Root<'_> {
+    /// The root as one JSON value.
+    pub fn read_whole(&self) -> serde_json::Value {
+        self.to_value()
+    }
+
+    fn to_value(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            Root::Value(v) => v.as_ref().clone(),
+            Root::Outputs(outputs) => Value::Object(
+                outputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), output_of(v)))
+                    .collect(),
+            ),
+            Root::Strings(strings) => Value::Object(
+                strings
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+            Root::Made(make) => make(),
+        }
+    }
+
+    /// What jq gives for `path` inside this root (see [`read_path`]).
+    fn read(&self, path: &[Segment]) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        let (first, rest) = match path.split_first() {
+            None => return Some(self.to_value()),
+            Some(split) => split,
+        };
+        let Segment::Key(name) = first else {
+            return match self {
+                Root::Value(v) => read_path(v, path),
+                // an object indexed by a number: jq's error
+                _ => None,
+            };
+        };
+        match self {
+            Root::Value(v) => read_path(v, path),
+            Root::Outputs(outputs) => match (outputs.get(name), rest.split_first()) {
+                (None, _) => Some(Value::Null),
+                (Some(v), None) => Some(output_of(v)),
+                (Some(v), Some((Segment::Key(k), rest))) if k == "output" => read_path(v, rest),
+                (Some(_), Some((Segment::Key(_), _))) => Some(Value::Null),
+                (Some(_), Some((Segment::Index(_), _))) => None,
+            },
+            Root::Strings(strings) => match strings.get(name) {
+                None => Some(Value::Null),
+                Some(v) => read_path(&Value::String(v.clone()), rest),
+            },
+            Root::Made(make) => read_path(&make(), path),
+        }
+    }
+}
+
+/// A step's entry in `.steps`.
+fn output_of(v: &serde_json::Value) -> serde_json::Value {
+    let mut entry = serde_json::Map::new();
+    entry.insert("output".into(), v.clone());
+    serde_json::Value::Object(entry)
+}
+
+impl<'a> Context<'a> {
     pub fn new(value: &serde_json::Value) -> Self {
-        Self(value.clone())
+        Self::owned(value.clone())
     }
 
     pub fn owned(value: serde_json::Value) -> Self {
-        Self(value)
+        Self {
+            roots: Vec::new(),
+            whole: std::sync::OnceLock::from(value),
+        }
+    }
+
+    /// An object of these roots, in this order (a name given twice: the last counts).
+    pub fn of(roots: Vec<(&'static str, Root<'a>)>) -> Self {
+        Self {
+            roots,
+            whole: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The context with more roots (a name it holds already is replaced).
+    pub fn with(mut self, more: impl IntoIterator<Item = (&'static str, Root<'a>)>) -> Self {
+        match self.whole.take() {
+            Some(mut whole) => {
+                for (name, root) in more {
+                    whole[name] = root.to_value();
+                }
+                self.whole = std::sync::OnceLock::from(whole);
+            }
+            None => self.roots.extend(more),
+        }
+        self
+    }
+
+    /// The whole object, built the first time it is asked for.
+    pub fn value(&self) -> &serde_json::Value {
+        self.whole.get_or_init(|| {
+            serde_json::Value::Object(
+                self.roots
+                    .iter()
+                    .map(|(name, root)| (name.to_string(), root.to_value()))
+                    .collect(),
+            )
+        })
+    }
+
+    /// The whole object, taken.
+    pub fn into_value(self) -> serde_json::Value {
+        self.value();
+        self.whole.into_inner().unwrap_or_default()
+    }
+
+    /// What jq gives for `path`; `None` when jq must decide.
+    fn read(&self, path: &[Segment]) -> Option<serde_json::Value> {
+        if let Some(whole) = self.whole.get() {
+            return read_path(whole, path);
+        }
+        match path.split_first() {
+            Some((Segment::Key(name), rest)) => {
+                match self.roots.iter().rev().find(|(n, _)| n == name) {
+                    Some((_, root)) => root.read(rest),
+                    None => Some(serde_json::Value::Null),
+                }
+            }
+            _ => read_path(self.value(), path),
+        }
     }
 }
 
@@ -253,7 +395,7 @@ impl ValueTemplate {
         }
     }
 
-    pub fn render(&self, ctx: &Context) -> Result<serde_json::Value, TemplateError> {
+    pub fn render(&self, ctx: &Context<'_>) -> Result<serde_json::Value, TemplateError> {
         Ok(match self {
             ValueTemplate::Literal(v) => v.clone(),
             ValueTemplate::Template(t) => t.render(ctx)?,
@@ -314,23 +456,25 @@ fn compile(expr: &str) -> Result<Compiled, TemplateError> {
     })
 }
 
-fn eval(part: &Part, ctx: &Context) -> Result<serde_json::Value, TemplateError> {
+fn eval(part: &Part, ctx: &Context<'_>) -> Result<serde_json::Value, TemplateError> {
     match part {
         Part::Text(t) => Ok(serde_json::Value::String(t.clone())),
-        Part::Path(expr, path, compiled) => match read_path(&ctx.0, path) {
+        Part::Path(expr, path, compiled) => match ctx.read(path) {
             Some(v) => Ok(v),
             None => eval(&Part::Expr(expr.clone(), compiled.clone()), ctx),
         },
-        Part::Expr(expr, compiled) => sandbox::eval(expr, compiled, &ctx.0).map_err(|e| match e {
-            EvalError::Failed(reason) => TemplateError::Eval {
-                expr: expr.clone(),
-                reason,
-            },
-            EvalError::Exceeded(exceeded) => TemplateError::Budget {
-                expr: expr.clone(),
-                exceeded,
-            },
-        }),
+        Part::Expr(expr, compiled) => {
+            sandbox::eval(expr, compiled, ctx.value()).map_err(|e| match e {
+                EvalError::Failed(reason) => TemplateError::Eval {
+                    expr: expr.clone(),
+                    reason,
+                },
+                EvalError::Exceeded(exceeded) => TemplateError::Budget {
+                    expr: expr.clone(),
+                    exceeded,
+                },
+            })
+        }
     }
 }
 
@@ -470,12 +614,73 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ctx() -> Context {
+    fn ctx() -> Context<'static> {
         Context::new(
             &json!({"input": {"order_id": "o-1", "amount": 120.5, "items": [{"sku": "a", "qty": 2}]},
                "steps": {"reserve": {"output": {"reservation_id": "r-9"}}},
                "env": {"base": "http://127.0.0.1:8080"}}),
         )
+    }
+
+    #[test]
+    fn paths_read_from_borrowed_roots_as_jq_reads_the_whole_object() {
+        let input = json!({"order_id": "o-1", "items": [{"sku": "a", "qty": 2}], "n": null});
+        let outputs: std::collections::BTreeMap<String, serde_json::Value> = [
+            ("reserve".to_string(), json!({"reservation_id": "r-9"})),
+            ("pay".to_string(), json!([1, 2])),
+        ]
+        .into();
+        let env: std::collections::BTreeMap<String, String> =
+            [("base".to_string(), "http://127.0.0.1:8080".to_string())].into();
+        let roots = || {
+            Context::of(vec![
+                ("input", Root::Value(std::borrow::Cow::Borrowed(&input))),
+                ("steps", Root::Outputs(&outputs)),
+                ("env", Root::Strings(&env)),
+                ("instance", Root::Made(Box::new(|| json!({"id": "i-1"})))),
+            ])
+        };
+        let whole = roots().into_value();
+        assert_eq!(
+            whole,
+            json!({"input": input, "steps": {"reserve": {"output": {"reservation_id": "r-9"}}, "pay": {"output": [1, 2]}},
+                   "env": {"base": "http://127.0.0.1:8080"}, "instance": {"id": "i-1"}})
+        );
+        for path in [
+            ".input",
+            ".input.order_id",
+            ".input.items[0].qty",
+            ".input.items[7]",
+            ".input.n.deeper",
+            ".input.order_id.x",
+            ".steps",
+            ".steps.reserve",
+            ".steps.reserve.output",
+            ".steps.reserve.output.reservation_id",
+            ".steps.reserve.other",
+            ".steps.reserve[0]",
+            ".steps.pay.output[1]",
+            ".steps.missing.output",
+            ".env",
+            ".env.base",
+            ".env.missing",
+            ".env.base.x",
+            ".instance.id",
+            ".nothing.at_all",
+            ".[0]",
+        ] {
+            let t = Template::parse(&format!("${{ {path} }}")).unwrap();
+            assert_eq!(
+                format!("{:?}", t.render(&roots())),
+                format!("{:?}", t.render(&Context::new(&whole))),
+                "{path}"
+            );
+        }
+        // with more roots, and a context given whole
+        let more = roots().with([("item", Root::Value(std::borrow::Cow::Owned(json!(3))))]);
+        assert_eq!(more.read(&[Segment::Key("item".into())]), Some(json!(3)));
+        let more = Context::new(&whole).with([("item", Root::Strings(&env))]);
+        assert_eq!(more.value()["item"]["base"], json!("http://127.0.0.1:8080"));
     }
 
     #[test]

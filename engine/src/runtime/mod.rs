@@ -49,7 +49,6 @@ use uuid::Uuid;
 
 use crate::compile::{Action as StepAction, Machine};
 use crate::dsl::spec::FailureKind;
-use crate::dsl::template::Context;
 use crate::projection::{Cursor, InstanceFilter, InstanceRow, OrderRow, Page, Projections};
 use crate::saga::{self, decide_to, fold, Action, Clock, Input, Phase, SagaState, Timestamp};
 use crate::secrets::Secrets;

@@ -13,7 +13,9 @@ use super::state::{evolve, InFlight, SagaState};
 use super::time::Timestamp;
 use crate::compile::{Action as StepAction, Machine, Role, State, Transition, Wait};
 use crate::dsl::spec::FailureKind;
-use crate::dsl::template::Context;
+use std::borrow::Cow;
+
+use crate::dsl::template::{Context, Root};
 
 pub use super::decision::{Action, Decision, Input, Rejection};
 
@@ -759,33 +761,40 @@ impl Decider<'_> {
 
     /// The saga's output: the workflow's `output` template, or every step's output.
     fn output(&self) -> Value {
-        let ctx = context(self.m, self.instance, &self.s);
+        let ctx = template_context(self.m, self.instance, &self.s);
         match &self.m.output {
             Some(t) => {
                 let mut out = t
-                    .render(&Context::new(&ctx))
+                    .render(&ctx)
                     .unwrap_or_else(|e| json!({ "error": e.to_string() }));
                 self.m.secrets.redact_value(&mut out);
                 out
             }
-            None => ctx["steps"].clone(),
+            None => Root::Outputs(&self.s.outputs).read_whole(),
         }
     }
 }
 
-/// The data templates see: `{input, steps: {NAME: {output}}, env, instance: {id}}`.
+/// The data templates see: `{input, steps: {NAME: {output}}, env, instance:
+/// {id, workflow, version, started_at}}`, borrowed from the saga.
+pub fn template_context<'a>(m: &'a Machine, instance: &'a str, s: &'a SagaState) -> Context<'a> {
+    let started_at = s.started_at;
+    Context::of(vec![
+        ("input", Root::Value(Cow::Borrowed(&s.input))),
+        ("steps", Root::Outputs(&s.outputs)),
+        ("env", Root::Strings(&m.env)),
+        (
+            "instance",
+            Root::Made(Box::new(
+                move || json!({ "id": instance, "workflow": m.name, "version": m.version, "started_at": started_at }),
+            )),
+        ),
+    ])
+}
+
+/// [`template_context`] as one JSON object.
 pub fn context(m: &Machine, instance: &str, s: &SagaState) -> Value {
-    let steps: serde_json::Map<String, Value> = s
-        .outputs
-        .iter()
-        .map(|(k, v)| (k.clone(), json!({ "output": v })))
-        .collect();
-    json!({
-        "input": s.input,
-        "steps": steps,
-        "env": m.env,
-        "instance": { "id": instance, "workflow": m.name, "version": m.version, "started_at": s.started_at },
-    })
+    template_context(m, instance, s).into_value()
 }
 
 /// A delay with up to `jitter` of it randomised, reproducibly from the

@@ -4,23 +4,25 @@
 //! step and a position; each has its own attempts, retries and
 //! compensation (docs/adr/0013-parallel-when-for-each.md).
 
+use std::borrow::Cow;
+
 use serde_json::{json, Value};
 
-use super::decide::{context, Decider};
+use super::decide::{template_context, Decider};
 use super::event::{Event, Phase};
 use super::state::UnitStatus;
 use crate::compile::model::{step_state, MAX_ELEMENTS};
 use crate::compile::{Role, State, Transition};
 use crate::dsl::spec::FailureKind;
-use crate::dsl::template::Context;
+use crate::dsl::template::{Context, Root};
 
 impl Decider<'_> {
     /// The saga reaches step `i`: its `when` decides whether it runs.
     pub(super) fn reach(&mut self, i: usize) {
         let step = &self.m.steps[i];
         if let Some(when) = &step.when {
-            let ctx = Context::owned(context(self.m, self.instance, &self.s));
-            match when.render(&ctx) {
+            let verdict = when.render(&template_context(self.m, self.instance, &self.s));
+            match verdict {
                 Ok(Value::Bool(false) | Value::Null) => {
                     self.emit(Event::StepSkipped {
                         step: i,
@@ -84,8 +86,10 @@ impl Decider<'_> {
     pub(super) fn start_elements(&mut self, i: usize) {
         let step = &self.m.steps[i];
         let Some(each) = &step.for_each else { return };
-        let ctx = Context::owned(context(self.m, self.instance, &self.s));
-        let items = match each.items.render(&ctx) {
+        let listed = each
+            .items
+            .render(&template_context(self.m, self.instance, &self.s));
+        let items = match listed {
             Ok(Value::Array(items)) if items.len() <= MAX_ELEMENTS => items,
             Ok(Value::Array(items)) => {
                 return self.fail_unreached(
@@ -286,17 +290,25 @@ impl Decider<'_> {
 
 /// The data a unit's templates see: the saga's context, and for an element
 /// of a for-each step its `.item` and `.index`.
-pub fn unit_context(
-    m: &crate::compile::Machine,
-    instance: &str,
-    s: &super::state::SagaState,
+pub fn unit_context<'a>(
+    m: &'a crate::compile::Machine,
+    instance: &'a str,
+    s: &'a super::state::SagaState,
     step: usize,
     index: Option<u32>,
-) -> Value {
-    let mut ctx = context(m, instance, s);
-    if let (Some(u), Some(items)) = (index, s.items.get(&step)) {
-        ctx["item"] = items.get(u as usize).cloned().unwrap_or(Value::Null);
-        ctx["index"] = json!(u);
+) -> Context<'a> {
+    let ctx = template_context(m, instance, s);
+    match (index, s.items.get(&step)) {
+        (Some(u), Some(items)) => {
+            let item = match items.get(u as usize) {
+                Some(v) => Cow::Borrowed(v),
+                None => Cow::Owned(Value::Null),
+            };
+            ctx.with([
+                ("item", Root::Value(item)),
+                ("index", Root::Value(Cow::Owned(json!(u)))),
+            ])
+        }
+        _ => ctx,
     }
-    ctx
 }

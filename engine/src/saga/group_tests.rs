@@ -293,17 +293,18 @@ fn an_elements_templates_see_its_item_and_index_forward_and_undoing() {
     let st = s.state();
     let ctx = unit_context(&s.m, ID, &st, 2, Some(1));
     assert_eq!(
-        (ctx["item"]["sku"].clone(), ctx["index"].clone()),
+        (
+            ctx.value()["item"]["sku"].clone(),
+            ctx.value()["index"].clone()
+        ),
         (json!("s1"), json!(1))
     );
     let crate::compile::Action::Http(call) = &s.m.steps[2].action else {
         unreachable!()
     };
-    let url = call
-        .url
-        .render(&crate::dsl::template::Context::owned(ctx))
-        .unwrap();
+    let url = call.url.render(&ctx).unwrap();
     assert_eq!(url, json!("http://x/s1/reserve"));
+    drop(ctx);
     for u in 0..3 {
         s.answer(2, u, Phase::Forward, Ok(json!({"r": u})));
     }
@@ -315,7 +316,7 @@ fn an_elements_templates_see_its_item_and_index_forward_and_undoing() {
     s.fail(3, Phase::Forward, FailureKind::Business);
     let st = s.state();
     let undo = unit_context(&s.m, ID, &st, 2, Some(2));
-    assert_eq!(undo["item"]["sku"], json!("s2"));
+    assert_eq!(undo.value()["item"]["sku"], json!("s2"));
     assert_eq!(compensated_units(&s.events, 2), [2, 1]);
 }
 

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use super::{Answer, AnswerWord, Case, ExpectedEffect};
 use crate::compile::{Action as StepAction, Machine};
 use crate::dsl::spec::FailureKind;
-use crate::dsl::template::Context;
 use crate::saga::{self, Action, InFlight, Input, Phase, SagaState, Timestamp};
 
 /// The instance id every case runs as.
@@ -237,9 +236,7 @@ impl World<'_> {
             ""
         };
         let effect = format!("{undo}{name}");
-        let ctx = Context::owned(saga::unit_context(
-            self.m, INSTANCE, &self.st, f.step, f.index,
-        ));
+        let ctx = saga::unit_context(self.m, INSTANCE, &self.st, f.step, f.index);
         let key = unit.effect_key(INSTANCE, element, f.phase == Phase::Compensation, f.attempt);
         let rendered = match action {
             StepAction::Http(call) => crate::runtime::http::render(

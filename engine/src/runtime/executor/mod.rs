@@ -374,7 +374,7 @@ impl Runtime {
         let id = live.id;
         let ctx = match action {
             StepAction::Wait(_) | StepAction::Parallel => return,
-            _ => Context::owned(saga::unit_context(machine, &live.key, st, step, index)),
+            _ => saga::unit_context(machine, &live.key, st, step, index),
         };
         // Outcomes are fed back from a task of their own: the caller holds the instance's lock.
         let report = |outcome: http::Outcome| {
