@@ -15,9 +15,9 @@
 //! already seen.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::sql::{Arg, Stmt};
-use super::stmt;
 
 /// Rows of one multi-row insert into `instance_search` (five arguments each).
 const SEARCH_ROWS_PER_INSERT: usize = 500;
@@ -46,6 +46,61 @@ impl Key {
             Key::Seq => "(SELECT seq FROM saga_instances WHERE id = $1)",
         }
     }
+}
+
+/// The most statement texts [`text`] keeps.
+const TEXTS_KEPT: usize = 4096;
+
+/// The text of a statement of this `shape` (its kind, table and columns, in
+/// order), built by `build` the first time. A batch's statements take few
+/// shapes (which columns its events set), so formatting each text per
+/// statement was work repeated thousands of times a second.
+fn text(shape: &[&'static str], build: impl FnOnce() -> String) -> Arc<str> {
+    static TEXTS: OnceLock<Mutex<HashMap<Vec<&'static str>, Arc<str>>>> = OnceLock::new();
+    let texts = TEXTS.get_or_init(Mutex::default);
+    if let Some(t) = texts.lock().unwrap_or_else(|p| p.into_inner()).get(shape) {
+        return t.clone();
+    }
+    let t: Arc<str> = build().into();
+    let mut texts = texts.lock().unwrap_or_else(|p| p.into_inner());
+    if texts.len() < TEXTS_KEPT {
+        texts.insert(shape.to_vec(), t.clone());
+    }
+    t
+}
+
+/// `$1, $2, …, $n`, from `$first`.
+fn params(first: usize, last: usize) -> String {
+    (first..=last)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The insert of `rows` rows into `instance_search`, each row taking its
+/// instance's number from the instance's row (written before, in the same
+/// transaction); built once for each number of rows.
+fn search_insert(rows: usize) -> Arc<str> {
+    static TEXTS: OnceLock<Mutex<HashMap<usize, Arc<str>>>> = OnceLock::new();
+    let texts = TEXTS.get_or_init(Mutex::default);
+    let mut texts = texts.lock().unwrap_or_else(|p| p.into_inner());
+    texts
+        .entry(rows)
+        .or_insert_with(|| {
+            let values: Vec<String> = (0..rows)
+                .map(|r| format!("({})", params(5 * r + 1, 5 * r + 5)))
+                .collect();
+            // `WHERE true`: SQLite's parser needs a WHERE before an upsert clause
+            format!(
+                "INSERT INTO instance_search (field, value, started_at, instance_seq, workflow) \
+                 SELECT v.column1, v.column2, v.column3, i.seq, v.column5 \
+                 FROM (VALUES {}) v JOIN saga_instances i ON i.id = v.column4 \
+                 WHERE true ON CONFLICT DO NOTHING",
+                values.join(", ")
+            )
+            .into()
+        })
+        .clone()
 }
 
 /// One table's pending change to one instance's row.
@@ -92,54 +147,70 @@ impl Change {
 
     /// `UPDATE table SET … WHERE key = id AND last_position < last`, the
     /// row found by `key` ([`Key`]).
-    fn update(&self, table: &str, key: Key, id: &str) -> Option<Stmt> {
+    fn update(&self, table: &'static str, key: Key, id: &str) -> Option<Stmt> {
         if self.set.is_empty() {
             return None;
         }
-        let mut args: Vec<Arg> = vec![id.into(), self.last.into()];
-        let mut sets = Vec::new();
-        for (c, v) in &self.set {
-            args.push(v.clone());
-            sets.push(format!("{c} = ${}", args.len()));
-        }
-        Some(stmt(
-            &format!(
+        let mut args: Vec<Arg> = Vec::with_capacity(2 + self.set.len());
+        args.extend([id.into(), self.last.into()]);
+        args.extend(self.set.iter().map(|(_, v)| v.clone()));
+        let mut shape = vec!["update", table, key.column()];
+        shape.extend(self.set.iter().map(|(c, _)| *c));
+        let sql = text(&shape, || {
+            let sets: Vec<String> = (self.set.iter().enumerate())
+                .map(|(i, (c, _))| format!("{c} = ${}", i + 3))
+                .collect();
+            format!(
                 "UPDATE {table} SET {}, last_position = $2 WHERE {} = {} AND last_position < $2",
                 sets.join(", "),
                 key.column(),
                 key.value()
-            ),
-            args,
-        ))
+            )
+        });
+        Some((sql, args))
     }
 
     /// `INSERT INTO table (key, last_position, …)` of the row, and what to do
-    /// on a conflict. A row keyed by the instance's number takes it from the
-    /// instance's row, and is not made without one.
-    fn insert(&self, table: &str, key: Key, id: &str, on_conflict: &str) -> Option<Stmt> {
+    /// on a conflict, which `conflict` names and makes from the columns set
+    /// after the insert. A row keyed by the instance's number takes it from
+    /// the instance's row, and is not made without one.
+    fn insert(
+        &self,
+        table: &'static str,
+        key: Key,
+        id: &str,
+        conflict: (&'static str, fn(&[&'static str]) -> String),
+    ) -> Option<Stmt> {
         let row = self.row()?;
-        let mut args: Vec<Arg> = vec![id.into(), self.last.into()];
-        let mut columns = vec![key.column(), "last_position"];
+        let mut args: Vec<Arg> = Vec::with_capacity(2 + row.len());
+        args.extend([id.into(), self.last.into()]);
+        let mut shape = vec!["insert", table, key.column(), conflict.0];
         for (c, v) in row {
-            columns.push(c);
+            shape.push(c);
             args.push(v);
         }
-        let params: Vec<String> = (2..=args.len()).map(|i| format!("${i}")).collect();
-        let source = match key {
-            Key::Id => format!("VALUES ($1, {})", params.join(", ")),
-            // (`AND true`: SQLite's parser needs a WHERE before an upsert clause)
-            Key::Seq => format!(
-                "SELECT seq, {} FROM saga_instances WHERE id = $1 AND true",
-                params.join(", ")
-            ),
-        };
-        Some(stmt(
-            &format!(
-                "INSERT INTO {table} ({}) {source} {on_conflict}",
-                columns.join(", "),
-            ),
-            args,
-        ))
+        let columns = shape.len() - 4;
+        shape.push("|");
+        shape.extend(self.set.iter().map(|(c, _)| *c));
+        let sql = text(&shape, || {
+            let params = params(2, columns + 2);
+            let source = match key {
+                Key::Id => format!("VALUES ($1, {params})"),
+                // (`AND true`: SQLite's parser needs a WHERE before an upsert clause)
+                Key::Seq => {
+                    format!("SELECT seq, {params} FROM saga_instances WHERE id = $1 AND true")
+                }
+            };
+            let set: Vec<&'static str> = self.set.iter().map(|(c, _)| *c).collect();
+            let mut names = vec![key.column(), "last_position"];
+            names.extend(&shape[4..4 + columns]);
+            format!(
+                "INSERT INTO {table} ({}) {source} {}",
+                names.join(", "),
+                (conflict.1)(&set),
+            )
+        });
+        Some((sql, args))
     }
 
     /// `saga_instances`: one upsert when the batch started the instance (a row
@@ -150,28 +221,28 @@ impl Change {
             out.extend(self.update(TABLE, Key::Id, id));
             return;
         }
-        let on_conflict = if self.set.is_empty() {
-            "ON CONFLICT (id) DO NOTHING".to_string()
-        } else {
-            let sets: Vec<String> = self
-                .set
-                .iter()
-                .map(|(c, _)| format!("{c} = excluded.{c}"))
-                .collect();
+        fn on_conflict(set: &[&'static str]) -> String {
+            if set.is_empty() {
+                return "ON CONFLICT (id) DO NOTHING".to_string();
+            }
+            let sets: Vec<String> = set.iter().map(|c| format!("{c} = excluded.{c}")).collect();
             format!(
                 "ON CONFLICT (id) DO UPDATE SET {}, last_position = excluded.last_position \
                  WHERE {TABLE}.last_position < excluded.last_position",
                 sets.join(", ")
             )
-        };
-        out.extend(self.insert(TABLE, Key::Id, id, &on_conflict));
+        }
+        out.extend(self.insert(TABLE, Key::Id, id, ("upsert", on_conflict)));
     }
 
     /// `orders`: the first instance of an order id keeps it, so a conflict
     /// (on the order id, or a row of this instance already there) inserts
     /// nothing, and the update brings an existing row of this instance forward.
     fn order_statements(&self, id: &str, out: &mut Vec<Stmt>) {
-        out.extend(self.insert("orders", Key::Seq, id, "ON CONFLICT DO NOTHING"));
+        fn nothing(_: &[&'static str]) -> String {
+            "ON CONFLICT DO NOTHING".to_string()
+        }
+        out.extend(self.insert("orders", Key::Seq, id, ("nothing", nothing)));
         out.extend(self.update("orders", Key::Seq, id));
     }
 }
@@ -228,33 +299,84 @@ impl Batch {
         }
         self.at.clear();
         for chunk in self.search.chunks(SEARCH_ROWS_PER_INSERT) {
-            let mut args = Vec::with_capacity(chunk.len() * 5);
-            let mut values = Vec::with_capacity(chunk.len());
-            for row in chunk {
-                let n = args.len();
-                values.push(format!(
-                    "(${}, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5
-                ));
-                args.extend(row.iter().cloned());
-            }
-            // each row takes its instance's number from the instance's row
-            // (written before, in this transaction); `WHERE true` as above
-            out.push(stmt(
-                &format!(
-                    "INSERT INTO instance_search (field, value, started_at, instance_seq, workflow) \
-                     SELECT v.column1, v.column2, v.column3, i.seq, v.column5 \
-                     FROM (VALUES {}) v JOIN saga_instances i ON i.id = v.column4 \
-                     WHERE true ON CONFLICT DO NOTHING",
-                    values.join(", ")
-                ),
-                args,
-            ));
+            let args: Vec<Arg> = chunk.iter().flat_map(|row| row.iter().cloned()).collect();
+            out.push((search_insert(chunk.len()), args));
         }
         self.search.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(change: &Change) -> Vec<String> {
+        let mut out = Vec::new();
+        change.instance_statements("i-1", &mut out);
+        change.order_statements("i-1", &mut out);
+        out.iter().map(|(sql, _)| sql.to_string()).collect()
+    }
+
+    #[test]
+    fn statements_of_a_shape_share_one_text_and_shapes_do_not_mix() {
+        let mut started = Change::default();
+        started.create(7, vec![("status", "running".into()), ("step", 0.into())]);
+        assert_eq!(
+            texts(&started),
+            [
+                "INSERT INTO saga_instances (id, last_position, status, step) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO orders (instance_seq, last_position, status, step) \
+                 SELECT seq, $2, $3, $4 FROM saga_instances WHERE id = $1 AND true ON CONFLICT DO NOTHING",
+            ]
+        );
+        // the same row, one of its columns set again later: an upsert that takes it
+        let mut moved = Change::default();
+        moved.create(7, vec![("status", "running".into()), ("step", 0.into())]);
+        moved.set(8, "status", "compensating".into());
+        assert_eq!(
+            texts(&moved)[0],
+            "INSERT INTO saga_instances (id, last_position, status, step) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+             last_position = excluded.last_position WHERE saga_instances.last_position < excluded.last_position"
+        );
+        // a column the insert does not hold, set later
+        let mut ended = Change::default();
+        ended.create(7, vec![("status", "running".into()), ("step", 0.into())]);
+        ended.set(9, "error", "boom".into());
+        ended.set(9, "status", "failed".into());
+        let (sql, args) = {
+            let mut out = Vec::new();
+            ended.instance_statements("i-1", &mut out);
+            out.remove(0)
+        };
+        assert_eq!(
+            &*sql,
+            "INSERT INTO saga_instances (id, last_position, status, step, error) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET error = excluded.error, status = excluded.status, \
+             last_position = excluded.last_position WHERE saga_instances.last_position < excluded.last_position"
+        );
+        assert_eq!(args.len(), 5);
+        assert_eq!(texts(&ended)[2],
+            "UPDATE orders SET error = $3, status = $4, last_position = $2 \
+             WHERE instance_seq = (SELECT seq FROM saga_instances WHERE id = $1) AND last_position < $2");
+        // the other order of the same columns numbers them otherwise
+        let mut other = Change::default();
+        other.set(3, "status", "failed".into());
+        other.set(3, "error", "boom".into());
+        assert_eq!(
+            texts(&other)[0],
+            "UPDATE saga_instances SET status = $3, error = $4, last_position = $2 \
+             WHERE id = $1 AND last_position < $2"
+        );
+        // asked again, the texts are the ones kept
+        let again = |c: &Change| {
+            let mut out = Vec::new();
+            c.instance_statements("i-2", &mut out);
+            out.remove(0).0
+        };
+        assert!(Arc::ptr_eq(&again(&ended), &again(&ended)));
+        assert!(search_insert(2).contains("($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"));
+        assert!(Arc::ptr_eq(&search_insert(2), &search_insert(2)));
     }
 }

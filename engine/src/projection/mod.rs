@@ -173,7 +173,7 @@ pub struct Projections {
 
 /// A statement with its arguments, built from `$n` SQL and values.
 fn stmt(sql: &str, args: Vec<Arg>) -> Stmt {
-    (sql.to_string(), args)
+    (sql.into(), args)
 }
 
 impl Projections {

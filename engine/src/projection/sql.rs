@@ -70,7 +70,8 @@ impl From<bool> for Arg {
 }
 
 /// A statement and its arguments.
-pub(crate) type Stmt = (String, Vec<Arg>);
+/// A statement's text (shared: texts of the same shape are built once) and its arguments.
+pub(crate) type Stmt = (std::sync::Arc<str>, Vec<Arg>);
 
 macro_rules! bind_all {
     ($q:expr, $args:expr) => {{
