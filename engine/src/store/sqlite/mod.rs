@@ -663,7 +663,7 @@ mod tests {
                             .map(|k| NewEvent {
                                 event_type: kinds[((i + k) % 3) as usize].into(),
                                 schema_version: 1,
-                                data: serde_json::json!({"i": i, "k": k, "x": 0.1 * i as f64, "s": [null, true, "é"]}),
+                                data: serde_json::json!({"i": i, "k": k, "x": 0.1 * i as f64, "y": i as f64 / 100.0 + 0.001, "s": [null, true, "é"]}),
                             })
                             .collect();
                         s.append(&format!("saga-{from}-{}", i % 7), Expected::Any, events)
