@@ -4,6 +4,7 @@
 //! derived from the instance, step and attempt). Effects are returned as
 //! [`Action`]s for the runtime to perform once the events are durable.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -13,8 +14,6 @@ use super::state::{evolve, InFlight, SagaState};
 use super::time::Timestamp;
 use crate::compile::{Action as StepAction, Machine, Role, State, Transition, Wait};
 use crate::dsl::spec::FailureKind;
-use std::borrow::Cow;
-
 use crate::dsl::template::{Context, Root};
 
 pub use super::decision::{Action, Decision, Input, Rejection};
