@@ -200,11 +200,7 @@ pub enum Root<'a> {
 
 impl Root<'_> {
     /// The root as one JSON value.
-    pub fn read_whole(&self) -> serde_json::Value {
-        self.to_value()
-    }
-
-    fn to_value(&self) -> serde_json::Value {
+    pub fn to_value(&self) -> serde_json::Value {
         use serde_json::Value;
         match self {
             Root::Value(v) => v.as_ref().clone(),
@@ -227,31 +223,25 @@ impl Root<'_> {
     /// What jq gives for `path` inside this root (see [`read_path`]).
     fn read(&self, path: &[Segment]) -> Option<serde_json::Value> {
         use serde_json::Value;
-        let (first, rest) = match path.split_first() {
-            None => return Some(self.to_value()),
-            Some(split) => split,
-        };
-        let Segment::Key(name) = first else {
-            return match self {
-                Root::Value(v) => read_path(v, path),
-                // an object indexed by a number: jq's error
-                _ => None,
-            };
-        };
-        match self {
-            Root::Value(v) => read_path(v, path),
-            Root::Outputs(outputs) => match (outputs.get(name), rest.split_first()) {
-                (None, _) => Some(Value::Null),
-                (Some(v), None) => Some(output_of(v)),
-                (Some(v), Some((Segment::Key(k), rest))) if k == "output" => read_path(v, rest),
-                (Some(_), Some((Segment::Key(_), _))) => Some(Value::Null),
-                (Some(_), Some((Segment::Index(_), _))) => None,
-            },
-            Root::Strings(strings) => match strings.get(name) {
+        match (self, path.split_first()) {
+            (Root::Value(v), _) => read_path(v, path),
+            (Root::Made(make), _) => read_path(&make(), path),
+            (_, None) => Some(self.to_value()),
+            // an object indexed by a number: jq's error
+            (_, Some((Segment::Index(_), _))) => None,
+            (Root::Outputs(outputs), Some((Segment::Key(name), rest))) => {
+                match (outputs.get(name), rest.split_first()) {
+                    (None, _) => Some(Value::Null),
+                    (Some(v), None) => Some(output_of(v)),
+                    (Some(v), Some((Segment::Key(k), rest))) if k == "output" => read_path(v, rest),
+                    (Some(_), Some((Segment::Key(_), _))) => Some(Value::Null),
+                    (Some(_), Some((Segment::Index(_), _))) => None,
+                }
+            }
+            (Root::Strings(strings), Some((Segment::Key(name), rest))) => match strings.get(name) {
                 None => Some(Value::Null),
                 Some(v) => read_path(&Value::String(v.clone()), rest),
             },
-            Root::Made(make) => read_path(&make(), path),
         }
     }
 }
@@ -327,7 +317,8 @@ impl<'a> Context<'a> {
                     None => Some(serde_json::Value::Null),
                 }
             }
-            _ => read_path(self.value(), path),
+            // an object indexed by a number (a path is never empty): jq's error
+            _ => None,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! already seen.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::sql::{Arg, Stmt};
@@ -48,25 +49,37 @@ impl Key {
     }
 }
 
-/// The most statement texts [`text`] keeps.
+/// The most statement texts each of [`text`] and [`search_insert`] keeps.
 const TEXTS_KEPT: usize = 4096;
+
+/// Statement texts by what they are built from.
+type Texts<K> = OnceLock<Mutex<HashMap<K, Arc<str>>>>;
+
+/// The text kept in `texts` for `key`, built by `build` the first time.
+fn kept<Q>(texts: &Texts<Q::Owned>, key: &Q, build: impl FnOnce() -> String) -> Arc<str>
+where
+    Q: ToOwned + Hash + Eq + ?Sized,
+    Q::Owned: Hash + Eq,
+{
+    let texts = texts.get_or_init(Mutex::default);
+    if let Some(t) = texts.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+        return t.clone();
+    }
+    let t: Arc<str> = build().into();
+    let mut texts = texts.lock().unwrap_or_else(|p| p.into_inner());
+    if texts.len() < TEXTS_KEPT {
+        texts.insert(key.to_owned(), t.clone());
+    }
+    t
+}
 
 /// The text of a statement of this `shape` (its kind, table and columns, in
 /// order), built by `build` the first time. A batch's statements take few
 /// shapes (which columns its events set), so formatting each text per
 /// statement was work repeated thousands of times a second.
 fn text(shape: &[&'static str], build: impl FnOnce() -> String) -> Arc<str> {
-    static TEXTS: OnceLock<Mutex<HashMap<Vec<&'static str>, Arc<str>>>> = OnceLock::new();
-    let texts = TEXTS.get_or_init(Mutex::default);
-    if let Some(t) = texts.lock().unwrap_or_else(|p| p.into_inner()).get(shape) {
-        return t.clone();
-    }
-    let t: Arc<str> = build().into();
-    let mut texts = texts.lock().unwrap_or_else(|p| p.into_inner());
-    if texts.len() < TEXTS_KEPT {
-        texts.insert(shape.to_vec(), t.clone());
-    }
-    t
+    static TEXTS: Texts<Vec<&'static str>> = OnceLock::new();
+    kept(&TEXTS, shape, build)
 }
 
 /// `$1, $2, …, $n`, from `$first`.
@@ -81,26 +94,20 @@ fn params(first: usize, last: usize) -> String {
 /// instance's number from the instance's row (written before, in the same
 /// transaction); built once for each number of rows.
 fn search_insert(rows: usize) -> Arc<str> {
-    static TEXTS: OnceLock<Mutex<HashMap<usize, Arc<str>>>> = OnceLock::new();
-    let texts = TEXTS.get_or_init(Mutex::default);
-    let mut texts = texts.lock().unwrap_or_else(|p| p.into_inner());
-    texts
-        .entry(rows)
-        .or_insert_with(|| {
-            let values: Vec<String> = (0..rows)
-                .map(|r| format!("({})", params(5 * r + 1, 5 * r + 5)))
-                .collect();
-            // `WHERE true`: SQLite's parser needs a WHERE before an upsert clause
-            format!(
-                "INSERT INTO instance_search (field, value, started_at, instance_seq, workflow) \
-                 SELECT v.column1, v.column2, v.column3, i.seq, v.column5 \
-                 FROM (VALUES {}) v JOIN saga_instances i ON i.id = v.column4 \
-                 WHERE true ON CONFLICT DO NOTHING",
-                values.join(", ")
-            )
-            .into()
-        })
-        .clone()
+    static TEXTS: Texts<usize> = OnceLock::new();
+    kept(&TEXTS, &rows, || {
+        let values: Vec<String> = (0..rows)
+            .map(|r| format!("({})", params(5 * r + 1, 5 * r + 5)))
+            .collect();
+        // `WHERE true`: SQLite's parser needs a WHERE before an upsert clause
+        format!(
+            "INSERT INTO instance_search (field, value, started_at, instance_seq, workflow) \
+             SELECT v.column1, v.column2, v.column3, i.seq, v.column5 \
+             FROM (VALUES {}) v JOIN saga_instances i ON i.id = v.column4 \
+             WHERE true ON CONFLICT DO NOTHING",
+            values.join(", ")
+        )
+    })
 }
 
 /// One table's pending change to one instance's row.

@@ -769,7 +769,7 @@ impl Decider<'_> {
                 self.m.secrets.redact_value(&mut out);
                 out
             }
-            None => Root::Outputs(&self.s.outputs).read_whole(),
+            None => Root::Outputs(&self.s.outputs).to_value(),
         }
     }
 }
