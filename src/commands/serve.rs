@@ -293,6 +293,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             archive_dir: args.archive_dir.clone(),
             ..RetentionConfig::default()
         },
+        http_proxy: proxy_named(),
         ..RuntimeConfig::default()
     };
     let rt = Runtime::new(
@@ -543,4 +544,19 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+}
+
+/// Whether the environment names an HTTP proxy for `http` steps to go through
+/// (the variables reqwest reads; it also honours `NO_PROXY`).
+fn proxy_named() -> bool {
+    [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }

@@ -10,6 +10,8 @@ use crate::compile::model::HttpCall;
 use crate::dsl::spec::{FailureKind, HttpMethod};
 use crate::dsl::template::Context;
 
+pub use super::step_client::StepClient;
+
 /// A request ready to send.
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
@@ -92,95 +94,45 @@ pub fn percent_encode(s: &str) -> String {
 /// The longest error text kept from a response body.
 const ERROR_EXCERPT: usize = 300;
 
-/// The client `http` steps call with. It follows no redirect: on a 301, 302
-/// or 303 an HTTP client turns a `POST` into a `GET` without its body, so an
-/// effect would not happen while its step took the `GET`'s answer for its
-/// result. A redirect is a business failure that names where it points.
-pub fn client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+/// The client `http` steps call with ([`StepClient`]); `through_proxy` when
+/// the machine names an HTTP proxy.
+pub fn client(through_proxy: bool) -> Result<StepClient, String> {
+    StepClient::new(through_proxy)
 }
 
-pub async fn execute(client: &reqwest::Client, req: HttpRequest) -> Outcome {
-    let method = match req.method {
-        HttpMethod::Get => reqwest::Method::GET,
-        HttpMethod::Post => reqwest::Method::POST,
-        HttpMethod::Put => reqwest::Method::PUT,
-        HttpMethod::Patch => reqwest::Method::PATCH,
-        HttpMethod::Delete => reqwest::Method::DELETE,
+/// Calls and judges the answer: 2xx succeeds (its body as JSON, or as text
+/// when it is not JSON), a redirect or a 4xx is a business failure, a 5xx,
+/// a status the step lists as retryable or a lost connection transient.
+pub async fn execute(client: &StepClient, req: HttpRequest) -> Outcome {
+    let answer = match client.call(&req).await {
+        Ok(a) => a,
+        Err(failed) => return failed,
     };
-    let mut builder = client
-        .request(method, &req.url)
-        .timeout(req.timeout)
-        .header("Idempotency-Key", &req.idempotency_key)
-        .header(ATTEMPT_HEADER, req.attempt);
-    for (k, v) in &req.headers {
-        builder = builder.header(k, v);
-    }
-    if let Some(body) = &req.body {
-        builder = builder.json(body);
-    }
-    let response = match builder.send().await {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => {
-            return Outcome::Failed(
-                FailureKind::Timeout,
-                format!(
-                    "no answer within {}",
-                    humantime::format_duration(req.timeout)
-                ),
-            )
-        }
-        Err(e) if e.is_builder() => {
-            return Outcome::Failed(FailureKind::Business, format!("bad request: {e}"))
-        }
-        Err(e) => {
-            return Outcome::Failed(
-                FailureKind::Transient,
-                format!("calling {}: {}", req.url, error_chain(&e)),
-            )
-        }
-    };
-    let status = response.status();
-    let location = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
-    let text = match response.text().await {
-        Ok(t) => t,
-        Err(e) if e.is_timeout() => {
-            return Outcome::Failed(
-                FailureKind::Timeout,
-                "the answer did not finish in time".into(),
-            )
-        }
-        Err(e) => {
-            return Outcome::Failed(FailureKind::Transient, format!("reading the answer: {e}"))
-        }
-    };
-    if status.is_success() {
-        let output = if text.trim().is_empty() {
+    let status = answer.status;
+    if (200..300).contains(&status) {
+        let body = &answer.body;
+        let output = if body.trim_ascii().is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
+            serde_json::from_slice(body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
         };
         return Outcome::Succeeded(output);
     }
+    let text = String::from_utf8_lossy(&answer.body);
     let excerpt: String = text.chars().take(ERROR_EXCERPT).collect();
-    let error = if status.is_redirection() {
-        let to = location.as_deref().unwrap_or("nowhere named");
+    let redirect = (300..400).contains(&status);
+    let error = if redirect {
+        let to = answer.location.as_deref().unwrap_or("nowhere named");
         format!(
-            "HTTP {} to {to}: redirects are not followed (point the step at the URL that answers)",
-            status.as_u16()
+            "HTTP {status} to {to}: redirects are not followed (point the step at the URL that answers)"
         )
     } else {
-        format!("HTTP {}: {}", status.as_u16(), excerpt.trim())
+        format!("HTTP {status}: {}", excerpt.trim())
     };
-    let kind = if req.retryable_status.contains(&status.as_u16()) || status.is_server_error() {
+    let kind = if req.retryable_status.contains(&status) || status >= 500 {
         FailureKind::Transient
-    } else if status.is_client_error() || status.is_redirection() {
+    } else if (400..500).contains(&status) || redirect {
         FailureKind::Business
     } else {
         FailureKind::Transient
@@ -188,7 +140,7 @@ pub async fn execute(client: &reqwest::Client, req: HttpRequest) -> Outcome {
     Outcome::Failed(kind, error)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -223,9 +175,7 @@ mod tests {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let (kept, answer) = (kept.clone(), answer.clone());
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let n = conn.read(&mut buf).await.unwrap_or(0);
-                    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                    let head = read_request(&mut conn).await;
                     let reply = answer(&head);
                     kept.lock().unwrap().push(head);
                     tokio::time::sleep(delay).await;
@@ -234,6 +184,29 @@ mod tests {
             }
         });
         (url, seen)
+    }
+
+    /// A request's head and body (as far as its `content-length`), lowercased.
+    async fn read_request(conn: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&buf).to_lowercase(),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
     }
 
     /// [`serving`] every request `status` and `body`.
@@ -262,13 +235,19 @@ mod tests {
         }
     }
 
+    /// Both clients: hyper's own, and reqwest (for a proxy).
+    fn clients() -> [StepClient; 2] {
+        [client(false).unwrap(), client(true).unwrap()]
+    }
+
+    /// The outcome of a call answered `status` and `body`, the same through both clients.
     async fn outcome(status: u16, body: &'static str, retryable: Vec<u16>) -> Outcome {
         let (url, _) = answering(status, body, Duration::ZERO).await;
-        execute(
-            &reqwest::Client::new(),
-            request(url, Duration::from_secs(5), retryable),
-        )
-        .await
+        let [direct, proxied] = clients();
+        let req = request(url, Duration::from_secs(5), retryable);
+        let o = execute(&direct, req.clone()).await;
+        assert_eq!(o, execute(&proxied, req).await, "the two clients differ");
+        o
     }
 
     fn kind(o: &Outcome) -> Option<FailureKind> {
@@ -334,19 +313,17 @@ mod tests {
             Duration::ZERO,
         )
         .await;
-        let o = execute(
-            &client().unwrap(),
-            request(url, Duration::from_secs(5), vec![]),
-        )
-        .await;
-        match &o {
-            Outcome::Failed(FailureKind::Business, e) => {
-                assert!(e.starts_with("HTTP 302 to /elsewhere"), "{e}")
+        for (n, client) in clients().iter().enumerate() {
+            let o = execute(client, request(url.clone(), Duration::from_secs(5), vec![])).await;
+            match &o {
+                Outcome::Failed(FailureKind::Business, e) => {
+                    assert!(e.starts_with("HTTP 302 to /elsewhere"), "{e}")
+                }
+                o => panic!("{o:?}"),
             }
-            o => panic!("{o:?}"),
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), n + 1, "only the step's own calls: {seen:?}");
         }
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 1, "only the step's own call: {seen:?}");
     }
 
     #[tokio::test]
@@ -355,32 +332,106 @@ mod tests {
         let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/effect", free.local_addr().unwrap());
         drop(free);
-        let o = execute(
-            &reqwest::Client::new(),
-            request(url, Duration::from_secs(5), vec![]),
-        )
-        .await;
-        assert_eq!(kind(&o), Some(FailureKind::Transient), "{o:?}");
-
-        let (url, _) = answering(200, "{}", Duration::from_secs(5)).await;
-        let o = execute(
-            &reqwest::Client::new(),
-            request(url, Duration::from_millis(200), vec![]),
-        )
-        .await;
-        assert_eq!(kind(&o), Some(FailureKind::Timeout), "{o:?}");
+        let (slow, _) = answering(200, "{}", Duration::from_secs(5)).await;
+        for client in clients() {
+            let o = execute(
+                &client,
+                request(url.clone(), Duration::from_secs(5), vec![]),
+            )
+            .await;
+            assert_eq!(kind(&o), Some(FailureKind::Transient), "{o:?}");
+            let o = execute(
+                &client,
+                request(slow.clone(), Duration::from_millis(200), vec![]),
+            )
+            .await;
+            assert_eq!(
+                o,
+                Outcome::Failed(FailureKind::Timeout, "no answer within 200ms".into())
+            );
+        }
     }
 
     #[tokio::test]
     async fn every_call_carries_the_effect_key_and_the_attempt() {
         let (url, seen) = answering(200, "{}", Duration::ZERO).await;
-        execute(
-            &reqwest::Client::new(),
-            request(url, Duration::from_secs(5), vec![]),
-        )
-        .await;
-        let head = seen.lock().unwrap()[0].clone();
-        assert!(head.contains("idempotency-key: i-1:pay\r\n"), "{head}");
-        assert!(head.contains("sagaflow-attempt: 3\r\n"), "{head}");
+        for (n, client) in clients().iter().enumerate() {
+            let o = execute(client, request(url.clone(), Duration::from_secs(5), vec![])).await;
+            assert_eq!(o, Outcome::Succeeded(json!({})));
+            let head = seen.lock().unwrap()[n].clone();
+            for line in [
+                "post /effect http/1.1\r\n",
+                "idempotency-key: i-1:pay\r\n",
+                "sagaflow-attempt: 3\r\n",
+                "content-type: application/json\r\n",
+                "accept: */*\r\n",
+                "\r\n\r\n{\"a\":1}",
+            ] {
+                assert!(head.contains(line), "{line:?} in {head}");
+            }
+        }
+    }
+
+    /// A URL a template made is sent as the URL standard reads it (a space
+    /// percent-encoded); one no client can send, or a header no request can
+    /// carry, is a business failure (a retry would fail the same way).
+    #[tokio::test]
+    async fn urls_are_read_as_the_standard_says_and_bad_requests_are_business_failures() {
+        let (url, seen) = answering(200, "{}", Duration::ZERO).await;
+        for (n, client) in clients().iter().enumerate() {
+            let spaced = format!("{url}?q=a b&city=Zürich");
+            let o = execute(client, request(spaced, Duration::from_secs(5), vec![])).await;
+            assert_eq!(o, Outcome::Succeeded(json!({})));
+            let head = seen.lock().unwrap()[n].clone();
+            assert!(
+                head.starts_with("post /effect?q=a%20b&city=z%c3%bcrich http/1.1\r\n"),
+                "{head}"
+            );
+            for bad in ["not a url", "ftp://127.0.0.1/x", "/effect"] {
+                let o = execute(client, request(bad.into(), Duration::from_secs(5), vec![])).await;
+                match &o {
+                    Outcome::Failed(FailureKind::Business, e) => {
+                        assert!(e.starts_with("bad request: "), "{bad}: {e}")
+                    }
+                    o => panic!("{bad}: {o:?}"),
+                }
+            }
+            let mut req = request(url.clone(), Duration::from_secs(5), vec![]);
+            req.headers.push(("x-bad".into(), "line\nbreak".into()));
+            let o = execute(client, req).await;
+            assert_eq!(kind(&o), Some(FailureKind::Business), "{o:?}");
+        }
+        assert_eq!(seen.lock().unwrap().len(), 2, "no bad request was sent");
+    }
+
+    /// Headers in time and a body that stops: a timeout, named as such.
+    #[tokio::test]
+    async fn an_answer_that_stops_halfway_is_a_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/effect", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                read_request(&mut conn).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"a\":")
+                    .await;
+                open.push(conn);
+            }
+        });
+        for client in clients() {
+            let o = execute(
+                &client,
+                request(url.clone(), Duration::from_millis(300), vec![]),
+            )
+            .await;
+            assert_eq!(
+                o,
+                Outcome::Failed(
+                    FailureKind::Timeout,
+                    "the answer did not finish in time".into()
+                )
+            );
+        }
     }
 }

@@ -13,6 +13,8 @@
 //!   steer) and over the read models.
 //! - [`retention`]: removes instances that ended long enough ago, archiving
 //!   them first if asked.
+//! - [`http`]: `http` steps' requests rendered, sent and judged, through
+//!   `step_client` (hyper directly, or reqwest for a proxy: ADR 25).
 //!
 //! The relay of a worker's request to the replica that holds its instance
 //! belongs to the API; the engine only says which replica that is.
@@ -26,6 +28,7 @@ mod queries;
 mod registry;
 mod retention;
 pub mod scheduler;
+mod step_client;
 pub mod tasks;
 
 pub use cluster::ClusterConfig;
@@ -86,6 +89,10 @@ pub struct RuntimeConfig {
     pub secrets: Arc<Secrets>,
     /// How long ended instances are kept.
     pub retention: RetentionConfig,
+    /// The machine names an HTTP proxy (`HTTP_PROXY`, `HTTPS_PROXY` or
+    /// `ALL_PROXY`): `http` steps then go through a client that honours it
+    /// and `NO_PROXY` (ADR 25).
+    pub http_proxy: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -96,6 +103,7 @@ impl Default for RuntimeConfig {
             cluster: None,
             secrets: Arc::default(),
             retention: RetentionConfig::default(),
+            http_proxy: false,
         }
     }
 }
@@ -112,7 +120,7 @@ struct Inner {
     live: Mutex<HashMap<Uuid, Arc<executor::Live>>>,
     /// Built on the first `http` step: loading the system's root
     /// certificates costs milliseconds a runtime without HTTP steps need not pay.
-    http: std::sync::OnceLock<reqwest::Client>,
+    http: std::sync::OnceLock<http::StepClient>,
     tasks: TaskQueues,
     timers: Timers,
     config: RuntimeConfig,

@@ -232,11 +232,11 @@ impl Runtime {
     }
 
     /// The HTTP client of `http` steps, built on first use.
-    fn http_client(&self) -> Result<reqwest::Client, http::Outcome> {
+    fn http_client(&self) -> Result<http::StepClient, http::Outcome> {
         if let Some(c) = self.0.http.get() {
             return Ok(c.clone());
         }
-        let built = super::http::client().map_err(|e| {
+        let built = super::http::client(self.0.config.http_proxy).map_err(|e| {
             http::Outcome::Failed(FailureKind::Transient, format!("HTTP client: {e}"))
         })?;
         Ok(self.0.http.get_or_init(|| built).clone())

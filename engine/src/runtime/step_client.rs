@@ -1,0 +1,243 @@
+//! The client `http` steps call with.
+//!
+//! hyper's pooled HTTP/1.1 client over TCP or rustls, driven directly: the
+//! URL is parsed once per call. reqwest, which it replaces on this path,
+//! parsed it three times (its own parse, its redirect layer's, the
+//! response's) and ran each call through layers a step does not use:
+//! redirects, retries, proxy matching; about a third of a step call's
+//! instructions (docs/performance.md). When the machine names an HTTP proxy
+//! the binary says so, and calls go through reqwest, which honours
+//! `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` (ADR 25).
+//!
+//! Neither follows a redirect: on a 301, 302 or 303 an HTTP client turns a
+//! `POST` into a `GET` without its body, so an effect would not happen while
+//! its step took the `GET`'s answer for its result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::http::{HttpRequest, Outcome, ATTEMPT_HEADER};
+use crate::dsl::spec::{FailureKind, HttpMethod};
+
+/// Idle connections kept per host: a step's service sees many calls at once.
+const IDLE_PER_HOST: usize = 256;
+
+type Direct = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The client of `http` steps; cheap to clone (one shared pool).
+#[derive(Clone)]
+pub struct StepClient(Arc<Inner>);
+
+// one of them per runtime, behind the `Arc`: the size of a variant costs nothing
+#[allow(clippy::large_enum_variant)]
+enum Inner {
+    /// hyper directly: no proxy is named.
+    Direct(Direct),
+    /// reqwest, for the proxy the environment names.
+    Proxied(reqwest::Client),
+}
+
+/// An answer, before it is judged.
+pub(super) struct Answer {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: Bytes,
+}
+
+impl StepClient {
+    /// A client; `through_proxy` when the machine names an HTTP proxy.
+    /// Loads the system's root certificates (those that do not parse are
+    /// skipped; with none, `https` calls fail and `http` ones work).
+    pub fn new(through_proxy: bool) -> Result<Self, String> {
+        if through_proxy {
+            return reqwest::Client::builder()
+                .pool_max_idle_per_host(IDLE_PER_HOST)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map(|c| Self(Arc::new(Inner::Proxied(c))))
+                .map_err(|e| e.to_string());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(found.certs);
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(IDLE_PER_HOST)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self(Arc::new(Inner::Direct(client))))
+    }
+
+    /// Sends the request and reads the whole answer within its timeout.
+    /// A failure to send is the attempt's outcome: a bad URL or header a
+    /// business failure, no answer in time a timeout, anything else transient.
+    pub(super) async fn call(&self, req: &HttpRequest) -> Result<Answer, Outcome> {
+        match &*self.0 {
+            Inner::Direct(client) => direct(client, req).await,
+            Inner::Proxied(client) => proxied(client, req).await,
+        }
+    }
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Outcome {
+    Outcome::Failed(FailureKind::Business, format!("bad request: {e}"))
+}
+
+fn no_answer(timeout: Duration) -> Outcome {
+    Outcome::Failed(
+        FailureKind::Timeout,
+        format!("no answer within {}", humantime::format_duration(timeout)),
+    )
+}
+
+fn unfinished() -> Outcome {
+    Outcome::Failed(
+        FailureKind::Timeout,
+        "the answer did not finish in time".into(),
+    )
+}
+
+fn location(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get(LOCATION)
+        .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+}
+
+fn method(m: HttpMethod) -> http::Method {
+    match m {
+        HttpMethod::Get => http::Method::GET,
+        HttpMethod::Post => http::Method::POST,
+        HttpMethod::Put => http::Method::PUT,
+        HttpMethod::Patch => http::Method::PATCH,
+        HttpMethod::Delete => http::Method::DELETE,
+    }
+}
+
+/// The URL as hyper takes it: parsed as it is when it can be, else through
+/// the URL standard's parser, which percent-encodes what a rendered value may
+/// bring (a space, a letter outside ASCII) and encodes a host name.
+fn uri(url: &str) -> Result<http::Uri, String> {
+    let uri = match http::Uri::try_from(url) {
+        Ok(u) => u,
+        Err(_) => {
+            let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+            http::Uri::try_from(parsed.as_str()).map_err(|e| format!("{url}: {e}"))?
+        }
+    };
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.authority().is_some() => Ok(uri),
+        _ => Err(format!("{url}: not an http or https URL")),
+    }
+}
+
+async fn direct(client: &Direct, req: &HttpRequest) -> Result<Answer, Outcome> {
+    let uri = uri(&req.url).map_err(bad_request)?;
+    let mut builder = http::Request::builder()
+        .method(method(req.method))
+        .uri(uri)
+        .header("Idempotency-Key", &req.idempotency_key)
+        .header(ATTEMPT_HEADER, req.attempt);
+    for (k, v) in &req.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let mut request = builder.body(Full::default()).map_err(bad_request)?;
+    let headers = request.headers_mut();
+    if !headers.contains_key(ACCEPT) {
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+    }
+    if let Some(value) = &req.body {
+        if !headers.contains_key(CONTENT_TYPE) {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let json = serde_json::to_vec(value).map_err(bad_request)?;
+        *request.body_mut() = Full::new(Bytes::from(json));
+    }
+    let deadline = tokio::time::Instant::now() + req.timeout;
+    let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
+        Err(_) => return Err(no_answer(req.timeout)),
+        Ok(Err(e)) => {
+            return Err(Outcome::Failed(
+                FailureKind::Transient,
+                format!("calling {}: {}", req.url, super::http::error_chain(&e)),
+            ))
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status().as_u16();
+    let location = location(response.headers());
+    let body = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+        Err(_) => return Err(unfinished()),
+        Ok(Err(e)) => {
+            return Err(Outcome::Failed(
+                FailureKind::Transient,
+                format!("reading the answer: {e}"),
+            ))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    Ok(Answer {
+        status,
+        location,
+        body,
+    })
+}
+
+async fn proxied(client: &reqwest::Client, req: &HttpRequest) -> Result<Answer, Outcome> {
+    let mut builder = client
+        .request(method(req.method), &req.url)
+        .timeout(req.timeout)
+        .header("Idempotency-Key", &req.idempotency_key)
+        .header(ATTEMPT_HEADER, req.attempt);
+    for (k, v) in &req.headers {
+        builder = builder.header(k, v);
+    }
+    if let Some(body) = &req.body {
+        builder = builder.json(body);
+    }
+    let response = match builder.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Err(no_answer(req.timeout)),
+        Err(e) if e.is_builder() => return Err(bad_request(e)),
+        Err(e) => {
+            return Err(Outcome::Failed(
+                FailureKind::Transient,
+                format!("calling {}: {}", req.url, super::http::error_chain(&e)),
+            ))
+        }
+    };
+    let status = response.status().as_u16();
+    let location = location(response.headers());
+    match response.bytes().await {
+        Ok(body) => Ok(Answer {
+            status,
+            location,
+            body,
+        }),
+        Err(e) if e.is_timeout() => Err(unfinished()),
+        Err(e) => Err(Outcome::Failed(
+            FailureKind::Transient,
+            format!("reading the answer: {e}"),
+        )),
+    }
+}
