@@ -224,7 +224,11 @@ impl Tokens {
     }
 
     fn apply_stored(&self, e: &RecordedEvent) -> bool {
-        match TokenEvent::from_stored(&e.event_type, e.schema_version, e.data.clone()) {
+        match TokenEvent::from_stored(
+            &e.event_type,
+            e.schema_version,
+            serde_json::Value::clone(&e.data),
+        ) {
             Ok(event) => self.apply(&event),
             Err(err) => {
                 tracing::error!(error = %err, revision = e.revision, "skipping an unreadable token event");

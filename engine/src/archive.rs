@@ -49,7 +49,7 @@ impl From<RecordedEvent> for ArchivedEvent {
             position: e.position,
             event_type: e.event_type,
             schema_version: e.schema_version,
-            data: e.data,
+            data: std::sync::Arc::unwrap_or_clone(e.data),
             recorded_at: e.recorded_at,
         }
     }

@@ -38,7 +38,7 @@ pub(super) fn published(rec: &RecordedEvent) -> Option<(String, u32, Vec<String>
         #[serde(default)]
         search: Vec<String>,
     }
-    let p: Published = serde_json::from_value(rec.data.clone()).ok()?;
+    let p: Published = serde::Deserialize::deserialize(&*rec.data).ok()?;
     Some((p.name, p.version, p.search))
 }
 

@@ -208,7 +208,7 @@ impl Registry {
         if e.event_type != "WorkflowPublished" {
             return false;
         }
-        let Ok(published) = serde_json::from_value::<WorkflowPublished>(e.data.clone()) else {
+        let Ok(published) = WorkflowPublished::deserialize(&*e.data) else {
             tracing::error!(stream = %e.stream, "skipping an unreadable WorkflowPublished event");
             return false;
         };

@@ -66,7 +66,7 @@ fn convert(e: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreError> {
             position: e.position.commit,
             event_type: e.event_type.clone(),
             schema_version: 0,
-            data: serde_json::Value::Null,
+            data: Default::default(),
             recorded_at: Timestamp(e.created.timestamp_millis().max(0) as u64),
         });
     }
@@ -78,8 +78,10 @@ fn convert(e: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreError> {
         position: e.position.commit,
         event_type: e.event_type.clone(),
         schema_version: meta.schema_version,
-        data: serde_json::from_slice(&e.data)
-            .map_err(|err| StoreError::Corrupt(format!("event {} data: {err}", e.id)))?,
+        data: std::sync::Arc::new(
+            serde_json::from_slice(&e.data)
+                .map_err(|err| StoreError::Corrupt(format!("event {} data: {err}", e.id)))?,
+        ),
         recorded_at: Timestamp(meta.recorded_at),
     })
 }

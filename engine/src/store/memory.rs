@@ -84,7 +84,7 @@ impl EventStore for MemoryStore {
                 position,
                 event_type: e.event_type,
                 schema_version: e.schema_version,
-                data: e.data,
+                data: std::sync::Arc::new(e.data),
                 recorded_at: now,
             }));
             inner

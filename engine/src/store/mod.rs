@@ -94,7 +94,9 @@ pub struct RecordedEvent {
     pub position: u64,
     pub event_type: String,
     pub schema_version: u16,
-    pub data: Value,
+    /// Shared: the SQLite store's tail hands the same event to every
+    /// follower, and a copy of a JSON tree costs as much as its decoding.
+    pub data: std::sync::Arc<Value>,
     pub recorded_at: Timestamp,
 }
 

@@ -226,7 +226,7 @@ impl Cluster {
         match store.read_stream(STREAM, from).await {
             Ok(events) => {
                 if let Some(e) = events.last() {
-                    match serde_json::from_value::<Table>(e.data.clone()) {
+                    match Table::deserialize(&*e.data) {
                         Ok(table) => *last = Some((e.revision, table)),
                         Err(err) => tracing::warn!(error = %err, "unreadable lease table"),
                     }
@@ -257,7 +257,7 @@ impl Cluster {
             let from = last.as_ref().map_or(0, |(rev, _)| *rev);
             let events = store.read_stream(STREAM, from).await?;
             if let Some(e) = events.last() {
-                let table: Table = serde_json::from_value(e.data.clone())
+                let table = Table::deserialize(&*e.data)
                     .map_err(|err| StoreError::Corrupt(format!("{STREAM}: {err}")))?;
                 *last = Some((e.revision, table));
             }

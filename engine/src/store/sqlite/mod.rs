@@ -393,7 +393,7 @@ fn committed(
                     position: position + i,
                     event_type: e.event_type,
                     schema_version: e.schema_version,
-                    data: e.data,
+                    data: Arc::new(e.data),
                     recorded_at: now,
                 }),
         );
@@ -822,8 +822,12 @@ mod tests {
             (frames as usize) * 2 < as_text,
             "frames take {frames} bytes, the text {as_text}"
         );
-        let data =
-            |events: Vec<RecordedEvent>| events.into_iter().map(|e| e.data).collect::<Vec<_>>();
+        let data = |events: Vec<RecordedEvent>| {
+            events
+                .into_iter()
+                .map(|e| Arc::unwrap_or_clone(e.data))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(data(store.read_all(None, 1000).await.unwrap()), written);
         assert_eq!(
             data(early_reader.read_all(None, 1000).await.unwrap()),

@@ -259,7 +259,7 @@ fn read(
             position: row.get::<_, i64>(2).map_err(corrupt)? as u64,
             event_type: row.get(3).map_err(corrupt)?,
             schema_version: row.get(4).map_err(corrupt)?,
-            data: dicts.decode(data)?,
+            data: std::sync::Arc::new(dicts.decode(data)?),
             recorded_at: Timestamp(row.get::<_, i64>(6).map_err(corrupt)? as u64),
         });
     }

@@ -108,7 +108,7 @@ mod tests {
             position,
             event_type: event_type.into(),
             schema_version: 1,
-            data: serde_json::json!({ "p": position }),
+            data: Arc::new(serde_json::json!({ "p": position })),
             recorded_at: Timestamp(0),
         }
     }
