@@ -1,0 +1,113 @@
+//! With `HTTP_PROXY` set where `sagaflow serve` runs, `http` steps go through
+//! that proxy (ADR 25). The step's service has a name no resolver knows
+//! (`.invalid`), so the saga completes only if its call reached the proxy.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{client, post_json, publish_yaml, serve_in, temp_dir};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WORKFLOW: &str = r#"
+name: through-a-proxy
+steps:
+  - name: effect
+    http: { url: "http://service.invalid/effects?n=${ .input.n }", body: { n: "${ .input.n }" } }
+    timeout: 5s
+    compensate: none
+"#;
+
+/// A proxy on 127.0.0.1 that answers every request itself, as the service
+/// would, keeping each request's first line.
+async fn proxy() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // the head, then as much body as it announces
+                while let Ok(n) = conn.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_lowercase();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length {
+                        let first = text.lines().next().unwrap_or_default().to_string();
+                        kept.lock().unwrap().push(first);
+                        break;
+                    }
+                }
+                let body = r#"{"through":"the proxy"}"#;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_go_through_the_proxy_the_environment_names() {
+    let (proxy_url, seen) = proxy().await;
+    let dir = temp_dir("step-proxy");
+    let server = serve_in(
+        &dir,
+        "server.log",
+        &["--no-demo"],
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("http_proxy", &proxy_url),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ],
+    );
+    let c = client();
+    let r = publish_yaml(&c, &server.url, WORKFLOW).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let (status, instance) = post_json(
+        &c,
+        format!(
+            "{}/workflows/through-a-proxy/instances?wait=30s",
+            server.url
+        ),
+        json!({"n": 7}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{instance}");
+    assert_eq!(instance["status"], "completed", "{instance}");
+    assert_eq!(
+        instance["outputs"]["effect"],
+        json!({"through": "the proxy"}),
+        "{instance}"
+    );
+    // a proxy is sent the whole URL
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["post http://service.invalid/effects?n=7 http/1.1"]
+    );
+}
