@@ -382,7 +382,7 @@ mod tests {
             let spaced = format!("{url}?q=a b&city=Zürich");
             let o = execute(client, request(spaced, Duration::from_secs(5), vec![])).await;
             assert_eq!(o, Outcome::Succeeded(json!({})));
-            let head = seen.lock().unwrap()[n].clone();
+            let head = seen.lock().unwrap()[2 * n].clone();
             assert!(
                 head.starts_with("post /effect?q=a%20b&city=z%c3%bcrich http/1.1\r\n"),
                 "{head}"
@@ -396,12 +396,25 @@ mod tests {
                     o => panic!("{bad}: {o:?}"),
                 }
             }
+            let with_credentials = url.replace("http://", "http://ann:s3cret@");
+            let o = execute(
+                client,
+                request(with_credentials, Duration::from_secs(5), vec![]),
+            )
+            .await;
+            assert_eq!(o, Outcome::Succeeded(json!({})));
+            let head = seen.lock().unwrap()[2 * n + 1].clone();
+            assert!(head.starts_with("post /effect http/1.1\r\n"), "{head}");
+            assert!(
+                head.contains("authorization: basic yw5uonmzy3jlda==\r\n"),
+                "credentials in the URL are sent as Basic authentication: {head}"
+            );
             let mut req = request(url.clone(), Duration::from_secs(5), vec![]);
             req.headers.push(("x-bad".into(), "line\nbreak".into()));
             let o = execute(client, req).await;
             assert_eq!(kind(&o), Some(FailureKind::Business), "{o:?}");
         }
-        assert_eq!(seen.lock().unwrap().len(), 2, "no bad request was sent");
+        assert_eq!(seen.lock().unwrap().len(), 4, "no bad request was sent");
     }
 
     /// Headers in time and a body that stops: a timeout, named as such.

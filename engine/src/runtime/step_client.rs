@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION};
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -134,25 +134,38 @@ fn method(m: HttpMethod) -> http::Method {
     }
 }
 
-/// The URL as hyper takes it: parsed as it is when it can be, else through
-/// the URL standard's parser, which percent-encodes what a rendered value may
-/// bring (a space, a letter outside ASCII) and encodes a host name.
-fn uri(url: &str) -> Result<http::Uri, String> {
+/// The URL as hyper takes it, and the credentials it carries (`user:password`,
+/// sent as HTTP Basic authentication, as reqwest sends them). Parsed as it
+/// is when it can be, else through the URL standard's parser, which
+/// percent-encodes what a rendered value may bring (a space, a letter
+/// outside ASCII) and encodes a host name.
+fn uri(url: &str) -> Result<(http::Uri, Option<String>), String> {
+    let bad = |e: &dyn std::fmt::Display| format!("{url}: {e}");
+    let mut credentials = None;
     let uri = match http::Uri::try_from(url) {
-        Ok(u) => u,
-        Err(_) => {
-            let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
-            http::Uri::try_from(parsed.as_str()).map_err(|e| format!("{url}: {e}"))?
+        Ok(u) if !u.authority().is_some_and(|a| a.as_str().contains('@')) => u,
+        _ => {
+            let mut parsed = url::Url::parse(url).map_err(|e| bad(&e))?;
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                credentials = Some(format!(
+                    "{}:{}",
+                    parsed.username(),
+                    parsed.password().unwrap_or_default()
+                ));
+                let _ = parsed.set_username("");
+                let _ = parsed.set_password(None);
+            }
+            http::Uri::try_from(parsed.as_str()).map_err(|e| bad(&e))?
         }
     };
     match uri.scheme_str() {
-        Some("http" | "https") if uri.authority().is_some() => Ok(uri),
+        Some("http" | "https") if uri.authority().is_some() => Ok((uri, credentials)),
         _ => Err(format!("{url}: not an http or https URL")),
     }
 }
 
 async fn direct(client: &Direct, req: &HttpRequest) -> Result<Answer, Outcome> {
-    let uri = uri(&req.url).map_err(bad_request)?;
+    let (uri, credentials) = uri(&req.url).map_err(bad_request)?;
     let mut builder = http::Request::builder()
         .method(method(req.method))
         .uri(uri)
@@ -165,6 +178,16 @@ async fn direct(client: &Direct, req: &HttpRequest) -> Result<Answer, Outcome> {
     let headers = request.headers_mut();
     if !headers.contains_key(ACCEPT) {
         headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+    }
+    if let Some(credentials) = credentials {
+        if !headers.contains_key(AUTHORIZATION) {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+            let mut value =
+                HeaderValue::try_from(format!("Basic {encoded}")).map_err(bad_request)?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
     }
     if let Some(value) = &req.body {
         if !headers.contains_key(CONTENT_TYPE) {
