@@ -94,12 +94,6 @@ pub fn percent_encode(s: &str) -> String {
 /// The longest error text kept from a response body.
 const ERROR_EXCERPT: usize = 300;
 
-/// The client `http` steps call with ([`StepClient`]); `through_proxy` when
-/// the machine names an HTTP proxy.
-pub fn client(through_proxy: bool) -> Result<StepClient, String> {
-    StepClient::new(through_proxy)
-}
-
 /// Calls and judges the answer: 2xx succeeds (its body as JSON, or as text
 /// when it is not JSON), a redirect or a 4xx is a business failure, a 5xx,
 /// a status the step lists as retryable or a lost connection transient.
@@ -237,7 +231,10 @@ mod tests {
 
     /// Both clients: hyper's own, and reqwest (for a proxy).
     fn clients() -> [StepClient; 2] {
-        [client(false).unwrap(), client(true).unwrap()]
+        [
+            StepClient::new(false).unwrap(),
+            StepClient::new(true).unwrap(),
+        ]
     }
 
     /// The outcome of a call answered `status` and `body`, the same through both clients.

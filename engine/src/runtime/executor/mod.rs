@@ -236,7 +236,7 @@ impl Runtime {
         if let Some(c) = self.0.http.get() {
             return Ok(c.clone());
         }
-        let built = super::http::client(self.0.config.http_proxy).map_err(|e| {
+        let built = http::StepClient::new(self.0.config.http_proxy).map_err(|e| {
             http::Outcome::Failed(FailureKind::Transient, format!("HTTP client: {e}"))
         })?;
         Ok(self.0.http.get_or_init(|| built).clone())
