@@ -91,6 +91,10 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The longest answer a step takes, in bytes: its output becomes an event,
+/// and a worker's output through the API has the same default limit.
+pub const ANSWER_LIMIT: usize = 1024 * 1024;
+
 /// The longest error text kept from a response body.
 const ERROR_EXCERPT: usize = 300;
 
@@ -440,6 +444,64 @@ mod tests {
                 Outcome::Failed(
                     FailureKind::Timeout,
                     "the answer did not finish in time".into()
+                )
+            );
+        }
+    }
+
+    /// An answer longer than [`ANSWER_LIMIT`] is not read to its end, said
+    /// length or not: a transient failure (the effect may have happened, so
+    /// the step retries under its key and is compensated when retries run out).
+    #[tokio::test]
+    async fn an_answer_too_long_is_cut_off_and_transient() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let head = read_request(&mut conn).await;
+                let fits = format!("\"{}\"", "a".repeat(ANSWER_LIMIT - 2));
+                let reply = if head.starts_with("post /fits ") {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{fits}",
+                        fits.len()
+                    )
+                } else if head.starts_with("post /said ") {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 5000000000\r\n\r\n{".into()
+                } else {
+                    // chunked, never ending: 64 KiB at a time
+                    let chunk = format!("10000\r\n{}\r\n", "b".repeat(0x10000));
+                    let mut r = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_string();
+                    r.push_str(&chunk.repeat(ANSWER_LIMIT / 0x10000 + 1));
+                    r
+                };
+                let _ = conn.write_all(reply.as_bytes()).await;
+                open.push(conn);
+            }
+        });
+        for client in clients() {
+            let call = |path: &str| {
+                execute(
+                    &client,
+                    request(format!("{base}{path}"), Duration::from_secs(20), vec![]),
+                )
+            };
+            match call("/fits").await {
+                Outcome::Succeeded(Value::String(s)) => assert_eq!(s.len(), ANSWER_LIMIT - 2),
+                o => panic!("{:?}", kind(&o)),
+            }
+            assert_eq!(
+                call("/said").await,
+                Outcome::Failed(
+                    FailureKind::Transient,
+                    "the answer is too long: 5000000000 bytes, and a step's answer may be at most 1048576 bytes".into()
+                )
+            );
+            assert_eq!(
+                call("/streams").await,
+                Outcome::Failed(
+                    FailureKind::Transient,
+                    "the answer is too long: more, and a step's answer may be at most 1048576 bytes".into()
                 )
             );
         }

@@ -23,7 +23,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::http::{HttpRequest, Outcome, ATTEMPT_HEADER};
+use super::http::{HttpRequest, Outcome, ANSWER_LIMIT, ATTEMPT_HEADER};
 use crate::dsl::spec::{FailureKind, HttpMethod};
 
 /// Idle connections kept per host: a step's service sees many calls at once.
@@ -118,6 +118,31 @@ fn unfinished() -> Outcome {
     )
 }
 
+/// An answer longer than a step's output may be. The effect may well have
+/// happened (the answer began), so the step is not refused: it retries under
+/// its key, and when its retries run out it is compensated with the steps
+/// before it (ADR 3), as after a lost answer.
+fn too_long(announced: Option<u64>) -> Outcome {
+    let size = match announced {
+        Some(n) => format!("{n} bytes"),
+        None => "more".into(),
+    };
+    Outcome::Failed(
+        FailureKind::Transient,
+        format!(
+            "the answer is too long: {size}, and a step's answer may be at most {ANSWER_LIMIT} bytes"
+        ),
+    )
+}
+
+/// The length an answer announces, when it is longer than a step may take.
+fn announced_too_long(length: Option<u64>) -> Result<(), Outcome> {
+    match length {
+        Some(n) if n > ANSWER_LIMIT as u64 => Err(too_long(Some(n))),
+        _ => Ok(()),
+    }
+}
+
 fn location(headers: &http::HeaderMap) -> Option<String> {
     headers
         .get(LOCATION)
@@ -209,8 +234,15 @@ async fn direct(client: &Direct, req: &HttpRequest) -> Result<Answer, Outcome> {
     };
     let status = response.status().as_u16();
     let location = location(response.headers());
-    let body = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+    let length = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    announced_too_long(length)?;
+    let limited = http_body_util::Limited::new(response.into_body(), ANSWER_LIMIT);
+    let body = match tokio::time::timeout_at(deadline, limited.collect()).await {
         Err(_) => return Err(unfinished()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_long(None)),
         Ok(Err(e)) => {
             return Err(Outcome::Failed(
                 FailureKind::Transient,
@@ -238,7 +270,7 @@ async fn proxied(client: &reqwest::Client, req: &HttpRequest) -> Result<Answer, 
     if let Some(body) = &req.body {
         builder = builder.json(body);
     }
-    let response = match builder.send().await {
+    let mut response = match builder.send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => return Err(no_answer(req.timeout)),
         Err(e) if e.is_builder() => return Err(bad_request(e)),
@@ -251,16 +283,27 @@ async fn proxied(client: &reqwest::Client, req: &HttpRequest) -> Result<Answer, 
     };
     let status = response.status().as_u16();
     let location = location(response.headers());
-    match response.bytes().await {
-        Ok(body) => Ok(Answer {
-            status,
-            location,
-            body,
-        }),
-        Err(e) if e.is_timeout() => Err(unfinished()),
-        Err(e) => Err(Outcome::Failed(
-            FailureKind::Transient,
-            format!("reading the answer: {e}"),
-        )),
+    announced_too_long(response.content_length())?;
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > ANSWER_LIMIT => {
+                return Err(too_long(None))
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => return Err(unfinished()),
+            Err(e) => {
+                return Err(Outcome::Failed(
+                    FailureKind::Transient,
+                    format!("reading the answer: {e}"),
+                ))
+            }
+        }
     }
+    Ok(Answer {
+        status,
+        location,
+        body: Bytes::from(body),
+    })
 }
