@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::{Auth, Need};
 use crate::problem::ApiError;
+use crate::serde_json_body::SerdeJson;
 use crate::types::{status, word, InstanceStatus, Time};
 use crate::Tag;
 
@@ -21,7 +22,9 @@ use crate::Tag;
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// A saga instance.
-#[derive(Object)]
+// Written by serde (`SerdeJson`): its `serde` attributes keep the JSON the
+// schema describes, and a test below compares it with `ToJSON`'s.
+#[derive(Object, serde::Serialize)]
 #[oai(skip_serializing_if_is_none)]
 pub struct Instance {
     pub id: Uuid,
@@ -29,15 +32,19 @@ pub struct Instance {
     pub version: u32,
     pub status: InstanceStatus,
     /// The step being performed, waited on or compensated.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub current_step: Option<String>,
     /// The attempt number of the current step.
     pub attempt: u32,
     pub input: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
     /// The last failure, or why the saga compensated, failed or was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub started_at: Time,
     pub updated_at: Time,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
     /// Events in the instance's history (its newest revision plus one).
     pub events: u64,
@@ -50,7 +57,7 @@ pub struct Instance {
 }
 
 /// A timer that will fire unless the saga moves on first.
-#[derive(Object)]
+#[derive(Object, serde::Serialize)]
 #[oai(skip_serializing_if_is_none)]
 pub struct PendingTimer {
     /// The timer's id, e.g. `deadline`, `timeout:1:f:2`, `wait-timeout:1`.
@@ -177,17 +184,17 @@ pub struct EventPage {
 pub enum StartResponse {
     /// Started.
     #[oai(status = 201)]
-    Created(Json<Instance>, #[oai(header = "Location")] String),
+    Created(SerdeJson<Instance>, #[oai(header = "Location")] String),
     /// An instance was already started with this Idempotency-Key and input.
     #[oai(status = 200)]
-    Existing(Json<Instance>, #[oai(header = "Location")] String),
+    Existing(SerdeJson<Instance>, #[oai(header = "Location")] String),
 }
 
 #[derive(ApiResponse)]
 pub enum AcceptedResponse {
     /// Recorded; the instance as it now stands.
     #[oai(status = 202)]
-    Accepted(Json<Instance>),
+    Accepted(SerdeJson<Instance>),
 }
 
 pub(crate) fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
@@ -271,9 +278,9 @@ impl InstancesApi {
         };
         let location = format!("/instances/{}", started.id);
         Ok(if started.created {
-            StartResponse::Created(Json(view.try_into()?), location)
+            StartResponse::Created(SerdeJson(view.try_into()?), location)
         } else {
-            StartResponse::Existing(Json(view.try_into()?), location)
+            StartResponse::Existing(SerdeJson(view.try_into()?), location)
         })
     }
 
@@ -382,7 +389,7 @@ impl InstancesApi {
         /// With `wait`: answer once the status is one of these (repeatable).
         #[oai(default)]
         until_status: Query<Vec<InstanceStatus>>,
-    ) -> Result<Json<Instance>, ApiError> {
+    ) -> Result<SerdeJson<Instance>, ApiError> {
         auth.require(Need::Read)?;
         let id = id.0;
         let wait = parse_wait(wait.0.as_deref())?;
@@ -408,7 +415,7 @@ impl InstancesApi {
                     .await?
             }
         };
-        Ok(Json(view.try_into()?))
+        Ok(SerdeJson(view.try_into()?))
     }
 
     /// An instance's event history, in order, a page at a time.
@@ -462,9 +469,11 @@ impl InstancesApi {
         auth: Auth,
         id: Path<Uuid>,
         revision: Query<u64>,
-    ) -> Result<Json<Instance>, ApiError> {
+    ) -> Result<SerdeJson<Instance>, ApiError> {
         auth.require(Need::Read)?;
-        Ok(Json(self.rt.state_at(id.0, revision.0).await?.try_into()?))
+        Ok(SerdeJson(
+            self.rt.state_at(id.0, revision.0).await?.try_into()?,
+        ))
     }
 
     /// Pause an instance: attempts in flight finish and are recorded, no new one starts until it is resumed.
@@ -481,7 +490,7 @@ impl InstancesApi {
     ) -> Result<AcceptedResponse, ApiError> {
         auth.require(Need::Operate)?;
         let view = self.rt.pause(id.0, body.0.and_then(|b| b.reason)).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
+        Ok(AcceptedResponse::Accepted(SerdeJson(view.try_into()?)))
     }
 
     /// Resume a paused instance; an attempt that came due meanwhile starts now.
@@ -493,7 +502,7 @@ impl InstancesApi {
     async fn resume(&self, auth: Auth, id: Path<Uuid>) -> Result<AcceptedResponse, ApiError> {
         auth.require(Need::Operate)?;
         let view = self.rt.resume_paused(id.0).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
+        Ok(AcceptedResponse::Accepted(SerdeJson(view.try_into()?)))
     }
 
     /// Retry a failed instance from the step (or compensation) that failed, with a new attempt.
@@ -507,7 +516,7 @@ impl InstancesApi {
     async fn retry(&self, auth: Auth, id: Path<Uuid>) -> Result<AcceptedResponse, ApiError> {
         auth.require(Need::Operate)?;
         let view = self.rt.retry(id.0).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
+        Ok(AcceptedResponse::Accepted(SerdeJson(view.try_into()?)))
     }
 
     /// Send a signal (e.g. an approval); the body is its payload.
@@ -529,7 +538,7 @@ impl InstancesApi {
         auth.require(Need::Operate)?;
         let id = id.0;
         let view = self.rt.signal(id, name.0, payload.0).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
+        Ok(AcceptedResponse::Accepted(SerdeJson(view.try_into()?)))
     }
 
     /// Move a pending timer: extend a deadline, give an approval more time, or fire a wait now.
@@ -575,7 +584,7 @@ impl InstancesApi {
             }
         };
         let view = self.rt.move_timer(id, timer.0, due).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
+        Ok(AcceptedResponse::Accepted(SerdeJson(view.try_into()?)))
     }
 
     /// Cancel an instance: the steps done so far are compensated.
@@ -595,7 +604,7 @@ impl InstancesApi {
         auth.require(Need::Operate)?;
         let id = id.0;
         let view = self.rt.cancel(id, body.0.and_then(|b| b.reason)).await?;
-        Ok(AcceptedResponse::Accepted(Json(view.try_into()?)))
+        Ok(AcceptedResponse::Accepted(SerdeJson(view.try_into()?)))
     }
     /// A server-sent event stream (`text/event-stream`) that tells when
     /// instances change: one `change` event, with the log's newest position,
@@ -625,5 +634,77 @@ impl InstancesApi {
         Ok(EventStream::new(stream.boxed())
             .keep_alive(Duration::from_secs(15))
             .to_event(|c| poem::web::sse::Event::message(c.to_json_string()).event_type("change")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::IntoResponse;
+    use poem_openapi::types::ToJSON;
+    use sagaflow_engine::saga::{TimerPurpose, Timestamp};
+    use serde_json::json;
+
+    use super::*;
+
+    fn view(full: bool) -> InstanceView {
+        InstanceView {
+            id: Uuid::from_u128(7),
+            workflow: "order".into(),
+            version: 3,
+            status: if full { "compensating" } else { "pending" },
+            current_step: full.then(|| "pay".into()),
+            attempt: 2,
+            input: json!({"order_id": "o-1", "amount": 12.5, "items": [1, "two", null], "ü": true}),
+            output: full.then(|| json!({"shipment": {"id": "s-1"}})),
+            error: full.then(|| "pay: HTTP 402: \"declined\"\n".into()),
+            started_at: Timestamp(1_795_000_000_123),
+            updated_at: Timestamp(1_795_000_001_000),
+            finished_at: full.then_some(Timestamp(1_795_000_002_999)),
+            events: 9,
+            paused: full,
+            outputs: if full {
+                [
+                    ("reserve".to_string(), json!({"reservation": "r-1"})),
+                    ("x".to_string(), json!(null)),
+                ]
+                .into()
+            } else {
+                Default::default()
+            },
+            timers: if full {
+                vec![
+                    (
+                        "deadline".into(),
+                        TimerPurpose::Deadline,
+                        Timestamp(1_795_000_600_000),
+                    ),
+                    (
+                        "wait:2".into(),
+                        TimerPurpose::WaitElapsed { step: 2 },
+                        Timestamp(1_795_000_060_000),
+                    ),
+                ]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    /// The body [`SerdeJson`] writes is the one `Json` would write from the
+    /// schema's `ToJSON`, all fields present or the optional ones left out.
+    #[tokio::test]
+    async fn an_instance_is_written_as_its_schema_says() {
+        for full in [true, false] {
+            let instance = Instance::try_from(view(full)).unwrap();
+            let want = instance.to_json().unwrap();
+            let body = SerdeJson(instance)
+                .into_response()
+                .into_body()
+                .into_vec()
+                .await
+                .unwrap();
+            let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(got, want, "full: {full}");
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`operations`]: liveness, readiness, Prometheus metrics.
 //! - [`auth`]: bearer tokens with roles and worker queues;
 //!   [`token_events`]: the versioned events of the `tokens` stream.
+//! - [`serde_json_body`]: JSON answers written by serde in one pass.
 //! - [`problem`]: every error as RFC 9457 problem+json, mapped in one place.
 //! - [`relay`]: worker requests passed between replicas.
 //! - [`connections`]: the connection cap and the header deadline.
@@ -29,6 +30,7 @@ pub mod operations;
 pub mod orders;
 pub mod problem;
 pub mod relay;
+pub mod serde_json_body;
 pub mod tasks;
 pub mod token_events;
 pub mod tokens;

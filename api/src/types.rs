@@ -47,6 +47,12 @@ impl Type for Time {
     }
 }
 
+impl serde::Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
 impl ToJSON for Time {
     fn to_json(&self) -> Option<Value> {
         Some(Value::String(self.0.to_string()))
@@ -79,8 +85,9 @@ impl ParseFromParameter for Time {
 }
 
 /// Where a saga instance stands.
-#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(poem_openapi::Enum, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum InstanceStatus {
     /// Started; its first step has not begun (a moment, or while paused from the start).
     Pending,
