@@ -183,6 +183,9 @@ fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
         "bytes_per_saga",
         "restart_s",
         "rss_mib",
+        // the demo services ran in a process of their own, measured apart
+        "demo_cpu_us_per_saga",
+        "demo_rss_mib",
     ] {
         assert!(
             report[field].as_f64().is_some_and(|v| v > 0.0),
@@ -211,4 +214,35 @@ fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
     let listings = report["listing_ms"].as_object().expect("listings");
     assert_eq!(listings.len(), 6, "{report}");
     assert!(listings.contains_key("input_field"), "{report}");
+}
+
+#[test]
+fn bench_can_serve_the_demo_from_its_server_and_then_reports_no_demo_figures() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args([
+            "bench", "-n", "20", "-c", "4", "--serial", "1", "--warmup", "1",
+        ])
+        .args(["--listings", "1", "--demo-in-server"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("bench runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or_default()).expect("a JSON line");
+    assert_eq!(
+        (report["completed"].as_u64(), report["compensated"].as_u64()),
+        (Some(18), Some(2)),
+        "{report}"
+    );
+    assert!(
+        report["server_cpu_us_per_saga"].as_f64().is_some(),
+        "{report}"
+    );
+    assert!(report["demo_cpu_us_per_saga"].is_null(), "{report}");
+    assert!(report["demo_rss_mib"].is_null(), "{report}");
 }

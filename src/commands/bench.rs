@@ -35,6 +35,16 @@ pub struct BenchArgs {
     /// CPU time per saga (bench measures its own server without it).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// With `--url`: the process id of the services the saga's steps call
+    /// (`sagaflow demo-services`), to report their CPU time and memory apart.
+    #[arg(long)]
+    pub demo_pid: Option<u32>,
+    /// Serve the demo services from the server bench starts (`serve` with
+    /// its demo on), so its CPU and memory figures include theirs. Without
+    /// it they run in a process of their own, as a deployment's services
+    /// would, and are reported apart.
+    #[arg(long)]
+    pub demo_in_server: bool,
     /// First fill the store with this many finished sagas (at concurrency
     /// C, not measured), so the figures are those of a store that size.
     #[arg(long, default_value_t = 0)]
@@ -42,6 +52,29 @@ pub struct BenchArgs {
     /// Times each listing is asked for, after the throughput phase.
     #[arg(long, default_value_t = 20)]
     pub listings: usize,
+}
+
+/// What bench started itself: the server, the demo services unless they
+/// are served by the server, and the temporary directory.
+struct Own {
+    server: Child,
+    demo: Option<Child>,
+    dir: std::path::PathBuf,
+    /// `serve`'s arguments after the data directory.
+    serve_args: Vec<String>,
+}
+
+impl Own {
+    fn stop(mut self) {
+        for child in [Some(&mut self.server), self.demo.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// One saga's result.
@@ -57,8 +90,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
             let t = format!("bench-{}", uuid::Uuid::new_v4().simple());
-            let (child, url, dir) = start_server(&t)?;
-            own = Some((child, dir));
+            let (started, url) = start(&t, args.demo_in_server)?;
+            own = Some(started);
             token = Some(t);
             url
         }
@@ -94,7 +127,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("the server refused to show the `order` workflow")?;
     let server_pid = args
         .server_pid
-        .or_else(|| own.as_ref().map(|(child, _)| child.id()));
+        .or_else(|| own.as_ref().map(|o| o.server.id()));
+    let demo_pid = args
+        .demo_pid
+        .or_else(|| own.as_ref().and_then(|o| o.demo.as_ref()).map(Child::id));
     let run_tag = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -123,14 +159,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     eprintln!("throughput: {} sagas, {} at a time", args.n, args.c);
     let cpu_before = server_pid.and_then(cpu_seconds);
-    // the server's CPU per saga from the phase's start until now, in µs
-    let cpu_per_saga = || {
-        cpu_before
-            .zip(server_pid.and_then(cpu_seconds))
+    let demo_cpu_before = demo_pid.and_then(cpu_seconds);
+    // a process's CPU per saga from the phase's start until now, in µs
+    let per_saga = |pid: Option<u32>, before: Option<f64>| {
+        before
+            .zip(pid.and_then(cpu_seconds))
             .map(|(before, after)| round((after - before) * 1e6 / args.n.max(1) as f64, 1))
     };
+    let cpu_per_saga = || per_saga(server_pid, cpu_before);
     let (results, wall) = drive(&client, &url, &run_tag, "t", args.n, args.c).await?;
     let server_cpu = cpu_per_saga();
+    let demo_cpu = per_saga(demo_pid, demo_cpu_before);
     let lag = read_model_lag(&client, &url).await;
     // The read models' share of the phase may be left for later; CPU counted
     // until they hold it too, so a build that defers work does not look cheaper.
@@ -145,9 +184,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stored = args.warmup + args.serial + args.fill + args.n;
     let bytes_per_saga = own
         .as_ref()
-        .map(|(_, dir)| dir_bytes(dir) as f64 / stored.max(1) as f64);
+        .map(|o| dir_bytes(&o.dir) as f64 / stored.max(1) as f64);
 
     let rss_mib = server_pid.and_then(rss_mib);
+    let demo_rss_mib = demo_pid.and_then(self::rss_mib);
     let mut latencies: Vec<Duration> = results
         .iter()
         .filter(|r| r.status != "error")
@@ -181,21 +221,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // server's CPU per saga from the phase's start until then
         "read_model_catch_up_s": catch_up.map(|d| round(d.as_secs_f64(), 2)),
         "server_cpu_us_per_saga_caught_up": server_cpu_caught_up,
+        // the services the steps call, when they run in a process of their own
+        // (null: served by the server, and counted in its figures)
+        "demo_cpu_us_per_saga": demo_cpu,
+        "demo_rss_mib": demo_rss_mib.map(|r| round(r, 1)),
     });
     // the time a restart takes at this size, once everything is measured
     let mut restart_s = None;
-    if let Some((child, dir)) = own.take() {
+    if let Some(o) = own.as_mut() {
         let token = token.as_deref().unwrap_or_default();
-        let (child, took) = restart(child, &dir, token).await?;
-        restart_s = Some(round(took, 2));
-        own = Some((child, dir));
+        restart_s = Some(round(restart(o, token).await?, 2));
     }
     let mut line = line;
     line["restart_s"] = restart_s.into();
-    if let Some((mut child, dir)) = own {
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = std::fs::remove_dir_all(dir);
+    if let Some(o) = own {
+        o.stop();
     }
     println!("{line}");
     Ok(())
@@ -438,24 +478,10 @@ async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
     }
 }
 
-/// Starts `sagaflow serve` on port 0 with a temporary data directory; returns it, its URL and the directory.
-fn start_server(admin_token: &str) -> anyhow::Result<(Child, String, std::path::PathBuf)> {
-    let dir = std::env::temp_dir().join(format!("sagaflow-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    match spawn_server(&dir, admin_token) {
-        Ok((child, url)) => Ok((child, url, dir)),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            Err(e)
-        }
-    }
-}
-
-/// Starts `sagaflow serve` on port 0 on the data directory `dir/data`; returns it once it listens, and its URL.
-fn spawn_server(dir: &std::path::Path, admin_token: &str) -> anyhow::Result<(Child, String)> {
-    use std::io::BufRead;
-    let exe = std::env::current_exe()?;
+/// Starts the demo services on port 0 unless the server is to serve them,
+/// then `sagaflow serve` on port 0 with a temporary data directory calling
+/// them; returns what it started and the server's URL.
+fn start(admin_token: &str, demo_in_server: bool) -> anyhow::Result<(Own, String)> {
     let workflows = std::env::current_dir()?.join("workflows");
     if !workflows.join("order.yaml").exists() {
         bail!(
@@ -463,8 +489,71 @@ fn spawn_server(dir: &std::path::Path, admin_token: &str) -> anyhow::Result<(Chi
             workflows.join("order.yaml").display()
         );
     }
-    let mut command = Command::new(exe);
-    // the server ends with bench, however bench ends (Ctrl-C, kill)
+    let dir = std::env::temp_dir().join(format!("sagaflow-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut serve_args = vec!["--workflows".to_string(), workflows.display().to_string()];
+    let demo = if demo_in_server {
+        None
+    } else {
+        match spawn(&["demo-services", "--listen", "127.0.0.1:0"], &[]) {
+            Ok((child, url)) => {
+                serve_args.push("--no-demo".into());
+                serve_args.push("--workflow-env".into());
+                serve_args.push(format!("demo_url={url}"));
+                Some(child)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        }
+    };
+    match spawn_server(&dir, &serve_args, admin_token) {
+        Ok((server, url)) => Ok((
+            Own {
+                server,
+                demo,
+                dir,
+                serve_args,
+            },
+            url,
+        )),
+        Err(e) => {
+            if let Some(mut d) = demo {
+                let _ = d.kill();
+                let _ = d.wait();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// Starts `sagaflow serve` on port 0 on the data directory `dir/data` with
+/// `args`; returns it once it listens, and its URL.
+fn spawn_server(
+    dir: &std::path::Path,
+    args: &[String],
+    admin_token: &str,
+) -> anyhow::Result<(Child, String)> {
+    let data = dir.join("data").display().to_string();
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", &data];
+    all.extend(args.iter().map(String::as_str));
+    spawn(
+        &all,
+        &[
+            ("SAGAFLOW_LOG", "warn"),
+            ("SAGAFLOW_ADMIN_TOKEN", admin_token),
+        ],
+    )
+}
+
+/// Runs this binary with `args` and `env`, ending with bench however bench
+/// ends; returns it once it prints the URL it listens on, and that URL.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Child, String)> {
+    use std::io::BufRead;
+    let mut command = Command::new(std::env::current_exe()?);
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
@@ -477,16 +566,12 @@ fn spawn_server(dir: &std::path::Path, admin_token: &str) -> anyhow::Result<(Chi
         }
     }
     let mut child = command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--workflows")
-        .arg(&workflows)
-        .env("SAGAFLOW_LOG", "warn")
-        .env("SAGAFLOW_ADMIN_TOKEN", admin_token)
+        .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("cannot start sagaflow serve")?;
+        .with_context(|| format!("cannot start sagaflow {}", args[0]))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = std::io::BufReader::new(stdout).lines();
     let url = loop {
@@ -498,11 +583,11 @@ fn spawn_server(dir: &std::path::Path, admin_token: &str) -> anyhow::Result<(Chi
             }
             _ => {
                 let _ = child.kill();
-                bail!("sagaflow serve stopped before it listened");
+                bail!("sagaflow {} stopped before it listened", args[0]);
             }
         }
     };
-    // keep draining stdout so the server never blocks on it
+    // keep draining stdout so the process never blocks on it
     std::thread::spawn(move || lines.for_each(drop));
     Ok((child, url))
 }
@@ -510,16 +595,13 @@ fn spawn_server(dir: &std::path::Path, admin_token: &str) -> anyhow::Result<(Chi
 /// Stops the server gracefully (SIGTERM, as an operator would) and starts it
 /// again on the same data directory; returns the new process and the seconds
 /// from the new start until it answered `/ready`.
-async fn restart(
-    mut child: Child,
-    dir: &std::path::Path,
-    admin_token: &str,
-) -> anyhow::Result<(Child, f64)> {
+async fn restart(own: &mut Own, admin_token: &str) -> anyhow::Result<f64> {
     // SAFETY: kill sends a signal to a process id; no memory is involved.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let _ = child.wait();
+    unsafe { libc::kill(own.server.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = own.server.wait();
     let t = Instant::now();
-    let (child, url) = spawn_server(dir, admin_token)?;
+    let (child, url) = spawn_server(&own.dir, &own.serve_args, admin_token)?;
+    own.server = child;
     let ready = format!("{url}/ready");
     while !reqwest::get(&ready)
         .await
@@ -530,7 +612,7 @@ async fn restart(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok((child, t.elapsed().as_secs_f64()))
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// The CPU time (user and system, all threads) a process has used, from
