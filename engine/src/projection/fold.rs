@@ -14,7 +14,9 @@
 //! value at the batch's last event, whatever part of the batch the row has
 //! already seen.
 
-use std::collections::HashMap;
+// ahash: keyed at random per process as std's maps are, and several times
+// cheaper on stream names and ids (docs/performance.md, seventh session)
+use ahash::AHashMap as HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock};
 

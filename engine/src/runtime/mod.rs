@@ -39,7 +39,11 @@ pub use retention::{RetentionConfig, Swept};
 pub use scheduler::timers;
 pub use tasks::{Task, TaskId};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// ahash: keyed at random per process as std's maps are, and several times
+// cheaper on stream names and ids (docs/performance.md, seventh session)
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

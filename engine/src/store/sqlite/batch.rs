@@ -10,7 +10,9 @@
 //! knew wrongly), the batch is written again one append at a time, so that
 //! only the append at fault fails.
 
-use std::collections::{HashMap, HashSet};
+// ahash: keyed at random per process as std's maps are, and several times
+// cheaper on stream names and ids (docs/performance.md, seventh session)
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 
 use rusqlite::types::ToSql;
 use rusqlite::{ffi, params, Connection};

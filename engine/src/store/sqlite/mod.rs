@@ -65,9 +65,9 @@ struct Head {
     last: Option<u64>,
 }
 
-/// Recently written streams.
+/// Recently written streams (ahash: see `batch.rs`).
 #[derive(Default)]
-struct Heads(std::collections::HashMap<String, Head>);
+struct Heads(ahash::AHashMap<String, Head>);
 
 /// Work for the writer task: appends (taken together into one transaction)
 /// and the upkeep of retention (each in a transaction of its own).
