@@ -69,33 +69,51 @@ pub enum TimerPurpose {
 }
 
 impl TimerPurpose {
-    /// A stable id, unique within the instance.
+    /// A stable id, unique within the instance: `timeout:1:f:2`,
+    /// `backoff:2.0:c:1`, `wait-timeout:3`, `wait:3`, `deadline`. Written
+    /// piece by piece (about a dozen per saga), not through `format!`.
     pub fn id(&self) -> String {
-        let unit = |step: usize, index: Option<u32>| match index {
-            Some(i) => format!("{step}.{i}"),
-            None => step.to_string(),
-        };
-        let ph = |p: &Phase| match p {
-            Phase::Forward => "f",
-            Phase::Compensation => "c",
-        };
+        let mut out = String::with_capacity(24);
+        let number = |out: &mut String, n: u64| out.push_str(itoa::Buffer::new().format(n));
         match self {
             TimerPurpose::StepTimeout {
                 step,
                 index,
                 attempt,
                 phase,
-            } => format!("timeout:{}:{}:{attempt}", unit(*step, *index), ph(phase)),
-            TimerPurpose::Backoff {
+            }
+            | TimerPurpose::Backoff {
                 step,
                 index,
                 attempt,
                 phase,
-            } => format!("backoff:{}:{}:{attempt}", unit(*step, *index), ph(phase)),
-            TimerPurpose::WaitTimeout { step } => format!("wait-timeout:{step}"),
-            TimerPurpose::WaitElapsed { step } => format!("wait:{step}"),
-            TimerPurpose::Deadline => "deadline".into(),
+            } => {
+                out.push_str(match self {
+                    TimerPurpose::StepTimeout { .. } => "timeout:",
+                    _ => "backoff:",
+                });
+                number(&mut out, *step as u64);
+                if let Some(i) = index {
+                    out.push('.');
+                    number(&mut out, u64::from(*i));
+                }
+                out.push_str(match phase {
+                    Phase::Forward => ":f:",
+                    Phase::Compensation => ":c:",
+                });
+                number(&mut out, u64::from(*attempt));
+            }
+            TimerPurpose::WaitTimeout { step } => {
+                out.push_str("wait-timeout:");
+                number(&mut out, *step as u64);
+            }
+            TimerPurpose::WaitElapsed { step } => {
+                out.push_str("wait:");
+                number(&mut out, *step as u64);
+            }
+            TimerPurpose::Deadline => out.push_str("deadline"),
         }
+        out
     }
 }
 
@@ -488,5 +506,52 @@ fn upcast(kind: &str, version: u16, data: Value) -> Result<Value, EventError> {
     match version {
         0 => Err(EventError::TooNew(kind.to_string(), version)),
         _ => Ok(data),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Timer ids are stored (pending timers, the API, timer moves by id), so
+    /// their text never changes: checked against the `format!` they were.
+    #[test]
+    fn timer_ids_keep_their_text() {
+        let unit = |step: usize, index: Option<u32>| match index {
+            Some(i) => format!("{step}.{i}"),
+            None => step.to_string(),
+        };
+        for step in [0, 1, 9, 10, 12_345] {
+            for index in [None, Some(0), Some(7), Some(u32::MAX)] {
+                for attempt in [1, 2, 10, u32::MAX] {
+                    for (phase, p) in [(Phase::Forward, "f"), (Phase::Compensation, "c")] {
+                        let u = unit(step, index);
+                        let timeout = TimerPurpose::StepTimeout {
+                            step,
+                            index,
+                            attempt,
+                            phase,
+                        };
+                        assert_eq!(timeout.id(), format!("timeout:{u}:{p}:{attempt}"));
+                        let backoff = TimerPurpose::Backoff {
+                            step,
+                            index,
+                            attempt,
+                            phase,
+                        };
+                        assert_eq!(backoff.id(), format!("backoff:{u}:{p}:{attempt}"));
+                    }
+                }
+            }
+            assert_eq!(
+                TimerPurpose::WaitTimeout { step }.id(),
+                format!("wait-timeout:{step}")
+            );
+            assert_eq!(
+                TimerPurpose::WaitElapsed { step }.id(),
+                format!("wait:{step}")
+            );
+        }
+        assert_eq!(TimerPurpose::Deadline.id(), "deadline");
     }
 }
