@@ -449,9 +449,10 @@ mod tests {
         }
     }
 
-    /// An answer longer than [`ANSWER_LIMIT`] is not read to its end, said
+    /// A success longer than [`ANSWER_LIMIT`] is not read to its end, said
     /// length or not: a transient failure (the effect may have happened, so
-    /// the step retries under its key and is compensated when retries run out).
+    /// the step retries under its key and is compensated when retries run
+    /// out). A refusal's long body is cut: still a business failure.
     #[tokio::test]
     async fn an_answer_too_long_is_cut_off_and_transient() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -465,6 +466,12 @@ mod tests {
                     format!(
                         "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{fits}",
                         fits.len()
+                    )
+                } else if head.starts_with("post /refused ") {
+                    // a refusal's long body: only its beginning is read
+                    format!(
+                        "HTTP/1.1 402 X\r\ncontent-length: 5000000000\r\n\r\n{}",
+                        "n".repeat(ANSWER_LIMIT + 10)
                     )
                 } else if head.starts_with("post /said ") {
                     "HTTP/1.1 200 OK\r\ncontent-length: 5000000000\r\n\r\n{".into()
@@ -488,6 +495,12 @@ mod tests {
             };
             match call("/fits").await {
                 Outcome::Succeeded(Value::String(s)) => assert_eq!(s.len(), ANSWER_LIMIT - 2),
+                o => panic!("{:?}", kind(&o)),
+            }
+            match call("/refused").await {
+                Outcome::Failed(FailureKind::Business, e) => {
+                    assert_eq!(e, format!("HTTP 402: {}", "n".repeat(ERROR_EXCERPT)))
+                }
                 o => panic!("{:?}", kind(&o)),
             }
             assert_eq!(

@@ -143,6 +143,42 @@ fn announced_too_long(length: Option<u64>) -> Result<(), Outcome> {
     }
 }
 
+/// An answer's body as it is read, up to [`ANSWER_LIMIT`]. A success's
+/// body is the step's output: longer is a failure ([`too_long`]). Of any
+/// other answer only the beginning is used (an excerpt in the error), so
+/// a longer one is cut there.
+struct Kept {
+    success: bool,
+    bytes: Vec<u8>,
+}
+
+impl Kept {
+    fn new(success: bool) -> Self {
+        Self {
+            success,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Keeps `data`; `false` once there is no room for more.
+    fn keep(&mut self, data: &[u8]) -> Result<bool, Outcome> {
+        let room = ANSWER_LIMIT - self.bytes.len();
+        if data.len() <= room {
+            self.bytes.extend_from_slice(data);
+            return Ok(true);
+        }
+        if self.success {
+            return Err(too_long(None));
+        }
+        self.bytes.extend_from_slice(&data[..room]);
+        Ok(false)
+    }
+
+    fn into_bytes(self) -> Bytes {
+        Bytes::from(self.bytes)
+    }
+}
+
 fn location(headers: &http::HeaderMap) -> Option<String> {
     headers
         .get(LOCATION)
@@ -234,23 +270,35 @@ async fn direct(client: &Direct, req: &HttpRequest) -> Result<Answer, Outcome> {
     };
     let status = response.status().as_u16();
     let location = location(response.headers());
-    let length = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    announced_too_long(length)?;
-    let limited = http_body_util::Limited::new(response.into_body(), ANSWER_LIMIT);
-    let body = match tokio::time::timeout_at(deadline, limited.collect()).await {
-        Err(_) => return Err(unfinished()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_long(None)),
-        Ok(Err(e)) => {
-            return Err(Outcome::Failed(
-                FailureKind::Transient,
-                format!("reading the answer: {e}"),
-            ))
+    let success = (200..300).contains(&status);
+    if success {
+        let length = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        announced_too_long(length)?;
+    }
+    let mut incoming = response.into_body();
+    let mut body = Kept::new(success);
+    let read = async {
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| {
+                Outcome::Failed(FailureKind::Transient, format!("reading the answer: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if !body.keep(&data)? {
+                    break;
+                }
+            }
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok::<_, Outcome>(())
     };
+    match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => return Err(unfinished()),
+        Ok(Err(failed)) => return Err(failed),
+        Ok(Ok(())) => {}
+    }
+    let body = body.into_bytes();
     Ok(Answer {
         status,
         location,
@@ -283,14 +331,18 @@ async fn proxied(client: &reqwest::Client, req: &HttpRequest) -> Result<Answer, 
     };
     let status = response.status().as_u16();
     let location = location(response.headers());
-    announced_too_long(response.content_length())?;
-    let mut body = Vec::new();
+    let success = (200..300).contains(&status);
+    if success {
+        announced_too_long(response.content_length())?;
+    }
+    let mut body = Kept::new(success);
     loop {
         match response.chunk().await {
-            Ok(Some(chunk)) if body.len() + chunk.len() > ANSWER_LIMIT => {
-                return Err(too_long(None))
+            Ok(Some(chunk)) => {
+                if !body.keep(&chunk)? {
+                    break;
+                }
             }
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
             Ok(None) => break,
             Err(e) if e.is_timeout() => return Err(unfinished()),
             Err(e) => {
@@ -304,6 +356,6 @@ async fn proxied(client: &reqwest::Client, req: &HttpRequest) -> Result<Answer, 
     Ok(Answer {
         status,
         location,
-        body: Bytes::from(body),
+        body: body.into_bytes(),
     })
 }
