@@ -158,13 +158,12 @@ fn bench_outside_the_repository_says_what_is_missing() {
     assert!(!own.exists(), "{} was left behind", own.display());
 }
 
-#[test]
-fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
+/// `sagaflow bench` with its own server, from the repository's folder: its
+/// JSON line.
+fn bench_own(args: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .args([
-            "bench", "-n", "100", "-c", "8", "--serial", "2", "--warmup", "2",
-        ])
-        .args(["--fill", "40", "--listings", "2"])
+        .arg("bench")
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("bench runs");
@@ -174,8 +173,25 @@ fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(text.lines().last().unwrap_or_default()).expect("a JSON line");
+    serde_json::from_str(text.lines().last().unwrap_or_default()).expect("a JSON line")
+}
+
+#[test]
+fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
+    let report = bench_own(&[
+        "-n",
+        "100",
+        "-c",
+        "8",
+        "--serial",
+        "2",
+        "--warmup",
+        "2",
+        "--fill",
+        "40",
+        "--listings",
+        "2",
+    ]);
     assert_eq!(report["other"], 0, "{report}");
     assert_eq!(report["stored_sagas"], 144, "{report}");
     for field in [
@@ -218,22 +234,19 @@ fn bench_with_its_own_server_reports_cpu_listings_bytes_and_restart() {
 
 #[test]
 fn bench_can_serve_the_demo_from_its_server_and_then_reports_no_demo_figures() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .args([
-            "bench", "-n", "20", "-c", "4", "--serial", "1", "--warmup", "1",
-        ])
-        .args(["--listings", "1", "--demo-in-server"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("bench runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(text.lines().last().unwrap_or_default()).expect("a JSON line");
+    let report = bench_own(&[
+        "-n",
+        "20",
+        "-c",
+        "4",
+        "--serial",
+        "1",
+        "--warmup",
+        "1",
+        "--listings",
+        "1",
+        "--demo-in-server",
+    ]);
     assert_eq!(
         (report["completed"].as_u64(), report["compensated"].as_u64()),
         (Some(18), Some(2)),

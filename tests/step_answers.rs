@@ -7,10 +7,10 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{client, get_json, post_json, publish_yaml, serve_in, temp_dir};
+use common::{client, get_json, post_json, publish_yaml, read_request, serve_in, temp_dir};
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const WORKFLOW: &str = r#"
 name: long-answer
@@ -41,30 +41,10 @@ async fn service() -> (String, Arc<Mutex<Vec<String>>>) {
         while let Ok((mut conn, _)) = listener.accept().await {
             let kept = kept.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // the head, then as much body as it announces
-                let path = loop {
-                    let Ok(n) = conn.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_lowercase();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .and_then(|n| n.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + length {
-                        break text.split(' ').nth(1).unwrap_or_default().to_string();
-                    }
+                let Some(request) = read_request(&mut conn).await else {
+                    return;
                 };
+                let path = request.split(' ').nth(1).unwrap_or_default().to_string();
                 kept.lock().unwrap().push(path.clone());
                 let reply = if path == "/pay" {
                     let big = format!("\"{}\"", "x".repeat(4 << 20));

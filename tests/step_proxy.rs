@@ -6,10 +6,10 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{client, post_json, publish_yaml, serve_in, temp_dir};
+use common::{client, post_json, publish_yaml, read_request, serve_in, temp_dir};
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const WORKFLOW: &str = r#"
 name: through-a-proxy
@@ -31,29 +31,11 @@ async fn proxy() -> (String, Arc<Mutex<Vec<String>>>) {
         while let Ok((mut conn, _)) = listener.accept().await {
             let kept = kept.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // the head, then as much body as it announces
-                while let Ok(n) = conn.read(&mut chunk).await {
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_lowercase();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .and_then(|n| n.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + length {
-                        let first = text.lines().next().unwrap_or_default().to_string();
-                        kept.lock().unwrap().push(first);
-                        break;
-                    }
-                }
+                let Some(request) = read_request(&mut conn).await else {
+                    return;
+                };
+                let first = request.lines().next().unwrap_or_default().to_string();
+                kept.lock().unwrap().push(first);
                 let body = r#"{"through":"the proxy"}"#;
                 let reply = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -309,6 +309,34 @@ pub async fn reissued_without_timeouts<'a>(
     reissued
 }
 
+/// Reads one HTTP/1.1 request from `conn`: its head and as much body as its
+/// `content-length` announces, lowercased; `None` when the peer closes first.
+/// For the small services and proxies the tests stand up.
+pub async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_lowercase();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length = text[..end]
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + length {
+            return Some(text);
+        }
+    }
+}
+
 /// `POST /workflows` with a YAML body.
 pub async fn publish_yaml(c: &reqwest::Client, url: &str, yaml: &'static str) -> reqwest::Response {
     c.post(format!("{url}/workflows"))
