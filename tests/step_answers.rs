@@ -6,11 +6,11 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use common::{client, get_json, post_json, publish_yaml, read_request, serve_in, temp_dir};
+use common::{client, get_json, post_json, publish_yaml, serve_in, temp_dir, tiny_service};
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
 const WORKFLOW: &str = r#"
 name: long-answer
@@ -30,38 +30,29 @@ steps:
       http: { method: POST, url: "${ .env.svc }/refund" }
 "#;
 
-/// A service on 127.0.0.1: `/pay` answers 200 with 4 MiB (and keeps the
-/// connection open), everything else `{}`. It keeps each request's path.
+/// The request's path.
+fn path(request: &str) -> &str {
+    request.split(' ').nth(1).unwrap_or_default()
+}
+
+/// A service on 127.0.0.1: `/pay` answers 200 with 4 MiB (and holds the
+/// connection), everything else `{}`.
 async fn service() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let kept = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let Some(request) = read_request(&mut conn).await else {
-                    return;
-                };
-                let path = request.split(' ').nth(1).unwrap_or_default().to_string();
-                kept.lock().unwrap().push(path.clone());
-                let reply = if path == "/pay" {
-                    let big = format!("\"{}\"", "x".repeat(4 << 20));
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{big}",
-                        big.len()
-                    )
-                } else {
-                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".into()
-                };
-                let _ = conn.write_all(reply.as_bytes()).await;
-                // hold the connection as a slow reader's service would
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            });
-        }
-    });
-    (url, seen)
+    tiny_service(
+        |request| {
+            if path(request) == "/pay" {
+                let big = format!("\"{}\"", "x".repeat(4 << 20));
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{big}",
+                    big.len()
+                )
+            } else {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".into()
+            }
+        },
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,10 +90,13 @@ async fn a_success_too_long_to_keep_is_retried_then_compensated() {
     );
     assert!(instance["outputs"].get("pay").is_none());
     // two attempts, then both steps undone, the one in doubt first
-    assert_eq!(
-        *seen.lock().unwrap(),
-        ["/reserve", "/pay", "/pay", "/refund", "/release"]
-    );
+    let paths: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| path(r).to_string())
+        .collect();
+    assert_eq!(paths, ["/reserve", "/pay", "/pay", "/refund", "/release"]);
     let id = instance["id"].as_str().unwrap();
     let (_, history) = get_json(&c, format!("{}/instances/{id}/events", server.url)).await;
     let failed: Vec<_> = history["items"]

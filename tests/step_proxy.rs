@@ -5,11 +5,11 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use common::{client, post_json, publish_yaml, read_request, serve_in, temp_dir};
+use common::{client, post_json, publish_yaml, serve_in, temp_dir, tiny_service};
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
 const WORKFLOW: &str = r#"
 name: through-a-proxy
@@ -21,31 +21,19 @@ steps:
 "#;
 
 /// A proxy on 127.0.0.1 that answers every request itself, as the service
-/// would, keeping each request's first line.
+/// would.
 async fn proxy() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let kept = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let Some(request) = read_request(&mut conn).await else {
-                    return;
-                };
-                let first = request.lines().next().unwrap_or_default().to_string();
-                kept.lock().unwrap().push(first);
-                let body = r#"{"through":"the proxy"}"#;
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    (url, seen)
+    tiny_service(
+        |_| {
+            let body = r#"{"through":"the proxy"}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        },
+        Duration::ZERO,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +76,11 @@ async fn steps_go_through_the_proxy_the_environment_names() {
         "{instance}"
     );
     // a proxy is sent the whole URL
-    assert_eq!(
-        *seen.lock().unwrap(),
-        ["post http://service.invalid/effects?n=7 http/1.1"]
-    );
+    let first: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.lines().next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(first, ["post http://service.invalid/effects?n=7 http/1.1"]);
 }

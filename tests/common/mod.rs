@@ -337,6 +337,36 @@ pub async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<String> {
     }
 }
 
+/// A service on 127.0.0.1 for steps to call: each request is kept
+/// (lowercased, as [`read_request`] reads it) and answered with what
+/// `reply` makes of it; the connection is then held for `hold`. Its URL,
+/// and the requests it saw.
+pub async fn tiny_service(
+    reply: impl Fn(&str) -> String + Send + Sync + 'static,
+    hold: Duration,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (kept, reply) = (seen.clone(), std::sync::Arc::new(reply));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (kept, reply) = (kept.clone(), reply.clone());
+            tokio::spawn(async move {
+                let Some(request) = read_request(&mut conn).await else {
+                    return;
+                };
+                let answer = reply(&request);
+                kept.lock().unwrap().push(request);
+                let _ = conn.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(hold).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
 /// `POST /workflows` with a YAML body.
 pub async fn publish_yaml(c: &reqwest::Client, url: &str, yaml: &'static str) -> reqwest::Response {
     c.post(format!("{url}/workflows"))
