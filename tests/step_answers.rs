@@ -1,7 +1,7 @@
 //! A step's service that answers a success too long to keep (more than
-//! 1 MiB): the step retries under its key and, when its retries run out, is
-//! compensated with the steps before it (ADR 3); the server holds none of
-//! the answer.
+//! 1 MiB, or `--step-answer-limit`): the step retries under its key and,
+//! when its retries run out, is compensated with the steps before it
+//! (ADR 3); the server holds none of the answer.
 
 mod common;
 
@@ -111,4 +111,37 @@ async fn a_success_too_long_to_keep_is_retried_then_compensated() {
         [json!("transient"), json!("transient")],
         "{history}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_is_a_setting() {
+    // the same 4 MiB, kept under a limit of 5 MiB
+    let (svc, _) = service().await;
+    let dir = temp_dir("step-answer-limit");
+    let env = format!("svc={svc}");
+    let server = serve_in(
+        &dir,
+        "server.log",
+        &[
+            "--no-demo",
+            "--workflow-env",
+            &env,
+            "--step-answer-limit",
+            "5242880",
+        ],
+        &[],
+    );
+    let c = client();
+    let r = publish_yaml(&c, &server.url, WORKFLOW).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (status, instance) = post_json(
+        &c,
+        format!("{}/workflows/long-answer/instances?wait=30s", server.url),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{}", instance["error"]);
+    assert_eq!(instance["status"], "completed", "{}", instance["error"]);
+    let kept = instance["outputs"]["pay"].as_str().unwrap_or_default();
+    assert_eq!(kept.len(), 4 << 20);
 }

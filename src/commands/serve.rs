@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SAGAFLOW_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
+    /// Longest success an `http` step keeps as its output, in bytes; a
+    /// longer one is not read to its end, and the step retries (its effect
+    /// may have happened) and is compensated when its retries run out.
+    #[arg(long, env = "SAGAFLOW_STEP_ANSWER_LIMIT", default_value_t = sagaflow_engine::runtime::http::ANSWER_LIMIT)]
+    pub step_answer_limit: usize,
     /// Connections served at once; more wait to be accepted.
     #[arg(long, env = "SAGAFLOW_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
@@ -294,6 +299,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..RetentionConfig::default()
         },
         http_proxy: proxy_named(),
+        step_answer_limit: args.step_answer_limit,
         ..RuntimeConfig::default()
     };
     let rt = Runtime::new(

@@ -91,8 +91,10 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// The longest answer a step takes, in bytes: its output becomes an event,
-/// and a worker's output through the API has the same default limit.
+/// The longest success a step takes by default, in bytes
+/// ([`RuntimeConfig::step_answer_limit`](super::RuntimeConfig)): its output
+/// becomes an event, and a worker's output through the API has the same
+/// default limit.
 pub const ANSWER_LIMIT: usize = 1024 * 1024;
 
 /// The longest error text kept from a response body.
@@ -236,8 +238,8 @@ mod tests {
     /// Both clients: hyper's own, and reqwest (for a proxy).
     fn clients() -> [StepClient; 2] {
         [
-            StepClient::new(false).unwrap(),
-            StepClient::new(true).unwrap(),
+            StepClient::new(false, ANSWER_LIMIT).unwrap(),
+            StepClient::new(true, ANSWER_LIMIT).unwrap(),
         ]
     }
 

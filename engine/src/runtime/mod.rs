@@ -97,6 +97,9 @@ pub struct RuntimeConfig {
     /// `ALL_PROXY`): `http` steps then go through a client that honours it
     /// and `NO_PROXY` (ADR 25).
     pub http_proxy: bool,
+    /// The longest success an `http` step keeps, in bytes; a longer one is
+    /// a transient failure (ADR 3).
+    pub step_answer_limit: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -108,6 +111,7 @@ impl Default for RuntimeConfig {
             secrets: Arc::default(),
             retention: RetentionConfig::default(),
             http_proxy: false,
+            step_answer_limit: http::ANSWER_LIMIT,
         }
     }
 }

@@ -23,7 +23,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::http::{HttpRequest, Outcome, ANSWER_LIMIT, ATTEMPT_HEADER};
+use super::http::{HttpRequest, Outcome, ATTEMPT_HEADER};
 use crate::dsl::spec::{FailureKind, HttpMethod};
 
 /// Idle connections kept per host: a step's service sees many calls at once.
@@ -33,7 +33,11 @@ type Direct = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, 
 
 /// The client of `http` steps; cheap to clone (one shared pool).
 #[derive(Clone)]
-pub struct StepClient(Arc<Inner>);
+pub struct StepClient {
+    inner: Arc<Inner>,
+    /// The longest success kept, in bytes.
+    limit: usize,
+}
 
 // one of them per runtime, behind the `Arc`: the size of a variant costs nothing
 #[allow(clippy::large_enum_variant)]
@@ -52,16 +56,21 @@ pub(super) struct Answer {
 }
 
 impl StepClient {
-    /// A client; `through_proxy` when the machine names an HTTP proxy.
-    /// Loads the system's root certificates (those that do not parse are
-    /// skipped; with none, `https` calls fail and `http` ones work).
-    pub fn new(through_proxy: bool) -> Result<Self, String> {
+    /// A client; `through_proxy` when the machine names an HTTP proxy;
+    /// `answer_limit` the longest success it keeps, in bytes. Loads the
+    /// system's root certificates (those that do not parse are skipped;
+    /// with none, `https` calls fail and `http` ones work).
+    pub fn new(through_proxy: bool, answer_limit: usize) -> Result<Self, String> {
+        let client = |inner| Self {
+            inner: Arc::new(inner),
+            limit: answer_limit,
+        };
         if through_proxy {
             return reqwest::Client::builder()
                 .pool_max_idle_per_host(IDLE_PER_HOST)
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
-                .map(|c| Self(Arc::new(Inner::Proxied(c))))
+                .map(|c| client(Inner::Proxied(c)))
                 .map_err(|e| e.to_string());
         }
         let mut roots = rustls::RootCertStore::empty();
@@ -82,20 +91,20 @@ impl StepClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        let direct = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(IDLE_PER_HOST)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(Self(Arc::new(Inner::Direct(client))))
+        Ok(client(Inner::Direct(direct)))
     }
 
     /// Sends the request and reads the whole answer within its timeout.
     /// A failure to send is the attempt's outcome: a bad URL or header a
     /// business failure, no answer in time a timeout, anything else transient.
     pub(super) async fn call(&self, req: &HttpRequest) -> Result<Answer, Outcome> {
-        match &*self.0 {
-            Inner::Direct(client) => direct(client, req).await,
-            Inner::Proxied(client) => proxied(client, req).await,
+        match &*self.inner {
+            Inner::Direct(client) => direct(client, req, self.limit).await,
+            Inner::Proxied(client) => proxied(client, req, self.limit).await,
         }
     }
 }
@@ -122,53 +131,53 @@ fn unfinished() -> Outcome {
 /// happened (the answer began), so the step is not refused: it retries under
 /// its key, and when its retries run out it is compensated with the steps
 /// before it (ADR 3), as after a lost answer.
-fn too_long(announced: Option<u64>) -> Outcome {
+fn too_long(announced: Option<u64>, limit: usize) -> Outcome {
     let size = match announced {
         Some(n) => format!("{n} bytes"),
         None => "more".into(),
     };
     Outcome::Failed(
         FailureKind::Transient,
-        format!(
-            "the answer is too long: {size}, and a step's answer may be at most {ANSWER_LIMIT} bytes"
-        ),
+        format!("the answer is too long: {size}, and a step's answer may be at most {limit} bytes"),
     )
 }
 
 /// The length an answer announces, when it is longer than a step may take.
-fn announced_too_long(length: Option<u64>) -> Result<(), Outcome> {
+fn announced_too_long(length: Option<u64>, limit: usize) -> Result<(), Outcome> {
     match length {
-        Some(n) if n > ANSWER_LIMIT as u64 => Err(too_long(Some(n))),
+        Some(n) if n > limit as u64 => Err(too_long(Some(n), limit)),
         _ => Ok(()),
     }
 }
 
-/// An answer's body as it is read, up to [`ANSWER_LIMIT`]. A success's
+/// An answer's body as it is read, up to the client's limit. A success's
 /// body is the step's output: longer is a failure ([`too_long`]). Of any
 /// other answer only the beginning is used (an excerpt in the error), so
 /// a longer one is cut there.
 struct Kept {
     success: bool,
+    limit: usize,
     bytes: Vec<u8>,
 }
 
 impl Kept {
-    fn new(success: bool) -> Self {
+    fn new(success: bool, limit: usize) -> Self {
         Self {
             success,
+            limit,
             bytes: Vec::new(),
         }
     }
 
     /// Keeps `data`; `false` once there is no room for more.
     fn keep(&mut self, data: &[u8]) -> Result<bool, Outcome> {
-        let room = ANSWER_LIMIT - self.bytes.len();
+        let room = self.limit - self.bytes.len();
         if data.len() <= room {
             self.bytes.extend_from_slice(data);
             return Ok(true);
         }
         if self.success {
-            return Err(too_long(None));
+            return Err(too_long(None, self.limit));
         }
         self.bytes.extend_from_slice(&data[..room]);
         Ok(false)
@@ -225,7 +234,7 @@ fn uri(url: &str) -> Result<(http::Uri, Option<String>), String> {
     }
 }
 
-async fn direct(client: &Direct, req: &HttpRequest) -> Result<Answer, Outcome> {
+async fn direct(client: &Direct, req: &HttpRequest, limit: usize) -> Result<Answer, Outcome> {
     let (uri, credentials) = uri(&req.url).map_err(bad_request)?;
     let mut builder = http::Request::builder()
         .method(method(req.method))
@@ -276,10 +285,10 @@ async fn direct(client: &Direct, req: &HttpRequest) -> Result<Answer, Outcome> {
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
-        announced_too_long(length)?;
+        announced_too_long(length, limit)?;
     }
     let mut incoming = response.into_body();
-    let mut body = Kept::new(success);
+    let mut body = Kept::new(success, limit);
     let read = async {
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| {
@@ -306,7 +315,11 @@ async fn direct(client: &Direct, req: &HttpRequest) -> Result<Answer, Outcome> {
     })
 }
 
-async fn proxied(client: &reqwest::Client, req: &HttpRequest) -> Result<Answer, Outcome> {
+async fn proxied(
+    client: &reqwest::Client,
+    req: &HttpRequest,
+    limit: usize,
+) -> Result<Answer, Outcome> {
     let mut builder = client
         .request(method(req.method), &req.url)
         .timeout(req.timeout)
@@ -333,9 +346,9 @@ async fn proxied(client: &reqwest::Client, req: &HttpRequest) -> Result<Answer, 
     let location = location(response.headers());
     let success = (200..300).contains(&status);
     if success {
-        announced_too_long(response.content_length())?;
+        announced_too_long(response.content_length(), limit)?;
     }
-    let mut body = Kept::new(success);
+    let mut body = Kept::new(success, limit);
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {

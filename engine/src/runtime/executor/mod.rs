@@ -236,9 +236,11 @@ impl Runtime {
         if let Some(c) = self.0.http.get() {
             return Ok(c.clone());
         }
-        let built = http::StepClient::new(self.0.config.http_proxy).map_err(|e| {
-            http::Outcome::Failed(FailureKind::Transient, format!("HTTP client: {e}"))
-        })?;
+        let config = &self.0.config;
+        let built =
+            http::StepClient::new(config.http_proxy, config.step_answer_limit).map_err(|e| {
+                http::Outcome::Failed(FailureKind::Transient, format!("HTTP client: {e}"))
+            })?;
         Ok(self.0.http.get_or_init(|| built).clone())
     }
 
