@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::event::{ActionKind, CompensationReason, Event, Phase, TimerPurpose};
-use super::state::{evolve, InFlight, SagaState};
+use super::state::{apply, InFlight, SagaState};
 use super::time::Timestamp;
 use crate::compile::{Action as StepAction, Machine, Role, State, Transition, Wait};
 use crate::dsl::spec::FailureKind;
@@ -97,7 +97,7 @@ pub(super) struct Decider<'a> {
 
 impl Decider<'_> {
     pub(super) fn emit(&mut self, e: Event) {
-        self.s = evolve(std::mem::take(&mut self.s), &e);
+        apply(&mut self.s, &e);
         self.out.events.push(e);
     }
 

@@ -145,6 +145,13 @@ impl SagaState {
 
 /// Applies one event. Pure and total: an event that does not fit is recorded as best it can be.
 pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
+    apply(&mut s, e);
+    s
+}
+
+/// [`evolve`] in place: a decision folds each event it emits into the
+/// state it holds, without moving the state in and out.
+pub fn apply(s: &mut SagaState, e: &Event) {
     s.events += 1;
     match e {
         Event::SagaStarted {
@@ -166,7 +173,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             s.started_at = *started_at;
             s.updated_at = *started_at;
             if let Some(due) = deadline {
-                arm(&mut s, TimerPurpose::Deadline, *due);
+                arm(s, TimerPurpose::Deadline, *due);
             }
         }
         Event::StepStarted {
@@ -186,7 +193,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                     attempt: *attempt,
                     phase: *phase,
                 };
-                arm(&mut s, purpose, *due);
+                arm(s, purpose, *due);
             }
             s.at = Some(match (phase, action) {
                 (Phase::Compensation, _) => State::Compensating(*step),
@@ -204,7 +211,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             match index {
                 Some(u) => {
                     s.in_flight.insert(f);
-                    activate(&mut s, *u, *attempt);
+                    activate(s, *u, *attempt);
                     if let Some(unit) = s.units.get_mut(u) {
                         unit.started_at = *at;
                     }
@@ -217,7 +224,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                 }
             }
             remove_timer(
-                &mut s,
+                s,
                 &TimerPurpose::Backoff {
                     step: *step,
                     index: *index,
@@ -259,7 +266,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                     s.signals.remove(i);
                 }
             }
-            finish_attempt(&mut s, *step, *index, *attempt, Phase::Forward);
+            finish_attempt(s, *step, *index, *attempt, Phase::Forward);
             s.timers.retain(|_, t| !matches!(t.purpose, TimerPurpose::WaitTimeout { step: w } | TimerPurpose::WaitElapsed { step: w } if w == *step));
             s.updated_at = *at;
         }
@@ -285,7 +292,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                     unit.status = UnitStatus::Failed(*kind);
                 }
             }
-            finish_attempt(&mut s, *step, *index, *attempt, Phase::Forward);
+            finish_attempt(s, *step, *index, *attempt, Phase::Forward);
             s.timers.retain(
                 |_, t| !matches!(t.purpose, TimerPurpose::WaitTimeout { step: w } if w == *step),
             );
@@ -301,7 +308,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             if let Some(unit) = index.and_then(|u| s.units.get_mut(&u)) {
                 unit.status = UnitStatus::Compensated;
             }
-            finish_attempt(&mut s, *step, *index, *attempt, Phase::Compensation);
+            finish_attempt(s, *step, *index, *attempt, Phase::Compensation);
             s.updated_at = *at;
         }
         Event::CompensationFailed {
@@ -326,7 +333,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
                     unit.status = UnitStatus::Failed(*kind);
                 }
             }
-            finish_attempt(&mut s, *step, *index, *attempt, Phase::Compensation);
+            finish_attempt(s, *step, *index, *attempt, Phase::Compensation);
             s.updated_at = *at;
         }
         Event::RetryScheduled {
@@ -405,18 +412,18 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
         }
         Event::SagaCompleted { output, at } => {
             s.output = Some(output.clone());
-            end(&mut s, State::Completed, *at);
+            end(s, State::Completed, *at);
         }
-        Event::SagaCompensated { at } => end(&mut s, State::Compensated, *at),
+        Event::SagaCompensated { at } => end(s, State::Compensated, *at),
         Event::SagaFailed { reason, at } => {
             s.error = Some(reason.clone());
             // a saga stopped by a fault is retried from the attempt it had in flight
             if let Some(f) = s.in_flight.first() {
                 s.last_failure = Some(*f);
             }
-            end(&mut s, State::Failed, *at);
+            end(s, State::Failed, *at);
         }
-        Event::SagaCancelled { at } => end(&mut s, State::Cancelled, *at),
+        Event::SagaCancelled { at } => end(s, State::Cancelled, *at),
         Event::SagaPaused { at, .. } => {
             s.paused = true;
             s.updated_at = *at;
@@ -440,7 +447,7 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             });
             s.attempt = *attempt;
             match index {
-                Some(u) => activate(&mut s, *u, *attempt),
+                Some(u) => activate(s, *u, *attempt),
                 // a plain step has one attempt at a time
                 None => s.held.clear(),
             }
@@ -517,7 +524,6 @@ pub fn evolve(mut s: SagaState, e: &Event) -> SagaState {
             s.updated_at = *at;
         }
     }
-    s
 }
 
 fn activate(s: &mut SagaState, unit: u32, attempt: u32) {
