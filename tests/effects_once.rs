@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, get_json, order, post_json, publish_yaml, temp_dir, Proc};
+use common::{client, get_json, order, post_json, publish_ok, publish_yaml, temp_dir, Proc};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -52,13 +52,7 @@ async fn a_service_that_answers_after_the_timeout_does_the_effect_once() {
         &[],
     );
     let c = client();
-    let r = publish_yaml(&c, &server.url, SLOW).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
+    publish_ok(&c, &server.url, SLOW).await;
     let per_attempt = SLOW
         .replace("name: slow-pay", "name: slow-pay-per-attempt")
         .replace(
@@ -66,13 +60,7 @@ async fn a_service_that_answers_after_the_timeout_does_the_effect_once() {
             "    timeout: 400ms\n    idempotency: per_attempt",
         );
     let per_attempt: &'static str = Box::leak(per_attempt.into_boxed_str());
-    let r = publish_yaml(&c, &server.url, per_attempt).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
+    publish_ok(&c, &server.url, per_attempt).await;
 
     let mut ids = Vec::new();
     for (n, workflow) in [(1, "slow-pay"), (2, "slow-pay-per-attempt")] {
@@ -126,13 +114,7 @@ steps:
 async fn a_task_whose_attempt_ended_is_withdrawn_and_its_answer_refused() {
     let (s, _dir) = common::serve("stale-task", &[]);
     let c = client();
-    let r = publish_yaml(&c, &s.url, TASKS).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
+    publish_ok(&c, &s.url, TASKS).await;
     let (_, started) = post_json(
         &c,
         format!("{}/workflows/stale-task/instances", s.url),

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{client, get_json, post_json, publish_yaml, serve_in, temp_dir, tiny_service};
+use common::{client, get_json, post_json, publish_ok, serve_in, temp_dir, tiny_service};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -67,13 +67,7 @@ async fn a_success_too_long_to_keep_is_retried_then_compensated() {
         &[],
     );
     let c = client();
-    let r = publish_yaml(&c, &server.url, WORKFLOW).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
+    publish_ok(&c, &server.url, WORKFLOW).await;
     let (status, instance) = post_json(
         &c,
         format!("{}/workflows/long-answer/instances?wait=30s", server.url),
@@ -132,8 +126,7 @@ async fn the_limit_is_a_setting() {
         &[],
     );
     let c = client();
-    let r = publish_yaml(&c, &server.url, WORKFLOW).await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    publish_ok(&c, &server.url, WORKFLOW).await;
     let (status, instance) = post_json(
         &c,
         format!("{}/workflows/long-answer/instances?wait=30s", server.url),

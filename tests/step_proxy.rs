@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{client, post_json, publish_yaml, serve_in, temp_dir, tiny_service};
+use common::{client, post_json, publish_ok, serve_in, temp_dir, tiny_service};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -52,13 +52,7 @@ async fn steps_go_through_the_proxy_the_environment_names() {
         ],
     );
     let c = client();
-    let r = publish_yaml(&c, &server.url, WORKFLOW).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
+    publish_ok(&c, &server.url, WORKFLOW).await;
     let (status, instance) = post_json(
         &c,
         format!(

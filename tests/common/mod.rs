@@ -377,6 +377,17 @@ pub async fn publish_yaml(c: &reqwest::Client, url: &str, yaml: &'static str) ->
         .expect("request")
 }
 
+/// [`publish_yaml`], which must answer 201 (the body says why when not).
+pub async fn publish_ok(c: &reqwest::Client, url: &str, yaml: &'static str) {
+    let r = publish_yaml(c, url, yaml).await;
+    assert_eq!(
+        r.status(),
+        reqwest::StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+}
+
 /// The demo services as their own process (they outlive a killed server and
 /// remember every idempotency key), answering after `latency`.
 pub fn demo_services(dir: &Path, latency: &str) -> Proc {
