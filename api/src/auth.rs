@@ -274,7 +274,7 @@ impl Tokens {
                 vec![NewEvent {
                     event_type: event.type_name().into(),
                     schema_version: TOKEN_SCHEMA_VERSION,
-                    data: event.data(),
+                    data: event.data().into(),
                 }],
             )
             .await?;

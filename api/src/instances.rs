@@ -449,7 +449,7 @@ impl InstancesApi {
                     event_type: e.event_type,
                     schema_version: e.schema_version,
                     recorded_at: e.recorded_at.into(),
-                    data: std::sync::Arc::unwrap_or_clone(e.data),
+                    data: e.data.into_value(),
                 })
                 .collect(),
         }))

@@ -110,7 +110,7 @@ fn appends(c: &mut Criterion) {
                                 let ev = |n: u64| NewEvent {
                                     event_type: "StepSucceeded".into(),
                                     schema_version: 1,
-                                    data: json!({"step": n, "output": {"id": "res-1"}}),
+                                    data: json!({"step": n, "output": {"id": "res-1"}}).into(),
                                 };
                                 s.append(
                                     &format!("saga-{r}-{i}"),

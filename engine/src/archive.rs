@@ -49,7 +49,7 @@ impl From<RecordedEvent> for ArchivedEvent {
             position: e.position,
             event_type: e.event_type,
             schema_version: e.schema_version,
-            data: std::sync::Arc::unwrap_or_clone(e.data),
+            data: e.data.into_value(),
             recorded_at: e.recorded_at,
         }
     }

@@ -94,7 +94,11 @@ pub(crate) fn saga_started(workflow: &str) {
 }
 
 /// Records what newly stored `events` say, against the state they were decided on.
-pub(crate) fn observe(workflow: &str, before: &SagaState, events: &[Event]) {
+pub(crate) fn observe<'a>(
+    workflow: &str,
+    before: &SagaState,
+    events: impl IntoIterator<Item = &'a Event>,
+) {
     for e in events {
         match e {
             Event::StepSucceeded {

@@ -9,6 +9,7 @@ use sagaflow_engine::dsl::spec::FailureKind;
 use sagaflow_engine::saga::{
     ActionKind, CompensationReason, Event, Phase, TimerPurpose, Timestamp, SCHEMA_VERSION,
 };
+use sagaflow_engine::store::NewEvent;
 use serde_json::json;
 
 fn samples() -> Vec<Event> {
@@ -361,6 +362,26 @@ fn each_event_keeps_the_lowest_version_that_describes_it() {
             1
         };
         assert_eq!(event.schema_version(), want, "{}", event.type_name());
+    }
+}
+
+/// A saga event reaches the store typed, and the store writes its text from
+/// it directly (not through a JSON value): that text is byte for byte the
+/// text of the event's data as a value, and decodes back into the event.
+#[test]
+fn every_event_kept_typed_is_written_as_its_data() {
+    for event in samples() {
+        let kind = event.type_name();
+        let new = NewEvent::from(event.clone());
+        let text = new.data.json_text();
+        let read: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(read, event.data(), "{kind}: {text}");
+        assert_eq!(text, serde_json::to_string(&read).unwrap(), "{kind}");
+        assert_eq!(
+            Event::from_stored(kind, new.schema_version, read).unwrap(),
+            event,
+            "{kind}"
+        );
     }
 }
 

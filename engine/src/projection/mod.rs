@@ -409,7 +409,8 @@ impl Projections {
                 retention::forget(&id, &search, &mut stmts);
                 continue;
             }
-            let event = match rec.to_event() {
+            // from the SQLite store's tail, the event as it was appended
+            let event = match rec.event() {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(stream = %rec.stream, position = rec.position, error = %e, "skipping an unreadable event");
@@ -423,7 +424,7 @@ impl Projections {
                 started_at,
                 input,
                 ..
-            } = &event
+            } = &*event
             {
                 let fields = self.declared(workflow, *version).await?;
                 folded.search(search::rows(
@@ -1041,7 +1042,7 @@ mod tests {
         let new = NewEvent {
             event_type: "WorkflowPublished".into(),
             schema_version: 1,
-            data,
+            data: data.into(),
         };
         let stream = format!("workflow-{workflow}");
         store
@@ -1309,7 +1310,7 @@ mod tests {
         let removed = || NewEvent {
             event_type: STREAM_REMOVED.into(),
             schema_version: 1,
-            data: json!({}),
+            data: json!({}).into(),
         };
         let remove = |n: u128| {
             let store = &store;

@@ -79,7 +79,7 @@ impl Runtime {
             self.now(),
         )?;
         let stream = format!("saga-{id}");
-        let new: Vec<NewEvent> = d.events.iter().map(NewEvent::from).collect();
+        let new: Vec<NewEvent> = d.events.into_iter().map(NewEvent::from).collect();
         match self.noted(self.0.store.append(&stream, Expected::NoStream, new).await) {
             Ok(a) => self.wrote(id, a.revision),
             Err(crate::store::StoreError::Removed { removed_at, .. }) => {

@@ -159,7 +159,7 @@ impl Registry {
             let named = NewEvent {
                 event_type: "WorkflowNamed".into(),
                 schema_version: 1,
-                data: json!({ "name": name }),
+                data: json!({ "name": name }).into(),
             };
             store
                 .append(CATALOGUE_STREAM, Expected::Any, vec![named])
@@ -178,7 +178,7 @@ impl Registry {
         let new = NewEvent {
             event_type: "WorkflowPublished".into(),
             schema_version: 1,
-            data,
+            data: data.into(),
         };
         match store
             .append(&stream, Expected::after(known), vec![new])

@@ -14,7 +14,7 @@ fn ev(n: u64) -> NewEvent {
     NewEvent {
         event_type: "Tested".into(),
         schema_version: 1,
-        data: json!({ "n": n }),
+        data: json!({ "n": n }).into(),
     }
 }
 

@@ -66,7 +66,7 @@ fn convert(e: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreError> {
             position: e.position.commit,
             event_type: e.event_type.clone(),
             schema_version: 0,
-            data: Default::default(),
+            data: serde_json::Value::Null.into(),
             recorded_at: Timestamp(e.created.timestamp_millis().max(0) as u64),
         });
     }
@@ -78,10 +78,9 @@ fn convert(e: &kurrentdb::RecordedEvent) -> Result<RecordedEvent, StoreError> {
         position: e.position.commit,
         event_type: e.event_type.clone(),
         schema_version: meta.schema_version,
-        data: std::sync::Arc::new(
-            serde_json::from_slice(&e.data)
-                .map_err(|err| StoreError::Corrupt(format!("event {} data: {err}", e.id)))?,
-        ),
+        data: serde_json::from_slice::<serde_json::Value>(&e.data)
+            .map_err(|err| StoreError::Corrupt(format!("event {} data: {err}", e.id)))?
+            .into(),
         recorded_at: Timestamp(meta.recorded_at),
     })
 }
@@ -179,7 +178,7 @@ impl EventStore for EsdbStore {
         let data = events
             .into_iter()
             .map(|e| {
-                EventData::json(&e.event_type, &e.data)
+                EventData::json(&e.event_type, &*e.data)
                     .and_then(|d| {
                         d.metadata_as_json(&Meta {
                             schema_version: e.schema_version,
@@ -403,7 +402,7 @@ mod tests {
         NewEvent {
             event_type: "Tick".into(),
             schema_version: 1,
-            data: serde_json::json!({}),
+            data: serde_json::json!({}).into(),
         }
     }
 

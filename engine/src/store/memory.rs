@@ -84,7 +84,10 @@ impl EventStore for MemoryStore {
                 position,
                 event_type: e.event_type,
                 schema_version: e.schema_version,
-                data: std::sync::Arc::new(e.data),
+                // kept as the JSON value a file would give back, so that
+                // readers (the simulation's) decode every event as they
+                // would from a real store
+                data: e.data.into_value().into(),
                 recorded_at: now,
             }));
             inner

@@ -12,12 +12,16 @@
 pub mod conformance;
 pub mod esdb;
 pub mod memory;
+mod payload;
 pub mod postgres;
 pub mod sqlite;
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
-use serde_json::Value;
 use tokio::sync::watch;
+
+pub use payload::Payload;
 
 use crate::saga::{Event, EventError, Timestamp};
 
@@ -72,16 +76,23 @@ pub const STREAM_REMOVED: &str = "$streamDeleted";
 pub struct NewEvent {
     pub event_type: String,
     pub schema_version: u16,
-    pub data: Value,
+    pub data: Payload,
+}
+
+/// A saga event to append, kept typed ([`Payload`]).
+impl From<Event> for NewEvent {
+    fn from(e: Event) -> Self {
+        Self {
+            event_type: e.type_name().to_string(),
+            schema_version: e.schema_version(),
+            data: Payload::saga(e),
+        }
+    }
 }
 
 impl From<&Event> for NewEvent {
     fn from(e: &Event) -> Self {
-        Self {
-            event_type: e.type_name().to_string(),
-            schema_version: e.schema_version(),
-            data: e.data(),
-        }
+        Self::from(e.clone())
     }
 }
 
@@ -96,14 +107,24 @@ pub struct RecordedEvent {
     pub schema_version: u16,
     /// Shared: the SQLite store's tail hands the same event to every
     /// follower, and a copy of a JSON tree costs as much as its decoding.
-    pub data: std::sync::Arc<Value>,
+    /// From the tail, a saga event is the one appended, still typed.
+    pub data: Payload,
     pub recorded_at: Timestamp,
 }
 
 impl RecordedEvent {
     /// The saga event, upcast to the current schema.
     pub fn to_event(&self) -> Result<Event, EventError> {
-        Event::from_stored_ref(&self.event_type, self.schema_version, &self.data)
+        self.event().map(Cow::into_owned)
+    }
+
+    /// [`to_event`](Self::to_event) without a copy of an event kept typed.
+    pub fn event(&self) -> Result<Cow<'_, Event>, EventError> {
+        match self.data.kept_event(&self.event_type) {
+            Some(e) => Ok(e),
+            None => Event::from_stored_ref(&self.event_type, self.schema_version, &self.data)
+                .map(Cow::Owned),
+        }
     }
 }
 

@@ -284,7 +284,7 @@ async fn write_batch(
             .iter()
             .map(|e| i32::from(e.schema_version))
             .collect();
-        let data: Vec<String> = req.events.iter().map(|e| e.data.to_string()).collect();
+        let data: Vec<String> = req.events.iter().map(|e| e.data.json_text()).collect();
         let inserted = sqlx::query(
             "INSERT INTO events (position, stream, revision, event_type, schema_version, data, recorded_at) \
              SELECT p, $2, r, t, v, d::jsonb, $7 FROM UNNEST($1::bigint[], $3::bigint[], $4::text[], $5::int[], $6::text[]) AS x(p, r, t, v, d) \
@@ -347,8 +347,9 @@ fn row_to_event(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError
         event_type: row.try_get("event_type").map_err(corrupt)?,
         schema_version: u16::try_from(row.try_get::<i32, _>("schema_version").map_err(corrupt)?)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        data: serde_json::from_str(&data)
-            .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
+        data: serde_json::from_str::<serde_json::Value>(&data)
+            .map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?
+            .into(),
         recorded_at: Timestamp(row.try_get::<i64, _>("recorded_at").map_err(corrupt)? as u64),
     })
 }
@@ -574,7 +575,7 @@ mod tests {
         NewEvent {
             event_type: "Tick".into(),
             schema_version: 1,
-            data: serde_json::json!({ "n": n }),
+            data: serde_json::json!({ "n": n }).into(),
         }
     }
 

@@ -276,7 +276,9 @@ impl Cluster {
             let event = NewEvent {
                 event_type: EVENT.into(),
                 schema_version: 1,
-                data: serde_json::to_value(&next).expect("a table serializes"),
+                data: serde_json::to_value(&next)
+                    .expect("a table serializes")
+                    .into(),
             };
             match store.append(STREAM, expected, vec![event]).await {
                 Ok(a) => {

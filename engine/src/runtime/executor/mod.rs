@@ -12,6 +12,7 @@ mod resume;
 pub(crate) use resume::unfinished_in_store;
 
 use super::*;
+use crate::store::Payload;
 
 /// An instance that has not ended, held in memory.
 pub(crate) struct Live {
@@ -128,7 +129,9 @@ impl Runtime {
             if d.events.is_empty() {
                 return Ok(false);
             }
-            let new: Vec<NewEvent> = d.events.iter().map(NewEvent::from).collect();
+            // the events go to the store typed; what was stored is observed after
+            let new: Vec<NewEvent> = d.events.into_iter().map(NewEvent::from).collect();
+            let stored: Vec<Payload> = new.iter().map(|e| e.data.clone()).collect();
             match self.noted(
                 self.0
                     .store
@@ -137,7 +140,11 @@ impl Runtime {
             ) {
                 Ok(a) => {
                     self.wrote(id, a.revision);
-                    crate::telemetry::observe(&live.published.machine.name, &st, &d.events);
+                    crate::telemetry::observe(
+                        &live.published.machine.name,
+                        &st,
+                        stored.iter().filter_map(Payload::as_saga),
+                    );
                     let revived = st.is_terminal() && !next.is_terminal();
                     *st = next;
                     if revived && self.drives(id) {

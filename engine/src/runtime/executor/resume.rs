@@ -77,11 +77,7 @@ impl Runtime {
         if let Err(err) = self
             .0
             .store
-            .append(
-                &stream,
-                Expected::StreamExists,
-                vec![NewEvent::from(&event)],
-            )
+            .append(&stream, Expected::StreamExists, vec![NewEvent::from(event)])
             .await
         {
             tracing::error!(instance_id = %id, error = %err, "could not record the failure");

@@ -149,7 +149,8 @@ impl Runtime {
                 let record = NewEvent {
                     event_type: "CronFired".into(),
                     schema_version: 1,
-                    data: json!({"tick": tick, "instance": started.id, "cron": trigger.expr}),
+                    data: json!({"tick": tick, "instance": started.id, "cron": trigger.expr})
+                        .into(),
                 };
                 if started.created {
                     if let Err(e) = self

@@ -321,16 +321,9 @@ fn push_rows(
             // every type of the batch was learned before it began
             type_id: types.0.get(&e.event_type).copied().unwrap_or(0),
             schema_version: e.schema_version,
-            data: codec.encode(json_text(&e.data)),
+            data: codec.encode(e.data.json_text()),
         });
     }
-}
-
-/// An event's data as JSON text. `serde_json::to_string` writes straight into
-/// its buffer, where `Value`'s `Display` goes through a formatter piece by piece.
-fn json_text(data: &serde_json::Value) -> String {
-    // a `Value` always serializes (its map keys are strings); the fallback is the same text
-    serde_json::to_string(data).unwrap_or_else(|_| data.to_string())
 }
 
 /// Inserts `rows` in order; the position each got.

@@ -393,7 +393,7 @@ fn committed(
                     position: position + i,
                     event_type: e.event_type,
                     schema_version: e.schema_version,
-                    data: Arc::new(e.data),
+                    data: e.data,
                     recorded_at: now,
                 }),
         );
@@ -663,7 +663,7 @@ mod tests {
                             .map(|k| NewEvent {
                                 event_type: kinds[((i + k) % 3) as usize].into(),
                                 schema_version: 1,
-                                data: serde_json::json!({"i": i, "k": k, "x": 0.1 * i as f64, "y": i as f64 / 100.0 + 0.001, "s": [null, true, "é"]}),
+                                data: serde_json::json!({"i": i, "k": k, "x": 0.1 * i as f64, "y": i as f64 / 100.0 + 0.001, "s": [null, true, "é"]}).into(),
                             })
                             .collect();
                         s.append(&format!("saga-{from}-{}", i % 7), Expected::Any, events)
@@ -740,7 +740,8 @@ mod tests {
                 "name": name,
                 "output": {"order_id": format!("order-{i}"), "payment_id": format!("pay-{}", i * 3)},
                 "step": i % 3,
-            }),
+            })
+            .into(),
         }
     }
 
@@ -780,7 +781,7 @@ mod tests {
         let mut append = |i: usize| {
             let store = &store;
             let e = order_event(i);
-            written.push(e.data.clone());
+            written.push(serde_json::Value::clone(&e.data));
             async move {
                 let stream = format!("saga-{}", i / 6);
                 let expected = Expected::after((i % 6) as u64);
@@ -825,7 +826,7 @@ mod tests {
         let data = |events: Vec<RecordedEvent>| {
             events
                 .into_iter()
-                .map(|e| Arc::unwrap_or_clone(e.data))
+                .map(|e| e.data.into_value())
                 .collect::<Vec<_>>()
         };
         assert_eq!(data(store.read_all(None, 1000).await.unwrap()), written);
@@ -857,7 +858,7 @@ mod tests {
         let ev = |i: u64| NewEvent {
             event_type: "T".into(),
             schema_version: 1,
-            data: serde_json::json!({ "i": i }),
+            data: serde_json::json!({ "i": i }).into(),
         };
         store
             .append("saga-stale", Expected::NoStream, vec![ev(0)])
@@ -963,7 +964,7 @@ mod tests {
         let ev = NewEvent {
             event_type: "T".into(),
             schema_version: 1,
-            data: serde_json::json!({}),
+            data: serde_json::json!({}).into(),
         };
         assert!(store
             .append("saga-b", Expected::NoStream, vec![ev.clone()])
@@ -1066,7 +1067,7 @@ mod tests {
                     let ev = NewEvent {
                         event_type: "T".into(),
                         schema_version: 1,
-                        data: serde_json::json!(i),
+                        data: serde_json::json!(i).into(),
                     };
                     s.append(&format!("saga-{i}"), Expected::NoStream, vec![ev])
                         .await

@@ -259,7 +259,7 @@ fn read(
             position: row.get::<_, i64>(2).map_err(corrupt)? as u64,
             event_type: row.get(3).map_err(corrupt)?,
             schema_version: row.get(4).map_err(corrupt)?,
-            data: std::sync::Arc::new(dicts.decode(data)?),
+            data: dicts.decode(data)?.into(),
             recorded_at: Timestamp(row.get::<_, i64>(6).map_err(corrupt)? as u64),
         });
     }
@@ -283,7 +283,7 @@ mod tests {
         let event = NewEvent {
             event_type: "T".into(),
             schema_version: 1,
-            data: serde_json::json!({ "i": 1 }),
+            data: serde_json::json!({ "i": 1 }).into(),
         };
         store
             .append("saga-1", Expected::NoStream, vec![event])

@@ -108,7 +108,7 @@ mod tests {
             position,
             event_type: event_type.into(),
             schema_version: 1,
-            data: Arc::new(serde_json::json!({ "p": position })),
+            data: serde_json::json!({ "p": position }).into(),
             recorded_at: Timestamp(0),
         }
     }
