@@ -376,4 +376,25 @@ where
         .await
         .unwrap_err()
         .is_conflict());
+
+    // the stream with the newest event goes, and the store restarts: its
+    // positions are still not given out again
+    let newest = second
+        .append("saga-newest", Expected::NoStream, vec![ev(0), ev(1)])
+        .await
+        .unwrap();
+    second
+        .remove(&["saga-newest".to_string()], crate::saga::Timestamp(1))
+        .await
+        .unwrap();
+    drop(second);
+    let third = open().await;
+    let c = third
+        .append("saga-r", Expected::Revision(2), vec![ev(3)])
+        .await
+        .unwrap();
+    assert!(
+        c.position > newest.position,
+        "{c:?} after the removed {newest:?}"
+    );
 }

@@ -327,14 +327,28 @@ fn push_rows(
 }
 
 /// Inserts `rows` in order; the position each got.
+///
+/// The first row is placed after both the newest event and the highest
+/// position given out before a removal (`log_head`, which retention keeps:
+/// it may remove the stream holding the newest event); SQLite places each
+/// of the others after the newest, so no position is given out twice
+/// (migration 6). The rows of one call are in one transaction.
 fn insert(conn: &Connection, rows: &[Row], now: Timestamp) -> rusqlite::Result<Vec<u64>> {
-    let mut st = conn.prepare_cached(
+    let mut first = conn.prepare_cached(
+        "INSERT INTO events (position, stream_id, revision, type_id, schema_version, data, recorded_at) \
+         VALUES (MAX(COALESCE((SELECT MAX(position) FROM events), 0), \
+                     COALESCE((SELECT position FROM log_head), 0)) + 1, \
+                 ?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut rest = conn.prepare_cached(
         "INSERT INTO events (stream_id, revision, type_id, schema_version, data, recorded_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let now = now.millis() as i64;
     rows.iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
+            let st = if i == 0 { &mut first } else { &mut rest };
             let data: &dyn ToSql = match &r.data {
                 Encoded::Text(text) => text,
                 Encoded::Frame(frame) => frame,

@@ -460,10 +460,16 @@ fn remove(
     streams: &[String],
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    // three statements for any number of streams: the names as a JSON array
+    // four statements for any number of streams: the names as a JSON array
     let names = serde_json::to_string(streams).unwrap_or_default();
     let run = || -> rusqlite::Result<()> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
+        // the newest event may go: its position is kept, never to be given again
+        conn.execute(
+            "UPDATE log_head SET position = \
+             MAX(position, COALESCE((SELECT MAX(position) FROM events), 0))",
+            [],
+        )?;
         conn.execute(
             "DELETE FROM events WHERE stream_id IN \
              (SELECT s.id FROM json_each(?1) AS w JOIN streams s ON s.name = w.value)",
@@ -976,6 +982,61 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((next.revision, next.position), (1, 4));
+    }
+
+    /// A file whose positions were AUTOINCREMENT (migrations 1 to 5), whose
+    /// newest stream an older sagaflow removed, is converted on open: the
+    /// removed stream's positions are not given out again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_with_autoincrement_positions_is_converted() {
+        let path = temp("autoincrement");
+        let mut conn = SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        let mut older = sqlx::migrate!("../migrations/sqlite");
+        older.migrations = std::borrow::Cow::Owned(older.migrations[..5].to_vec());
+        older.run(&mut conn).await.unwrap();
+        for sql in [
+            "INSERT INTO streams (id, name) VALUES (1, 'saga-a'), (2, 'saga-b')",
+            "INSERT INTO event_types (id, name) VALUES (1, 'T')",
+            "INSERT INTO events (stream_id, revision, type_id, schema_version, data, recorded_at) \
+             VALUES (1, 0, 1, 1, '{\"p\":1}', 5), (2, 0, 1, 1, '{\"p\":2}', 5), (2, 1, 1, 1, '{\"p\":3}', 5)",
+            // an older retention removes saga-b, which holds the newest event
+            "DELETE FROM events WHERE stream_id = 2",
+            "DELETE FROM streams WHERE id = 2",
+            "INSERT INTO removed_streams (stream, removed_at) VALUES ('saga-b', 7)",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        drop(conn);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let a = store.read_stream("saga-a", 0).await.unwrap();
+        assert_eq!(
+            a.iter()
+                .map(|e| (
+                    e.position,
+                    e.revision,
+                    e.event_type.as_str(),
+                    e.data["p"].as_u64()
+                ))
+                .collect::<Vec<_>>(),
+            [(1, 0, "T", Some(1))]
+        );
+        let ev = NewEvent {
+            event_type: "T".into(),
+            schema_version: 1,
+            data: serde_json::json!({}).into(),
+        };
+        let next = store
+            .append("saga-a", Expected::Revision(0), vec![ev.clone(), ev])
+            .await
+            .unwrap();
+        assert_eq!((next.revision, next.position), (2, 5), "after position 3");
+        assert!(store.tombstone("saga-b").await.unwrap().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
