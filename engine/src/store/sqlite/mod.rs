@@ -727,6 +727,45 @@ mod tests {
         }
     }
 
+    /// Saga events reach the read models from the tail as they were
+    /// appended, typed, and read the same as from the file, where they are
+    /// JSON decoded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tail_hands_saga_events_over_typed() {
+        use crate::saga::Event;
+        let store = SqliteStore::open(&temp("typed")).await.unwrap();
+        let at = Timestamp(1_800_000_000_000);
+        let events = vec![
+            Event::SagaStarted {
+                workflow: "order".into(),
+                version: 1,
+                definition_hash: "h".into(),
+                input: serde_json::json!({"amount": 2.5, "items": ["é"]}),
+                idempotency_key: Some("k".into()),
+                deadline: Some(Timestamp(1_800_000_600_000)),
+                started_at: at,
+            },
+            Event::SagaCompleted {
+                output: serde_json::json!({"ok": true}),
+                at,
+            },
+        ];
+        let new = events.iter().cloned().map(NewEvent::from).collect();
+        store
+            .append("saga-typed", Expected::NoStream, new)
+            .await
+            .unwrap();
+        let types = ["SagaStarted", "SagaCompleted"];
+        let from_tail = store.tail.of_types(None, 10, &types).expect("held");
+        let from_file = store.reader.read_of_types(None, 10, &types).await.unwrap();
+        assert_eq!(from_tail, from_file);
+        for ((tail, file), event) in from_tail.iter().zip(&from_file).zip(&events) {
+            assert!(matches!(tail.event().unwrap(), std::borrow::Cow::Borrowed(e) if e == event));
+            assert!(file.data.as_saga().is_none());
+            assert_eq!(&file.to_event().unwrap(), event);
+        }
+    }
+
     /// A dictionary trained after a few events.
     const EARLY: Compression = Compression {
         first_training: 48,
