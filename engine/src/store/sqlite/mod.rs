@@ -1157,6 +1157,58 @@ mod tests {
         assert_eq!(reopened.read_stream("saga-1", 0).await.unwrap().len(), 1);
     }
 
+    /// Appends of 1 to 70 events, together in commits: each append's events
+    /// get consecutive positions ending at the one its answer names, in the
+    /// order given, as the file and the tail both tell.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_of_many_events_keep_their_order_and_positions() {
+        let store = std::sync::Arc::new(SqliteStore::open(&temp("rows")).await.unwrap());
+        let tasks: Vec<_> = (1..=70u64)
+            .map(|n| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    let events = (0..n)
+                        .map(|k| NewEvent {
+                            event_type: ["A", "B"][(k % 2) as usize].into(),
+                            schema_version: 1,
+                            data: serde_json::json!({"n": n, "k": k}).into(),
+                        })
+                        .collect();
+                    let a = s
+                        .append(&format!("saga-{n}"), Expected::NoStream, events)
+                        .await
+                        .unwrap();
+                    (n, a)
+                })
+            })
+            .collect();
+        let mut appended = Vec::new();
+        for t in tasks {
+            appended.push(t.await.unwrap());
+        }
+        let all = store.read_all(None, 10_000).await.unwrap();
+        assert_eq!(all.len(), 70 * 71 / 2);
+        assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+        for (n, a) in appended {
+            let mine: Vec<_> = all
+                .iter()
+                .filter(|e| e.stream == format!("saga-{n}"))
+                .collect();
+            assert_eq!(mine.len() as u64, n);
+            for (k, e) in mine.iter().enumerate() {
+                let k = k as u64;
+                assert_eq!(e.position, a.position + 1 + k - n, "saga-{n} event {k}");
+                assert_eq!(e.revision, k);
+                assert_eq!(e.data["k"], k);
+            }
+        }
+        let (from_tail, _) = store
+            .read_all_of_types(Some(all.len() as u64 - 1000), 10_000, &["A", "B"])
+            .await
+            .unwrap();
+        assert_eq!(from_tail[..], all[all.len() - from_tail.len()..]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_commits() {
         let store = std::sync::Arc::new(SqliteStore::open(&temp("batch")).await.unwrap());
