@@ -45,6 +45,14 @@ impl Payload {
         }
     }
 
+    /// The saga event kept, if it is one of `event_type`; `None`: decode
+    /// the JSON.
+    pub(crate) fn kept_event(&self, event_type: &str) -> Option<Cow<'_, Event>> {
+        self.as_saga()
+            .filter(|e| e.type_name() == event_type)
+            .map(Cow::Borrowed)
+    }
+
     /// The data as the JSON text a store writes.
     pub fn json_text(&self) -> String {
         match &*self.0 {
@@ -299,15 +307,6 @@ impl serde::Serialize for Payload {
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl Payload {
-    /// The saga event, typed: the one kept, or `None` to decode the JSON.
-    pub(crate) fn kept_event(&self, event_type: &str) -> Option<Cow<'_, Event>> {
-        self.as_saga()
-            .filter(|e| e.type_name() == event_type)
-            .map(Cow::Borrowed)
     }
 }
 
