@@ -158,6 +158,64 @@ fn bench_outside_the_repository_says_what_is_missing() {
     assert!(!own.exists(), "{} was left behind", own.display());
 }
 
+/// A bench whose server dies half-way fails, and leaves neither its
+/// processes nor its server's data directory behind.
+#[test]
+fn bench_that_fails_half_way_leaves_nothing_behind() {
+    let tmp = common::temp_dir("bench-fails");
+    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args(["bench", "--fill", "100000", "-c", "4", "--serial", "1"])
+        .args(["--warmup", "1", "-n", "10", "--listings", "1"])
+        .env("TMPDIR", &tmp)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bench runs");
+    let own = tmp.join(format!("sagaflow-bench-{}", bench.id()));
+    // its server: the process serving from that directory, once it has made sagas
+    let server = (0..600)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let started = std::fs::read_dir(own.join("data")).is_ok();
+            std::fs::read_dir("/proc")
+                .ok()?
+                .flatten()
+                .filter(|_| started)
+                .find(|p| {
+                    std::fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+                        let c = String::from_utf8_lossy(&c);
+                        c.contains("serve") && c.contains(&*own.to_string_lossy())
+                    })
+                })
+                .map(|p| p.file_name().to_string_lossy().into_owned())
+        })
+        .expect("bench started its server");
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &server])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = (0..1500)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            bench.try_wait().expect("bench is there")
+        })
+        .unwrap_or_else(|| {
+            let _ = bench.kill();
+            panic!("bench did not end within 150 s of its server's death")
+        });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut err).ok();
+    assert!(
+        !status.success(),
+        "bench succeeded without its server: {err}"
+    );
+    assert!(!own.exists(), "{} was left behind: {err}", own.display());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 /// `sagaflow bench` with its own server, from the repository's folder: its
 /// JSON line.
 fn bench_own(args: &[&str]) -> serde_json::Value {

@@ -64,8 +64,10 @@ struct Own {
     serve_args: Vec<String>,
 }
 
-impl Own {
-    fn stop(mut self) {
+/// Stopping what bench started and removing its directory, at the end of a
+/// run and when a run fails half-way (an error drops it too).
+impl Drop for Own {
+    fn drop(&mut self) {
         for child in [Some(&mut self.server), self.demo.as_mut()]
             .into_iter()
             .flatten()
@@ -234,9 +236,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut line = line;
     line["restart_s"] = restart_s.into();
-    if let Some(o) = own {
-        o.stop();
-    }
+    drop(own);
     println!("{line}");
     Ok(())
 }
