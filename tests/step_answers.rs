@@ -55,6 +55,19 @@ async fn service() -> (String, Arc<Mutex<Vec<String>>>) {
     .await
 }
 
+/// Publishes the workflow to the server at `url` and runs one saga of it to
+/// its end: the start's status and the instance.
+async fn run_one(url: &str) -> (StatusCode, serde_json::Value) {
+    let c = client();
+    publish_ok(&c, url, WORKFLOW).await;
+    post_json(
+        &c,
+        format!("{url}/workflows/long-answer/instances?wait=30s"),
+        json!({}),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_too_long_to_keep_is_retried_then_compensated() {
     let (svc, seen) = service().await;
@@ -66,14 +79,7 @@ async fn a_success_too_long_to_keep_is_retried_then_compensated() {
         &["--no-demo", "--workflow-env", &env],
         &[],
     );
-    let c = client();
-    publish_ok(&c, &server.url, WORKFLOW).await;
-    let (status, instance) = post_json(
-        &c,
-        format!("{}/workflows/long-answer/instances?wait=30s", server.url),
-        json!({}),
-    )
-    .await;
+    let (status, instance) = run_one(&server.url).await;
     assert_eq!(status, StatusCode::CREATED, "{instance}");
     // (a failure prints only the error: a kept answer would be 4 MiB)
     assert_eq!(instance["status"], "compensated", "{}", instance["error"]);
@@ -92,7 +98,7 @@ async fn a_success_too_long_to_keep_is_retried_then_compensated() {
         .collect();
     assert_eq!(paths, ["/reserve", "/pay", "/pay", "/refund", "/release"]);
     let id = instance["id"].as_str().unwrap();
-    let (_, history) = get_json(&c, format!("{}/instances/{id}/events", server.url)).await;
+    let (_, history) = get_json(&client(), format!("{}/instances/{id}/events", server.url)).await;
     let failed: Vec<_> = history["items"]
         .as_array()
         .unwrap()
@@ -125,14 +131,7 @@ async fn the_limit_is_a_setting() {
         ],
         &[],
     );
-    let c = client();
-    publish_ok(&c, &server.url, WORKFLOW).await;
-    let (status, instance) = post_json(
-        &c,
-        format!("{}/workflows/long-answer/instances?wait=30s", server.url),
-        json!({}),
-    )
-    .await;
+    let (status, instance) = run_one(&server.url).await;
     assert_eq!(status, StatusCode::CREATED, "{}", instance["error"]);
     assert_eq!(instance["status"], "completed", "{}", instance["error"]);
     let kept = instance["outputs"]["pay"].as_str().unwrap_or_default();

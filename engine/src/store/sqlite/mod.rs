@@ -961,6 +961,22 @@ mod tests {
         assert!(err.to_string().contains("newer version"), "{err}");
     }
 
+    /// A new file at `path` with only the first `n` migrations run, as an
+    /// older sagaflow left it.
+    async fn migrated_to(path: &Path, n: usize) -> SqliteConnection {
+        let mut conn = SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        let mut older = sqlx::migrate!("../migrations/sqlite");
+        older.migrations = std::borrow::Cow::Owned(older.migrations[..n].to_vec());
+        older.run(&mut conn).await.unwrap();
+        conn
+    }
+
     /// A file written before stream names and event types were numbered
     /// (migrations 1 and 2) is converted on open: its streams read back
     /// whole, and appends go on from their revisions and after the last
@@ -968,16 +984,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_with_named_streams_is_converted() {
         let path = temp("named");
-        let mut conn = SqliteConnection::connect_with(
-            &SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true),
-        )
-        .await
-        .unwrap();
-        let mut older = sqlx::migrate!("../migrations/sqlite");
-        older.migrations = std::borrow::Cow::Owned(older.migrations[..2].to_vec());
-        older.run(&mut conn).await.unwrap();
+        let mut conn = migrated_to(&path, 2).await;
         for (position, stream, revision) in [(1, "saga-a", 0), (2, "saga-b", 0), (3, "saga-a", 1)] {
             sqlx::query("INSERT INTO events (position, stream, revision, event_type, schema_version, data, recorded_at) VALUES (?, ?, ?, 'T', 1, ?, 5)")
                 .bind(position)
@@ -1029,16 +1036,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_with_autoincrement_positions_is_converted() {
         let path = temp("autoincrement");
-        let mut conn = SqliteConnection::connect_with(
-            &SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true),
-        )
-        .await
-        .unwrap();
-        let mut older = sqlx::migrate!("../migrations/sqlite");
-        older.migrations = std::borrow::Cow::Owned(older.migrations[..5].to_vec());
-        older.run(&mut conn).await.unwrap();
+        let mut conn = migrated_to(&path, 5).await;
         for sql in [
             "INSERT INTO streams (id, name) VALUES (1, 'saga-a'), (2, 'saga-b')",
             "INSERT INTO event_types (id, name) VALUES (1, 'T')",
