@@ -923,14 +923,17 @@ async fn metrics_and_readiness_report_the_engine() {
         (StatusCode::OK, Some("ready"))
     );
     let c = client();
-    let (_, started) = post(
-        &c,
-        format!("{}/workflows/order/instances", s.url),
-        order(1, 10.0),
-    )
-    .await;
-    let id = started["id"].as_str().unwrap();
-    get_json(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    // two completed, the third declined at payment and compensated
+    for (n, amount) in [(1, 10.0), (2, 10.0), (3, 5000.0)] {
+        let (_, started) = post(
+            &c,
+            format!("{}/workflows/order/instances", s.url),
+            order(n, amount),
+        )
+        .await;
+        let id = started["id"].as_str().unwrap();
+        get_json(&c, format!("{}/instances/{id}?wait=30s", s.url)).await;
+    }
     let operator = client_with(Some(OPERATOR_TOKEN));
     let r = operator
         .get(format!("{}/metrics", s.url))
@@ -944,7 +947,7 @@ async fn metrics_and_readiness_report_the_engine() {
         .starts_with("text/plain"));
     let text = r.text().await.unwrap();
     for want in [
-        "sagaflow_sagas_started_total{workflow=\"order\"} 1",
+        "sagaflow_sagas_started_total{workflow=\"order\"} 3",
         "sagaflow_step_duration_seconds_bucket{",
         "step=\"pay\"",
         "sagaflow_store_append_seconds_count",
@@ -953,13 +956,50 @@ async fn metrics_and_readiness_report_the_engine() {
     ] {
         assert!(text.contains(want), "{want} in\n{text}");
     }
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("sagaflow_sagas_ended_total{")
-                && l.contains("outcome=\"completed\"")
-                && l.ends_with(" 1")),
-        "{text}"
-    );
+    // each labelled series counts every saga it was recorded for
+    let line = |name: &str, labels: &[&str], value: &str| {
+        text.lines().any(|l| {
+            l.starts_with(&format!("{name}{{"))
+                && labels.iter().all(|want| l.contains(want))
+                && l.ends_with(&format!(" {value}"))
+        })
+    };
+    for (name, labels, value) in [
+        (
+            "sagaflow_sagas_ended_total",
+            &["outcome=\"completed\""][..],
+            "2",
+        ),
+        (
+            "sagaflow_sagas_ended_total",
+            &["outcome=\"compensated\""],
+            "1",
+        ),
+        (
+            "sagaflow_step_duration_seconds_count",
+            &["step=\"pay\"", "phase=\"forward\"", "outcome=\"succeeded\""],
+            "2",
+        ),
+        (
+            "sagaflow_step_duration_seconds_count",
+            &["step=\"pay\"", "phase=\"forward\"", "outcome=\"failed\""],
+            "1",
+        ),
+        (
+            "sagaflow_step_duration_seconds_count",
+            &[
+                "step=\"reserve\"",
+                "phase=\"compensation\"",
+                "outcome=\"succeeded\"",
+            ],
+            "1",
+        ),
+    ] {
+        assert!(
+            line(name, labels, value),
+            "{name} {labels:?} {value} in\n{text}"
+        );
+    }
     let r = client_with(Some(CLIENT_TOKEN))
         .get(format!("{}/metrics", s.url))
         .send()

@@ -2,7 +2,13 @@
 //! unless the process installs a recorder (`sagaflow serve` installs the
 //! Prometheus one and serves it at `/metrics`).
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram, Unit};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use ahash::AHashMap;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, histogram, Counter, Histogram,
+    Unit,
+};
 
 use crate::saga::{Event, SagaState};
 
@@ -89,8 +95,69 @@ pub fn describe() {
     );
 }
 
+/// The handles of one workflow's labelled metrics, made the first time each
+/// is recorded. Finding a labelled metric through the facade builds its key
+/// (the labels as owned strings) and looks it up in the recorder, which cost
+/// several times more than recording it, a few times per saga.
+#[derive(Default)]
+struct Handles {
+    started: Option<Counter>,
+    /// By outcome: completed, compensated, failed, cancelled.
+    ended: [Option<Counter>; 4],
+    steps: AHashMap<String, StepHandles>,
+}
+
+#[derive(Default)]
+struct StepHandles {
+    /// By phase and outcome: forward succeeded, forward failed, compensation
+    /// succeeded, compensation failed.
+    durations: [Option<Histogram>; 4],
+    retries: Option<Counter>,
+}
+
+/// The handles by workflow name. The recorder is the process's, installed
+/// once before anything is recorded (`sagaflow serve`), so a handle stays
+/// the recorder's for the life of the process; without one, every handle
+/// records nothing.
+fn handles() -> MutexGuard<'static, AHashMap<String, Handles>> {
+    static HANDLES: OnceLock<Mutex<AHashMap<String, Handles>>> = OnceLock::new();
+    HANDLES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Handles {
+    fn of<'a>(all: &'a mut AHashMap<String, Handles>, workflow: &str) -> &'a mut Handles {
+        if !all.contains_key(workflow) {
+            all.insert(workflow.to_string(), Handles::default());
+        }
+        all.get_mut(workflow).expect("inserted above")
+    }
+
+    fn step(&mut self, step: &str) -> &mut StepHandles {
+        if !self.steps.contains_key(step) {
+            self.steps.insert(step.to_string(), StepHandles::default());
+        }
+        self.steps.get_mut(step).expect("inserted above")
+    }
+}
+
+const PHASES_AND_OUTCOMES: [(&str, &str); 4] = [
+    ("forward", "succeeded"),
+    ("forward", "failed"),
+    ("compensation", "succeeded"),
+    ("compensation", "failed"),
+];
+
+const ENDINGS: [&str; 4] = ["completed", "compensated", "failed", "cancelled"];
+
 pub(crate) fn saga_started(workflow: &str) {
-    counter!(SAGAS_STARTED, "workflow" => workflow.to_string()).increment(1);
+    let mut all = handles();
+    let h = Handles::of(&mut all, workflow);
+    h.started
+        .get_or_insert_with(|| counter!(SAGAS_STARTED, "workflow" => workflow.to_string()))
+        .increment(1);
 }
 
 /// Records what newly stored `events` say, against the state they were decided on.
@@ -99,64 +166,76 @@ pub(crate) fn observe<'a>(
     before: &SagaState,
     events: impl IntoIterator<Item = &'a Event>,
 ) {
+    // locked at the first event that records something
+    let mut all = None;
+    fn of<'a>(
+        all: &'a mut Option<MutexGuard<'static, AHashMap<String, Handles>>>,
+        workflow: &str,
+    ) -> &'a mut Handles {
+        Handles::of(all.get_or_insert_with(handles), workflow)
+    }
     for e in events {
-        match e {
+        // which of PHASES_AND_OUTCOMES, and the attempt's step and unit
+        let (kind, name, index, at) = match e {
             Event::StepSucceeded {
                 name, index, at, ..
-            }
-            | Event::StepFailed {
+            } => (0, name, index, at),
+            Event::StepFailed {
                 name, index, at, ..
-            } => {
-                let outcome = if matches!(e, Event::StepSucceeded { .. }) {
-                    "succeeded"
-                } else {
-                    "failed"
-                };
-                step_duration(
-                    workflow,
-                    name,
-                    "forward",
-                    outcome,
-                    started(before, *index),
-                    *at,
-                );
-            }
+            } => (1, name, index, at),
             Event::StepCompensated {
                 name, index, at, ..
-            } => {
-                let from = started(before, *index);
-                step_duration(workflow, name, "compensation", "succeeded", from, *at);
-            }
+            } => (2, name, index, at),
             Event::CompensationFailed {
                 name, index, at, ..
-            } => {
-                let from = started(before, *index);
-                step_duration(workflow, name, "compensation", "failed", from, *at);
-            }
+            } => (3, name, index, at),
             Event::RetryScheduled { name, .. } => {
-                counter!(STEP_RETRIES, "workflow" => workflow.to_string(), "step" => name.clone())
+                of(&mut all, workflow)
+                    .step(name)
+                    .retries
+                    .get_or_insert_with(|| {
+                        counter!(STEP_RETRIES, "workflow" => workflow.to_string(), "step" => name.clone())
+                    })
                     .increment(1);
+                continue;
             }
             Event::TimerFired { timer, at } => {
                 if let Some(t) = before.timers.get(timer) {
                     histogram!(TIMER_LAG).record(t.due.until(*at).as_secs_f64());
                 }
+                continue;
             }
             Event::SagaCompleted { .. }
             | Event::SagaCompensated { .. }
             | Event::SagaFailed { .. }
             | Event::SagaCancelled { .. } => {
-                let outcome = match e {
-                    Event::SagaCompleted { .. } => "completed",
-                    Event::SagaCompensated { .. } => "compensated",
-                    Event::SagaFailed { .. } => "failed",
-                    _ => "cancelled",
+                let i = match e {
+                    Event::SagaCompleted { .. } => 0,
+                    Event::SagaCompensated { .. } => 1,
+                    Event::SagaFailed { .. } => 2,
+                    _ => 3,
                 };
-                counter!(SAGAS_ENDED, "workflow" => workflow.to_string(), "outcome" => outcome)
+                of(&mut all, workflow).ended[i]
+                    .get_or_insert_with(|| {
+                        counter!(SAGAS_ENDED, "workflow" => workflow.to_string(), "outcome" => ENDINGS[i])
+                    })
                     .increment(1);
+                continue;
             }
-            _ => {}
-        }
+            _ => continue,
+        };
+        let (phase, outcome) = PHASES_AND_OUTCOMES[kind];
+        of(&mut all, workflow).step(name).durations[kind]
+            .get_or_insert_with(|| {
+                histogram!(
+                    STEP_DURATION,
+                    "workflow" => workflow.to_string(),
+                    "step" => name.clone(),
+                    "phase" => phase,
+                    "outcome" => outcome
+                )
+            })
+            .record(started(before, *index).until(*at).as_secs_f64());
     }
 }
 
@@ -165,24 +244,6 @@ fn started(before: &SagaState, index: Option<u32>) -> crate::saga::Timestamp {
     index
         .and_then(|u| before.units.get(&u))
         .map_or(before.attempt_started_at, |u| u.started_at)
-}
-
-fn step_duration(
-    workflow: &str,
-    step: &str,
-    phase: &'static str,
-    outcome: &'static str,
-    started: crate::saga::Timestamp,
-    at: crate::saga::Timestamp,
-) {
-    histogram!(
-        STEP_DURATION,
-        "workflow" => workflow.to_string(),
-        "step" => step.to_string(),
-        "phase" => phase,
-        "outcome" => outcome
-    )
-    .record(started.until(at).as_secs_f64());
 }
 
 pub(crate) fn instances_removed(n: usize) {

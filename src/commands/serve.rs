@@ -302,6 +302,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         step_answer_limit: args.step_answer_limit,
         ..RuntimeConfig::default()
     };
+    // before the runtime records anything: the engine keeps the handles it
+    // is first given (`telemetry`)
+    let metrics = if args.no_metrics {
+        None
+    } else {
+        Some(install_metrics()?)
+    };
     let rt = Runtime::new(
         store.clone(),
         Some(projections.clone()),
@@ -324,11 +331,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let metrics = if args.no_metrics {
-        None
-    } else {
-        Some(install_metrics()?)
-    };
     publish_folder(&rt, &args.workflows).await?;
     let resumed = rt.run_background().await?;
 

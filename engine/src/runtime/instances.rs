@@ -301,7 +301,7 @@ impl Runtime {
 pub(crate) fn view(id: Uuid, machine: &Machine, st: &SagaState) -> InstanceView {
     InstanceView {
         id,
-        workflow: st.workflow.clone(),
+        workflow: st.workflow.to_string(),
         version: st.version,
         status: st.status(),
         current_step: st
@@ -309,7 +309,7 @@ pub(crate) fn view(id: Uuid, machine: &Machine, st: &SagaState) -> InstanceView 
             .and_then(|i| machine.steps.get(i))
             .map(|s| s.name.clone()),
         attempt: st.attempt,
-        input: st.input.clone(),
+        input: Value::clone(&st.input),
         output: st.output.clone(),
         error: st.error.clone(),
         started_at: st.started_at,

@@ -2,6 +2,7 @@
 //! No decisions here: `evolve` only records what the events say.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -71,10 +72,12 @@ pub struct PendingTimer {
 pub struct SagaState {
     /// False until `SagaStarted`.
     pub started: bool,
-    pub workflow: String,
+    // (shared: a decision works on a copy of the state, and these never
+    // change after the start)
+    pub workflow: Arc<str>,
     pub version: u32,
-    pub definition_hash: String,
-    pub input: Value,
+    pub definition_hash: Arc<str>,
+    pub input: Arc<Value>,
     pub idempotency_key: Option<String>,
     pub started_at: Timestamp,
     pub deadline: Option<Timestamp>,
@@ -164,10 +167,10 @@ pub fn apply(s: &mut SagaState, e: &Event) {
             started_at,
         } => {
             s.started = true;
-            s.workflow.clone_from(workflow);
+            s.workflow = workflow.as_str().into();
             s.version = *version;
-            s.definition_hash.clone_from(definition_hash);
-            s.input = input.clone();
+            s.definition_hash = definition_hash.as_str().into();
+            s.input = Arc::new(input.clone());
             s.idempotency_key.clone_from(idempotency_key);
             s.deadline = *deadline;
             s.started_at = *started_at;

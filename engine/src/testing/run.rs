@@ -262,7 +262,7 @@ impl World<'_> {
             }),
             StepAction::Task(call) => match &call.input {
                 Some(t) => t.render(&ctx),
-                None => Ok(self.st.input.clone()),
+                None => Ok(Value::clone(&self.st.input)),
             }
             .map(|input| json!({"queue": call.queue, "input": input}))
             .map_err(|e| (FailureKind::Business, format!("template: {e}"))),

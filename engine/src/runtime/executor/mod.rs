@@ -36,11 +36,13 @@ pub(crate) struct Live {
 impl Live {
     pub(crate) fn new(id: Uuid, published: Arc<Published>, st: SagaState) -> Self {
         let ended = st.is_terminal();
-        let span = tracing::info_span!(parent: None, "saga", instance_id = %id, workflow = %published.machine.name);
+        let key = id.to_string();
+        // (the id's text made once: formatting a Uuid per span cost more)
+        let span = tracing::info_span!(parent: None, "saga", instance_id = %key, workflow = %published.machine.name);
         Self {
             id,
-            key: id.to_string(),
-            stream: format!("saga-{id}"),
+            stream: format!("saga-{key}"),
+            key,
             published,
             state: tokio::sync::Mutex::new(st),
             ended: watch::channel(ended).0,
@@ -87,7 +89,7 @@ impl Runtime {
         }
         let st = fold(&events);
         let published = self.0.registry.get(&st.workflow, Some(st.version))?;
-        if published.machine.hash != st.definition_hash {
+        if *published.machine.hash != *st.definition_hash {
             return Err(RuntimeError::Corrupt(format!(
                 "instance {id} ran {} v{} with hash {}, the catalogue has {}",
                 st.workflow, st.version, st.definition_hash, published.machine.hash
@@ -396,7 +398,7 @@ impl Runtime {
             http::Outcome::Failed(FailureKind::Business, format!("template: {e}"))
         };
         // Everything logged while the attempt runs carries its instance, step and attempt.
-        let span = tracing::info_span!(parent: &live.span, "attempt", instance_id = %id, workflow = %machine.name, step = %s.name, attempt, phase = ?phase);
+        let span = tracing::info_span!(parent: &live.span, "attempt", instance_id = %live.key, workflow = %machine.name, step = %s.name, attempt, phase = ?phase);
         tracing::debug!(parent: &span, "performing");
         match action {
             StepAction::Http(call) => {
@@ -427,7 +429,7 @@ impl Runtime {
             StepAction::Task(call) => {
                 let input = match &call.input {
                     Some(t) => t.render(&ctx),
-                    None => Ok(st.input.clone()),
+                    None => Ok(Value::clone(&st.input)),
                 };
                 let input = match input {
                     Ok(v) => v,

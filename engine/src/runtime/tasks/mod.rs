@@ -80,7 +80,7 @@ impl Runtime {
             ),
             queue: call.queue.clone(),
             instance: tid.instance,
-            workflow: st.workflow.clone(),
+            workflow: st.workflow.to_string(),
             step: tid.step,
             step_index: index,
             index: unit,
