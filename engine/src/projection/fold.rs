@@ -22,8 +22,27 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::sql::{Arg, Stmt};
 
-/// Rows of one multi-row insert into `instance_search` (five arguments each).
-const SEARCH_ROWS_PER_INSERT: usize = 500;
+/// Rows of one multi-row insert into `instance_search` (five arguments each),
+/// at most. Each number of rows is a statement of its own, kept prepared by
+/// the writer: a batch's rows go in inserts of powers of two up to this
+/// ([`search_chunks`]), so that a handful of statements serve every batch.
+/// One prepared per number of rows, up to 500, held about 8 MiB once
+/// batches grew to 50 ms of commits (docs/performance.md, "Read models
+/// written less often").
+const SEARCH_ROWS_PER_INSERT: usize = 64;
+
+/// The sizes `rows` rows are inserted in: the largest power of two up to
+/// [`SEARCH_ROWS_PER_INSERT`] that is left, each time.
+fn search_chunks(mut rows: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if rows == 0 {
+            return None;
+        }
+        let size = 1 << rows.min(SEARCH_ROWS_PER_INSERT).ilog2();
+        rows -= size;
+        Some(size)
+    })
+}
 
 /// How a table's row names its instance, given the instance's id as `$1`.
 #[derive(Clone, Copy)]
@@ -307,17 +326,34 @@ impl Batch {
             }
         }
         self.at.clear();
-        for chunk in self.search.chunks(SEARCH_ROWS_PER_INSERT) {
-            let args: Vec<Arg> = chunk.iter().flat_map(|row| row.iter().cloned()).collect();
-            out.push((search_insert(chunk.len()), args));
+        let mut rows = self.search.drain(..);
+        for size in search_chunks(rows.len()) {
+            let args: Vec<Arg> = rows.by_ref().take(size).flatten().collect();
+            out.push((search_insert(size), args));
         }
-        self.search.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_rows_go_in_few_sizes_of_insert() {
+        assert_eq!(search_chunks(0).count(), 0);
+        assert_eq!(search_chunks(7).collect::<Vec<_>>(), [4, 2, 1]);
+        assert_eq!(search_chunks(130).collect::<Vec<_>>(), [64, 64, 2]);
+        let mut sizes = std::collections::BTreeSet::new();
+        for n in 0..=1000 {
+            let chunks: Vec<usize> = search_chunks(n).collect();
+            assert_eq!(chunks.iter().sum::<usize>(), n);
+            sizes.extend(chunks);
+        }
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 64]
+        );
+    }
 
     fn texts(change: &Change) -> Vec<String> {
         let mut out = Vec::new();

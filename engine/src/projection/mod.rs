@@ -80,6 +80,11 @@ const RETRY_MOST: Duration = Duration::from_secs(5);
 /// its writes ([`Projections::wait_for`]) cuts the pause short
 /// (docs/performance.md, "Read models written less often").
 const GATHER: Duration = Duration::from_millis(50);
+/// The pause ends sooner once this many positions of the log have come
+/// since the catch-up before it began: half the events the SQLite store
+/// keeps in memory (`store::sqlite::tail::KEPT`), so that the follower
+/// reads its batch from there, not from the file, and a batch stays small.
+const GATHER_EVENTS: u64 = 1024;
 
 /// The instances that have not ended. The terms are those of SQLite's partial
 /// index `saga_instances_open`, one by one, so that the index serves the query;
@@ -174,6 +179,8 @@ pub struct Projections {
     declared: search::Declared,
     /// The pause between catch-ups while the log moves ([`GATHER`]).
     gather: Duration,
+    /// Positions after which the pause ends early ([`GATHER_EVENTS`]).
+    gather_events: u64,
     /// A reader waits for a position: the follower catches up without its pause.
     hurry: tokio::sync::Notify,
 }
@@ -203,6 +210,7 @@ impl Projections {
             faults: std::sync::atomic::AtomicU32::new(0),
             declared: search::Declared::default(),
             gather: GATHER,
+            gather_events: GATHER_EVENTS,
             hurry: tokio::sync::Notify::new(),
         };
         let at = this.checkpoint().await?;
@@ -362,11 +370,21 @@ impl Projections {
                 changed = head.changed() => if changed.is_err() { return },
             }
             let gathered = round + self.gather;
-            if tokio::time::Instant::now() < gathered {
+            let from = self.applied().unwrap_or(0);
+            while tokio::time::Instant::now() < gathered {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep_until(gathered) => {}
-                    () = self.hurry.notified() => {}
+                    () = tokio::time::sleep_until(gathered) => break,
+                    () = self.hurry.notified() => break,
+                    changed = head.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let at = (*head.borrow_and_update()).unwrap_or(0);
+                        if at.saturating_sub(from) >= self.gather_events {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -1322,6 +1340,53 @@ mod tests {
         let at = append(4).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(p.applied() < Some(at.position));
+        stop.cancel();
+        follower.await.unwrap();
+    }
+
+    /// The pause ends once enough of the log has come, whatever its length.
+    #[tokio::test]
+    async fn the_gathering_ends_once_enough_events_have_come() {
+        let mut p = open("enough").await;
+        p.gather = Duration::from_secs(600);
+        p.gather_events = 3;
+        let p = std::sync::Arc::new(p);
+        let store = std::sync::Arc::new(crate::store::memory::Watched::default());
+        let append = |n: u64| {
+            let store = store.clone();
+            async move {
+                let new = vec![NewEvent::from(&started("trip", json!({}), n))];
+                let stream = format!("saga-{}", Uuid::from_u128(n.into()));
+                store.append(&stream, Expected::Any, new).await.unwrap()
+            }
+        };
+        let stop = CancellationToken::new();
+        let follower = tokio::spawn({
+            let (p, store, stop) = (p.clone(), store.clone(), stop.clone());
+            async move { p.follow(store.as_ref(), stop).await }
+        });
+        // the follower's first catch-up, of an empty log, is over before the appends
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // positions 0, 1 and 2 (this store counts from 0): the log is at 2
+        for n in 1..=3 {
+            append(n).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            p.applied(),
+            None,
+            "the log moved by 2, not 3: still pausing"
+        );
+        let third = append(4).await;
+        let mut applied = false;
+        for _ in 0..1000 {
+            if p.applied() >= Some(third.position) {
+                applied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(applied, "the log moved by 3: the pause is over");
         stop.cancel();
         follower.await.unwrap();
     }

@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::store::RecordedEvent;
 
 /// Events kept at most. A follower further behind than this reads the file,
-/// as it always did.
-pub(super) const KEPT: usize = 1024;
+/// as it always did. The projection's pause between catch-ups ends once
+/// half of this has been appended (`projection::GATHER_EVENTS`), so that a
+/// follower that keeps up finds its batch here.
+pub(super) const KEPT: usize = 2048;
 
 #[derive(Default)]
 pub(super) struct Tail(Mutex<Held>);
