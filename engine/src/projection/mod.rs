@@ -1330,8 +1330,9 @@ mod tests {
             let (p, store, stop) = (p.clone(), store.clone(), stop.clone());
             async move { p.follow(store.as_ref(), stop).await }
         });
-        // each append lands while the follower pauses (its first round began
-        // at its start), so only the readers' hurry gets them applied
+        // after the first (which the follower's first catch-up may find),
+        // each append lands while the follower pauses (its round began at its
+        // start), so only the reader's hurry gets it applied
         for n in 1..=3 {
             let at = append(n).await;
             assert!(p.wait_for(at.position, Duration::from_secs(10)).await);
@@ -1377,10 +1378,10 @@ mod tests {
             None,
             "the log moved by 2, not 3: still pausing"
         );
-        let third = append(4).await;
+        let fourth = append(4).await;
         let mut applied = false;
         for _ in 0..1000 {
-            if p.applied() >= Some(third.position) {
+            if p.applied() >= Some(fourth.position) {
                 applied = true;
                 break;
             }
