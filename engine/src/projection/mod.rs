@@ -1273,31 +1273,40 @@ mod tests {
         assert_eq!(p.checkpoint().await.unwrap(), *store.head().borrow());
     }
 
+    /// A log in memory that counts its reads.
+    type Log = std::sync::Arc<crate::store::memory::Watched>;
+
+    /// Appends the `n`th saga's start, to a stream of its own.
+    async fn append_start(store: &Log, n: u64) -> crate::store::Appended {
+        let new = vec![NewEvent::from(&started("trip", json!({}), n))];
+        let stream = format!("saga-{}", Uuid::from_u128(n.into()));
+        store.append(&stream, Expected::Any, new).await.unwrap()
+    }
+
+    /// `p` following `store` until `stop` fires.
+    fn spawn_follower(
+        p: &std::sync::Arc<Projections>,
+        store: &Log,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let (p, store, stop) = (p.clone(), store.clone(), stop.clone());
+        tokio::spawn(async move { p.follow(store.as_ref(), stop).await })
+    }
+
     /// A follower that keeps up reads the log once per append: the batch
     /// that reached the head is not followed by a read that finds nothing.
     #[tokio::test]
     async fn a_follower_reads_the_log_once_per_append() {
         let p = std::sync::Arc::new(open("once").await);
         let store = std::sync::Arc::new(crate::store::memory::Watched::default());
-        let append = |n: u64| {
-            let store = store.clone();
-            async move {
-                let new = vec![NewEvent::from(&started("trip", json!({}), n))];
-                let stream = format!("saga-{}", Uuid::from_u128(n.into()));
-                store.append(&stream, Expected::Any, new).await.unwrap()
-            }
-        };
         // the first is there before the follower starts, so it finds it at once
-        let first = append(1).await;
+        let first = append_start(&store, 1).await;
         let stop = CancellationToken::new();
-        let follower = tokio::spawn({
-            let (p, store, stop) = (p.clone(), store.clone(), stop.clone());
-            async move { p.follow(store.as_ref(), stop).await }
-        });
+        let follower = spawn_follower(&p, &store, &stop);
         assert!(p.wait_for(first.position, Duration::from_secs(5)).await);
         let appends = 5;
         for n in 2..=appends {
-            let at = append(n).await;
+            let at = append_start(&store, n).await;
             assert!(p.wait_for(at.position, Duration::from_secs(5)).await);
         }
         // a second read after the last batch would come now
@@ -1317,28 +1326,17 @@ mod tests {
         p.gather = Duration::from_secs(600);
         let p = std::sync::Arc::new(p);
         let store = std::sync::Arc::new(crate::store::memory::Watched::default());
-        let append = |n: u64| {
-            let store = store.clone();
-            async move {
-                let new = vec![NewEvent::from(&started("trip", json!({}), n))];
-                let stream = format!("saga-{}", Uuid::from_u128(n.into()));
-                store.append(&stream, Expected::Any, new).await.unwrap()
-            }
-        };
         let stop = CancellationToken::new();
-        let follower = tokio::spawn({
-            let (p, store, stop) = (p.clone(), store.clone(), stop.clone());
-            async move { p.follow(store.as_ref(), stop).await }
-        });
+        let follower = spawn_follower(&p, &store, &stop);
         // after the first (which the follower's first catch-up may find),
         // each append lands while the follower pauses (its round began at its
         // start), so only the reader's hurry gets it applied
         for n in 1..=3 {
-            let at = append(n).await;
+            let at = append_start(&store, n).await;
             assert!(p.wait_for(at.position, Duration::from_secs(10)).await);
         }
         // without a reader waiting, an append waits for the pause to end
-        let at = append(4).await;
+        let at = append_start(&store, 4).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(p.applied() < Some(at.position));
         stop.cancel();
@@ -1353,24 +1351,13 @@ mod tests {
         p.gather_events = 3;
         let p = std::sync::Arc::new(p);
         let store = std::sync::Arc::new(crate::store::memory::Watched::default());
-        let append = |n: u64| {
-            let store = store.clone();
-            async move {
-                let new = vec![NewEvent::from(&started("trip", json!({}), n))];
-                let stream = format!("saga-{}", Uuid::from_u128(n.into()));
-                store.append(&stream, Expected::Any, new).await.unwrap()
-            }
-        };
         let stop = CancellationToken::new();
-        let follower = tokio::spawn({
-            let (p, store, stop) = (p.clone(), store.clone(), stop.clone());
-            async move { p.follow(store.as_ref(), stop).await }
-        });
+        let follower = spawn_follower(&p, &store, &stop);
         // the follower's first catch-up, of an empty log, is over before the appends
         tokio::time::sleep(Duration::from_millis(100)).await;
         // positions 0, 1 and 2 (this store counts from 0): the log is at 2
         for n in 1..=3 {
-            append(n).await;
+            append_start(&store, n).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
@@ -1378,7 +1365,7 @@ mod tests {
             None,
             "the log moved by 2, not 3: still pausing"
         );
-        let fourth = append(4).await;
+        let fourth = append_start(&store, 4).await;
         let mut applied = false;
         for _ in 0..1000 {
             if p.applied() >= Some(fourth.position) {
