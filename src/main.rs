@@ -1,5 +1,6 @@
 //! The `sagaflow` command line.
 
+mod alloc;
 mod commands;
 
 // The engine allocates many small, short-lived values across threads (events,
@@ -8,20 +9,7 @@ mod commands;
 // dictionary training): glibc kept what they freed, about 27 MB after a
 // training, where mimalloc gives it back (docs/performance.md, "Memory").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (v3's `mimalloc.h`).
-const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Memory freed is given back to the system at once rather than a second
-/// later, so a server's resident size is what it uses; `MIMALLOC_PURGE_DELAY`
-/// (milliseconds) still chooses otherwise.
-fn purge_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's options, which it reads on each purge.
-        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
-    }
-}
+static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,7 +134,7 @@ fn parse_cli() -> Cli {
 }
 
 fn main() -> ExitCode {
-    purge_freed_memory_at_once();
+    alloc::purge_freed_memory_at_once();
     let cli = parse_cli();
     let result = match cli.command {
         Command::Validate { files, format } => commands::validate::run(&files, format),
@@ -254,24 +242,5 @@ mod otel {
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
         tracing_opentelemetry::layer().with_tracer(provider.tracer("sagaflow"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PURGE_DELAY;
-
-    #[test]
-    fn the_purge_delay_option_is_the_one_named() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
-        }
-        // SAFETY: reads and sets mimalloc options.
-        unsafe {
-            // mimalloc v3's default purge delay, 1000 ms: a wrong index reads another option
-            assert_eq!(libmimalloc_sys::mi_option_get(PURGE_DELAY), 1000);
-            super::purge_freed_memory_at_once();
-            assert_eq!(libmimalloc_sys::mi_option_get(PURGE_DELAY), 0);
-        }
     }
 }
