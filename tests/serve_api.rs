@@ -810,6 +810,25 @@ async fn orders_are_created_followed_and_listed_per_customer() {
         ),
         "{p}"
     );
+
+    // any order id gives a Location a client can follow: a raw control
+    // character or quote would not be a header value at all
+    let odd = "ö 1/\u{e}\"~";
+    let r = c
+        .post(format!("{}/orders", s.url))
+        .json(&json!({"order_id": odd, "customer_id": "c-odd", "items": [{"sku": "lamp", "qty": 1}], "amount": 20.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(location, "/orders/%C3%B6%201%2F%0E%22~");
+    let (status, followed) = get_json(&c, format!("{}{location}", s.url)).await;
+    assert_eq!(
+        (status, followed["order_id"].as_str()),
+        (StatusCode::OK, Some(odd)),
+        "{followed}"
+    );
 }
 
 #[tokio::test]

@@ -19,6 +19,23 @@ fn order_key(order_id: &str) -> String {
     format!("order:{order_id}")
 }
 
+/// The characters an order id keeps as they are in a URL path segment
+/// (RFC 3986's unreserved set); every other byte of its UTF-8 is
+/// percent-encoded, so any order id makes a valid `Location` header.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The path of an order's status, as its `Location` header gives it.
+fn order_path(order_id: &str) -> String {
+    format!(
+        "/orders/{}",
+        percent_encoding::utf8_percent_encode(order_id, PATH_SEGMENT)
+    )
+}
+
 /// How long a request that asks for its own writes waits for the read models.
 pub(crate) const CONSISTENCY_WAIT: Duration = Duration::from_secs(5);
 
@@ -177,7 +194,7 @@ impl OrdersApi {
             "items": order.items,
             "amount": order.amount,
         });
-        let location = format!("/orders/{}", order.order_id);
+        let location = order_path(&order.order_id);
         let taken = || ApiError::order_exists(&order.order_id);
         // An order id in use by any instance (whatever started it) is not started again.
         read_your_writes(&self.rt, true).await?;
