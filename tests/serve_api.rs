@@ -235,6 +235,21 @@ async fn bad_requests_get_problems_and_write_nothing() {
             StatusCode::NOT_FOUND,
             "/problems/not-found",
         ),
+        // ids no URL path can name (a client reads `/orders/..` as `/`)
+        (
+            c.post(format!("{}/orders", s.url)).json(
+                &json!({"order_id": "..", "customer_id": "c-1", "items": [{"sku": "a", "qty": 1}], "amount": 1}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "/problems/invalid-body",
+        ),
+        (
+            c.post(format!("{}/orders", s.url)).json(
+                &json!({"order_id": "o-1", "customer_id": ".", "items": [{"sku": "a", "qty": 1}], "amount": 1}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "/problems/invalid-body",
+        ),
     ];
     for (req, want, kind) in cases {
         let r = req.send().await.unwrap();
@@ -828,6 +843,40 @@ async fn orders_are_created_followed_and_listed_per_customer() {
         (status, followed["order_id"].as_str()),
         (StatusCode::OK, Some(odd)),
         "{followed}"
+    );
+
+    // `.` and `..` are refused (no URL path names them); dots elsewhere are ids
+    let (status, p) = post(&c, format!("{}/orders", s.url), json!({"order_id": ".", "customer_id": "c", "items": [{"sku": "a", "qty": 1}], "amount": 1})).await;
+    assert_eq!(
+        (status, p["errors"][0]["path"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("body.order_id")),
+        "{p}"
+    );
+    for id in ["...", ".a", "a..", "..\n"] {
+        let r = c
+            .post(format!("{}/orders", s.url))
+            .json(&json!({"order_id": id, "customer_id": "...", "items": [{"sku": "lamp", "qty": 1}], "amount": 20.0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{id:?}");
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        let (status, followed) = get_json(&c, format!("{}{location}", s.url)).await;
+        assert_eq!(
+            (status, followed["order_id"].as_str()),
+            (StatusCode::OK, Some(id)),
+            "{location}"
+        );
+    }
+    let (_, listed) = get_json(
+        &c,
+        format!("{}/customers/.../orders?consistent=true", s.url),
+    )
+    .await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(4),
+        "{listed}"
     );
 }
 

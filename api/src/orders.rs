@@ -36,6 +36,24 @@ fn order_path(order_id: &str) -> String {
     )
 }
 
+/// An id that a URL path can name: anything but `.` and `..`, which clients
+/// resolve as dot segments (RFC 3986, section 5.2.4), also percent-encoded.
+/// (By hand: poem-openapi's `pattern` validator compiles its regular
+/// expression on every check.)
+struct NameableInPath;
+
+impl std::fmt::Display for NameableInPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("`.` and `..` are not ids: a URL path cannot name them")
+    }
+}
+
+impl<T: AsRef<str>> poem_openapi::validation::Validator<T> for NameableInPath {
+    fn check(&self, value: &T) -> bool {
+        !matches!(value.as_ref(), "." | "..")
+    }
+}
+
 /// How long a request that asks for its own writes waits for the read models.
 pub(crate) const CONSISTENCY_WAIT: Duration = Duration::from_secs(5);
 
@@ -45,9 +63,13 @@ pub(crate) const CONSISTENCY_WAIT: Duration = Duration::from_secs(5);
 #[oai(example)]
 pub struct NewOrder {
     /// The order's id; creating the same order again returns the first one.
-    #[oai(validator(min_length = 1, max_length = 200))]
+    /// Any text but `.` and `..`, which a URL path cannot name: clients read
+    /// `/orders/..` as `/` (RFC 3986, dot segments), also written `%2E%2E`.
+    #[oai(validator(min_length = 1, max_length = 200, custom = "NameableInPath"))]
     pub order_id: String,
-    #[oai(validator(min_length = 1, max_length = 200))]
+    /// The customer's id; any text but `.` and `..`, as the order id
+    /// (`/customers/{customer_id}/orders` lists the customer's orders).
+    #[oai(validator(min_length = 1, max_length = 200, custom = "NameableInPath"))]
     pub customer_id: String,
     #[oai(validator(min_items = 1, max_items = 1000))]
     pub items: Vec<OrderItem>,
