@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each part says when it starts, in seconds since the command did.
+phase() { echo "== $1 (${SECONDS} s)"; }
+
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Snapshots are checked, never rewritten, by the test command.
 export INSTA_UPDATE=no
@@ -15,12 +18,13 @@ rm -rf "$TMPDIR" 2>/dev/null || true
 mkdir -p "$TMPDIR"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
-  echo "== installing cargo-nextest"
+  phase "installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
 
+phase "test tools"
 ./scripts/test-tools.sh
-echo "== postgresql"
+phase "postgresql"
 SAGAFLOW_TEST_POSTGRES="$(./scripts/postgres.sh)"
 case "$SAGAFLOW_TEST_POSTGRES" in
   postgres://*) ;;
@@ -28,19 +32,20 @@ case "$SAGAFLOW_TEST_POSTGRES" in
 esac
 export SAGAFLOW_TEST_POSTGRES
 
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== tests"
+phase "tests"
 cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(simulation)'
 
 # The example workflows' own tests (workflows/*.test.yaml), on the pure core.
-echo "== sagaflow test workflows"
+phase "sagaflow test workflows"
 cargo run --quiet --locked -- test workflows
 
 # The deterministic simulation prints how many seeds it ran and what it injected.
-echo "== simulation"
+phase "simulation"
 cargo nextest run -p sagaflow-engine --test simulation --locked --no-capture
+phase "done"
