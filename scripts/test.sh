@@ -41,11 +41,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 phase "tests"
 cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(simulation)'
 
-# The example workflows' own tests (workflows/*.test.yaml), on the pure core.
+# The example workflows' own tests (workflows/*.test.yaml), on the pure core,
+# by the binary the tests were built with: `cargo run` selects one package
+# and so other features of the shared dependencies, and would build them again.
 phase "sagaflow test workflows"
-cargo run --quiet --locked -- test workflows
+target_dir="$(cargo metadata --format-version 1 --no-deps --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+"$target_dir/debug/sagaflow" test workflows
 
 # The deterministic simulation prints how many seeds it ran and what it injected.
 phase "simulation"
-cargo nextest run -p sagaflow-engine --test simulation --locked --no-capture
+# (selected from the whole workspace, as above, so nothing is built again)
+cargo nextest run --workspace --locked --no-capture -E 'binary(simulation)'
 phase "done"
