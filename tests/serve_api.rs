@@ -676,6 +676,31 @@ async fn the_first_start_generates_and_prints_an_admin_token() {
     let _ = child.wait();
 }
 
+/// Creates an order (201), follows its `Location` to it (200, the same order
+/// id), and gives the `Location`.
+async fn create_and_follow(
+    c: &reqwest::Client,
+    url: &str,
+    order_id: &str,
+    customer_id: &str,
+) -> String {
+    let r = c
+        .post(format!("{url}/orders"))
+        .json(&json!({"order_id": order_id, "customer_id": customer_id, "items": [{"sku": "lamp", "qty": 1}], "amount": 20.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{order_id:?}");
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let (status, followed) = get_json(c, format!("{url}{location}")).await;
+    assert_eq!(
+        (status, followed["order_id"].as_str()),
+        (StatusCode::OK, Some(order_id)),
+        "{location}: {followed}"
+    );
+    location
+}
+
 #[tokio::test]
 async fn orders_are_created_followed_and_listed_per_customer() {
     let (s, _dir) = serve("orders", &[]);
@@ -829,21 +854,8 @@ async fn orders_are_created_followed_and_listed_per_customer() {
     // any order id gives a Location a client can follow: a raw control
     // character or quote would not be a header value at all
     let odd = "ö 1/\u{e}\"~";
-    let r = c
-        .post(format!("{}/orders", s.url))
-        .json(&json!({"order_id": odd, "customer_id": "c-odd", "items": [{"sku": "lamp", "qty": 1}], "amount": 20.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let location = create_and_follow(&c, &s.url, odd, "c-odd").await;
     assert_eq!(location, "/orders/%C3%B6%201%2F%0E%22~");
-    let (status, followed) = get_json(&c, format!("{}{location}", s.url)).await;
-    assert_eq!(
-        (status, followed["order_id"].as_str()),
-        (StatusCode::OK, Some(odd)),
-        "{followed}"
-    );
 
     // `.` and `..` are refused (no URL path names them); dots elsewhere are ids
     let (status, p) = post(&c, format!("{}/orders", s.url), json!({"order_id": ".", "customer_id": "c", "items": [{"sku": "a", "qty": 1}], "amount": 1})).await;
@@ -853,20 +865,7 @@ async fn orders_are_created_followed_and_listed_per_customer() {
         "{p}"
     );
     for id in ["...", ".a", "a..", "..\n"] {
-        let r = c
-            .post(format!("{}/orders", s.url))
-            .json(&json!({"order_id": id, "customer_id": "...", "items": [{"sku": "lamp", "qty": 1}], "amount": 20.0}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED, "{id:?}");
-        let location = r.headers()["location"].to_str().unwrap().to_string();
-        let (status, followed) = get_json(&c, format!("{}{location}", s.url)).await;
-        assert_eq!(
-            (status, followed["order_id"].as_str()),
-            (StatusCode::OK, Some(id)),
-            "{location}"
-        );
+        create_and_follow(&c, &s.url, id, "...").await;
     }
     let (_, listed) = get_json(
         &c,
