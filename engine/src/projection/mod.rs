@@ -803,6 +803,61 @@ mod tests {
         orders_case(open_postgres("orders").await).await;
     }
 
+    /// Retention's query: the oldest instances ended before a time, and with
+    /// a replica's partitions only theirs, a whole batch of them even when
+    /// the oldest of all are the other replicas'.
+    async fn ended_case(p: Projections) {
+        let store = MemoryStore::default();
+        // the partitions of instances ending at 1 s, 2 s, …; their ids
+        // spread over the last byte's four values for each partition
+        let partitions = [0, 2, 0, 2, 1, 3, 1, 0];
+        let mut ids = Vec::new();
+        for (k, partition) in (1..).zip(partitions) {
+            let id = 64 * k + partition;
+            let at = k as u64 * 1_000;
+            let completed = Event::SagaCompleted {
+                output: json!(null),
+                at: Timestamp(at),
+            };
+            append(&store, id, &[started("hold", json!({}), 500), completed]).await;
+            ids.push((Uuid::from_u128(id), at));
+        }
+        p.catch_up(&store).await.unwrap();
+        let ended = |before: u64, limit: usize, held: Option<u64>| {
+            let p = &p;
+            async move {
+                let e = p
+                    .ended_before(Timestamp(before), limit, held)
+                    .await
+                    .unwrap();
+                e.into_iter().map(|e| e.finished_at.0).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(ended(9_000, 2, None).await, [1_000, 2_000]);
+        assert_eq!(ended(9_000, 2, Some(u64::MAX)).await, [1_000, 2_000]);
+        // partitions 1 and 3: their oldest two, past the others' four
+        assert_eq!(ended(9_000, 2, Some(0b1010)).await, [5_000, 6_000]);
+        assert_eq!(ended(9_000, 9, Some(0b1010)).await, [5_000, 6_000, 7_000]);
+        assert_eq!(ended(7_000, 9, Some(0b1010)).await, [5_000, 6_000]);
+        assert_eq!(ended(9_000, 9, Some(0b0001)).await, [1_000, 3_000, 8_000]);
+        assert_eq!(ended(9_000, 9, Some(0)).await, Vec::<u64>::new());
+        // each instance is found under its own partition, whatever its id's last byte
+        for (id, t) in ids {
+            let mask = 1 << crate::runtime::cluster::partition(id);
+            assert!(ended(9_000, 9, Some(mask)).await.contains(&t), "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_finds_the_oldest_ended_of_the_partitions_held() {
+        ended_case(open("ended").await).await;
+    }
+
+    #[tokio::test]
+    async fn retention_finds_the_oldest_ended_of_the_partitions_held_in_postgres() {
+        ended_case(open_postgres("ended").await).await;
+    }
+
     /// Closing leaves the file whole even while other handles on the read
     /// models live on (as the runtime's do when a server stops), and later
     /// work is refused rather than lost in a file nobody checkpoints.

@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use super::sql::{Arg, Db, Stmt};
 use super::{stmt, Projections};
+use crate::runtime::cluster;
 use crate::saga::Timestamp;
 use crate::store::StoreError;
 
@@ -61,6 +62,26 @@ pub(super) fn forget(ids: &[String], search: &[[Arg; 5]], out: &mut Vec<Stmt>) {
     }
 }
 
+/// ` AND <the id is in a partition of held>`, or nothing when `held` names
+/// every partition. An instance's partition is the low six bits of its id
+/// ([`cluster::partition`]): the last byte, the id's last two hex digits,
+/// modulo 64. Those digits are listed for each partition held (four each),
+/// as literals: they are made here, never from input.
+fn in_partitions(held: u64) -> String {
+    let all = u64::MAX >> (64 - cluster::PARTITIONS);
+    if held & all == all {
+        return String::new();
+    }
+    let digits: Vec<String> = (0..=u8::MAX)
+        .filter(|byte| held & (1 << (u32::from(*byte) % cluster::PARTITIONS)) != 0)
+        .map(|byte| format!("'{byte:02x}'"))
+        .collect();
+    if digits.is_empty() {
+        return " AND false".to_string();
+    }
+    format!(" AND substr(id, 35, 2) IN ({})", digits.join(", "))
+}
+
 /// The most rows one statement of [`forget`] names.
 const MAX_SET: usize = 64;
 
@@ -94,16 +115,27 @@ fn marks(rows: usize, width: usize) -> String {
 pub(crate) struct Forgetting(Vec<Stmt>);
 
 impl Projections {
-    /// Up to `limit` instances that ended before `before`, the oldest first.
+    /// Up to `limit` instances that ended before `before`, the oldest first;
+    /// with `held`, only those of the partitions it names (bit `p` for
+    /// partition `p`: a replica's own, [`crate::runtime::cluster`]).
+    ///
+    /// The partitions are picked in the query, not after it: a replica that
+    /// took the oldest `limit` and kept its own would get its share of them,
+    /// and none at all while the others had not yet removed theirs.
     pub async fn ended_before(
         &self,
         before: Timestamp,
         limit: usize,
+        held: Option<u64>,
     ) -> Result<Vec<Ended>, StoreError> {
+        let sql = format!(
+            "SELECT id, workflow, finished_at FROM saga_instances \
+             WHERE finished_at IS NOT NULL AND finished_at < $1{} ORDER BY finished_at LIMIT $2",
+            held.map_or_else(String::new, in_partitions)
+        );
         self.db
             .fetch(
-                "SELECT id, workflow, finished_at FROM saga_instances \
-                 WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2",
+                &sql,
                 &[(before.millis() as i64).into(), (limit as i64).into()],
                 |r| {
                     Ok(Ended {

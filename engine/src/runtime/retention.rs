@@ -76,10 +76,12 @@ impl Runtime {
         };
         let now = self.now();
         let before = |d: Duration| Timestamp(now.0.saturating_sub(d.as_millis() as u64));
-        let ended = projections
-            .ended_before(before(age), config.batch.max(1))
-            .await?;
         // with replicas, each removes the instances of its own partitions
+        // (asked for by partition; checked again, as the lease may have moved)
+        let held = self.0.cluster.as_ref().map(|c| c.held());
+        let ended = projections
+            .ended_before(before(age), config.batch.max(1), held)
+            .await?;
         let ended: Vec<_> = ended.into_iter().filter(|e| self.drives(e.id)).collect();
         if ended.is_empty() {
             let forgotten = self
