@@ -222,11 +222,22 @@ impl Projections {
     }
 
     /// Gives the space of forgotten rows back to the file system (SQLite:
-    /// the free pages, then the write-ahead log the deletes went through);
+    /// the free pages, then the write-ahead log the deletes went through),
+    /// once they are worth it (the event log's rule,
+    /// [`worth_reclaiming`](crate::store::sqlite::worth_reclaiming));
     /// PostgreSQL's autovacuum does this by itself.
     pub async fn reclaim(&self) -> Result<(), StoreError> {
         if let Db::Sqlite(..) = &self.db {
             let no_args: [Arg; 0] = [];
+            let mut counts = [0; 2];
+            for (count, pragma) in counts.iter_mut().zip(["freelist_count", "page_count"]) {
+                let sql = format!("PRAGMA {pragma}");
+                let rows = self.db.fetch(&sql, &no_args, |r| r.int(pragma)).await?;
+                *count = rows.first().copied().unwrap_or(0);
+            }
+            if !crate::store::sqlite::worth_reclaiming(counts[0], counts[1]) {
+                return Ok(());
+            }
             for pragma in [
                 "PRAGMA incremental_vacuum",
                 "PRAGMA wal_checkpoint(TRUNCATE)",

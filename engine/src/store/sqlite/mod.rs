@@ -512,9 +512,31 @@ fn run_through(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Frees the pages removals left empty and moves the shrunken file out of the
-/// write-ahead log, so the file on disk gets smaller.
+/// A file is vacuumed once its free pages are this fraction of it (1/n).
+const RECLAIM_AT: i64 = 8;
+
+/// Whether the pages that removals left free are worth giving back to the
+/// file system now: once they are an eighth of the file ([`RECLAIM_AT`]).
+/// Fewer stay in the file, where SQLite reuses them for what is written next
+/// (as a store that keeps a fixed age of instances does all the time).
+/// Vacuuming after every batch of removals cost about a fifth of what
+/// removing an instance cost, in moved pages and in a checkpoint of the
+/// write-ahead log each time (docs/performance.md).
+pub(crate) fn worth_reclaiming(free_pages: i64, pages: i64) -> bool {
+    free_pages > 0 && free_pages * RECLAIM_AT >= pages
+}
+
+/// When removals left enough pages free ([`worth_reclaiming`]): frees them
+/// and moves the shrunken file out of the write-ahead log, so the file on
+/// disk gets smaller.
 fn reclaim(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    let count = |pragma: &str| -> rusqlite::Result<i64> {
+        conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+    };
+    let (free, pages) = (count("freelist_count"), count("page_count"));
+    if !worth_reclaiming(free.map_err(error)?, pages.map_err(error)?) {
+        return Ok(());
+    }
     run_through(conn, "PRAGMA incremental_vacuum").map_err(error)?;
     // busy readers make it a partial checkpoint, which is fine: the next one finishes it
     run_through(conn, "PRAGMA wal_checkpoint(TRUNCATE)").map_err(error)
@@ -660,6 +682,63 @@ mod tests {
             .query_row("PRAGMA temp_store", [], |r| r.get(0))
             .unwrap();
         assert_eq!(store, 2, "temp_store = MEMORY");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// Removals give their pages back to the file system once an eighth of
+    /// the file is free, not after every batch: fewer stay in the file for
+    /// the next appends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removed_pages_are_given_back_once_an_eighth_of_the_file_is_free() {
+        let path = temp("reclaim");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let names: Vec<String> = (0..400).map(|i| format!("saga-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            let bulk: String = (0..1000)
+                .map(|k| char::from(b'a' + ((i * 7 + k) % 26) as u8))
+                .collect();
+            let event = NewEvent {
+                event_type: "A".into(),
+                schema_version: 1,
+                data: serde_json::json!({ "bulk": bulk }).into(),
+            };
+            store
+                .append(name, Expected::NoStream, vec![event])
+                .await
+                .unwrap();
+        }
+        let counts = || {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let count = |pragma: &str| -> i64 {
+                conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+                    .unwrap()
+            };
+            (count("freelist_count"), count("page_count"))
+        };
+        let (_, full) = counts();
+
+        store.remove(&names[..20], Timestamp(1)).await.unwrap();
+        store.reclaim().await.unwrap();
+        let (free, pages) = counts();
+        assert!(
+            free > 0 && free * 8 < pages,
+            "kept free: {free} of {pages} pages"
+        );
+        assert_eq!(pages, full);
+
+        store.remove(&names[20..300], Timestamp(1)).await.unwrap();
+        store.reclaim().await.unwrap();
+        let (free, pages) = counts();
+        assert_eq!(free, 0, "given back");
+        assert!(pages * 2 < full, "{full} pages -> {pages}");
+        let on_disk = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            on_disk <= pages as u64 * 4096,
+            "the file itself shrank: {on_disk} bytes"
+        );
+
+        assert!(!worth_reclaiming(0, 0) && !worth_reclaiming(0, 8));
+        assert!(!worth_reclaiming(9, 80) && worth_reclaiming(10, 80));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
