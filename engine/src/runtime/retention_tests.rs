@@ -208,3 +208,106 @@ async fn a_batch_stopped_after_any_step_is_finished_by_the_next_sweep() {
         );
     }
 }
+
+/// Two replicas on one store: `a` removes what ended, `b` keeps everything.
+/// The oldest instances to end are `b`'s; `a` still removes a batch of its
+/// own, and none of `b`'s (taking the oldest of all and keeping its own,
+/// it found none of its own there and removed nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_removes_the_oldest_ended_of_its_own_partitions() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    // leases of 2 s on the manual clock, renewed every 400 ms: the clock
+    // moves less than that here, so neither replica ever looks dead
+    let cluster = || Some(ClusterConfig::new(Duration::from_secs(2), None));
+    let dir = std::env::temp_dir().join(format!("sagaflow-ret-{}-replicas", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let projections = Arc::new(Projections::open(&dir.join("readmodels.db")).await.unwrap());
+    let removing = RuntimeConfig {
+        cluster: cluster(),
+        retention: RetentionConfig {
+            max_age: Some(Duration::from_millis(100)),
+            batch: 4,
+            ..RetentionConfig::default()
+        },
+        ..RuntimeConfig::default()
+    };
+    let a = Runtime::new(
+        store.clone(),
+        Some(projections.clone()),
+        clock.clone(),
+        removing,
+    )
+    .await
+    .unwrap();
+    let keeping = RuntimeConfig {
+        cluster: cluster(),
+        ..RuntimeConfig::default()
+    };
+    let b = Runtime::new(store.clone(), None, clock.clone(), keeping)
+        .await
+        .unwrap();
+    a.publish(HOLD).await.unwrap();
+    b.publish(HOLD).await.unwrap();
+    a.run_background().await.unwrap();
+    b.run_background().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = |rt: &Runtime| rt.partitions_held().unwrap().1.len();
+        if held(&a) > 0 && held(&b) > 0 && held(&a) + held(&b) == 64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicas never split the partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut ids = Vec::new();
+    for k in 0..40 {
+        ids.push(
+            a.start("hold", None, json!({}), Some(format!("k-{k}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let (of_a, of_b): (Vec<Uuid>, Vec<Uuid>) = ids.into_iter().partition(|id| a.drives(*id));
+    assert!(
+        of_a.len() >= 4 && of_b.len() >= 4,
+        "{} and {}",
+        of_a.len(),
+        of_b.len()
+    );
+    // b's end first
+    for (rt, id) in of_b
+        .iter()
+        .map(|id| (&b, id))
+        .chain(of_a.iter().map(|id| (&a, id)))
+    {
+        clock.advance(Duration::from_millis(1));
+        rt.cancel(*id, None).await.unwrap();
+    }
+    projections.catch_up(store.as_ref()).await.unwrap();
+    clock.advance(Duration::from_millis(200));
+    a.sweep().await.unwrap();
+
+    let removed = |id: &Uuid| {
+        let store = store.clone();
+        let stream = format!("saga-{id}");
+        async move { store.tombstone(&stream).await.unwrap().is_some() }
+    };
+    let mut removed_of_a = 0;
+    for id in &of_a {
+        removed_of_a += usize::from(removed(id).await);
+    }
+    assert!(removed_of_a >= 4, "a removed {removed_of_a} of its own");
+    for id in &of_b {
+        assert!(!removed(id).await, "a removed b's {id}");
+    }
+    a.shutdown(Duration::ZERO).await;
+    b.shutdown(Duration::ZERO).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
