@@ -165,6 +165,23 @@ async fn retention_on(name: &str, store: &str, permanent_tombstones: bool) {
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "/problems/instance-removed", "{v}");
+    // how far behind retention is: the old orders were kept a little past
+    // the age; 0 once a look finds nothing due
+    let metrics = c
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let behind: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sagaflow_retention_behind_seconds "))
+        .unwrap_or_else(|| panic!("no retention gauge in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!((0.0..120.0).contains(&behind), "{behind}");
     // only the new ones are listed: the read models forget a batch in the
     // transaction right after its removal from the log, so an instance may
     // answer 404 and be listed for that long (docs/adr/0015)

@@ -24,6 +24,7 @@ pub const LIVE_INSTANCES: &str = "sagaflow_live_instances";
 pub const PENDING_TIMERS: &str = "sagaflow_pending_timers";
 pub const PARTITIONS_HELD: &str = "sagaflow_partitions_held";
 pub const INSTANCES_REMOVED: &str = "sagaflow_instances_removed_total";
+pub const RETENTION_BEHIND: &str = "sagaflow_retention_behind_seconds";
 
 /// The histograms, with the bucket bounds that suit them (seconds, or appends per commit).
 pub const HISTOGRAMS: [(&str, &[f64]); 4] = [
@@ -92,6 +93,11 @@ pub fn describe() {
     describe_counter!(
         INSTANCES_REMOVED,
         "Ended instances removed by retention (this process)."
+    );
+    describe_gauge!(
+        RETENTION_BEHIND,
+        Unit::Seconds,
+        "How long past the retention age the oldest instance of retention's last batch was kept (0: nothing was due)."
     );
 }
 
@@ -248,6 +254,10 @@ fn started(before: &SagaState, index: Option<u32>) -> crate::saga::Timestamp {
 
 pub(crate) fn instances_removed(n: usize) {
     counter!(INSTANCES_REMOVED).increment(n as u64);
+}
+
+pub(crate) fn retention_behind(behind: std::time::Duration) {
+    metrics::gauge!(RETENTION_BEHIND).set(behind.as_secs_f64());
 }
 
 pub(crate) fn store_commit(seconds: f64, appends: usize) {

@@ -823,17 +823,21 @@ mod tests {
             ids.push((Uuid::from_u128(id), at));
         }
         p.catch_up(&store).await.unwrap();
-        let ended = |before: u64, limit: usize, held: Option<u64>| {
+        let ended_since = |since: u64, before: u64, limit: usize, held: Option<u64>| {
             let p = &p;
             async move {
                 let e = p
-                    .ended_before(Timestamp(before), limit, held)
+                    .ended_between(Timestamp(since), Timestamp(before), limit, held)
                     .await
                     .unwrap();
                 e.into_iter().map(|e| e.finished_at.0).collect::<Vec<_>>()
             }
         };
+        let ended = |before, limit, held| ended_since(0, before, limit, held);
         assert_eq!(ended(9_000, 2, None).await, [1_000, 2_000]);
+        // from a time on (retention's current window), the oldest of those
+        assert_eq!(ended_since(6_000, 9_000, 2, None).await, [6_000, 7_000]);
+        assert_eq!(ended_since(6_000, 9_000, 9, Some(0b0001)).await, [8_000]);
         assert_eq!(ended(9_000, 2, Some(u64::MAX)).await, [1_000, 2_000]);
         // partitions 1 and 3: their oldest two, past the others' four
         assert_eq!(ended(9_000, 2, Some(0b1010)).await, [5_000, 6_000]);

@@ -115,28 +115,34 @@ fn marks(rows: usize, width: usize) -> String {
 pub(crate) struct Forgetting(Vec<Stmt>);
 
 impl Projections {
-    /// Up to `limit` instances that ended before `before`, the oldest first;
-    /// with `held`, only those of the partitions it names (bit `p` for
+    /// Up to `limit` instances that ended at or after `since` and before
+    /// `before`, the oldest first; with `held`, only those of the partitions it names (bit `p` for
     /// partition `p`: a replica's own, [`crate::runtime::cluster`]).
     ///
     /// The partitions are picked in the query, not after it: a replica that
     /// took the oldest `limit` and kept its own would get its share of them,
     /// and none at all while the others had not yet removed theirs.
-    pub async fn ended_before(
+    pub async fn ended_between(
         &self,
+        since: Timestamp,
         before: Timestamp,
         limit: usize,
         held: Option<u64>,
     ) -> Result<Vec<Ended>, StoreError> {
         let sql = format!(
             "SELECT id, workflow, finished_at FROM saga_instances \
-             WHERE finished_at IS NOT NULL AND finished_at < $1{} ORDER BY finished_at LIMIT $2",
+             WHERE finished_at IS NOT NULL AND finished_at >= $3 AND finished_at < $1{} \
+             ORDER BY finished_at LIMIT $2",
             held.map_or_else(String::new, in_partitions)
         );
         self.db
             .fetch(
                 &sql,
-                &[(before.millis() as i64).into(), (limit as i64).into()],
+                &[
+                    (before.millis() as i64).into(),
+                    (limit as i64).into(),
+                    (since.millis() as i64).into(),
+                ],
                 |r| {
                     Ok(Ended {
                         id: Uuid::parse_str(&r.text("id")?).map_err(super::corrupt)?,

@@ -59,10 +59,13 @@ pub struct Swept {
     pub tombstones_forgotten: u64,
     /// Archive files written to.
     pub archived_to: Vec<PathBuf>,
+    /// How long past the retention age the oldest instance removed had
+    /// been kept (zero when none was removed).
+    pub behind: Duration,
 }
 
-/// The pause between two batches while there is more to remove, so the
-/// sweep never takes the writer for long.
+/// The pause between two batches while there is more to remove and nothing
+/// else is written, so the sweep never takes the writer for long.
 const BETWEEN_BATCHES: Duration = Duration::from_millis(20);
 
 /// How many times the configured batch a batch grows to while the server
@@ -88,6 +91,42 @@ fn next_batch(last: usize, base: usize, idle: bool) -> usize {
     }
 }
 
+/// While the store takes appends and retention is behind, a batch is
+/// followed by a pause this many times as long as the batch took: retention
+/// then has at most a quarter of the time.
+const PAUSE_UNDER_LOAD: u32 = 3;
+
+/// How far past the age retention may be and still count as current: a
+/// tenth of the age, and at least twice [`RetentionConfig::every`] (the
+/// wait after a look that found nothing lets that much come due).
+fn slack(config: &RetentionConfig) -> Duration {
+    let tenth = config.max_age.map_or(Duration::ZERO, |age| age / 10);
+    tenth.max(config.every().saturating_mul(2))
+}
+
+/// The pause after a batch that removed something and took `took`, when
+/// the oldest instance it removed had been kept `behind` past the age.
+///
+/// - Instances that came due within [`slack`] (a sweep takes those first):
+///   [`BETWEEN_BATCHES`]. Retention keeps up with the rate sagas end, or the
+///   store would grow under a steady load.
+/// - The backlog behind them (retention first turned on for a full store, a
+///   shorter age, a long stop, a load it could not keep up with), under
+///   load: [`PAUSE_UNDER_LOAD`] times `took`, never less than
+///   [`BETWEEN_BATCHES`]. Unpaced, such a backlog at a million stored took
+///   about a third of the throughput and raised p99 by half while it lasted
+///   (docs/performance.md, "Retention paced by load"); now it takes at most
+///   a quarter of the writers' time, and goes at the full rate when load
+///   falls.
+/// - The backlog, idle: [`BETWEEN_BATCHES`].
+fn pause_after(took: Duration, behind: Duration, slack: Duration, under_load: bool) -> Duration {
+    if under_load && behind > slack {
+        took.saturating_mul(PAUSE_UNDER_LOAD).max(BETWEEN_BATCHES)
+    } else {
+        BETWEEN_BATCHES
+    }
+}
+
 impl Runtime {
     /// One batch of retention at the clock's "now" (tests call it instead of
     /// waiting for the loop). Removes nothing without a `max_age` or without
@@ -107,7 +146,17 @@ impl Runtime {
         // with replicas, each removes the instances of its own partitions
         // (asked for by partition; checked again, as the lease may have moved)
         let held = self.0.cluster.as_ref().map(|c| c.held());
-        let ended = projections.ended_before(before(age), limit, held).await?;
+        // what came due within the slack first (kept current at the rate
+        // sagas end), then the backlog behind it, which the loop paces
+        let due = before(age);
+        let mut ended = projections
+            .ended_between(before(age.saturating_add(slack(config))), due, limit, held)
+            .await?;
+        if ended.is_empty() {
+            ended = projections
+                .ended_between(Timestamp(0), due, limit, held)
+                .await?;
+        }
         let ended: Vec<_> = ended.into_iter().filter(|e| self.drives(e.id)).collect();
         if ended.is_empty() {
             let forgotten = self
@@ -145,6 +194,8 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Archive(e.to_string()))?;
         }
         let ids: Vec<Uuid> = ended.iter().map(|e| e.id).collect();
+        let oldest = ended.iter().map(|e| e.finished_at.0).min().unwrap_or(0);
+        let behind = Duration::from_millis(due.0.saturating_sub(oldest));
         let forgetting = projections.forgetting(&ids).await?;
         self.0.store.remove(&streams, now).await?;
         {
@@ -162,26 +213,36 @@ impl Runtime {
             removed: ids.len(),
             tombstones_forgotten: 0,
             archived_to,
+            behind,
         })
     }
 
     /// Sweeps while there is something to remove, then every
     /// [`RetentionConfig::every`], until the runtime stops. Batches grow
-    /// while nothing else is written ([`next_batch`]).
+    /// while nothing else is written ([`next_batch`]); a backlog is paced
+    /// under load ([`pause_after`]).
     pub(crate) async fn retention_loop(&self) {
         let every = self.0.config.retention.every();
+        let slack = slack(&self.0.config.retention);
         let base = self.0.config.retention.batch.max(1);
         let mut size = base;
         let head = self.0.store.head();
         let mut seen = *head.borrow();
+        // a replica cannot tell the others' appends: it counts as under load
+        let replica = self.is_replica();
         loop {
-            // no append since the last batch: the server is idle (a replica
-            // cannot tell the others' appends, so it keeps to small batches)
+            // no append since the last batch began: the server is idle
             let now = *head.borrow();
-            size = next_batch(size, base, now == seen && !self.is_replica());
+            size = next_batch(size, base, now == seen && !replica);
             seen = now;
-            let pause = match self.sweep_up_to(size).await {
-                Ok(s) if s.removed > 0 => BETWEEN_BATCHES,
+            let began = tokio::time::Instant::now();
+            let swept = self.sweep_up_to(size).await;
+            let under_load = replica || *head.borrow() != seen;
+            if let Ok(s) = &swept {
+                crate::telemetry::retention_behind(s.behind);
+            }
+            let pause = match swept {
+                Ok(s) if s.removed > 0 => pause_after(began.elapsed(), s.behind, slack, under_load),
                 Ok(_) => every,
                 Err(e) => {
                     tracing::warn!(error = %e, "retention could not remove ended instances; retrying");
@@ -223,5 +284,37 @@ mod tests {
         assert_eq!(sizes, [200, 400, 800, 1_000, 1_000, 100, 200]);
         assert_eq!(next_batch(1, 1, true), 2);
         assert_eq!(next_batch(usize::MAX, 100, true), 1_000);
+    }
+
+    #[test]
+    fn a_backlog_under_load_waits_three_times_its_batch_and_a_current_sweep_does_not() {
+        let ms = Duration::from_millis;
+        let slack = ms(2_000);
+        // behind more than the slack, under load: paced
+        assert_eq!(pause_after(ms(60), ms(2_001), slack, true), ms(180));
+        assert_eq!(pause_after(ms(2), ms(9_000), slack, true), BETWEEN_BATCHES);
+        assert_eq!(
+            pause_after(Duration::MAX, ms(9_000), slack, true),
+            Duration::MAX
+        );
+        // current, or idle: not paced
+        assert_eq!(pause_after(ms(60), slack, slack, true), BETWEEN_BATCHES);
+        assert_eq!(
+            pause_after(ms(60), ms(9_000), slack, false),
+            BETWEEN_BATCHES
+        );
+    }
+
+    #[test]
+    fn retention_is_current_within_a_tenth_of_the_age_or_two_looks() {
+        let config = |secs| RetentionConfig {
+            max_age: Some(Duration::from_secs(secs)),
+            ..RetentionConfig::default()
+        };
+        let day = 24 * 3600;
+        // 30 days: 3 days; 20 s: two looks of 2 s; 5 s: two looks of 1 s
+        assert_eq!(slack(&config(30 * day)), Duration::from_secs(3 * day));
+        assert_eq!(slack(&config(20)), Duration::from_secs(4));
+        assert_eq!(slack(&config(5)), Duration::from_secs(2));
     }
 }

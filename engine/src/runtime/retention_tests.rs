@@ -69,6 +69,7 @@ async fn a_sweep_removes_what_ended_before_the_age_and_the_tombstone_refuses_the
     clock.advance(20 * MIN);
     let swept = rt.sweep().await.unwrap();
     assert_eq!(swept.removed, 1);
+    assert_eq!(swept.behind, 10 * MIN, "a was kept 10 min past the age");
     let removed_at = Some(T0.plus(70 * MIN));
     assert!(
         matches!(rt.get(a).await, Err(RuntimeError::Removed { id, removed_at: at }) if id == a && at == removed_at)
@@ -100,7 +101,9 @@ async fn a_sweep_removes_what_ended_before_the_age_and_the_tombstone_refuses_the
 
     // past a's tombstone window: b goes, then a's tombstone
     clock.advance(120 * MIN + Duration::from_millis(1));
-    assert_eq!(rt.sweep().await.unwrap().removed, 1);
+    let swept = rt.sweep().await.unwrap();
+    assert_eq!(swept.removed, 1);
+    assert_eq!(swept.behind, 80 * MIN + Duration::from_millis(1));
     assert_eq!(rt.sweep().await.unwrap().tombstones_forgotten, 1);
     let fresh = rt
         .start("hold", None, json!({}), Some("k-a".into()))
@@ -113,6 +116,39 @@ async fn a_sweep_removes_what_ended_before_the_age_and_the_tombstone_refuses_the
     assert!(matches!(
         rt.start("hold", None, json!({}), Some("k-b".into())).await,
         Err(RuntimeError::StartOfRemoved { .. })
+    ));
+}
+
+/// A sweep takes what came due within the slack (a tenth of the age here)
+/// before the backlog behind it, which the loop paces under load.
+#[tokio::test]
+async fn a_sweep_removes_what_came_due_lately_before_the_backlog() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let (rt, projections) = runtime(clock.clone(), "lately").await;
+    let old = ended(&rt, "k-old").await;
+    clock.advance(100 * MIN);
+    let late = ended(&rt, "k-late").await;
+    projections.catch_up(rt.store().as_ref()).await.unwrap();
+
+    // at 165 min, with an age of 60 and a slack of 6: `late` came due 5 min
+    // ago, `old` 105 min ago
+    clock.advance(65 * MIN);
+    let first = rt.sweep().await.unwrap();
+    assert_eq!((first.removed, first.behind), (1, 5 * MIN), "{first:?}");
+    assert!(matches!(
+        rt.get(late).await,
+        Err(RuntimeError::Removed { .. })
+    ));
+    assert_eq!(rt.get(old).await.unwrap().status, "cancelled");
+    let second = rt.sweep().await.unwrap();
+    assert_eq!(
+        (second.removed, second.behind),
+        (1, 105 * MIN),
+        "{second:?}"
+    );
+    assert!(matches!(
+        rt.get(old).await,
+        Err(RuntimeError::Removed { .. })
     ));
 }
 
