@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::sql::{Arg, Db, Stmt};
+use super::sql::{Arg, Stmt};
 use super::{stmt, Projections};
 use crate::runtime::cluster;
 use crate::saga::Timestamp;
@@ -230,28 +230,11 @@ impl Projections {
     /// Gives the space of forgotten rows back to the file system (SQLite:
     /// the free pages, then the write-ahead log the deletes went through),
     /// once they are worth it (the event log's rule,
-    /// [`worth_reclaiming`](crate::store::sqlite::worth_reclaiming));
-    /// PostgreSQL's autovacuum does this by itself.
+    /// [`worth_reclaiming`](crate::store::sqlite::worth_reclaiming)), on
+    /// the read models' one writer, between its transactions; PostgreSQL's
+    /// autovacuum does this by itself.
     pub async fn reclaim(&self) -> Result<(), StoreError> {
-        if let Db::Sqlite(..) = &self.db {
-            let no_args: [Arg; 0] = [];
-            let mut counts = [0; 2];
-            for (count, pragma) in counts.iter_mut().zip(["freelist_count", "page_count"]) {
-                let sql = format!("PRAGMA {pragma}");
-                let rows = self.db.fetch(&sql, &no_args, |r| r.int(pragma)).await?;
-                *count = rows.first().copied().unwrap_or(0);
-            }
-            if !crate::store::sqlite::worth_reclaiming(counts[0], counts[1]) {
-                return Ok(());
-            }
-            for pragma in [
-                "PRAGMA incremental_vacuum",
-                "PRAGMA wal_checkpoint(TRUNCATE)",
-            ] {
-                self.db.fetch(pragma, &no_args, |_| Ok(())).await?;
-            }
-        }
-        Ok(())
+        self.db.reclaim().await
     }
 }
 

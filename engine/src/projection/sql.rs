@@ -178,6 +178,15 @@ impl Db {
     }
 
     /// Runs `stmts` in one transaction (on PostgreSQL, one writer at a time across processes).
+    /// Gives back the pages removals left free (SQLite, through its
+    /// writer; nothing to do on PostgreSQL, whose autovacuum does it).
+    pub(crate) async fn reclaim(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(_, writer) => writer.reclaim().await,
+            Db::Postgres(_) => Ok(()),
+        }
+    }
+
     pub(crate) async fn transaction(&self, stmts: Vec<Stmt>) -> Result<(), StoreError> {
         match self {
             Db::Sqlite(_, writer) => writer.transaction(stmts).await,

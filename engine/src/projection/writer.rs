@@ -24,6 +24,9 @@ const PREPARED: usize = 256;
 enum Job {
     /// Statements to run in one transaction, and where to answer.
     Run(Vec<Stmt>, oneshot::Sender<Result<(), StoreError>>),
+    /// Give back the pages removals left free, if enough are
+    /// ([`crate::store::sqlite::reclaim`]), between two transactions.
+    Reclaim(oneshot::Sender<Result<(), StoreError>>),
     /// Close the connection and end the thread; answered once closed.
     Close(oneshot::Sender<()>),
     /// A transaction that panics half-way (tests of the thread's recovery).
@@ -72,6 +75,12 @@ impl Writer {
         self.send(|done| Job::Run(stmts, done)).await
     }
 
+    /// Gives back the pages removals left free, once an eighth of the file
+    /// is (the one writer does it, between transactions).
+    pub(crate) async fn reclaim(&self) -> Result<(), StoreError> {
+        self.send(Job::Reclaim).await
+    }
+
     async fn send(
         &self,
         job: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Job,
@@ -109,6 +118,22 @@ fn serve(path: &Path, mut conn: Option<Connection>, jobs: &mpsc::Receiver<Job>) 
     while let Ok(job) = jobs.recv() {
         let (stmts, done, fail) = match job {
             Job::Run(stmts, done) => (stmts, done, false),
+            Job::Reclaim(done) => {
+                let c = match conn.take() {
+                    Some(c) => Ok(c),
+                    None => open(path),
+                };
+                let result = c.and_then(|c| {
+                    let result = crate::store::sqlite::reclaim(&c);
+                    // (kept unless it failed with a transaction open, as below)
+                    if result.is_ok() || c.is_autocommit() {
+                        conn = Some(c);
+                    }
+                    result
+                });
+                let _ = done.send(result);
+                continue;
+            }
             Job::Close(done) => {
                 drop(conn);
                 let _ = done.send(());
@@ -227,6 +252,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, [(None, Some("x".into()), true), (None, None, true)]);
+    }
+
+    /// Rows deleted leave free pages; once they are an eighth of the file,
+    /// the writer gives them back (between its transactions, on its own
+    /// connection), and the next transaction runs.
+    #[tokio::test]
+    async fn the_writer_gives_back_the_pages_deleted_rows_left() {
+        let db = db("reclaim").await;
+        let pad = "x".repeat(2_000);
+        let rows: Vec<Stmt> = (0..400).map(|k| insert(k, Some(&pad))).collect();
+        db.transaction(rows).await.unwrap();
+        db.transaction(vec![("DELETE FROM t WHERE k >= 20".into(), vec![])])
+            .await
+            .unwrap();
+        let pragma = |name: &'static str| {
+            let db = &db;
+            async move {
+                db.fetch(&format!("PRAGMA {name}"), &[], |r| r.int(name))
+                    .await
+                    .unwrap()[0]
+            }
+        };
+        let (free, pages) = (pragma("freelist_count").await, pragma("page_count").await);
+        assert!(free * 2 > pages, "{free} of {pages} pages free");
+        db.reclaim().await.unwrap();
+        assert_eq!(pragma("freelist_count").await, 0);
+        assert!(pragma("page_count").await < pages / 2);
+        db.transaction(vec![insert(1_000, None)]).await.unwrap();
+        assert_eq!(keys(&db).await.len(), 21);
     }
 
     /// Dropping the writer returns once its connection is closed: the last

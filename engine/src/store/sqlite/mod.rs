@@ -528,8 +528,9 @@ pub(crate) fn worth_reclaiming(free_pages: i64, pages: i64) -> bool {
 
 /// When removals left enough pages free ([`worth_reclaiming`]): frees them
 /// and moves the shrunken file out of the write-ahead log, so the file on
-/// disk gets smaller.
-fn reclaim(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+/// disk gets smaller. The event log's writer and the read models' writer
+/// each run it on their own connection, between their transactions.
+pub(crate) fn reclaim(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     let count = |pragma: &str| -> rusqlite::Result<i64> {
         conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
     };
