@@ -116,8 +116,9 @@ pub(crate) struct Forgetting(Vec<Stmt>);
 
 impl Projections {
     /// Up to `limit` instances that ended at or after `since` and before
-    /// `before`, the oldest first; with `held`, only those of the partitions it names (bit `p` for
-    /// partition `p`: a replica's own, [`crate::runtime::cluster`]).
+    /// `before`, the oldest first; with `held`, only those of the partitions
+    /// it names (bit `p` for partition `p`: a replica's own,
+    /// [`crate::runtime::cluster`]).
     ///
     /// The partitions are picked in the query, not after it: a replica that
     /// took the oldest `limit` and kept its own would get its share of them,

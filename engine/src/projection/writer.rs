@@ -116,40 +116,29 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 /// handle is dropped.
 fn serve(path: &Path, mut conn: Option<Connection>, jobs: &mpsc::Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
+        // statements to run in a transaction, or none: give back free pages
         let (stmts, done, fail) = match job {
-            Job::Run(stmts, done) => (stmts, done, false),
-            Job::Reclaim(done) => {
-                let c = match conn.take() {
-                    Some(c) => Ok(c),
-                    None => open(path),
-                };
-                let result = c.and_then(|c| {
-                    let result = crate::store::sqlite::reclaim(&c);
-                    // (kept unless it failed with a transaction open, as below)
-                    if result.is_ok() || c.is_autocommit() {
-                        conn = Some(c);
-                    }
-                    result
-                });
-                let _ = done.send(result);
-                continue;
-            }
+            Job::Run(stmts, done) => (Some(stmts), done, false),
+            Job::Reclaim(done) => (None, done, false),
             Job::Close(done) => {
                 drop(conn);
                 let _ = done.send(());
                 return;
             }
             #[cfg(test)]
-            Job::Panic(stmts, done) => (stmts, done, true),
+            Job::Panic(stmts, done) => (Some(stmts), done, true),
         };
-        // A panic (a bug) fails its own transaction, not the thread: the
+        // A panic (a bug) fails its own job, not the thread: the
         // projection retries, and later transactions go on.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let c = match conn.as_mut() {
                 Some(c) => c,
                 None => conn.insert(open(path)?),
             };
-            run(c, &stmts, fail)
+            match &stmts {
+                Some(stmts) => run(c, stmts, fail),
+                None => crate::store::sqlite::reclaim(c),
+            }
         }))
         .unwrap_or_else(|panic| {
             let why = panic
