@@ -72,23 +72,50 @@ const BETWEEN_BATCHES: Duration = Duration::from_millis(20);
 /// is idle.
 const IDLE_GROWTH: usize = 10;
 
-/// The size of the next batch: `base` while the store takes appends, and
-/// while it takes none twice the last, up to [`IDLE_GROWTH`] times `base`.
+/// How long a batch is sized to take. A batch holds the writers while it
+/// runs, and one begun while the server was idle is still running when load
+/// comes back: the sagas of that moment wait for it.
+const BATCH_TIME: Duration = Duration::from_millis(100);
+
+/// The size of the next batch, after one of `last` instances that removed
+/// some and took `took` (`None` when it removed none: nothing to learn).
+///
+/// - Sized to take [`BATCH_TIME`] at the rate the last one went: `last`
+///   times [`BATCH_TIME`] over `took`, and at least half and at most twice
+///   `last`, so that one slow or quick batch does not swing the next.
+/// - At least `base`; at most `base` while the store takes appends, and
+///   [`IDLE_GROWTH`] times `base` while it takes none. Under load a batch
+///   waits behind the sagas' writes, so the time it takes says little about
+///   how long it holds them; smaller batches there removed a quarter less
+///   and made no p99 this machine could tell apart (docs/performance.md,
+///   "Retention batches sized by time").
 ///
 /// A removal deletes rows from indexes with random keys; at a million
 /// stored, batches of 1,000 cost 30 % less CPU and disk per instance than
 /// batches of 100 and remove twice as many a second, but they hold the
 /// writers long enough to treble the p99 of sagas running meanwhile
 /// (docs/performance.md, "What removing an instance costs"). So batches
-/// stay small under load and grow when nothing else is written; a batch
-/// begun just before load comes back is the one that can hold it up.
-fn next_batch(last: usize, base: usize, idle: bool) -> usize {
-    if idle {
-        last.saturating_mul(2)
-            .clamp(base, base.saturating_mul(IDLE_GROWTH))
+/// stay small under load and grow when nothing else is written, as long as
+/// one still takes a short time: what a batch costs grows with the store
+/// and on a slower disk, and the batch begun just before load comes back
+/// is the one that holds it up.
+fn next_batch(last: usize, base: usize, idle: bool, took: Option<Duration>) -> usize {
+    let most = if idle {
+        base.saturating_mul(IDLE_GROWTH)
     } else {
         base
-    }
+    };
+    let next = match took {
+        None => last,
+        Some(t) if t.is_zero() => last.saturating_mul(2),
+        // (the cast back saturates, and the bounds below apply after it)
+        Some(t) => {
+            let last = last as f64;
+            (last * BATCH_TIME.as_secs_f64() / t.as_secs_f64()).clamp(last / 2.0, last * 2.0)
+                as usize
+        }
+    };
+    next.clamp(base, most)
 }
 
 /// While the store takes appends and retention is behind, a batch is
@@ -124,6 +151,62 @@ fn pause_after(took: Duration, behind: Duration, slack: Duration, under_load: bo
         took.saturating_mul(PAUSE_UNDER_LOAD).max(BETWEEN_BATCHES)
     } else {
         BETWEEN_BATCHES
+    }
+}
+
+/// What the retention loop decides between batches, kept apart from the
+/// clock and the store: how many instances the next batch takes, and how
+/// long to wait after one.
+struct Pacer {
+    base: usize,
+    slack: Duration,
+    every: Duration,
+    /// A replica cannot tell the others' appends: it counts as under load.
+    replica: bool,
+    /// The size of the last batch.
+    size: usize,
+    /// How long the last batch took, if it removed something.
+    took: Option<Duration>,
+    /// The log's head when the last batch began.
+    seen: Option<u64>,
+}
+
+impl Pacer {
+    fn new(config: &RetentionConfig, replica: bool, head: Option<u64>) -> Self {
+        let base = config.batch.max(1);
+        Self {
+            base,
+            slack: slack(config),
+            every: config.every(),
+            replica,
+            size: base,
+            took: None,
+            seen: head,
+        }
+    }
+
+    /// The size of the batch about to begin, the log's head being `head`:
+    /// the server is idle if nothing was appended since the last batch began.
+    fn begin(&mut self, head: Option<u64>) -> usize {
+        let idle = head == self.seen && !self.replica;
+        self.size = next_batch(self.size, self.base, idle, self.took.take());
+        self.seen = head;
+        self.size
+    }
+
+    /// The pause after the batch, given what it did (`None`: it failed), how
+    /// long it took and the log's head at its end (moved since it began: the
+    /// store took appends meanwhile).
+    fn end(&mut self, swept: Option<&Swept>, took: Duration, head: Option<u64>) -> Duration {
+        let under_load = self.replica || head != self.seen;
+        match swept {
+            Some(s) if s.removed > 0 => {
+                self.took = Some(took);
+                pause_after(took, s.behind, self.slack, under_load)
+            }
+            // nothing to remove, or a failure: the next look in a while
+            _ => self.every,
+        }
     }
 }
 
@@ -218,37 +301,25 @@ impl Runtime {
     }
 
     /// Sweeps while there is something to remove, then every
-    /// [`RetentionConfig::every`], until the runtime stops. Batches grow
-    /// while nothing else is written ([`next_batch`]); a backlog is paced
-    /// under load ([`pause_after`]).
+    /// [`RetentionConfig::every`], until the runtime stops, as [`Pacer`]
+    /// says: batches sized by what the last took and whether the store took
+    /// appends meanwhile ([`next_batch`]), a backlog paced under load
+    /// ([`pause_after`]).
     pub(crate) async fn retention_loop(&self) {
-        let every = self.0.config.retention.every();
-        let slack = slack(&self.0.config.retention);
-        let base = self.0.config.retention.batch.max(1);
-        let mut size = base;
         let head = self.0.store.head();
-        let mut seen = *head.borrow();
-        // a replica cannot tell the others' appends: it counts as under load
-        let replica = self.is_replica();
+        let mut pacer = Pacer::new(&self.0.config.retention, self.is_replica(), *head.borrow());
         loop {
-            // no append since the last batch began: the server is idle
-            let now = *head.borrow();
-            size = next_batch(size, base, now == seen && !replica);
-            seen = now;
+            let size = pacer.begin(*head.borrow());
             let began = tokio::time::Instant::now();
             let swept = self.sweep_up_to(size).await;
-            let under_load = replica || *head.borrow() != seen;
-            if let Ok(s) = &swept {
-                crate::telemetry::retention_behind(s.behind);
-            }
-            let pause = match swept {
-                Ok(s) if s.removed > 0 => pause_after(began.elapsed(), s.behind, slack, under_load),
-                Ok(_) => every,
+            let took = began.elapsed();
+            match &swept {
+                Ok(s) => crate::telemetry::retention_behind(s.behind),
                 Err(e) => {
                     tracing::warn!(error = %e, "retention could not remove ended instances; retrying");
-                    every
                 }
-            };
+            }
+            let pause = pacer.end(swept.as_ref().ok(), took, *head.borrow());
             tokio::select! {
                 () = self.0.stop.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
@@ -274,16 +345,107 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_grow_while_idle_and_fall_back_at_the_first_append() {
+    fn idle_batches_are_sized_to_take_a_tenth_of_a_second_and_fall_back_at_the_first_append() {
+        let ms = |n| Some(Duration::from_millis(n));
         let mut size = 100;
         let mut sizes = Vec::new();
-        for idle in [true, true, true, true, true, false, true] {
-            size = next_batch(size, 100, idle);
+        for (idle, took) in [
+            (true, ms(50)),
+            (true, ms(50)),
+            (true, ms(99)),
+            (true, ms(60)),
+            (true, ms(60)),
+            (false, ms(10)),
+            (true, ms(10)),
+            // slower than BATCH_TIME: smaller, by half at most, never below the base
+            (true, ms(150)),
+            (true, ms(201)),
+            (true, ms(40)),
+            // a look that removed nothing: kept (within the bounds)
+            (true, None),
+            (false, None),
+            (false, ms(500)),
+        ] {
+            size = next_batch(size, 100, idle, took);
             sizes.push(size);
         }
-        assert_eq!(sizes, [200, 400, 800, 1_000, 1_000, 100, 200]);
-        assert_eq!(next_batch(1, 1, true), 2);
-        assert_eq!(next_batch(usize::MAX, 100, true), 1_000);
+        assert_eq!(
+            sizes,
+            [200, 400, 404, 673, 1_000, 100, 200, 133, 100, 200, 200, 100, 100]
+        );
+        assert_eq!(next_batch(1, 1, true, ms(1)), 2);
+        assert_eq!(next_batch(100, 100, true, Some(Duration::MAX)), 100);
+        assert_eq!(next_batch(usize::MAX, 100, true, ms(1)), 1_000);
+        assert_eq!(next_batch(1_000, 100, false, None), 100);
+        assert_eq!(next_batch(300, 100, true, Some(Duration::ZERO)), 600);
+    }
+
+    #[test]
+    fn the_loop_grows_batches_while_the_head_stays_and_paces_a_backlog_once_it_moves() {
+        let ms = Duration::from_millis;
+        let config = RetentionConfig {
+            max_age: Some(Duration::from_secs(60)),
+            ..RetentionConfig::default()
+        };
+        // looks every 6 s; current within 12 s (two looks)
+        let removed = |n, behind| Swept {
+            removed: n,
+            behind,
+            ..Swept::default()
+        };
+        let backlog = Duration::from_secs(3600);
+        let mut p = Pacer::new(&config, false, Some(10));
+        assert_eq!(p.begin(Some(10)), 100);
+        // no append during the batch: idle, the next batch right away, twice as big
+        assert_eq!(
+            p.end(Some(&removed(100, backlog)), ms(50), Some(10)),
+            BETWEEN_BATCHES
+        );
+        assert_eq!(p.begin(Some(10)), 200);
+        // the head moved during it: under load, the backlog paced
+        assert_eq!(
+            p.end(Some(&removed(200, backlog)), ms(80), Some(11)),
+            ms(240)
+        );
+        // ... and the next batch back to the configured size
+        assert_eq!(p.begin(Some(12)), 100);
+        // what came due lately is not paced, under load or not
+        let current = Duration::from_secs(1);
+        assert_eq!(
+            p.end(Some(&removed(100, current)), ms(40), Some(13)),
+            BETWEEN_BATCHES
+        );
+        assert_eq!(p.begin(Some(13)), 100);
+        // nothing to remove, or a failure: the next look in a while, the size kept
+        assert_eq!(
+            p.end(Some(&removed(0, Duration::ZERO)), ms(3), Some(13)),
+            ms(6_000)
+        );
+        assert_eq!(p.begin(Some(13)), 100);
+        assert_eq!(p.end(None, ms(3), Some(13)), ms(6_000));
+        assert_eq!(p.begin(Some(13)), 100);
+        // a quick batch makes the next bigger, a slow one smaller (not below the base)
+        assert_eq!(
+            p.end(Some(&removed(100, backlog)), ms(25), Some(13)),
+            BETWEEN_BATCHES
+        );
+        assert_eq!(p.begin(Some(13)), 200);
+        assert_eq!(
+            p.end(Some(&removed(200, backlog)), ms(150), Some(13)),
+            BETWEEN_BATCHES
+        );
+        assert_eq!(p.begin(Some(13)), 133);
+        assert_eq!(
+            p.end(Some(&removed(133, backlog)), ms(450), Some(13)),
+            BETWEEN_BATCHES
+        );
+        assert_eq!(p.begin(Some(13)), 100);
+
+        // a replica counts as under load: never grows, its backlog paced
+        let mut p = Pacer::new(&config, true, Some(1));
+        assert_eq!(p.begin(Some(1)), 100);
+        assert_eq!(p.end(Some(&removed(100, backlog)), ms(10), Some(1)), ms(30));
+        assert_eq!(p.begin(Some(1)), 100);
     }
 
     #[test]
