@@ -158,8 +158,8 @@ fn bench_outside_the_repository_says_what_is_missing() {
     assert!(!own.exists(), "{} was left behind", own.display());
 }
 
-/// A bench whose server dies half-way fails, and leaves neither its
-/// processes nor its server's data directory behind.
+/// A bench whose server dies half-way fails at once, says so, and leaves
+/// neither its processes nor its server's data directory behind.
 #[test]
 fn bench_that_fails_half_way_leaves_nothing_behind() {
     let tmp = common::temp_dir("bench-fails");
@@ -211,6 +211,11 @@ fn bench_that_fails_half_way_leaves_nothing_behind() {
     assert!(
         !status.success(),
         "bench succeeded without its server: {err}"
+    );
+    // it stops at the first refused connection, not after a request for each saga left
+    assert!(
+        err.contains("stopped taking connections after"),
+        "bench did not say why it stopped: {err}"
     );
     assert!(!own.exists(), "{} was left behind: {err}", own.display());
     let _ = std::fs::remove_dir_all(&tmp);

@@ -252,15 +252,18 @@ async fn drive(
 ) -> anyhow::Result<(Vec<Outcome>, Duration)> {
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
+    // the first connection the server refused: the phase stops there
+    let unreachable = Arc::new(std::sync::Mutex::new(None::<String>));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..c.max(1) {
-        let (client, url, tag, next, done) = (
+        let (client, url, tag, next, done, unreachable) = (
             client.clone(),
             url.to_string(),
             tag.to_string(),
             next.clone(),
             done.clone(),
+            unreachable.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut out = Vec::new();
@@ -269,12 +272,20 @@ async fn drive(
                 if i >= n {
                     return out;
                 }
-                let r = one_saga(&client, &url, &tag, phase, i + 1)
-                    .await
-                    .unwrap_or(Outcome {
+                let r = match one_saga(&client, &url, &tag, phase, i + 1).await {
+                    Ok(r) => r,
+                    Err(e) if refused(&e) => {
+                        // no saga after this one can start: the others stop too
+                        next.store(n, Ordering::Relaxed);
+                        let mut first = unreachable.lock().unwrap_or_else(|p| p.into_inner());
+                        first.get_or_insert_with(|| format!("{e:#}"));
+                        return out;
+                    }
+                    Err(_) => Outcome {
                         latency: Duration::ZERO,
                         status: "error".into(),
-                    });
+                    },
+                };
                 done.fetch_add(1, Ordering::Relaxed);
                 out.push(r);
             }
@@ -288,6 +299,12 @@ async fn drive(
     let wall = started.elapsed();
     progress.abort();
     eprintln!();
+    if let Some(e) = unreachable.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        bail!(
+            "the server at {url} stopped taking connections after {} of {n} sagas: {e}",
+            results.len()
+        );
+    }
     Ok((results, wall))
 }
 
@@ -416,6 +433,14 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 /// Starts one order saga and waits for it to end: one request that answers
 /// with the saga's outcome (`?wait=`), as a client of a synchronous start
 /// would, polling `GET /instances/{id}?wait=` only if that wait ran out.
+/// Whether a saga's request failed because the server refused the
+/// connection (it is gone, or not listening): a phase cannot go on, where a
+/// saga that failed or an answer that timed out is one outcome among many.
+fn refused(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<reqwest::Error>()
+        .is_some_and(reqwest::Error::is_connect)
+}
+
 async fn one_saga(
     client: &reqwest::Client,
     url: &str,
