@@ -41,7 +41,11 @@ phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 phase "tests"
-cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(simulation)'
+# Twice as many tests at a time as there are cores: many of them wait on
+# timers, servers and child processes for most of their run (on 2 cores,
+# 276 s instead of 410 for the same tests).
+cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(simulation)' \
+  --test-threads "$(( $(nproc) * 2 ))"
 
 # The example workflows' own tests (workflows/*.test.yaml), on the pure core,
 # by the binary the tests were built with: `cargo run` selects one package
