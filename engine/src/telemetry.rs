@@ -97,7 +97,7 @@ pub fn describe() {
     describe_gauge!(
         RETENTION_BEHIND,
         Unit::Seconds,
-        "How long past the retention age the oldest instance of retention's last batch was kept (0: nothing was due)."
+        "How long past the retention age the oldest ended instance still to remove was kept, as retention's last batch found it (0: nothing was due)."
     );
 }
 

@@ -62,6 +62,11 @@ pub struct Swept {
     /// How long past the retention age the oldest instance removed had
     /// been kept (zero when none was removed).
     pub behind: Duration,
+    /// How long past the age the oldest ended instance still to remove had
+    /// been kept when the batch began: `behind`, or more when the batch took
+    /// what came due lately and left an older backlog for later (zero when
+    /// nothing was due). The gauge `sagaflow_retention_behind_seconds`.
+    pub lag: Duration,
 }
 
 /// The pause between two batches while there is more to remove and nothing
@@ -232,13 +237,20 @@ impl Runtime {
         // what came due within the slack first (kept current at the rate
         // sagas end), then the backlog behind it, which the loop paces
         let due = before(age);
-        let mut ended = projections
-            .ended_between(before(age.saturating_add(slack(config))), due, limit, held)
-            .await?;
+        let window = before(age.saturating_add(slack(config)));
+        let mut ended = projections.ended_between(window, due, limit, held).await?;
+        // the oldest of a backlog left for later, which the batch does not show
+        let mut left = None;
         if ended.is_empty() {
             ended = projections
                 .ended_between(Timestamp(0), due, limit, held)
                 .await?;
+        } else {
+            left = (projections
+                .ended_between(Timestamp(0), window, 1, held)
+                .await?)
+                .first()
+                .map(|e| e.finished_at.0);
         }
         let ended: Vec<_> = ended.into_iter().filter(|e| self.drives(e.id)).collect();
         if ended.is_empty() {
@@ -279,6 +291,7 @@ impl Runtime {
         let ids: Vec<Uuid> = ended.iter().map(|e| e.id).collect();
         let oldest = ended.iter().map(|e| e.finished_at.0).min().unwrap_or(0);
         let behind = Duration::from_millis(due.0.saturating_sub(oldest));
+        let lag = Duration::from_millis(due.0.saturating_sub(left.unwrap_or(oldest).min(oldest)));
         let forgetting = projections.forgetting(&ids).await?;
         self.0.store.remove(&streams, now).await?;
         {
@@ -297,6 +310,7 @@ impl Runtime {
             tombstones_forgotten: 0,
             archived_to,
             behind,
+            lag,
         })
     }
 
@@ -314,7 +328,7 @@ impl Runtime {
             let swept = self.sweep_up_to(size).await;
             let took = began.elapsed();
             match &swept {
-                Ok(s) => crate::telemetry::retention_behind(s.behind),
+                Ok(s) => crate::telemetry::retention_behind(s.lag),
                 Err(e) => {
                     tracing::warn!(error = %e, "retention could not remove ended instances; retrying");
                 }

@@ -70,6 +70,7 @@ async fn a_sweep_removes_what_ended_before_the_age_and_the_tombstone_refuses_the
     let swept = rt.sweep().await.unwrap();
     assert_eq!(swept.removed, 1);
     assert_eq!(swept.behind, 10 * MIN, "a was kept 10 min past the age");
+    assert_eq!(swept.lag, swept.behind, "nothing older was left");
     let removed_at = Some(T0.plus(70 * MIN));
     assert!(
         matches!(rt.get(a).await, Err(RuntimeError::Removed { id, removed_at: at }) if id == a && at == removed_at)
@@ -135,6 +136,8 @@ async fn a_sweep_removes_what_came_due_lately_before_the_backlog() {
     clock.advance(65 * MIN);
     let first = rt.sweep().await.unwrap();
     assert_eq!((first.removed, first.behind), (1, 5 * MIN), "{first:?}");
+    // the backlog it left shows in how far behind retention is
+    assert_eq!(first.lag, 105 * MIN, "{first:?}");
     assert!(matches!(
         rt.get(late).await,
         Err(RuntimeError::Removed { .. })
@@ -142,8 +145,8 @@ async fn a_sweep_removes_what_came_due_lately_before_the_backlog() {
     assert_eq!(rt.get(old).await.unwrap().status, "cancelled");
     let second = rt.sweep().await.unwrap();
     assert_eq!(
-        (second.removed, second.behind),
-        (1, 105 * MIN),
+        (second.removed, second.behind, second.lag),
+        (1, 105 * MIN, 105 * MIN),
         "{second:?}"
     );
     assert!(matches!(
