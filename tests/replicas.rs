@@ -147,27 +147,15 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
         }
     }
 
-    // Orders started round-robin on every replica, 10% over the payment limit, 16 at a time.
-    let urls: Vec<String> = procs.iter().map(|p| p.url.clone()).collect();
-    let ids = common::start_orders(&c, &urls, orders, "replica").await;
-
-    // Kill, mid-run, the replica driving the most of the sagas started last.
-    let latest: Vec<&String> = (orders.saturating_sub(11)..=orders)
-        .filter_map(|i| ids.get(&i))
-        .collect();
-    let driven_by = |r: usize| {
-        latest
-            .iter()
-            .filter(|id| shares[r].contains(&partition(id)))
-            .count()
-    };
-    let victim = (0..replicas).max_by_key(|r| driven_by(*r)).unwrap();
-
-    // Sagas that wait on a timer, then hand a task to a worker: started just
-    // before the kill, until two fall in the victim's partitions.
+    // Sagas that wait on a timer, then hand a task to a worker: started
+    // first, until two fall in the partitions of every replica (the victim is
+    // chosen below), so that the orders can be started right before the kill.
     let mut waiting: Vec<String> = Vec::new();
-    let mut in_victim = 0;
-    for k in 0..64 {
+    let mut per_replica = vec![0; replicas];
+    for k in 0..96 {
+        if per_replica.iter().all(|n| *n >= 2) {
+            break;
+        }
         let (status, v) = common::post_json(
             &c,
             format!(
@@ -179,15 +167,33 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
         .await;
         assert_eq!(status, StatusCode::CREATED, "{v}");
         let id = v["id"].as_str().unwrap().to_string();
-        if shares[victim].contains(&partition(&id)) {
-            in_victim += 1;
+        if let Some(r) = shares.iter().position(|s| s.contains(&partition(&id))) {
+            per_replica[r] += 1;
         }
         waiting.push(id);
-        if in_victim == 2 {
-            break;
-        }
     }
-    assert_eq!(in_victim, 2);
+    assert!(
+        per_replica.iter().all(|n| *n >= 2),
+        "waits per replica: {per_replica:?}"
+    );
+
+    // Orders started round-robin on every replica, 10% over the payment limit, 16 at a time.
+    let urls: Vec<String> = procs.iter().map(|p| p.url.clone()).collect();
+    let ids = common::start_orders(&c, &urls, orders, "replica").await;
+
+    // Kill at once, mid-run (each step takes 300 ms), the replica driving the
+    // most of the sagas started last. Nothing between the last start and the
+    // kill waits on the servers: on a loaded machine the orders would finish first.
+    let latest: Vec<&String> = (orders.saturating_sub(11)..=orders)
+        .filter_map(|i| ids.get(&i))
+        .collect();
+    let driven_by = |r: usize| {
+        latest
+            .iter()
+            .filter(|id| shares[r].contains(&partition(id)))
+            .count()
+    };
+    let victim = (0..replicas).max_by_key(|r| driven_by(*r)).unwrap();
     procs[victim].kill9();
     let victim_log = procs.remove(victim).log();
     // Its sagas still unfinished (orders, and the two waits at least), and how
@@ -351,11 +357,17 @@ async fn replicas_share_the_work_and_take_over_a_dead_one(
     }
     // Their attempts in flight were re-issued by the replicas that took them
     // over, each with its key and a fresh timeout, and none timed out meanwhile.
-    let orders_orphaned = orphaned.keys().filter(|id| ids.values().any(|o| o == *id));
-    let reissued = common::reissued_without_timeouts(&c, &survivors[0].url, orders_orphaned).await;
+    let orders_orphaned: Vec<&String> = orphaned
+        .keys()
+        .filter(|id| ids.values().any(|o| o == *id))
+        .collect();
+    let reissued =
+        common::reissued_without_timeouts(&c, &survivors[0].url, orders_orphaned.iter().copied())
+            .await;
     assert!(
         reissued > 0,
-        "no attempt was in flight on the killed replica"
+        "no attempt was in flight on the killed replica ({} of its orders were unfinished)",
+        orders_orphaned.len()
     );
     let replayed = common::effects_happened_once(&c, &demo.url, orders).await;
     eprintln!(
