@@ -162,10 +162,27 @@ fn bench_outside_the_repository_says_what_is_missing() {
 /// neither its processes nor its server's data directory behind.
 #[test]
 fn bench_that_fails_half_way_leaves_nothing_behind() {
+    // it stops at the first refused connection, not after a request for each saga left
+    bench_whose_server_is_signalled("-KILL", "stopped taking connections after");
+}
+
+/// A bench whose server stops answering (stopped, so the kernel still takes
+/// its connections) gives up once no saga has ended for `--stall-timeout`,
+/// instead of waiting out each request's two minutes, and leaves nothing behind.
+#[test]
+fn bench_whose_server_stops_answering_gives_up_after_the_stall_timeout() {
+    bench_whose_server_is_signalled("-STOP", "stopped answering: no saga ended for 3s");
+}
+
+/// Runs a bench with its own server, sends `signal` to that server once it
+/// has made sagas, and checks that the bench fails within 150 s with `says`
+/// in its error, its data directory gone.
+fn bench_whose_server_is_signalled(signal: &str, says: &str) {
     let tmp = common::temp_dir("bench-fails");
     let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"))
         .args(["bench", "--fill", "100000", "-c", "4", "--serial", "1"])
         .args(["--warmup", "1", "-n", "10", "--listings", "1"])
+        .args(["--stall-timeout", "3s"])
         .env("TMPDIR", &tmp)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::null())
@@ -192,11 +209,11 @@ fn bench_that_fails_half_way_leaves_nothing_behind() {
         })
         .expect("bench started its server");
     std::thread::sleep(Duration::from_secs(1));
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &server])
+    let signalled = std::process::Command::new("kill")
+        .args([signal, &server])
         .status()
         .expect("kill runs");
-    assert!(killed.success());
+    assert!(signalled.success());
     let status = (0..1500)
         .find_map(|_| {
             std::thread::sleep(Duration::from_millis(100));
@@ -204,7 +221,10 @@ fn bench_that_fails_half_way_leaves_nothing_behind() {
         })
         .unwrap_or_else(|| {
             let _ = bench.kill();
-            panic!("bench did not end within 150 s of its server's death")
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &server])
+                .status();
+            panic!("bench did not end within 150 s of its server's {signal}")
         });
     let mut err = String::new();
     std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut err).ok();
@@ -212,9 +232,8 @@ fn bench_that_fails_half_way_leaves_nothing_behind() {
         !status.success(),
         "bench succeeded without its server: {err}"
     );
-    // it stops at the first refused connection, not after a request for each saga left
     assert!(
-        err.contains("stopped taking connections after"),
+        err.contains(says),
         "bench did not say why it stopped: {err}"
     );
     assert!(!own.exists(), "{} was left behind: {err}", own.display());

@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// Times each listing is asked for, after the throughput phase.
     #[arg(long, default_value_t = 20)]
     pub listings: usize,
+    /// Give up when no saga has ended for this long (a server that takes
+    /// connections but no longer answers), instead of waiting out every
+    /// request's own timeout.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
 }
 
 /// What bench started itself: the server, the demo services unless they
@@ -112,12 +117,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .build()?;
     let health: Value = client
         .get(format!("{url}/health"))
+        .timeout(args.stall_timeout)
         .send()
         .await
         .context("the server does not answer /health")?
         .json()
         .await?;
-    let order = client.get(format!("{url}/workflows/order")).send().await?;
+    let order = client
+        .get(format!("{url}/workflows/order"))
+        .timeout(args.stall_timeout)
+        .send()
+        .await?;
     if order.status() == reqwest::StatusCode::NOT_FOUND {
         bail!(
             "the server at {url} has no `order` workflow: run bench from the repository's folder \
@@ -141,18 +151,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     eprintln!("warm-up: {} sagas", args.warmup);
+    let stall = args.stall_timeout;
     for i in 0..args.warmup {
-        one_saga(&client, &url, &run_tag, "w", i + 1).await?;
+        within(stall, &url, one_saga(&client, &url, &run_tag, "w", i + 1)).await?;
     }
     eprintln!("serial: {} sagas one at a time", args.serial);
     let mut serial = Vec::with_capacity(args.serial);
     for i in 0..args.serial {
-        serial.push(one_saga(&client, &url, &run_tag, "s", i + 1).await?.latency);
+        let one = within(stall, &url, one_saga(&client, &url, &run_tag, "s", i + 1)).await?;
+        serial.push(one.latency);
     }
 
     if args.fill > 0 {
         eprintln!("fill: {} sagas, {} at a time", args.fill, args.c);
-        let (filled, _) = drive(&client, &url, &run_tag, "f", args.fill, args.c).await?;
+        let (filled, _) = drive(&client, &url, &run_tag, "f", args.fill, args.c, stall).await?;
         let failed = filled.iter().filter(|r| r.status == "error").count();
         if failed > 0 {
             eprintln!("fill: {failed} sagas did not end well");
@@ -169,7 +181,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|(before, after)| round((after - before) * 1e6 / args.n.max(1) as f64, 1))
     };
     let cpu_per_saga = || per_saga(server_pid, cpu_before);
-    let (results, wall) = drive(&client, &url, &run_tag, "t", args.n, args.c).await?;
+    let (results, wall) = drive(&client, &url, &run_tag, "t", args.n, args.c, stall).await?;
     let server_cpu = cpu_per_saga();
     let demo_cpu = per_saga(demo_pid, demo_cpu_before);
     let lag = read_model_lag(&client, &url).await;
@@ -242,6 +254,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `n` order sagas, `c` at a time; their outcomes and the wall time.
+/// Fails at the first connection the server refuses, and when no saga has
+/// ended for `stall`.
 async fn drive(
     client: &reqwest::Client,
     url: &str,
@@ -249,13 +263,14 @@ async fn drive(
     phase: &'static str,
     n: usize,
     c: usize,
+    stall: Duration,
 ) -> anyhow::Result<(Vec<Outcome>, Duration)> {
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     // the first connection the server refused: the phase stops there
     let unreachable = Arc::new(std::sync::Mutex::new(None::<String>));
     let started = Instant::now();
-    let mut workers = Vec::new();
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..c.max(1) {
         let (client, url, tag, next, done, unreachable) = (
             client.clone(),
@@ -265,7 +280,7 @@ async fn drive(
             done.clone(),
             unreachable.clone(),
         );
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             let mut out = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -289,12 +304,34 @@ async fn drive(
                 done.fetch_add(1, Ordering::Relaxed);
                 out.push(r);
             }
-        }));
+        });
     }
     let progress = tokio::spawn(progress_bar(done.clone(), n));
     let mut results = Vec::with_capacity(n);
-    for w in workers {
-        results.extend(w.await?);
+    // the last time a saga ended, and how many had then
+    let mut last = (Instant::now(), 0);
+    let look = (stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            w = workers.join_next() => match w {
+                Some(w) => results.extend(w?),
+                None => break,
+            },
+            () = tokio::time::sleep(look) => {
+                let now = done.load(Ordering::Relaxed);
+                if now != last.1 {
+                    last = (Instant::now(), now);
+                } else if last.0.elapsed() >= stall {
+                    workers.abort_all();
+                    progress.abort();
+                    eprintln!();
+                    bail!(
+                        "the server at {url} stopped answering: no saga ended for {} after {now} of {n} sagas",
+                        humantime::format_duration(stall)
+                    );
+                }
+            }
+        }
     }
     let wall = started.elapsed();
     progress.abort();
@@ -306,6 +343,21 @@ async fn drive(
         );
     }
     Ok((results, wall))
+}
+
+/// One saga of the warm-up or serial phase, failing as `drive` does when it
+/// has not ended within `stall`.
+async fn within(
+    stall: Duration,
+    url: &str,
+    saga: impl std::future::Future<Output = anyhow::Result<Outcome>>,
+) -> anyhow::Result<Outcome> {
+    tokio::time::timeout(stall, saga).await.map_err(|_| {
+        anyhow::anyhow!(
+            "the server at {url} stopped answering: a saga did not end within {}",
+            humantime::format_duration(stall)
+        )
+    })?
 }
 
 /// p50 and p99 (ms) of each listing and search of the API, asked `times`
